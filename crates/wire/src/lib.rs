@@ -1,0 +1,1 @@
+//! Sans-IO data-plane protocol cores.

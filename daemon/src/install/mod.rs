@@ -1,0 +1,1 @@
+//! Installs the shim and chains it into the primary CNI conflist.

@@ -1,0 +1,1 @@
+//! Pod lifecycle and state.

@@ -1,0 +1,38 @@
+//! The gRPC contract between the `tailnet-cni` shim and the `tailnet-cnid`
+//! daemon. See `proto/tailnetcni/v1/cni.proto` for the compatibility rules.
+
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("tailnetcni.v1");
+}
+
+/// The API version this build speaks.
+pub const API_VERSION: u32 = 1;
+/// The oldest API version this build still answers.
+pub const MIN_API_VERSION: u32 = 1;
+
+/// gRPC metadata key in which the daemon puts the CNI error code (decimal)
+/// of a failed call, so the shim can report the spec's code.
+pub const CNI_CODE_METADATA: &str = "tailnet-cni-code";
+
+/// CNI error codes (spec 1.1.0, "Error" section), shared by shim and daemon.
+pub mod cni_code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODE_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    pub const NOT_AVAILABLE: u32 = 50;
+    pub const LIMITED_CONNECTIVITY: u32 = 51;
+    /// Plugin-specific: the control server refused or failed registration.
+    pub const CONTROL_FAILURE: u32 = 100;
+    /// Plugin-specific: minting an auth key failed.
+    pub const AUTH_FAILURE: u32 = 101;
+    /// Plugin-specific: setting up the pod's interfaces failed.
+    pub const PLUMBING_FAILURE: u32 = 102;
+    /// Plugin-specific: CHECK found the pod's setup drifted.
+    pub const CHECK_FAILED: u32 = 103;
+}
