@@ -1,1 +1,222 @@
-//! Daemon configuration (TOML).
+//! Daemon configuration: `tailnet-cnid --config FILE` (TOML).
+//!
+//! ```toml
+//! socket = "/run/tailnet-cni/daemon.sock"
+//! state_dir = "/var/lib/tailnet-cni"
+//! cluster_name = "homelab"
+//! control_url = "https://controlplane.tailscale.com"
+//!
+//! [auth]
+//! kind = "tailscale"
+//! client_id_file = "/etc/tailnet-cni/secrets/client_id"
+//! client_secret_file = "/etc/tailnet-cni/secrets/client_secret"
+//! tags = ["tag:k8s-pod"]
+//! ```
+//!
+//! The `[auth]` table is the auth crate's `AuthConfig`; see README.md for
+//! every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_SOCKET: &str = "/run/tailnet-cni/daemon.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tailnet-cni";
+/// Tailscale's own choice for a userspace TUN: safe on any path.
+pub const DEFAULT_MTU: u32 = 1280;
+
+/// Which pods join the tailnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// Every pod the shim is called for.
+    All,
+    /// Only pods annotated `tailnet-cni.io/enabled: "true"` (or in a
+    /// namespace labelled so).
+    #[default]
+    Annotated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    pub cluster_name: String,
+    pub control_url: String,
+    /// Extra root CA (PEM) for a self-hosted control server over https.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    #[serde(default)]
+    pub selection: Selection,
+    /// Tags a pod may request through its annotation; others are refused.
+    #[serde(default)]
+    pub allowed_tags: Vec<String>,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[serde(default)]
+    pub health_addr: Option<SocketAddr>,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Uids allowed to call the daemon socket (checked with SO_PEERCRED).
+    #[serde(default = "default_allowed_uids")]
+    pub allowed_uids: Vec<u32>,
+    /// How many pod registrations run at once; more wait their turn.
+    #[serde(default = "default_max_parallel_adds")]
+    pub max_parallel_adds: usize,
+    // Parsed into the auth crate's AuthConfig by the pod manager.
+    pub auth: toml::Table,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_mtu() -> u32 {
+    DEFAULT_MTU
+}
+fn default_allowed_uids() -> Vec<u32> {
+    vec![0]
+}
+fn default_max_parallel_adds() -> usize {
+    64
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config file {path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ParseError::Toml(source) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            },
+            ParseError::Invalid(msg) => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                msg,
+            },
+        })
+    }
+
+    fn parse(text: &str) -> Result<Self, ParseError> {
+        let config: Config = toml::from_str(text).map_err(ParseError::Toml)?;
+        config.validate().map_err(ParseError::Invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.cluster_name.trim().is_empty() {
+            return Err("cluster_name must not be empty".into());
+        }
+        let url = self.control_url.as_str();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "control_url must start with http:// or https://, got {url:?}"
+            ));
+        }
+        if !(576..=9000).contains(&self.mtu) {
+            return Err(format!("mtu {} is outside 576..=9000", self.mtu));
+        }
+        if self.max_parallel_adds == 0 {
+            return Err("max_parallel_adds must be at least 1".into());
+        }
+        if let Some(bad) = self.allowed_tags.iter().find(|t| !t.starts_with("tag:")) {
+            return Err(format!("allowed_tags entry {bad:?} must start with \"tag:\""));
+        }
+        Ok(())
+    }
+}
+
+enum ParseError {
+    Toml(toml::de::Error),
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        cluster_name = "homelab"
+        control_url = "http://127.0.0.1:18080"
+        [auth]
+        kind = "static"
+        key_file = "/etc/tailnet-cni/authkey"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let Ok(config) = Config::parse(MINIMAL) else {
+            panic!("minimal config must parse");
+        };
+        assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(config.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(config.mtu, DEFAULT_MTU);
+        assert_eq!(config.selection, Selection::Annotated);
+        assert_eq!(config.allowed_uids, vec![0]);
+    }
+
+    #[test]
+    fn rejects_bad_values_with_a_reason() {
+        let cases = [
+            (MINIMAL.replace("http://127", "ftp://127"), "control_url"),
+            (format!("mtu = 100\n{MINIMAL}"), "mtu"),
+            (MINIMAL.replace("\"homelab\"", "\"  \""), "cluster_name"),
+            (
+                format!("allowed_tags = [\"k8s\"]\n{MINIMAL}"),
+                "allowed_tags",
+            ),
+        ];
+        for (text, needle) in cases {
+            match Config::parse(&text) {
+                Err(ParseError::Invalid(msg)) => assert!(msg.contains(needle), "{msg}"),
+                Err(ParseError::Toml(e)) => panic!("expected a validation error, got {e}"),
+                Ok(_) => panic!("config with bad {needle} was accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = format!("sokcet = \"/tmp/x\"\n{MINIMAL}");
+        assert!(matches!(Config::parse(&text), Err(ParseError::Toml(_))));
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let err = Config::load(Path::new("/nonexistent/tailnet-cnid.toml")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tailnet-cnid.toml"));
+    }
+}

@@ -4,3 +4,4 @@ pub mod install;
 pub mod podmgr;
 pub mod rpc;
 pub mod wg;
+pub mod status;

@@ -36,3 +36,34 @@ pub mod cni_code {
     /// Plugin-specific: CHECK found the pod's setup drifted.
     pub const CHECK_FAILED: u32 = 103;
 }
+
+/// Connecting to the daemon's Unix socket, for the shim and the status CLI.
+pub mod uds {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use hyper_util::rt::TokioIo;
+    use tonic::transport::{Channel, Endpoint};
+
+    use crate::v1::cni_daemon_client::CniDaemonClient;
+
+    /// Opens a gRPC channel over the Unix socket at `path`, giving up after
+    /// `connect_timeout`. The URI is a placeholder: the connector ignores it.
+    pub async fn connect(
+        path: &Path,
+        connect_timeout: Duration,
+    ) -> Result<CniDaemonClient<Channel>, tonic::transport::Error> {
+        let path: PathBuf = path.to_path_buf();
+        let channel = Endpoint::from_static("http://daemon.invalid")
+            .connect_timeout(connect_timeout)
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await?;
+        Ok(CniDaemonClient::new(channel))
+    }
+}
