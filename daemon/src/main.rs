@@ -34,6 +34,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the shim into the CNI bin dir(s) and chain it into the primary
+    /// conflist; with --watch keep it chained when the file is rewritten.
+    Install(tailnet_cnid::install::InstallArgs),
+    /// Remove the shim from the primary conflist and the bin dir(s).
+    Uninstall(tailnet_cnid::install::InstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +81,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => PathBuf::from(config::DEFAULT_SOCKET),
             };
             print_status(socket, json).await
+        }
+        Command::Install(args) => {
+            init_logging(LogFormat::Text);
+            Ok(tailnet_cnid::install::install(&args).await?)
+        }
+        Command::Uninstall(args) => {
+            init_logging(LogFormat::Text);
+            Ok(tailnet_cnid::install::uninstall(&args)?)
         }
     }
 }

@@ -1,1 +1,382 @@
-//! Installs the shim and chains it into the primary CNI conflist.
+//! Installs the shim on a node and chains it into the primary CNI config.
+//!
+//! Run by the DaemonSet as `tailnet-cnid install --watch` in a sidecar: it
+//! copies the shim into every CNI bin dir the runtime may use, appends our
+//! plugin to the primary conflist, and re-applies both whenever the file is
+//! rewritten (k3s rewrites its flannel conflist when its agent starts).
+//! `tailnet-cnid uninstall` removes the entry and the binaries again.
+
+pub mod conflist;
+pub mod containerd;
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use self::conflist::{ChainOutcome, PluginEntry};
+
+/// Where k3s keeps its containerd config (read for the CNI dirs).
+pub const K3S_CONTAINERD_CONFIG: &str = "/var/lib/rancher/k3s/agent/etc/containerd/config.toml";
+/// CNI bin dirs used when no containerd config names one: k3s' newer and
+/// older locations, and the upstream default.
+pub const FALLBACK_BIN_DIRS: [&str; 3] = ["/var/lib/rancher/k3s/data/cni", "/bin", "/opt/cni/bin"];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstallArgs {
+    /// The shim binary to copy; defaults to `tailnet-cni` beside this binary.
+    #[arg(long)]
+    pub shim: Option<PathBuf>,
+    /// CNI bin dir to install into (repeatable). Default: those named by the
+    /// containerd config, else k3s' and upstream's usual dirs that exist.
+    #[arg(long = "bin-dir")]
+    pub bin_dirs: Vec<PathBuf>,
+    /// containerd config to read the CNI bin and conf dirs from.
+    #[arg(long, default_value = K3S_CONTAINERD_CONFIG)]
+    pub containerd_config: PathBuf,
+    /// CNI conf dir holding the primary conflist. Default: from the
+    /// containerd config, else /etc/cni/net.d.
+    #[arg(long)]
+    pub conf_dir: Option<PathBuf>,
+    /// `daemonSocket` written into the plugin entry.
+    #[arg(long, default_value = crate::config::DEFAULT_SOCKET)]
+    pub daemon_socket: PathBuf,
+    /// `ifName` written into the plugin entry.
+    #[arg(long, default_value = "ts0")]
+    pub if_name: String,
+    /// `mtu` written into the plugin entry.
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Keep running and re-apply whenever the conflist loses our entry.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often the watcher looks at the conflist.
+    #[arg(long, default_value_t = 2)]
+    pub watch_interval_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Conflist(#[from] conflist::ConflistError),
+    #[error("no CNI network config in {0} yet: is the primary CNI installed?")]
+    NoPrimaryConfig(PathBuf),
+    #[error("no CNI bin dir found; pass --bin-dir")]
+    NoBinDir,
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
+    let path = path.to_path_buf();
+    move |source| InstallError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The dirs the runtime reads, resolved from the arguments and the
+/// containerd config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub bin_dirs: Vec<PathBuf>,
+    pub conf_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn resolve(args: &InstallArgs) -> Result<Self, InstallError> {
+        let from_containerd = match std::fs::read_to_string(&args.containerd_config) {
+            Ok(text) => containerd::cni_dirs(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => containerd::CniDirs::default(),
+            Err(e) => return Err(io_err("reading", &args.containerd_config)(e)),
+        };
+        let bin_dirs = if !args.bin_dirs.is_empty() {
+            args.bin_dirs.clone()
+        } else if !from_containerd.bin_dirs.is_empty() {
+            from_containerd.bin_dirs
+        } else {
+            FALLBACK_BIN_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .filter(|d| d.is_dir())
+                .collect()
+        };
+        if bin_dirs.is_empty() {
+            return Err(InstallError::NoBinDir);
+        }
+        let conf_dir = args
+            .conf_dir
+            .clone()
+            .or(from_containerd.conf_dir)
+            .unwrap_or_else(|| PathBuf::from("/etc/cni/net.d"));
+        Ok(Self { bin_dirs, conf_dir })
+    }
+}
+
+fn entry(args: &InstallArgs) -> PluginEntry {
+    PluginEntry {
+        daemon_socket: args.daemon_socket.clone(),
+        if_name: args.if_name.clone(),
+        mtu: args.mtu,
+    }
+}
+
+fn shim_source(args: &InstallArgs) -> Result<PathBuf, InstallError> {
+    if let Some(shim) = &args.shim {
+        return Ok(shim.clone());
+    }
+    let exe = std::env::current_exe().map_err(io_err("locating", Path::new("/proc/self/exe")))?;
+    Ok(exe.with_file_name(conflist::PLUGIN_TYPE))
+}
+
+/// Writes `bytes` to `path` through a temp file and a rename, so the runtime
+/// never sees a half-written binary or config.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A leading dot and a non-config suffix keep libcni from loading it.
+    let tmp = dir.join(format!(".{name}.tailnet-cni-tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err("creating", &tmp))?;
+    file.write_all(bytes).map_err(io_err("writing", &tmp))?;
+    file.sync_all().map_err(io_err("syncing", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting mode of", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("renaming into", path))
+}
+
+/// Copies the shim into every bin dir (skipping identical copies).
+pub fn install_shim(source: &Path, bin_dirs: &[PathBuf]) -> Result<(), InstallError> {
+    let bytes = std::fs::read(source).map_err(io_err("reading shim", source))?;
+    for dir in bin_dirs {
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let target = dir.join(conflist::PLUGIN_TYPE);
+        if std::fs::read(&target).ok().as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        write_atomic(&target, &bytes, 0o755)?;
+        info!(target = %target.display(), "installed shim");
+    }
+    Ok(())
+}
+
+/// Chains our plugin into the primary config once. Returns what it did.
+pub fn apply_conflist(conf_dir: &Path, entry: &PluginEntry) -> Result<ChainOutcome, InstallError> {
+    let path = conflist::primary_config(conf_dir)
+        .map_err(io_err("listing", conf_dir))?
+        .ok_or_else(|| InstallError::NoPrimaryConfig(conf_dir.to_path_buf()))?;
+    let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+    let (out, outcome) = conflist::chain(&path, &text, entry)?;
+    if outcome != ChainOutcome::Unchanged {
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0o644);
+        write_atomic(&path, out.as_bytes(), mode)?;
+        info!(path = %path.display(), ?outcome, "chained tailnet-cni into the primary CNI config");
+    }
+    Ok(outcome)
+}
+
+/// Installs once, then (with `--watch`) keeps the entry in place.
+pub async fn install(args: &InstallArgs) -> Result<(), InstallError> {
+    let layout = Layout::resolve(args)?;
+    let source = shim_source(args)?;
+    install_shim(&source, &layout.bin_dirs)?;
+    let entry = entry(args);
+    if !args.watch {
+        apply_conflist(&layout.conf_dir, &entry)?;
+        return Ok(());
+    }
+    // Polling a small file every few seconds is cheap and, unlike inotify,
+    // survives the directory being replaced or recreated by the primary CNI.
+    let mut tick = tokio::time::interval(Duration::from_secs(args.watch_interval_secs.max(1)));
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut shutdown => {
+                info!("installer stopping; the plugin entry stays in place");
+                return Ok(());
+            }
+        }
+        match apply_conflist(&layout.conf_dir, &entry) {
+            Ok(ChainOutcome::Unchanged) => {}
+            Ok(outcome) => info!(?outcome, "re-applied the plugin entry after the config changed"),
+            // The primary CNI may not have written its config yet.
+            Err(InstallError::NoPrimaryConfig(dir)) => {
+                warn!(dir = %dir.display(), "waiting for the primary CNI config")
+            }
+            Err(error) => warn!(%error, "cannot chain the plugin; will retry"),
+        }
+        if let Err(error) = install_shim(&source, &layout.bin_dirs) {
+            warn!(%error, "cannot refresh the shim binary; will retry");
+        }
+    }
+}
+
+/// Removes the plugin entry and the shim binaries.
+pub fn uninstall(args: &InstallArgs) -> Result<(), InstallError> {
+    let layout = Layout::resolve(args)?;
+    if let Some(path) =
+        conflist::primary_config(&layout.conf_dir).map_err(io_err("listing", &layout.conf_dir))?
+    {
+        let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
+        if let Some(out) = conflist::unchain(&path, &text)? {
+            let mode = std::fs::metadata(&path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0o644);
+            write_atomic(&path, out.as_bytes(), mode)?;
+            info!(path = %path.display(), "removed tailnet-cni from the primary CNI config");
+        }
+    }
+    for dir in &layout.bin_dirs {
+        let target = dir.join(conflist::PLUGIN_TYPE);
+        match std::fs::remove_file(&target) {
+            Ok(()) => info!(target = %target.display(), "removed shim"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &target)(e)),
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(root: &Path) -> InstallArgs {
+        InstallArgs {
+            shim: Some(root.join("build/tailnet-cni")),
+            bin_dirs: vec![root.join("bin-a"), root.join("bin-b")],
+            containerd_config: root.join("containerd/config.toml"),
+            conf_dir: Some(root.join("net.d")),
+            daemon_socket: PathBuf::from("/run/tailnet-cni/daemon.sock"),
+            if_name: "ts0".into(),
+            mtu: None,
+            watch: false,
+            watch_interval_secs: 1,
+        }
+    }
+
+    fn setup(root: &Path) {
+        std::fs::create_dir_all(root.join("build")).unwrap();
+        std::fs::write(root.join("build/tailnet-cni"), b"\x7fELF shim").unwrap();
+        std::fs::create_dir_all(root.join("net.d")).unwrap();
+        std::fs::write(
+            root.join("net.d/10-flannel.conflist"),
+            r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"},{"type":"portmap"}]}"#,
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn install_then_uninstall_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        setup(root);
+        let original = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
+        install(&args(root)).await.unwrap();
+        for bin in ["bin-a", "bin-b"] {
+            let path = root.join(bin).join("tailnet-cni");
+            assert_eq!(std::fs::read(&path).unwrap(), b"\x7fELF shim");
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o755);
+        }
+        let chained = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
+        assert!(chained.contains("\"tailnet-cni\""));
+        // No temp files are left where libcni would look.
+        let leftovers: Vec<_> = std::fs::read_dir(root.join("net.d"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+
+        uninstall(&args(root)).unwrap();
+        let restored = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
+        let a: serde_json::Value = serde_json::from_str(&original).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&restored).unwrap();
+        assert_eq!(a, b);
+        assert!(!root.join("bin-a/tailnet-cni").exists());
+    }
+
+    #[test]
+    fn rewritten_conflist_gets_the_entry_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        setup(root);
+        let args = args(root);
+        let entry = entry(&args);
+        let conf = root.join("net.d");
+        assert_eq!(apply_conflist(&conf, &entry).unwrap(), ChainOutcome::Appended);
+        assert_eq!(apply_conflist(&conf, &entry).unwrap(), ChainOutcome::Unchanged);
+        // What k3s does when its agent restarts.
+        std::fs::write(
+            conf.join("10-flannel.conflist"),
+            r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(apply_conflist(&conf, &entry).unwrap(), ChainOutcome::Appended);
+    }
+
+    #[test]
+    fn missing_primary_config_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = apply_conflist(dir.path(), &entry(&args(dir.path()))).unwrap_err();
+        assert!(matches!(err, InstallError::NoPrimaryConfig(_)));
+        assert!(err.to_string().contains("primary CNI"));
+    }
+
+    #[test]
+    fn layout_prefers_containerd_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("containerd")).unwrap();
+        std::fs::write(
+            root.join("containerd/config.toml"),
+            "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.cni]\n  bin_dirs = [\"/var/lib/rancher/k3s/data/cni\"]\n  conf_dir = \"/var/lib/rancher/k3s/agent/etc/cni/net.d\"\n",
+        )
+        .unwrap();
+        let mut a = args(root);
+        a.bin_dirs.clear();
+        a.conf_dir = None;
+        let layout = Layout::resolve(&a).unwrap();
+        assert_eq!(
+            layout,
+            Layout {
+                bin_dirs: vec![PathBuf::from("/var/lib/rancher/k3s/data/cni")],
+                conf_dir: PathBuf::from("/var/lib/rancher/k3s/agent/etc/cni/net.d"),
+            }
+        );
+    }
+}
