@@ -52,6 +52,10 @@ pub struct InstallArgs {
     /// Keep running and re-apply whenever the conflist loses our entry.
     #[arg(long)]
     pub watch: bool,
+    /// Where the host's filesystem is mounted when running in a container
+    /// (e.g. /host): every host path above is looked up below it.
+    #[arg(long, default_value = "/")]
+    pub host_root: PathBuf,
     /// How often the watcher looks at the conflist.
     #[arg(long, default_value_t = 2)]
     pub watch_interval_secs: u64,
@@ -92,10 +96,12 @@ pub struct Layout {
 
 impl Layout {
     pub fn resolve(args: &InstallArgs) -> Result<Self, InstallError> {
-        let from_containerd = match std::fs::read_to_string(&args.containerd_config) {
+        let host = |p: &Path| host_path(&args.host_root, p);
+        let containerd_config = host(&args.containerd_config);
+        let from_containerd = match std::fs::read_to_string(&containerd_config) {
             Ok(text) => containerd::cni_dirs(&text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => containerd::CniDirs::default(),
-            Err(e) => return Err(io_err("reading", &args.containerd_config)(e)),
+            Err(e) => return Err(io_err("reading", &containerd_config)(e)),
         };
         let bin_dirs = if !args.bin_dirs.is_empty() {
             args.bin_dirs.clone()
@@ -104,10 +110,11 @@ impl Layout {
         } else {
             FALLBACK_BIN_DIRS
                 .iter()
-                .map(PathBuf::from)
-                .filter(|d| d.is_dir())
+                .map(|d| PathBuf::from(d))
+                .filter(|d| host(d).is_dir())
                 .collect()
         };
+        let bin_dirs: Vec<PathBuf> = bin_dirs.iter().map(|d| host(d)).collect();
         if bin_dirs.is_empty() {
             return Err(InstallError::NoBinDir);
         }
@@ -116,7 +123,16 @@ impl Layout {
             .clone()
             .or(from_containerd.conf_dir)
             .unwrap_or_else(|| PathBuf::from("/etc/cni/net.d"));
+        let conf_dir = host(&conf_dir);
         Ok(Self { bin_dirs, conf_dir })
+    }
+}
+
+/// `path` as seen from inside a container that mounts the host at `root`.
+fn host_path(root: &Path, path: &Path) -> PathBuf {
+    match path.strip_prefix("/") {
+        Ok(relative) => root.join(relative),
+        Err(_) => root.join(path),
     }
 }
 
@@ -284,6 +300,7 @@ mod tests {
             if_name: "ts0".into(),
             mtu: None,
             watch: false,
+            host_root: PathBuf::from("/"),
             watch_interval_secs: 1,
         }
     }
@@ -370,12 +387,14 @@ mod tests {
         let mut a = args(root);
         a.bin_dirs.clear();
         a.conf_dir = None;
+        a.containerd_config = PathBuf::from("/containerd/config.toml");
+        a.host_root = root.to_path_buf();
         let layout = Layout::resolve(&a).unwrap();
         assert_eq!(
             layout,
             Layout {
-                bin_dirs: vec![PathBuf::from("/var/lib/rancher/k3s/data/cni")],
-                conf_dir: PathBuf::from("/var/lib/rancher/k3s/agent/etc/cni/net.d"),
+                bin_dirs: vec![root.join("var/lib/rancher/k3s/data/cni")],
+                conf_dir: root.join("var/lib/rancher/k3s/agent/etc/cni/net.d"),
             }
         );
     }
