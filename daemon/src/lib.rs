@@ -1,6 +1,7 @@
 //! `tailnet-cnid`: the node daemon. See ARCHITECTURE.md for the map of modules.
 pub mod config;
 pub mod install;
+pub mod metrics;
 pub mod podmgr;
 pub mod rpc;
 pub mod wg;

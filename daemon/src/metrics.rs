@@ -1,0 +1,365 @@
+//! Prometheus metrics and the health endpoints (`/metrics`, `/healthz`,
+//! `/readyz`).
+//!
+//! Counters that change per packet live in the engine (plain atomics); they
+//! are read here only when Prometheus scrapes, so the data path never touches
+//! a registry lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CniCommand {
+    Add,
+    Del,
+    Check,
+    Gc,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: CniCommand,
+    /// "ok" or the CNI error code.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub hostname: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    /// "direct" or "derp".
+    pub path: String,
+}
+
+/// Per-pod numbers, filled from the engine and the control session at
+/// scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct PodSample {
+    pub labels: Option<PodLabels>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Seconds since the newest WireGuard handshake with any peer.
+    pub handshake_age_secs: Option<f64>,
+    pub peers_direct: u64,
+    pub peers_derp: u64,
+}
+
+/// Something that can describe the daemon's current state for a scrape.
+pub trait Snapshot: Send + Sync + 'static {
+    /// Pod count per lifecycle state ("ready", "registering", ...).
+    fn pods_by_state(&self) -> Vec<(String, i64)>;
+    /// Control sessions per state ("connected", "reconnecting", ...).
+    fn sessions_by_state(&self) -> Vec<(String, i64)>;
+    fn pod_samples(&self) -> Vec<PodSample>;
+    /// Ready to serve ADDs; the reason when not.
+    fn readiness(&self) -> Result<(), String>;
+}
+
+/// Metrics updated as events happen (CNI commands); the rest is sampled.
+#[derive(Debug)]
+pub struct Metrics {
+    pub command_latency: Family<CommandLabels, Histogram>,
+    pub commands: Family<CommandLabels, Counter>,
+    pub registrations_failed: Counter,
+    started: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            // 5 ms .. ~80 s: an ADD includes registration with the control
+            // server, which can take seconds.
+            command_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 15))
+            }),
+            commands: Family::default(),
+            registrations_failed: Counter::default(),
+            started: AtomicU64::new(unix_now()),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn observe(&self, command: CniCommand, result: &str, elapsed: Duration) {
+        let labels = CommandLabels {
+            command,
+            result: result.to_string(),
+        };
+        self.command_latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.commands.get_or_create(&labels).inc();
+    }
+
+    /// Renders everything in the OpenMetrics text format.
+    pub fn render(&self, snapshot: &dyn Snapshot) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::with_prefix("tailnet_cni");
+        registry.register(
+            "cni_command_duration_seconds",
+            "Time to serve a CNI command",
+            self.command_latency.clone(),
+        );
+        registry.register("cni_commands", "CNI commands served", self.commands.clone());
+        registry.register(
+            "registrations_failed",
+            "Pod registrations that failed",
+            self.registrations_failed.clone(),
+        );
+        let started: Gauge<i64> = Gauge::default();
+        started.set(self.started.load(Ordering::Relaxed) as i64);
+        registry.register(
+            "start_time_seconds",
+            "When the daemon started (Unix time)",
+            started,
+        );
+
+        let pods: Family<StateLabels, Gauge> = Family::default();
+        for (state, n) in snapshot.pods_by_state() {
+            pods.get_or_create(&StateLabels { state }).set(n);
+        }
+        registry.register("pods", "Pods by lifecycle state", pods);
+
+        let sessions: Family<StateLabels, Gauge> = Family::default();
+        for (state, n) in snapshot.sessions_by_state() {
+            sessions.get_or_create(&StateLabels { state }).set(n);
+        }
+        registry.register(
+            "control_sessions",
+            "Control-server sessions by state",
+            sessions,
+        );
+
+        let rx_bytes: Family<PodLabels, Counter> = Family::default();
+        let tx_bytes: Family<PodLabels, Counter> = Family::default();
+        let rx_packets: Family<PodLabels, Counter> = Family::default();
+        let tx_packets: Family<PodLabels, Counter> = Family::default();
+        let handshake_age: Family<PodLabels, Gauge<f64, std::sync::atomic::AtomicU64>> =
+            Family::default();
+        let paths: Family<PathLabels, Gauge> = Family::default();
+        let (mut direct, mut derp) = (0i64, 0i64);
+        for sample in snapshot.pod_samples() {
+            direct += sample.peers_direct as i64;
+            derp += sample.peers_derp as i64;
+            let Some(labels) = sample.labels else { continue };
+            rx_bytes.get_or_create(&labels).inc_by(sample.rx_bytes);
+            tx_bytes.get_or_create(&labels).inc_by(sample.tx_bytes);
+            rx_packets.get_or_create(&labels).inc_by(sample.rx_packets);
+            tx_packets.get_or_create(&labels).inc_by(sample.tx_packets);
+            if let Some(age) = sample.handshake_age_secs {
+                handshake_age.get_or_create(&labels).set(age);
+            }
+        }
+        paths
+            .get_or_create(&PathLabels {
+                path: "direct".into(),
+            })
+            .set(direct);
+        paths
+            .get_or_create(&PathLabels {
+                path: "derp".into(),
+            })
+            .set(derp);
+        registry.register("pod_rx_bytes", "Bytes delivered to the pod", rx_bytes);
+        registry.register("pod_tx_bytes", "Bytes sent by the pod", tx_bytes);
+        registry.register("pod_rx_packets", "Packets delivered to the pod", rx_packets);
+        registry.register("pod_tx_packets", "Packets sent by the pod", tx_packets);
+        registry.register(
+            "pod_handshake_age_seconds",
+            "Seconds since the pod's newest WireGuard handshake",
+            handshake_age,
+        );
+        registry.register(
+            "peer_paths",
+            "Active peer sessions by path (direct UDP or DERP relay)",
+            paths,
+        );
+
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+#[derive(Clone)]
+struct HealthState {
+    metrics: Arc<Metrics>,
+    snapshot: Arc<dyn Snapshot>,
+}
+
+/// The router behind `health_addr`.
+pub fn router(metrics: Arc<Metrics>, snapshot: Arc<dyn Snapshot>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(HealthState { metrics, snapshot })
+}
+
+async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
+    match state.snapshot.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+    }
+}
+
+async fn render_metrics(State(state): State<HealthState>) -> impl IntoResponse {
+    match state.metrics.render(state.snapshot.as_ref()) {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Serves the health router on `addr` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, "health and metrics endpoints listening");
+    let result = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    if let Err(error) = &result {
+        warn!(%error, "health server stopped");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed {
+        ready: bool,
+    }
+
+    impl Snapshot for Fixed {
+        fn pods_by_state(&self) -> Vec<(String, i64)> {
+            vec![("ready".into(), 3), ("registering".into(), 1)]
+        }
+        fn sessions_by_state(&self) -> Vec<(String, i64)> {
+            vec![("connected".into(), 4)]
+        }
+        fn pod_samples(&self) -> Vec<PodSample> {
+            vec![PodSample {
+                labels: Some(PodLabels {
+                    namespace: "default".into(),
+                    pod: "web".into(),
+                    hostname: "homelab-default-web".into(),
+                }),
+                rx_bytes: 1500,
+                tx_bytes: 700,
+                rx_packets: 3,
+                tx_packets: 2,
+                handshake_age_secs: Some(12.5),
+                peers_direct: 1,
+                peers_derp: 2,
+            }]
+        }
+        fn readiness(&self) -> Result<(), String> {
+            if self.ready {
+                Ok(())
+            } else {
+                Err("recovering pods".into())
+            }
+        }
+    }
+
+    #[test]
+    fn render_includes_every_family() {
+        let metrics = Metrics::default();
+        metrics.observe(CniCommand::Add, "ok", Duration::from_millis(120));
+        metrics.observe(CniCommand::Add, "100", Duration::from_secs(3));
+        let text = metrics.render(&Fixed { ready: true }).unwrap();
+        for needle in [
+            "tailnet_cni_pods{state=\"ready\"} 3",
+            "tailnet_cni_control_sessions{state=\"connected\"} 4",
+            "tailnet_cni_pod_rx_bytes_total{namespace=\"default\",pod=\"web\",hostname=\"homelab-default-web\"} 1500",
+            "tailnet_cni_peer_paths{path=\"derp\"} 2",
+            "tailnet_cni_cni_commands_total{command=\"Add\",result=\"100\"} 1",
+            "tailnet_cni_cni_command_duration_seconds_count{command=\"Add\",result=\"ok\"} 1",
+            "tailnet_cni_pod_handshake_age_seconds{",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn readyz_reports_the_reason() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(Arc::new(Metrics::default()), Arc::new(Fixed { ready: false }));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let (status, body) = http_get(addr, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("recovering pods"));
+        let (status, body) = http_get(addr, "/healthz").await;
+        assert_eq!((status, body.trim()), (200, "ok"));
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("tailnet_cni_pods"));
+    }
+
+    /// A minimal HTTP/1.0 GET, to keep an HTTP client out of the dependencies.
+    async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
