@@ -4,5 +4,6 @@ pub mod install;
 pub mod metrics;
 pub mod podmgr;
 pub mod rpc;
+pub mod selection;
 pub mod wg;
 pub mod status;
