@@ -76,8 +76,7 @@ pub struct Config {
     /// How many pod registrations run at once; more wait their turn.
     #[serde(default = "default_max_parallel_adds")]
     pub max_parallel_adds: usize,
-    // Parsed into the auth crate's AuthConfig by the pod manager.
-    pub auth: toml::Table,
+    pub auth: tailnet_auth::AuthConfig,
 }
 
 fn default_socket() -> PathBuf {

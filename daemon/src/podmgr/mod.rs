@@ -1,1 +1,2 @@
 //! Pod lifecycle and state.
+pub mod locks;
