@@ -213,6 +213,29 @@ mod tests {
         assert!(matches!(Config::parse(&text), Err(ParseError::Toml(_))));
     }
 
+    /// The config shipped in the ConfigMap must be one the daemon accepts.
+    #[test]
+    fn deploy_configmap_config_parses() {
+        let manifest = include_str!("../../deploy/configmap.yaml");
+        let (_, after) = manifest
+            .split_once("config.toml: |\n")
+            .expect("configmap has a config.toml entry");
+        let toml: String = after
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        match Config::parse(&toml) {
+            Ok(config) => {
+                assert_eq!(config.cluster_name, "homelab");
+                assert_eq!(config.selection, Selection::Annotated);
+                assert_eq!(config.auth.backend.kind(), "tailscale");
+            }
+            Err(ParseError::Toml(e)) => panic!("deploy config does not parse: {e}"),
+            Err(ParseError::Invalid(e)) => panic!("deploy config is invalid: {e}"),
+        }
+    }
+
     #[test]
     fn load_names_the_file() {
         let err = Config::load(Path::new("/nonexistent/tailnet-cnid.toml")).unwrap_err();
