@@ -9,6 +9,8 @@ trap 'scripts/testbed.sh down' EXIT
 # shellcheck disable=SC1090
 source <(scripts/testbed.sh env)
 export CARGO_NET_OFFLINE=true
+# Tests that drive podman run only when asked: they need root and this namespace.
+export TAILNET_CNI_TEST_PODMAN=1
 
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast --failure-output final "$@"

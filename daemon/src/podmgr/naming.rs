@@ -1,0 +1,181 @@
+//! Deterministic host-side names for a pod's devices, and validation of the
+//! identifiers that end up in device names and file paths.
+//!
+//! Names are derived from the container id alone, so a restarted daemon (or a
+//! garbage collector that lost its records) finds the same devices again.
+
+/// Prefix of the per-pod TUN device in the host netns.
+pub const TUN_PREFIX: &str = "tnt";
+/// Prefix of the host end of the per-pod veth pair.
+pub const HOST_VETH_PREFIX: &str = "tnv";
+/// Hex digits of the container-id hash in a device name: prefix (3) + 10
+/// stays within IFNAMSIZ - 1 = 15.
+const HASH_HEX_DIGITS: usize = 10;
+/// Longest interface name Linux accepts (IFNAMSIZ minus the NUL).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Longest container id accepted; runtimes use 64 hex digits.
+pub const MAX_CONTAINER_ID_LEN: usize = 128;
+
+/// Stable 64-bit FNV-1a: the same input gives the same hash on every build
+/// and architecture, unlike `std`'s randomised hasher.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+fn hashed_name(prefix: &str, container_id: &str) -> String {
+    let hash = fnv1a64(container_id.as_bytes()) & ((1u64 << (4 * HASH_HEX_DIGITS)) - 1);
+    format!("{prefix}{hash:0width$x}", width = HASH_HEX_DIGITS)
+}
+
+/// Name of the pod's TUN device in the host netns, e.g. `tnt3f09a1c2de`.
+pub fn tun_name(container_id: &str) -> String {
+    hashed_name(TUN_PREFIX, container_id)
+}
+
+/// Name of the host end of the pod's veth pair, e.g. `tnv3f09a1c2de`.
+pub fn host_veth_name(container_id: &str) -> String {
+    hashed_name(HOST_VETH_PREFIX, container_id)
+}
+
+/// True for names this plugin creates in the host netns (and only those), so
+/// garbage collection never touches another component's links.
+pub fn is_owned_link_name(name: &str) -> bool {
+    let Some(hash) = name
+        .strip_prefix(TUN_PREFIX)
+        .or_else(|| name.strip_prefix(HOST_VETH_PREFIX))
+    else {
+        return false;
+    };
+    hash.len() == HASH_HEX_DIGITS
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidName {
+    #[error("container id is empty")]
+    EmptyContainerId,
+    #[error("container id is longer than {MAX_CONTAINER_ID_LEN} characters")]
+    ContainerIdTooLong,
+    #[error("container id must start with a letter or digit and contain only [A-Za-z0-9_.-]")]
+    ContainerIdCharacters,
+    #[error("interface name {0:?} is empty, longer than {MAX_IFNAME_LEN} bytes, or contains '/', ':', whitespace or is '.'/'..'")]
+    InterfaceName(String),
+}
+
+/// Checks a container id against the CNI rule (alphanumeric start, then
+/// `[A-Za-z0-9_.-]`). Ids that pass are safe as file names: no '/', never
+/// `.` or `..`.
+pub fn validate_container_id(container_id: &str) -> Result<(), InvalidName> {
+    let bytes = container_id.as_bytes();
+    let Some(first) = bytes.first() else {
+        return Err(InvalidName::EmptyContainerId);
+    };
+    if bytes.len() > MAX_CONTAINER_ID_LEN {
+        return Err(InvalidName::ContainerIdTooLong);
+    }
+    let valid_rest = bytes[1..]
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !first.is_ascii_alphanumeric() || !valid_rest {
+        return Err(InvalidName::ContainerIdCharacters);
+    }
+    Ok(())
+}
+
+/// Checks an interface name the way the kernel's `dev_valid_name` does.
+pub fn validate_if_name(name: &str) -> Result<(), InvalidName> {
+    let bad = name.is_empty()
+        || name.len() > MAX_IFNAME_LEN
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
+    if bad {
+        return Err(InvalidName::InterfaceName(name.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a64_matches_reference_vectors() {
+        // Published FNV-1a 64-bit test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn names_are_deterministic_short_and_distinct() {
+        let id = "5f2b9c0e3a7d41e8b6c1f0a9d2e3b4c5a6f7e8d9c0b1a2f3e4d5c6b7a8f9e0d1";
+        let tun = tun_name(id);
+        let veth = host_veth_name(id);
+        assert_eq!(tun, tun_name(id));
+        assert_eq!(tun.len(), MAX_IFNAME_LEN - 2);
+        assert!(tun.len() <= MAX_IFNAME_LEN);
+        assert!(tun.starts_with("tnt") && veth.starts_with("tnv"));
+        assert_eq!(tun[3..], veth[3..], "both names carry the same hash");
+        assert_ne!(tun_name("pod-a"), tun_name("pod-b"));
+        validate_if_name(&tun).unwrap();
+        validate_if_name(&veth).unwrap();
+    }
+
+    #[test]
+    fn owned_link_names_are_recognised_strictly() {
+        assert!(is_owned_link_name(&tun_name("x")));
+        assert!(is_owned_link_name(&host_veth_name("x")));
+        assert!(!is_owned_link_name("tnt"));
+        assert!(!is_owned_link_name("tnt0123456789a")); // one digit too many
+        assert!(!is_owned_link_name("tntABCDEF0123")); // upper case is not ours
+        assert!(!is_owned_link_name("tailscale0"));
+        assert!(!is_owned_link_name("eth0"));
+    }
+
+    #[test]
+    fn container_ids_follow_the_cni_rule() {
+        validate_container_id("abc123").unwrap();
+        validate_container_id("a_b.c-d").unwrap();
+        assert_eq!(
+            validate_container_id(""),
+            Err(InvalidName::EmptyContainerId)
+        );
+        assert_eq!(
+            validate_container_id(".hidden"),
+            Err(InvalidName::ContainerIdCharacters)
+        );
+        assert_eq!(
+            validate_container_id("../etc/passwd"),
+            Err(InvalidName::ContainerIdCharacters)
+        );
+        assert_eq!(
+            validate_container_id("a/b"),
+            Err(InvalidName::ContainerIdCharacters)
+        );
+        assert_eq!(
+            validate_container_id(&"a".repeat(MAX_CONTAINER_ID_LEN + 1)),
+            Err(InvalidName::ContainerIdTooLong)
+        );
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernel_rule() {
+        validate_if_name("ts0").unwrap();
+        validate_if_name("a23456789012345").unwrap();
+        assert!(validate_if_name("a234567890123456").is_err());
+        assert!(validate_if_name("").is_err());
+        assert!(validate_if_name("..").is_err());
+        assert!(validate_if_name("eth0:1").is_err());
+        assert!(validate_if_name("a b").is_err());
+        assert!(validate_if_name("a/b").is_err());
+    }
+}

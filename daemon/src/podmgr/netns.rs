@@ -1,0 +1,84 @@
+//! Working inside a pod's network namespace without moving the daemon.
+//!
+//! A netlink socket belongs to the namespace it was created in, for its whole
+//! life. So a short-lived thread enters the pod's namespace, opens the socket
+//! and exits; the socket is then driven from the daemon's runtime like any
+//! other. The daemon's own threads never change namespace.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, CloneFlags};
+
+/// An open network namespace file (`/var/run/netns/x`, `/proc/<pid>/ns/net`).
+/// Holding it open keeps the namespace alive while we work on it.
+#[derive(Debug)]
+pub struct Netns {
+    path: PathBuf,
+    file: File,
+}
+
+impl Netns {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Runs `work` on a fresh thread that has entered this namespace, and
+    /// waits for it. Blocking: call from a blocking context.
+    pub fn run<T, F>(&self, work: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> io::Result<T> + Send + 'static,
+    {
+        let ns = self.file.try_clone()?;
+        std::thread::Builder::new()
+            .name("netns-worker".into())
+            .spawn(move || {
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                work()
+            })?
+            .join()
+            .map_err(|_| io::Error::other("netns worker thread panicked"))?
+    }
+
+    /// Opens an rtnetlink connection bound to this namespace and spawns its
+    /// driver on the current tokio runtime. The connection ends when the
+    /// returned handle (and its clones) are dropped.
+    pub async fn netlink(&self) -> io::Result<rtnetlink::Handle> {
+        let runtime = tokio::runtime::Handle::current();
+        let ns = self.file.try_clone()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("netns-netlink".into())
+            .spawn(move || {
+                let opened = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)
+                    .and_then(|()| {
+                        // The socket registers with the runtime's reactor;
+                        // which thread does that does not matter.
+                        let _entered = runtime.enter();
+                        rtnetlink::new_connection()
+                    });
+                let _ = tx.send(opened);
+            })?;
+        let (connection, handle, _) = rx
+            .await
+            .map_err(|_| io::Error::other("netns netlink thread exited without an answer"))??;
+        tokio::spawn(connection);
+        Ok(handle)
+    }
+}

@@ -1,0 +1,497 @@
+//! Per-pod state on disk: one JSON record per container under
+//! `<state_dir>/pods/<container_id>.json`, written atomically with mode 0600.
+//!
+//! A record is either the old or the new version after a crash, never a torn
+//! mix: it is written to a temporary file in the same directory, synced,
+//! renamed over the old one, and the directory is synced.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::naming::{validate_container_id, InvalidName};
+use super::plumbing::PodNet;
+
+const PODS_DIR: &str = "pods";
+const IDENTITIES_DIR: &str = "identities";
+const RECORD_SUFFIX: &str = ".json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("invalid container id {container_id:?}: {source}")]
+    InvalidContainerId {
+        container_id: String,
+        source: InvalidName,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("corrupt pod record {path}: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("encoding pod record for {container_id}: {source}")]
+    Encode {
+        container_id: String,
+        source: serde_json::Error,
+    },
+    #[error("pod record {path} holds container id {found:?}, expected {expected:?}")]
+    Mismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
+    move |source| StateError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a pod is in its lifecycle; persisted so a restarted daemon knows
+/// what to resume or clean up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodPhase {
+    /// ADD accepted, nothing created yet.
+    Pending,
+    /// Tailnet identity registered with control.
+    Registered,
+    /// Devices, addresses, rules and routes in place.
+    Plumbed,
+    /// Data plane running for the pod.
+    Running,
+    /// DEL in progress.
+    Deleting,
+}
+
+/// Everything the daemon must remember about one pod across restarts.
+/// Holds no secrets: the identity keys live in `identity_file`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub container_id: String,
+    /// Network namespace path the runtime gave us.
+    pub netns: PathBuf,
+    /// CNI ifName inside the pod (e.g. `ts0`).
+    pub if_name: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Tailnet machine name.
+    pub hostname: String,
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    /// Host and pod plumbing, once set up.
+    #[serde(default)]
+    pub pod_net: Option<PodNet>,
+    /// File holding the pod's node and machine keys.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    /// Control server's numeric node id.
+    #[serde(default)]
+    pub node_id: Option<i64>,
+    /// Control server's stable node id.
+    #[serde(default)]
+    pub stable_id: Option<String>,
+    pub state: PodPhase,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+#[derive(Debug)]
+pub struct LoadedRecords {
+    pub records: Vec<PodRecord>,
+    /// Files that could not be read or parsed; reported, not fatal.
+    pub errors: Vec<StateError>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    root: PathBuf,
+    pods_dir: PathBuf,
+}
+
+impl StateStore {
+    /// Opens (creating if needed, mode 0700) `<state_dir>/pods` and
+    /// `<state_dir>/identities`.
+    pub fn open(state_dir: impl Into<PathBuf>) -> Result<Self, StateError> {
+        let root = state_dir.into();
+        let pods_dir = root.join(PODS_DIR);
+        let identities_dir = root.join(IDENTITIES_DIR);
+        for dir in [&root, &pods_dir, &identities_dir] {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err("creating directory", dir))?;
+        }
+        // Directories made by an older or foreign setup may be wider; ours
+        // hold key material, so narrow them.
+        for dir in [&pods_dir, &identities_dir] {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("restricting directory", dir))?;
+        }
+        Ok(Self { root, pods_dir })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<state_dir>/pods/<container_id>.json`, after validating the id.
+    pub fn record_path(&self, container_id: &str) -> Result<PathBuf, StateError> {
+        check_id(container_id)?;
+        Ok(self.pods_dir.join(format!("{container_id}{RECORD_SUFFIX}")))
+    }
+
+    /// `<state_dir>/identities/<container_id>.json`, after validating the id.
+    pub fn identity_path(&self, container_id: &str) -> Result<PathBuf, StateError> {
+        check_id(container_id)?;
+        Ok(self
+            .root
+            .join(IDENTITIES_DIR)
+            .join(format!("{container_id}{RECORD_SUFFIX}")))
+    }
+
+    pub fn save(&self, record: &PodRecord) -> Result<(), StateError> {
+        let path = self.record_path(&record.container_id)?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StateError::Encode {
+            container_id: record.container_id.clone(),
+            source,
+        })?;
+        write_private_atomic(&path, &bytes)
+    }
+
+    /// The record of one container, or `None` if there is none.
+    pub fn load(&self, container_id: &str) -> Result<Option<PodRecord>, StateError> {
+        let path = self.record_path(container_id)?;
+        match fs::read(&path) {
+            Ok(bytes) => parse_record(&path, &bytes, Some(container_id)).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+
+    /// Every record; unreadable or corrupt files are listed in `errors` and
+    /// do not stop the others from loading.
+    pub fn load_all(&self) -> Result<LoadedRecords, StateError> {
+        let entries = fs::read_dir(&self.pods_dir).map_err(io_err("listing", &self.pods_dir))?;
+        let mut loaded = LoadedRecords {
+            records: Vec::new(),
+            errors: Vec::new(),
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    loaded.errors.push(io_err("listing", &self.pods_dir)(e));
+                    continue;
+                }
+            };
+            let file_name = entry.file_name();
+            let Some(container_id) = file_name
+                .to_str()
+                .and_then(|name| name.strip_suffix(RECORD_SUFFIX))
+            else {
+                continue;
+            };
+            // Temporary files of interrupted writes start with '.'; they
+            // fail validation and are skipped here.
+            if validate_container_id(container_id).is_err() {
+                continue;
+            }
+            let path = entry.path();
+            match fs::read(&path) {
+                Ok(bytes) => match parse_record(&path, &bytes, Some(container_id)) {
+                    Ok(record) => loaded.records.push(record),
+                    Err(e) => loaded.errors.push(e),
+                },
+                Err(e) => loaded.errors.push(io_err("reading", &path)(e)),
+            }
+        }
+        loaded
+            .records
+            .sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        Ok(loaded)
+    }
+
+    /// Deletes a container's record. Returns false if there was none.
+    pub fn remove(&self, container_id: &str) -> Result<bool, StateError> {
+        let path = self.record_path(container_id)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                sync_dir(&self.pods_dir)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+}
+
+fn check_id(container_id: &str) -> Result<(), StateError> {
+    validate_container_id(container_id).map_err(|source| StateError::InvalidContainerId {
+        container_id: container_id.to_string(),
+        source,
+    })
+}
+
+fn parse_record(
+    path: &Path,
+    bytes: &[u8],
+    expected_id: Option<&str>,
+) -> Result<PodRecord, StateError> {
+    let record: PodRecord =
+        serde_json::from_slice(bytes).map_err(|source| StateError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if let Some(expected) = expected_id {
+        if record.container_id != expected {
+            return Err(StateError::Mismatch {
+                path: path.to_path_buf(),
+                expected: expected.to_string(),
+                found: record.container_id,
+            });
+        }
+    }
+    Ok(record)
+}
+
+/// Replaces `path` with `bytes` atomically; the file has mode 0600 from the
+/// moment it exists (it may hold private keys). The parent directory must
+/// exist.
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| {
+            io_err("writing", path)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path has no file name",
+            ))
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(
+        ".{file_name}.tmp.{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+
+    let written = (|| -> Result<(), StateError> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("creating", &tmp))?;
+        file.write_all(bytes).map_err(io_err("writing", &tmp))?;
+        file.sync_all().map_err(io_err("syncing", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("renaming into place", path))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> PodRecord {
+        PodRecord {
+            container_id: id.to_string(),
+            netns: PathBuf::from("/var/run/netns/cni-1234"),
+            if_name: "ts0".into(),
+            namespace: "default".into(),
+            name: "web-0".into(),
+            uid: "0b8e7f4a-1111-2222-3333-444455556666".into(),
+            hostname: "prod-default-web-0".into(),
+            ipv4: Some(Ipv4Addr::new(100, 64, 0, 7)),
+            ipv6: Some("fd7a:115c:a1e0::7".parse().unwrap()),
+            pod_net: None,
+            identity_file: Some(PathBuf::from("/var/lib/tailnet-cni/identities/x.json")),
+            node_id: Some(42),
+            stable_id: Some("nStable42".into()),
+            state: PodPhase::Plumbed,
+            created_at: 1_790_000_000,
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn save_then_load_round_trips_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let rec = record("abc123");
+        store.save(&rec).unwrap();
+        assert_eq!(store.load("abc123").unwrap(), Some(rec.clone()));
+        let path = store.record_path("abc123").unwrap();
+        assert_eq!(path, dir.path().join("pods/abc123.json"));
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("pods")), 0o700);
+        assert_eq!(store.load("other").unwrap(), None);
+    }
+
+    #[test]
+    fn open_narrows_existing_wide_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = dir.path().join("pods");
+        fs::create_dir(&pods).unwrap();
+        fs::set_permissions(&pods, fs::Permissions::from_mode(0o755)).unwrap();
+        StateStore::open(dir.path()).unwrap();
+        assert_eq!(mode(&pods), 0o700);
+        assert_eq!(mode(&dir.path().join("identities")), 0o700);
+    }
+
+    #[test]
+    fn save_replaces_and_leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut rec = record("abc");
+        store.save(&rec).unwrap();
+        rec.state = PodPhase::Running;
+        store.save(&rec).unwrap();
+        assert_eq!(store.load("abc").unwrap().unwrap().state, PodPhase::Running);
+        let names: Vec<String> = fs::read_dir(dir.path().join("pods"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["abc.json".to_string()]);
+    }
+
+    #[test]
+    fn write_private_atomic_tightens_mode_of_replaced_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.json");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_private_atomic(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn write_private_atomic_fails_cleanly_without_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing/key.json");
+        let err = write_private_atomic(&path, b"x").unwrap_err();
+        assert!(matches!(err, StateError::Io { .. }), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn load_all_reports_corrupt_files_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.save(&record("b")).unwrap();
+        store.save(&record("a")).unwrap();
+        let pods = dir.path().join("pods");
+        fs::write(pods.join("broken.json"), b"{ not json").unwrap();
+        // A record under the wrong name is reported, not trusted.
+        fs::write(
+            pods.join("c.json"),
+            serde_json::to_vec(&record("d")).unwrap(),
+        )
+        .unwrap();
+        // Leftovers of interrupted writes and foreign files are ignored.
+        fs::write(pods.join(".a.json.tmp.1.0"), b"partial").unwrap();
+        fs::write(pods.join("README"), b"hi").unwrap();
+
+        let loaded = store.load_all().unwrap();
+        let ids: Vec<&str> = loaded
+            .records
+            .iter()
+            .map(|r| r.container_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["a", "b"]);
+        assert_eq!(loaded.errors.len(), 2, "{:?}", loaded.errors);
+        assert!(loaded.errors.iter().any(
+            |e| matches!(e, StateError::Corrupt { path, .. } if path.ends_with("broken.json"))
+        ));
+        assert!(loaded
+            .errors
+            .iter()
+            .any(|e| matches!(e, StateError::Mismatch { found, .. } if found == "d")));
+        assert!(matches!(
+            store.load("broken"),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn remove_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.save(&record("abc")).unwrap();
+        assert!(store.remove("abc").unwrap());
+        assert!(!store.remove("abc").unwrap());
+        assert_eq!(store.load("abc").unwrap(), None);
+    }
+
+    #[test]
+    fn invalid_container_ids_never_reach_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        for bad in ["../escape", "a/b", "", ".hidden"] {
+            assert!(matches!(
+                store.load(bad),
+                Err(StateError::InvalidContainerId { .. })
+            ));
+            assert!(store.identity_path(bad).is_err());
+            assert!(store.remove(bad).is_err());
+        }
+        let mut rec = record("ok");
+        rec.container_id = "../../etc/x".into();
+        assert!(store.save(&rec).is_err());
+        assert!(!dir.path().join("etc").exists());
+        assert_eq!(
+            store.identity_path("ok").unwrap(),
+            dir.path().join("identities/ok.json")
+        );
+    }
+
+    #[test]
+    fn records_with_missing_optional_fields_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let minimal = r#"{"container_id":"m","netns":"/proc/1/ns/net","if_name":"ts0",
+            "namespace":"ns","name":"p","uid":"u","hostname":"h","state":"pending","created_at":1}"#;
+        fs::write(dir.path().join("pods/m.json"), minimal).unwrap();
+        let rec = store.load("m").unwrap().unwrap();
+        assert_eq!(rec.state, PodPhase::Pending);
+        assert_eq!(rec.pod_net, None);
+        assert_eq!(rec.ipv4, None);
+    }
+}

@@ -1,0 +1,105 @@
+//! Persistent TUN devices: created once by the plumbing, reopened by name by
+//! the data plane (also after a daemon restart).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+const TUN_CLONE_DEVICE: &str = "/dev/net/tun";
+const IFNAMSIZ: usize = 16;
+
+/// `struct ifreq` as TUNSETIFF reads it: the name and the flags member of
+/// the union, padded to the full size of the kernel struct (40 bytes).
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// One packet per read/write, no packet-information header, single queue:
+/// the engine reads with one fd per pod.
+const TUN_FLAGS: libc::c_int = libc::IFF_TUN | libc::IFF_NO_PI;
+
+fn attach(name: &str) -> io::Result<File> {
+    if name.is_empty() || name.len() >= IFNAMSIZ || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid TUN name {name:?}"),
+        ));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(TUN_CLONE_DEVICE)?;
+    let mut req = IfReqFlags {
+        name: [0; IFNAMSIZ],
+        flags: TUN_FLAGS as libc::c_short,
+        _pad: [0; 22],
+    };
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: `req` is a live, properly sized ifreq for the duration of the
+    // call; TUNSETIFF reads the name and flags and writes the name back.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF as _, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+fn set_persist(file: &File, persist: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::TUNSETPERSIST as _,
+            libc::c_ulong::from(persist),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates a TUN device that outlives the file descriptor (and the daemon).
+/// Fails with `EBUSY` if a device of that name is open elsewhere.
+pub fn create_persistent_tun(name: &str) -> io::Result<()> {
+    let file = attach(name)?;
+    set_persist(&file, true)
+}
+
+/// Opens an existing (or creates a transient) TUN device by name for packet
+/// I/O. The descriptor is blocking and close-on-exec.
+pub fn open_tun(name: &str) -> io::Result<OwnedFd> {
+    Ok(attach(name)?.into())
+}
+
+/// Clears persistence so the device disappears once no descriptor holds it;
+/// the fallback when deleting the link over netlink is refused.
+pub fn release_persistent_tun(name: &str) -> io::Result<()> {
+    let file = attach(name)?;
+    set_persist(&file, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_kernel_would_truncate_or_reject_are_refused_up_front() {
+        for bad in ["", "a234567890123456", "a\0b"] {
+            let err = open_tun(bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ifreq_has_the_kernel_size() {
+        assert_eq!(std::mem::size_of::<IfReqFlags>(), 40);
+    }
+}
