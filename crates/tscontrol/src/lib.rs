@@ -1,0 +1,1 @@
+//! Tailscale control protocol client.
