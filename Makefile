@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build test test-unit lint bench demo demo-down k3d-setup k3d-delete logs test-nginx
+.PHONY: help build test test-unit lint bench demo demo-down testbed-up testbed-down podman-check \
+	k3d-setup k3d-delete logs test-nginx
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -18,19 +19,33 @@ test: ## Every test: unit, then integration against the real test bed (root)
 test-unit: ## Unit tests only: no root, no test bed
 	$(CARGO) test --workspace --lib --bins
 
-lint: ## rustfmt, clippy, manifests and Dockerfile
+lint: ## rustfmt, clippy, manifests, Dockerfile and shell scripts
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/lint-manifests.sh
+	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/*.sh tests/e2e/*.sh k3d/*.sh .ci/run; \
+	else echo "lint: shellcheck is not installed; shell scripts not checked (apt-get install shellcheck)"; fi
 
 bench: ## Benchmarks; numbers go to BENCHMARKS.md
-	scripts/bench.sh
+	@if [[ -x scripts/bench.sh ]]; then scripts/bench.sh; \
+	else echo "bench: nothing is benchmarked yet (scripts/bench.sh does not exist)"; fi
 
 demo: ## Test bed + daemon + a podman container on the tailnet, left running
+	@[[ -x scripts/demo.sh ]] || { echo "demo: scripts/demo.sh does not exist yet" >&2; exit 1; }
 	scripts/demo.sh up
 
 demo-down: ## Stop what `make demo` started
+	@[[ -x scripts/demo.sh ]] || { echo "demo-down: scripts/demo.sh does not exist yet" >&2; exit 1; }
 	scripts/demo.sh down
+
+testbed-up: ## Start the real test bed on loopback (root); `scripts/testbed.sh env` prints its exports
+	scripts/testbed.sh up
+
+testbed-down: ## Stop the test bed (caches stay)
+	scripts/testbed.sh down
+
+podman-check: ## Prove the podman CNI runtime works here (bridge + host-local, isolated namespace)
+	tests/e2e/podman-env.sh check
 
 k3d-setup: ## k3d cluster with tailnet-cni installed (needs docker, k3d, kubectl)
 	k3d/setup.sh

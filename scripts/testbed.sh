@@ -22,7 +22,7 @@ RSCALE_BIN="$CACHE/rscale/bin/rscale"
 TS_DIR="$CACHE/tailscale-1.96.4"
 TAILSCALED_SHA256=7be67cf6c8b23fd39d2e5c01120729cd9f85ce59efffae3576df81ef8ef21618
 TAILSCALE_SHA256=3c35175b09f36f8db182107856bebdfebb91b9f125c3701a46fd412fb6cc1a8b
-PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+PG_BIN=${PG_BIN:-}
 
 log() { echo "testbed: $*" >&2; }
 die() { echo "testbed: error: $*" >&2; exit 1; }
@@ -44,10 +44,26 @@ install_rscale() {
   if [[ -x "$RSCALE_BIN" ]] && "$RSCALE_BIN" --version 2>/dev/null | grep -q "$RSCALE_VERSION"; then
     return 0
   fi
-  log "building rscale $RSCALE_VERSION into $CACHE/rscale (about 12 minutes on 2 cores, once)"
+  command -v cargo >/dev/null || die "cargo is needed to build rscale (install Rust with rustup)"
   mkdir -p "$CACHE/rscale"
+  # One build at a time into that root: a second `cargo install` would race
+  # the first one's files. Another run of this script, or a build started
+  # by hand, may already be at it.
+  local builder
+  while builder=$(pgrep -f "cargo install .*--root $CACHE/rscale" | grep -vx "$$" | head -n 1) && [[ -n "$builder" ]]; do
+    log "waiting for the rscale build already running (pid $builder)"
+    sleep 10
+  done
+  exec 9>"$CACHE/rscale.lock"
+  flock 9
+  if [[ -x "$RSCALE_BIN" ]] && "$RSCALE_BIN" --version 2>/dev/null | grep -q "$RSCALE_VERSION"; then
+    exec 9>&-
+    return 0
+  fi
+  log "building rscale $RSCALE_VERSION into $CACHE/rscale (about 12 minutes on 2 cores, once)"
   cargo install --locked rscale --version "$RSCALE_VERSION" --root "$CACHE/rscale" >"$CACHE/rscale-install.log" 2>&1 ||
     { tail -n 30 "$CACHE/rscale-install.log" >&2; die "cargo install rscale failed"; }
+  exec 9>&-
 }
 
 verify_sha256() { # file expected
@@ -79,8 +95,10 @@ install_tailscale() {
 
 cmd_install() {
   [[ $EUID -eq 0 ]] || die "must run as root"
+  # build-essential, pkg-config, libssl-dev: rscale is built from source.
   apt_install postgresql containernetworking-plugins podman busybox-static nftables iproute2 \
-    curl iperf3 python3-pip openssl ca-certificates
+    curl iperf3 python3-pip openssl ca-certificates procps util-linux \
+    build-essential pkg-config libssl-dev
   install_rscale
   install_tailscale
 }
@@ -110,12 +128,19 @@ wait_for() { # seconds description command...
 
 hex32() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
 
+# Resolved late: on a fresh machine PostgreSQL is installed by `up` itself.
+resolve_pg_bin() {
+  [[ -n "$PG_BIN" ]] && return 0
+  PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
+  [[ -n "$PG_BIN" ]]
+}
+
 start_postgres() {
   local pgdir="$DIR/pg"
+  resolve_pg_bin || die "PostgreSQL binaries not found under /usr/lib/postgresql (run: $0 install)"
   if [[ -f "$DIR/pg.port" ]] && su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$pgdir/data' status" >/dev/null 2>&1; then
     return 0
   fi
-  [[ -n "$PG_BIN" ]] || die "PostgreSQL binaries not found"
   local port
   port=$(free_port tcp)
   mkdir -p "$pgdir"
@@ -276,7 +301,8 @@ cmd_status() {
   for name in rscale peer; do
     if pid_alive "$DIR/$name.pid"; then echo "$name: running (pid $(cat "$DIR/$name.pid"))"; else echo "$name: stopped"; fi
   done
-  if [[ -f "$DIR/pg.port" ]] && su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$DIR/pg/data' status" >/dev/null 2>&1; then
+  if [[ -f "$DIR/pg.port" ]] && resolve_pg_bin &&
+    su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$DIR/pg/data' status" >/dev/null 2>&1; then
     echo "postgres: running (port $(cat "$DIR/pg.port"))"
   else
     echo "postgres: stopped"
@@ -301,7 +327,7 @@ stop_pidfile() {
 cmd_down() {
   stop_pidfile "$DIR/peer.pid"
   stop_pidfile "$DIR/rscale.pid"
-  if [[ -d "$DIR/pg/data" ]]; then
+  if [[ -d "$DIR/pg/data" ]] && resolve_pg_bin; then
     su postgres -s /bin/sh -c "'$PG_BIN/pg_ctl' -D '$DIR/pg/data' -m fast stop" >/dev/null 2>&1 || true
   fi
   rm -rf "$DIR"
