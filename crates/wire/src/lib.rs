@@ -1,1 +1,2 @@
 //! Sans-IO data-plane protocol cores.
+pub mod derp;

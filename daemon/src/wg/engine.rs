@@ -1,0 +1,823 @@
+//! The shared data-plane engine: one tokio task per pod, all pods sharing
+//! the runtime (no thread per pod). Each pod task owns its packet device,
+//! its WireGuard sessions (one boringtun `Tunn` per peer, created lazily)
+//! and its relay links, so the hot path takes no locks.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, trace, warn};
+
+use super::config::{DerpRegionConfig, EngineConfig, PeerConfig, PodDataConfig, PodEndpoints};
+use super::derp_client::{DerpInbound, DerpLink};
+use super::packet_fd::PacketFd;
+use super::path::{PathState, Route};
+use super::routing::{packet_addrs, prefix_contains, AllowedIps};
+use super::udp;
+
+/// boringtun needs room for its header and tag, and at least 148 bytes for handshakes.
+const WG_OVERHEAD: usize = 32;
+const MIN_WG_BUFFER: usize = 148;
+/// Packets drained from the device (or UDP socket) per wake-up before
+/// serving other events.
+const TUN_BATCH: usize = 64;
+/// How often a pod publishes the snapshot behind [`PodHandle::stats_now`].
+pub const STATS_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// WireGuard message types 1-4 with three zero bytes: anything else from a
+/// relay (disco, for now) is not for boringtun.
+fn looks_like_wireguard(packet: &[u8]) -> bool {
+    packet.len() >= 4 && (1..=4).contains(&packet[0]) && packet[1..4] == [0, 0, 0]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("pod {0} is already attached")]
+    AlreadyAttached(String),
+    #[error("pod {pod_id}: packet device unusable: {source}")]
+    Device {
+        pod_id: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pod {0} is no longer attached")]
+    Detached(String),
+}
+
+/// How packets to a peer currently travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// No packet sent yet.
+    None,
+    /// Relayed through DERP (see [`PeerStats::derp_region`]).
+    Derp,
+    /// Straight over UDP (see [`PeerStats::direct_endpoint`]).
+    Direct,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStats {
+    pub node_key: [u8; 32],
+    pub path: PathKind,
+    /// Region of the last relayed send.
+    pub derp_region: Option<u16>,
+    /// Endpoint of the last direct send.
+    pub direct_endpoint: Option<SocketAddr>,
+    /// Time since the last completed handshake, if any.
+    pub last_handshake: Option<Duration>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodStats {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Packets dropped: spoofed source, no route, full queue, bad inner source.
+    pub dropped_packets: u64,
+    pub peers: Vec<PeerStats>,
+}
+
+/// The node's data plane.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    config: EngineConfig,
+    pods: Mutex<HashSet<String>>,
+    /// boringtun receiver indices (24 bits, shifted by Tunn) must be unique
+    /// across every session the node runs.
+    next_index: AtomicU32,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            inner: Arc::new(EngineInner {
+                config,
+                pods: Mutex::new(HashSet::new()),
+                next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
+            }),
+        }
+    }
+
+    /// Number of attached pods.
+    pub fn pod_count(&self) -> usize {
+        self.inner.pods.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Start serving a pod. Must be called inside a tokio runtime.
+    pub fn attach_pod(&self, pod: PodDataConfig) -> Result<PodHandle, EngineError> {
+        let PodDataConfig {
+            pod_id,
+            tun_fd,
+            node_private,
+            disco_private: _,
+            addresses,
+        } = pod;
+        {
+            let mut pods = self.inner.pods.lock().unwrap_or_else(|e| e.into_inner());
+            if !pods.insert(pod_id.clone()) {
+                return Err(EngineError::AlreadyAttached(pod_id));
+            }
+        }
+        let device = match PacketFd::new(tun_fd) {
+            Ok(d) => d,
+            Err(source) => {
+                self.forget(&pod_id);
+                return Err(EngineError::Device { pod_id, source });
+            }
+        };
+        let (commands, command_rx) = mpsc::channel(16);
+        let (endpoints_tx, endpoints_rx) = watch::channel(PodEndpoints::default());
+        let (stats_tx, stats_rx) = watch::channel(PodStats::default());
+        let (inbound_tx, inbound_rx) = mpsc::channel(self.inner.config.inbound_queue.max(1));
+        let secret = x25519::StaticSecret::from(node_private);
+        let udp = match udp::bind_pod_socket(0) {
+            Ok(sock) => Some(Arc::new(sock)),
+            Err(e) => {
+                warn!(pod = %pod_id, error = %e, "no UDP socket; relay only");
+                None
+            }
+        };
+        let udp_port = udp
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .map(|a| a.port());
+        let _ = endpoints_tx.send(PodEndpoints {
+            endpoints: udp_port.map(udp::local_endpoints).unwrap_or_default(),
+            preferred_derp: None,
+            udp_port,
+        });
+        let state = PodState {
+            pod_id: pod_id.clone(),
+            node_private,
+            node_public: x25519::PublicKey::from(&secret),
+            node_secret: secret,
+            udp: udp.clone(),
+            index_to_peer: HashMap::new(),
+            addresses,
+            peers: HashMap::new(),
+            routes: AllowedIps::default(),
+            derp_map: Arc::new(Vec::new()),
+            home_region: None,
+            links: HashMap::new(),
+            inbound_tx,
+            endpoints_tx,
+            stats_tx,
+            last_stats_publish: None,
+            stats: PodStats::default(),
+            engine: self.inner.clone(),
+            out_buf: vec![
+                0u8;
+                (self.inner.config.max_packet_size + WG_OVERHEAD).max(MIN_WG_BUFFER)
+            ],
+        };
+        let engine = self.clone();
+        let id = pod_id.clone();
+        tokio::spawn(async move {
+            run_pod(state, device, udp, command_rx, inbound_rx).await;
+            engine.forget(&id);
+        });
+        info!(pod = %pod_id, "pod attached to data plane");
+        Ok(PodHandle {
+            pod_id,
+            commands,
+            endpoints: endpoints_rx,
+            stats: stats_rx,
+        })
+    }
+
+    fn forget(&self, pod_id: &str) {
+        self.inner
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pod_id);
+    }
+}
+
+enum Command {
+    SetPeers(Vec<PeerConfig>),
+    SetDerpMap(Arc<Vec<DerpRegionConfig>>),
+    Stats(oneshot::Sender<PodStats>),
+    Detach(oneshot::Sender<()>),
+}
+
+/// Control of one attached pod. Dropping every handle detaches the pod.
+#[derive(Clone)]
+pub struct PodHandle {
+    pod_id: String,
+    commands: mpsc::Sender<Command>,
+    endpoints: watch::Receiver<PodEndpoints>,
+    stats: watch::Receiver<PodStats>,
+}
+
+impl PodHandle {
+    pub fn pod_id(&self) -> &str {
+        &self.pod_id
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), EngineError> {
+        self.commands
+            .send(cmd)
+            .await
+            .map_err(|_| EngineError::Detached(self.pod_id.clone()))
+    }
+
+    /// Replace the peer set: new peers are added, changed ones updated in
+    /// place (sessions survive), missing ones removed.
+    pub async fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<(), EngineError> {
+        self.send(Command::SetPeers(peers)).await
+    }
+
+    pub async fn set_derp_map(&self, map: Arc<Vec<DerpRegionConfig>>) -> Result<(), EngineError> {
+        self.send(Command::SetDerpMap(map)).await
+    }
+
+    pub async fn stats(&self) -> Result<PodStats, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Stats(tx)).await?;
+        rx.await
+            .map_err(|_| EngineError::Detached(self.pod_id.clone()))
+    }
+
+    /// The latest published statistics without waiting on the pod task:
+    /// at most [`STATS_PUBLISH_INTERVAL`] old. For metrics scrapes.
+    pub fn stats_now(&self) -> PodStats {
+        self.stats.borrow().clone()
+    }
+
+    /// Where the pod can be reached, for reporting to control.
+    pub fn endpoints(&self) -> watch::Receiver<PodEndpoints> {
+        self.endpoints.clone()
+    }
+
+    /// Stop serving the pod and release its device, sessions and links.
+    pub async fn detach(self) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Detach(tx)).await?;
+        rx.await
+            .map_err(|_| EngineError::Detached(self.pod_id.clone()))
+    }
+}
+
+struct PeerSession {
+    config: PeerConfig,
+    tunn: Option<Box<Tunn>>,
+    /// Region the peer last reached us through; used when it has no home.
+    last_derp_region: Option<u16>,
+    /// Direct-path validation state.
+    paths: PathState,
+    /// Receiver index of `tunn`, for demultiplexing direct datagrams.
+    local_index: Option<u32>,
+    path: PathKind,
+    derp_region: Option<u16>,
+    direct_endpoint: Option<SocketAddr>,
+    tx_bytes: u64,
+    rx_bytes: u64,
+}
+
+struct LinkEntry {
+    link: DerpLink,
+    /// The region as the link was opened, to notice DERP map changes.
+    config: DerpRegionConfig,
+    last_used: Instant,
+}
+
+struct PodState {
+    pod_id: String,
+    node_private: [u8; 32],
+    node_secret: x25519::StaticSecret,
+    node_public: x25519::PublicKey,
+    udp: Option<Arc<tokio::net::UdpSocket>>,
+    /// Receiver index (as given to `Tunn::new`) → peer.
+    index_to_peer: HashMap<u32, [u8; 32]>,
+    addresses: Vec<IpAddr>,
+    peers: HashMap<[u8; 32], PeerSession>,
+    routes: AllowedIps<[u8; 32]>,
+    derp_map: Arc<Vec<DerpRegionConfig>>,
+    home_region: Option<u16>,
+    links: HashMap<u16, LinkEntry>,
+    inbound_tx: mpsc::Sender<DerpInbound>,
+    endpoints_tx: watch::Sender<PodEndpoints>,
+    stats_tx: watch::Sender<PodStats>,
+    last_stats_publish: Option<Instant>,
+    stats: PodStats,
+    engine: Arc<EngineInner>,
+    /// Reused for every encapsulation/decapsulation.
+    out_buf: Vec<u8>,
+}
+
+async fn run_pod(
+    mut state: PodState,
+    device: PacketFd,
+    udp: Option<Arc<tokio::net::UdpSocket>>,
+    mut commands: mpsc::Receiver<Command>,
+    mut inbound: mpsc::Receiver<DerpInbound>,
+) {
+    let mut timer = tokio::time::interval(state.engine.config.timer_interval);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Sized to the device MTU, not 64 KiB: per-pod memory matters.
+    let mut tun_buf = vec![0u8; state.engine.config.max_packet_size];
+    let mut udp_buf = vec![0u8; state.engine.config.max_packet_size + WG_OVERHEAD + 64];
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Command::Detach(done)) => {
+                    let _ = done.send(());
+                    break;
+                }
+                Some(cmd) => state.handle_command(cmd),
+                None => break,
+            },
+            msg = inbound.recv() => {
+                // The pod holds a sender itself, so this never yields None.
+                if let Some(msg) = msg {
+                    state.handle_derp_inbound(&device, msg).await;
+                }
+            }
+            read = device.recv(&mut tun_buf) => {
+                match read {
+                    Ok(n) => {
+                        state.handle_outbound_packet(&tun_buf[..n]);
+                        // Drain what else is waiting, bounded so events still get served.
+                        for _ in 1..TUN_BATCH {
+                            match device.try_recv(&mut tun_buf) {
+                                Ok(n) => state.handle_outbound_packet(&tun_buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!(pod = %state.pod_id, error = %e, "packet device failed; detaching");
+                        break;
+                    }
+                }
+            }
+            received = recv_udp(udp.as_deref(), &mut udp_buf) => match received {
+                Ok((n, from)) => {
+                    state.handle_udp(&device, &udp_buf[..n], udp::canonical(from)).await;
+                    // Drain the socket in a bounded batch, as for the device.
+                    if let Some(sock) = udp.as_deref() {
+                        for _ in 1..TUN_BATCH {
+                            match sock.try_recv_from(&mut udp_buf) {
+                                Ok((n, from)) => {
+                                    state.handle_udp(&device, &udp_buf[..n], udp::canonical(from)).await
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                Err(e) => debug!(pod = %state.pod_id, error = %e, "UDP receive failed"),
+            },
+            _ = timer.tick() => state.on_timer(),
+        }
+    }
+    info!(pod = %state.pod_id, "pod detached from data plane");
+}
+
+async fn recv_udp(
+    sock: Option<&tokio::net::UdpSocket>,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(sock) => sock.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+const DISCO_MAGIC: &[u8] = "TS\u{1F4AC}".as_bytes();
+
+impl PodState {
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SetPeers(peers) => self.set_peers(peers),
+            Command::SetDerpMap(map) => self.set_derp_map(map),
+            Command::Stats(reply) => {
+                let _ = reply.send(self.snapshot_stats());
+            }
+            Command::Detach(_) => {}
+        }
+    }
+
+    fn set_peers(&mut self, peers: Vec<PeerConfig>) {
+        let mut next = HashMap::with_capacity(peers.len());
+        for config in peers {
+            let key = config.node_key;
+            let session = match self.peers.remove(&key) {
+                Some(mut existing) => {
+                    if existing.config.endpoints != config.endpoints {
+                        existing.paths.set_endpoints(&config.endpoints);
+                    }
+                    existing.config = config;
+                    existing
+                }
+                None => PeerSession {
+                    paths: {
+                        let mut paths = PathState::default();
+                        paths.set_endpoints(&config.endpoints);
+                        paths
+                    },
+                    local_index: None,
+                    config,
+                    tunn: None,
+                    last_derp_region: None,
+                    path: PathKind::None,
+                    derp_region: None,
+                    direct_endpoint: None,
+                    tx_bytes: 0,
+                    rx_bytes: 0,
+                },
+            };
+            next.insert(key, session);
+        }
+        let removed = self.peers.len();
+        for gone in self.peers.values() {
+            if let Some(index) = gone.local_index {
+                self.index_to_peer.remove(&index);
+            }
+        }
+        self.peers = next;
+        self.routes = AllowedIps::from_entries(self.peers.values().flat_map(|p| {
+            p.config
+                .allowed_ips
+                .iter()
+                .map(|(ip, len)| (*ip, *len, p.config.node_key))
+        }));
+        debug!(pod = %self.pod_id, peers = self.peers.len(), removed, routes = self.routes.len(), "peers updated");
+    }
+
+    fn set_derp_map(&mut self, map: Arc<Vec<DerpRegionConfig>>) {
+        self.derp_map = map;
+        // Links to regions that vanished or changed are rebuilt on demand.
+        let map = self.derp_map.clone();
+        // An unchanged map (every netmap repeats it) keeps its connections.
+        self.links.retain(|_, entry| map.contains(&entry.config));
+        let home = choose_home_region(&self.derp_map);
+        if home != self.home_region {
+            // The preferred flag is sent at connect time: reconnect both ends.
+            if let Some(old) = self.home_region {
+                self.links.remove(&old);
+            }
+            if let Some(new) = home {
+                self.links.remove(&new);
+            }
+            self.home_region = home;
+            info!(pod = %self.pod_id, home_region = ?home, "home DERP region chosen");
+        }
+        if let Some(home) = self.home_region {
+            // Peers find us through our home region: keep it connected.
+            self.link(home);
+        }
+        self.endpoints_tx
+            .send_modify(|e| e.preferred_derp = self.home_region);
+    }
+
+    /// The link to `region`, opened on demand.
+    fn link(&mut self, region: u16) -> Option<&mut LinkEntry> {
+        if !self.links.contains_key(&region) {
+            let config = self
+                .derp_map
+                .iter()
+                .find(|r| r.region_id == region)?
+                .clone();
+            let link = DerpLink::spawn(
+                config.clone(),
+                self.node_private,
+                Some(region) == self.home_region,
+                self.inbound_tx.clone(),
+                self.engine.config.derp_queue,
+            );
+            self.links.insert(
+                region,
+                LinkEntry {
+                    link,
+                    config,
+                    last_used: Instant::now(),
+                },
+            );
+        }
+        self.links.get_mut(&region)
+    }
+
+    fn handle_outbound_packet(&mut self, packet: &[u8]) {
+        let Some((src, dst)) = packet_addrs(packet) else {
+            self.stats.dropped_packets += 1;
+            return;
+        };
+        if !self.addresses.contains(&src) {
+            trace!(pod = %self.pod_id, %src, "dropping packet with foreign source");
+            self.stats.dropped_packets += 1;
+            return;
+        }
+        let Some(peer_key) = self.routes.lookup(dst).copied() else {
+            trace!(pod = %self.pod_id, %dst, "no peer for destination");
+            self.stats.dropped_packets += 1;
+            return;
+        };
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += packet.len() as u64;
+        let mut out = std::mem::take(&mut self.out_buf);
+        if let Some(tunn) = self.tunn_for(&peer_key) {
+            match tunn.encapsulate(packet, &mut out) {
+                TunnResult::WriteToNetwork(wire) => {
+                    let wire = wire.to_vec();
+                    if let Some(p) = self.peers.get_mut(&peer_key) {
+                        p.tx_bytes += packet.len() as u64;
+                    }
+                    self.send_to_peer(&peer_key, wire);
+                }
+                TunnResult::Err(e) => debug!(pod = %self.pod_id, error = ?e, "encapsulate failed"),
+                _ => {}
+            }
+        }
+        self.out_buf = out;
+    }
+
+    /// The peer's session, creating its `Tunn` on first use.
+    fn tunn_for(&mut self, peer_key: &[u8; 32]) -> Option<&mut Tunn> {
+        let secret = &self.node_secret;
+        let peer = self.peers.get_mut(peer_key)?;
+        if peer.tunn.is_none() {
+            let index = self.engine.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+            self.index_to_peer.insert(index, *peer_key);
+            peer.local_index = Some(index);
+            peer.tunn = Some(Box::new(Tunn::new(
+                secret.clone(),
+                x25519::PublicKey::from(*peer_key),
+                None,
+                None,
+                index,
+                None,
+            )));
+        }
+        peer.tunn.as_deref_mut()
+    }
+
+    fn send_to_peer(&mut self, peer_key: &[u8; 32], wire: Vec<u8>) {
+        let Some(peer) = self.peers.get_mut(peer_key) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        peer.paths.note_activity(now);
+        if let (Route::Direct(addr), Some(sock)) = (peer.paths.route(now), self.udp.as_ref()) {
+            match sock.try_send_to(&wire, addr) {
+                Ok(_) => {
+                    peer.path = PathKind::Direct;
+                    peer.direct_endpoint = Some(addr);
+                    return;
+                }
+                // A full socket buffer drops the datagram like a full link would.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stats.dropped_packets += 1;
+                    return;
+                }
+                Err(e) => {
+                    debug!(pod = %self.pod_id, %addr, error = %e, "direct send failed; relaying")
+                }
+            }
+        }
+        // The peer's home region if we know it, else where it last reached us from, else ours.
+        let known = |r: &u16| self.derp_map.iter().any(|region| region.region_id == *r);
+        let Some(region) = peer
+            .config
+            .home_derp
+            .filter(known)
+            .or(peer.last_derp_region.filter(known))
+            .or(self.home_region)
+        else {
+            trace!(pod = %self.pod_id, "no DERP region to reach peer");
+            self.stats.dropped_packets += 1;
+            return;
+        };
+        let queued = match self.link(region) {
+            Some(entry) => {
+                entry.last_used = Instant::now();
+                entry.link.try_send(*peer_key, wire)
+            }
+            None => false,
+        };
+        if queued {
+            if let Some(peer) = self.peers.get_mut(peer_key) {
+                peer.path = PathKind::Derp;
+                peer.derp_region = Some(region);
+            }
+        } else {
+            self.stats.dropped_packets += 1;
+        }
+    }
+
+    async fn handle_derp_inbound(&mut self, device: &PacketFd, msg: DerpInbound) {
+        if !looks_like_wireguard(&msg.packet) {
+            trace!(pod = %self.pod_id, "ignoring non-WireGuard relay packet");
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&msg.src) else {
+            trace!(pod = %self.pod_id, "relay packet from unknown peer");
+            self.stats.dropped_packets += 1;
+            return;
+        };
+        peer.last_derp_region = Some(msg.region);
+        if let Some(link) = self.links.get_mut(&msg.region) {
+            link.last_used = Instant::now();
+        }
+        self.decapsulate_from(device, msg.src, None, &msg.packet)
+            .await;
+    }
+
+    /// A datagram on the pod's UDP socket: WireGuard, disco or STUN.
+    async fn handle_udp(&mut self, device: &PacketFd, datagram: &[u8], from: SocketAddr) {
+        if datagram.starts_with(DISCO_MAGIC) {
+            trace!(pod = %self.pod_id, %from, "disco over UDP not handled yet");
+            return;
+        }
+        if !looks_like_wireguard(datagram) {
+            trace!(pod = %self.pod_id, %from, "ignoring non-WireGuard datagram");
+            return;
+        }
+        let Some(peer_key) = self.peer_for_datagram(datagram) else {
+            trace!(pod = %self.pod_id, %from, "WireGuard datagram for no known session");
+            self.stats.dropped_packets += 1;
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&peer_key) {
+            peer.paths.note_activity(std::time::Instant::now());
+        }
+        self.decapsulate_from(device, peer_key, Some(from.ip()), datagram)
+            .await;
+    }
+
+    /// Which peer a direct WireGuard datagram belongs to: initiations name
+    /// their sender inside the (decryptable by us) handshake, everything
+    /// else carries our receiver index.
+    fn peer_for_datagram(&self, datagram: &[u8]) -> Option<[u8; 32]> {
+        let receiver_idx = match Tunn::parse_incoming_packet(datagram).ok()? {
+            Packet::HandshakeInit(init) => {
+                let half =
+                    parse_handshake_anon(&self.node_secret, &self.node_public, &init).ok()?;
+                return self
+                    .peers
+                    .contains_key(&half.peer_static_public)
+                    .then_some(half.peer_static_public);
+            }
+            Packet::HandshakeResponse(p) => p.receiver_idx,
+            Packet::PacketCookieReply(p) => p.receiver_idx,
+            Packet::PacketData(p) => p.receiver_idx,
+        };
+        self.index_to_peer.get(&(receiver_idx >> 8)).copied()
+    }
+
+    /// Feed one datagram from `peer_key` to its session and act on the results.
+    async fn decapsulate_from(
+        &mut self,
+        device: &PacketFd,
+        peer_key: [u8; 32],
+        src_addr: Option<IpAddr>,
+        datagram: &[u8],
+    ) {
+        let mut out = std::mem::take(&mut self.out_buf);
+        let mut to_network = Vec::new();
+        let mut to_device: Option<(usize, IpAddr)> = None;
+        if let Some(tunn) = self.tunn_for(&peer_key) {
+            match tunn.decapsulate(src_addr, datagram, &mut out) {
+                TunnResult::WriteToNetwork(wire) => {
+                    to_network.push(wire.to_vec());
+                    // boringtun may hold queued packets released by the handshake.
+                    while let TunnResult::WriteToNetwork(wire) =
+                        tunn.decapsulate(None, &[], &mut out)
+                    {
+                        to_network.push(wire.to_vec());
+                    }
+                }
+                TunnResult::WriteToTunnelV4(p, src) => to_device = Some((p.len(), IpAddr::V4(src))),
+                TunnResult::WriteToTunnelV6(p, src) => to_device = Some((p.len(), IpAddr::V6(src))),
+                TunnResult::Err(e) => debug!(pod = %self.pod_id, error = ?e, "decapsulate failed"),
+                TunnResult::Done => {}
+            }
+        }
+        for wire in to_network {
+            self.send_to_peer(&peer_key, wire);
+        }
+        if let Some((len, src)) = to_device {
+            // An empty payload is a keepalive.
+            if len > 0 {
+                self.deliver(device, peer_key, &out[..len], src).await;
+            }
+        }
+        self.out_buf = out;
+    }
+
+    async fn deliver(&mut self, device: &PacketFd, peer_key: [u8; 32], packet: &[u8], src: IpAddr) {
+        let Some(peer) = self.peers.get_mut(&peer_key) else {
+            return;
+        };
+        // Cryptokey routing, inbound half: the peer may only send from its prefixes.
+        if !peer
+            .config
+            .allowed_ips
+            .iter()
+            .any(|(p, len)| prefix_contains(*p, *len, src))
+        {
+            debug!(pod = %self.pod_id, %src, "dropping packet outside the peer's allowed IPs");
+            self.stats.dropped_packets += 1;
+            return;
+        }
+        // Only the pod's own addresses are reachable through its identity;
+        // anything else would be injected into the pod's network.
+        let to_us = packet_addrs(packet).is_some_and(|(_, dst)| self.addresses.contains(&dst));
+        if !to_us {
+            debug!(pod = %self.pod_id, %src, "dropping packet not addressed to the pod");
+            self.stats.dropped_packets += 1;
+            return;
+        }
+        peer.rx_bytes += packet.len() as u64;
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += packet.len() as u64;
+        if let Err(e) = device.send(packet).await {
+            debug!(pod = %self.pod_id, error = %e, "writing to packet device failed");
+            self.stats.dropped_packets += 1;
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let mut out = std::mem::take(&mut self.out_buf);
+        let mut to_send = Vec::new();
+        for (key, peer) in self.peers.iter_mut() {
+            let Some(tunn) = peer.tunn.as_deref_mut() else {
+                continue;
+            };
+            match tunn.update_timers(&mut out) {
+                TunnResult::WriteToNetwork(wire) => to_send.push((*key, wire.to_vec())),
+                TunnResult::Err(boringtun::noise::errors::WireGuardError::ConnectionExpired) => {
+                    // Session fully expired: free it; a new one is made on demand.
+                    peer.tunn = None;
+                    if let Some(index) = peer.local_index.take() {
+                        self.index_to_peer.remove(&index);
+                    }
+                }
+                TunnResult::Err(e) => trace!(pod = %self.pod_id, error = ?e, "timer"),
+                _ => {}
+            }
+        }
+        self.out_buf = out;
+        for (key, wire) in to_send {
+            self.send_to_peer(&key, wire);
+        }
+        if self
+            .last_stats_publish
+            .is_none_or(|t| t.elapsed() >= STATS_PUBLISH_INTERVAL)
+        {
+            self.last_stats_publish = Some(Instant::now());
+            let snapshot = self.snapshot_stats();
+            self.stats_tx.send_replace(snapshot);
+        }
+        let idle = self.engine.config.derp_idle_timeout;
+        let home = self.home_region;
+        self.links
+            .retain(|region, entry| Some(*region) == home || entry.last_used.elapsed() < idle);
+    }
+
+    fn snapshot_stats(&self) -> PodStats {
+        let mut stats = self.stats.clone();
+        stats.peers = self
+            .peers
+            .iter()
+            .map(|(key, p)| PeerStats {
+                node_key: *key,
+                path: p.path,
+                derp_region: p.derp_region,
+                direct_endpoint: p.direct_endpoint,
+                last_handshake: p.tunn.as_ref().and_then(|t| t.time_since_last_handshake()),
+                tx_bytes: p.tx_bytes,
+                rx_bytes: p.rx_bytes,
+            })
+            .collect();
+        stats
+    }
+}
+
+/// Home region without UDP measurements: the lowest region id that has a
+/// relay node. (With STUN latencies the lowest-latency region wins.)
+pub fn choose_home_region(map: &[DerpRegionConfig]) -> Option<u16> {
+    map.iter()
+        .filter(|r| r.nodes.iter().any(|n| !n.stun_only))
+        .map(|r| r.region_id)
+        .min()
+}
+
+#[cfg(test)]
+mod tests;

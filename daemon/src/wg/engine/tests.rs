@@ -1,0 +1,637 @@
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use super::*;
+use crate::wg::config::DerpNodeConfig;
+use crate::wg::local_relay::LocalRelay;
+
+fn pair() -> (OwnedFd, PacketFd) {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    (a, PacketFd::new(b).unwrap())
+}
+
+/// A minimal IPv4/UDP packet with a correct total length.
+fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&7u16.to_be_bytes());
+    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    p
+}
+
+fn derp_map(relay: &LocalRelay) -> Arc<Vec<DerpRegionConfig>> {
+    let SocketAddr::V4(addr) = relay.addr() else {
+        panic!("v4 relay")
+    };
+    Arc::new(vec![DerpRegionConfig {
+        region_id: 900,
+        nodes: vec![DerpNodeConfig {
+            name: "900a".into(),
+            host_name: "localhost".into(),
+            ipv4: Some(*addr.ip()),
+            ipv6: None,
+            derp_port: addr.port(),
+            stun_port: 0,
+            insecure_for_tests: true,
+            stun_only: false,
+            plain_http: true,
+        }],
+    }])
+}
+use std::net::SocketAddr;
+
+struct TestPod {
+    handle: PodHandle,
+    device: PacketFd,
+    key: [u8; 32],
+    addr: Ipv4Addr,
+}
+
+fn attach(engine: &Engine, name: &str, private: [u8; 32], addr: Ipv4Addr) -> TestPod {
+    let (fd, device) = pair();
+    let handle = engine
+        .attach_pod(PodDataConfig {
+            pod_id: name.into(),
+            tun_fd: fd,
+            node_private: private,
+            disco_private: [0; 32],
+            addresses: vec![IpAddr::V4(addr)],
+        })
+        .unwrap();
+    let key = x25519::PublicKey::from(&x25519::StaticSecret::from(private)).to_bytes();
+    TestPod {
+        handle,
+        device,
+        key,
+        addr,
+    }
+}
+
+fn peer_of(p: &TestPod, home: Option<u16>) -> PeerConfig {
+    PeerConfig {
+        node_key: p.key,
+        disco_key: None,
+        allowed_ips: vec![(IpAddr::V4(p.addr), 32)],
+        endpoints: vec![],
+        home_derp: home,
+    }
+}
+
+async fn recv_timeout(dev: &PacketFd, wait: Duration) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 2048];
+    match tokio::time::timeout(wait, dev.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+/// Send `packet` from `from` until it shows up at `to` (the first packets
+/// wait for relay connections and the handshake).
+async fn deliver_eventually(from: &TestPod, to: &TestPod, packet: &[u8]) -> Vec<u8> {
+    for _ in 0..50 {
+        from.device.send(packet).await.unwrap();
+        if let Some(got) = recv_timeout(&to.device, Duration::from_millis(200)).await {
+            return got;
+        }
+    }
+    panic!("packet never arrived");
+}
+
+async fn two_pods_over_relay(separate_engines: bool) {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let e1 = Engine::new(EngineConfig::default());
+    let e2 = if separate_engines {
+        Engine::new(EngineConfig::default())
+    } else {
+        e1.clone()
+    };
+    let a = attach(&e1, "a", [0x11; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let b = attach(&e2, "b", [0x22; 32], Ipv4Addr::new(100, 64, 0, 2));
+    let map = derp_map(&relay);
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    a.handle
+        .set_peers(vec![peer_of(&b, Some(900))])
+        .await
+        .unwrap();
+    b.handle
+        .set_peers(vec![peer_of(&a, Some(900))])
+        .await
+        .unwrap();
+
+    let ab = ipv4_udp(a.addr, b.addr, b"hello from a");
+    assert_eq!(deliver_eventually(&a, &b, &ab).await, ab);
+    // Drain duplicates from retries, then check the reverse direction.
+    while recv_timeout(&b.device, Duration::from_millis(50))
+        .await
+        .is_some()
+    {}
+    let ba = ipv4_udp(b.addr, a.addr, b"hello from b");
+    b.device.send(&ba).await.unwrap();
+    assert_eq!(
+        recv_timeout(&a.device, Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some(&ba[..])
+    );
+
+    // Larger packets survive too.
+    let big = ipv4_udp(a.addr, b.addr, &[0x5c; 1200]);
+    a.device.send(&big).await.unwrap();
+    assert_eq!(
+        recv_timeout(&b.device, Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some(&big[..])
+    );
+
+    let stats = a.handle.stats().await.unwrap();
+    assert_eq!(stats.peers.len(), 1);
+    assert_eq!(stats.peers[0].path, PathKind::Derp);
+    assert_eq!(stats.peers[0].derp_region, Some(900));
+    assert!(stats.peers[0].last_handshake.is_some());
+    assert!(stats.rx_packets >= 1 && stats.tx_packets >= 2);
+    // The published snapshot catches up within a publish interval.
+    tokio::time::sleep(STATS_PUBLISH_INTERVAL + Duration::from_millis(300)).await;
+    let published = a.handle.stats_now();
+    assert_eq!(published.peers.len(), 1);
+    assert!(published.tx_packets >= stats.tx_packets);
+    let reported = a.handle.endpoints().borrow().clone();
+    assert_eq!(reported.preferred_derp, Some(900));
+    // Local candidates all carry the pod socket's one port.
+    let ports: std::collections::HashSet<u16> =
+        reported.endpoints.iter().map(|e| e.port()).collect();
+    assert!(ports.len() <= 1, "{reported:?}");
+    // The relay greeted each link with a Ping; both answered.
+    assert!(relay.pongs() >= 2, "pongs {}", relay.pongs());
+
+    a.handle.clone().detach().await.unwrap();
+    b.handle.clone().detach().await.unwrap();
+}
+
+#[tokio::test]
+async fn packets_cross_between_two_engines_via_relay() {
+    two_pods_over_relay(true).await;
+}
+
+#[tokio::test]
+async fn packets_cross_between_pods_of_one_engine() {
+    two_pods_over_relay(false).await;
+}
+
+#[tokio::test]
+async fn spoofed_sources_and_unroutable_destinations_are_dropped() {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let engine = Engine::new(EngineConfig::default());
+    let a = attach(&engine, "a", [0x31; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let b = attach(&engine, "b", [0x32; 32], Ipv4Addr::new(100, 64, 0, 2));
+    let map = derp_map(&relay);
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    a.handle
+        .set_peers(vec![peer_of(&b, Some(900))])
+        .await
+        .unwrap();
+    b.handle
+        .set_peers(vec![peer_of(&a, Some(900))])
+        .await
+        .unwrap();
+    // Establish the session first so drops are not confused with setup delay.
+    let ok = ipv4_udp(a.addr, b.addr, b"ok");
+    deliver_eventually(&a, &b, &ok).await;
+    while recv_timeout(&b.device, Duration::from_millis(50))
+        .await
+        .is_some()
+    {}
+    let before = a.handle.stats().await.unwrap().dropped_packets;
+
+    let spoofed = ipv4_udp(Ipv4Addr::new(100, 64, 0, 9), b.addr, b"spoof");
+    a.device.send(&spoofed).await.unwrap();
+    let unroutable = ipv4_udp(a.addr, Ipv4Addr::new(100, 64, 7, 7), b"nowhere");
+    a.device.send(&unroutable).await.unwrap();
+    a.device.send(b"not ip").await.unwrap();
+    assert_eq!(
+        recv_timeout(&b.device, Duration::from_millis(500)).await,
+        None
+    );
+    let after = a.handle.stats().await.unwrap().dropped_packets;
+    assert_eq!(after - before, 3);
+}
+
+#[tokio::test]
+async fn inner_source_outside_allowed_ips_is_dropped() {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let engine = Engine::new(EngineConfig::default());
+    // Pod a owns two addresses, but b only allows one of them from a.
+    let (fd, device) = pair();
+    let a_addr = Ipv4Addr::new(100, 64, 0, 1);
+    let a_extra = Ipv4Addr::new(100, 64, 0, 11);
+    let handle = engine
+        .attach_pod(PodDataConfig {
+            pod_id: "a".into(),
+            tun_fd: fd,
+            node_private: [0x41; 32],
+            disco_private: [0; 32],
+            addresses: vec![IpAddr::V4(a_addr), IpAddr::V4(a_extra)],
+        })
+        .unwrap();
+    let a_key = x25519::PublicKey::from(&x25519::StaticSecret::from([0x41; 32])).to_bytes();
+    let a = TestPod {
+        handle,
+        device,
+        key: a_key,
+        addr: a_addr,
+    };
+    let b = attach(&engine, "b", [0x42; 32], Ipv4Addr::new(100, 64, 0, 2));
+    let map = derp_map(&relay);
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    a.handle
+        .set_peers(vec![peer_of(&b, Some(900))])
+        .await
+        .unwrap();
+    b.handle
+        .set_peers(vec![peer_of(&a, Some(900))])
+        .await
+        .unwrap();
+    let ok = ipv4_udp(a_addr, b.addr, b"ok");
+    deliver_eventually(&a, &b, &ok).await;
+    while recv_timeout(&b.device, Duration::from_millis(50))
+        .await
+        .is_some()
+    {}
+
+    let before = b.handle.stats().await.unwrap().dropped_packets;
+    let sneaky = ipv4_udp(a_extra, b.addr, b"from an address b does not allow");
+    a.device.send(&sneaky).await.unwrap();
+    assert_eq!(
+        recv_timeout(&b.device, Duration::from_millis(500)).await,
+        None
+    );
+    assert_eq!(b.handle.stats().await.unwrap().dropped_packets - before, 1);
+}
+
+#[tokio::test]
+async fn packets_for_addresses_other_than_the_pods_are_not_injected() {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let engine = Engine::new(EngineConfig::default());
+    let a = attach(&engine, "a", [0xa1; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let b = attach(&engine, "b", [0xa2; 32], Ipv4Addr::new(100, 64, 0, 2));
+    let map = derp_map(&relay);
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    // a routes a whole prefix to b, but b only owns 100.64.0.2.
+    let mut b_as_router = peer_of(&b, Some(900));
+    b_as_router.allowed_ips = vec![("100.64.0.0".parse().unwrap(), 24)];
+    a.handle.set_peers(vec![b_as_router]).await.unwrap();
+    b.handle
+        .set_peers(vec![peer_of(&a, Some(900))])
+        .await
+        .unwrap();
+    let ok = ipv4_udp(a.addr, b.addr, b"ok");
+    deliver_eventually(&a, &b, &ok).await;
+    while recv_timeout(&b.device, Duration::from_millis(50))
+        .await
+        .is_some()
+    {}
+
+    let before = b.handle.stats().await.unwrap().dropped_packets;
+    let elsewhere = ipv4_udp(a.addr, Ipv4Addr::new(100, 64, 0, 77), b"not for b");
+    a.device.send(&elsewhere).await.unwrap();
+    assert_eq!(
+        recv_timeout(&b.device, Duration::from_millis(500)).await,
+        None
+    );
+    assert_eq!(b.handle.stats().await.unwrap().dropped_packets - before, 1);
+}
+
+#[tokio::test]
+async fn removing_a_peer_stops_traffic_and_detach_frees_the_pod_id() {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let engine = Engine::new(EngineConfig::default());
+    let a = attach(&engine, "a", [0x51; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let b = attach(&engine, "b", [0x52; 32], Ipv4Addr::new(100, 64, 0, 2));
+    let map = derp_map(&relay);
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    a.handle
+        .set_peers(vec![peer_of(&b, Some(900))])
+        .await
+        .unwrap();
+    b.handle
+        .set_peers(vec![peer_of(&a, Some(900))])
+        .await
+        .unwrap();
+    let ok = ipv4_udp(a.addr, b.addr, b"ok");
+    deliver_eventually(&a, &b, &ok).await;
+
+    a.handle.set_peers(vec![]).await.unwrap();
+    assert!(a.handle.stats().await.unwrap().peers.is_empty());
+    while recv_timeout(&b.device, Duration::from_millis(50))
+        .await
+        .is_some()
+    {}
+    a.device.send(&ok).await.unwrap();
+    assert_eq!(
+        recv_timeout(&b.device, Duration::from_millis(500)).await,
+        None
+    );
+
+    assert!(matches!(
+        engine.attach_pod(PodDataConfig {
+            pod_id: "a".into(),
+            tun_fd: pair().0,
+            node_private: [1; 32],
+            disco_private: [0; 32],
+            addresses: vec![],
+        }),
+        Err(EngineError::AlreadyAttached(_))
+    ));
+    assert_eq!(engine.pod_count(), 2);
+    a.handle.clone().detach().await.unwrap();
+    // The pod task forgets its id right after acknowledging the detach.
+    for _ in 0..50 {
+        if engine.pod_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(engine.pod_count(), 1);
+    assert!(matches!(
+        a.handle.stats().await,
+        Err(EngineError::Detached(_))
+    ));
+    // Its relay connection is gone as well.
+    for _ in 0..100 {
+        if relay.connected() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(relay.connected(), 1);
+}
+
+#[tokio::test]
+async fn traffic_resumes_after_the_relay_restarts() {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = relay.addr();
+    let engine = Engine::new(EngineConfig::default());
+    let a = attach(&engine, "a", [0x71; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let b = attach(&engine, "b", [0x72; 32], Ipv4Addr::new(100, 64, 0, 2));
+    let map = derp_map(&relay);
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    a.handle
+        .set_peers(vec![peer_of(&b, Some(900))])
+        .await
+        .unwrap();
+    b.handle
+        .set_peers(vec![peer_of(&a, Some(900))])
+        .await
+        .unwrap();
+    let first = ipv4_udp(a.addr, b.addr, b"before");
+    deliver_eventually(&a, &b, &first).await;
+
+    drop(relay);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let relay = LocalRelay::start(addr).await.unwrap();
+    let second = ipv4_udp(a.addr, b.addr, b"after the restart");
+    let got = loop {
+        // Skip stragglers of the first packet.
+        let got = deliver_eventually(&a, &b, &second).await;
+        if got == second {
+            break got;
+        }
+    };
+    assert_eq!(got, second);
+    assert_eq!(relay.connected(), 2);
+}
+
+#[tokio::test]
+async fn repeating_the_derp_map_keeps_connections_and_changing_it_reconnects() {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let engine = Engine::new(EngineConfig::default());
+    let a = attach(&engine, "a", [0x81; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let map = derp_map(&relay);
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    // Each new connection answers the relay's greeting Ping once.
+    let wait_for_pongs = |n: usize| {
+        let relay = &relay;
+        async move {
+            for _ in 0..200 {
+                if relay.pongs() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            relay.pongs()
+        }
+    };
+    assert_eq!(wait_for_pongs(1).await, 1);
+    a.handle
+        .set_derp_map(Arc::new((*map).clone()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(relay.pongs(), 1, "an identical map must not reconnect");
+
+    let mut changed = (*map).clone();
+    changed[0].nodes[0].name = "900b".into();
+    a.handle.set_derp_map(Arc::new(changed)).await.unwrap();
+    assert_eq!(wait_for_pongs(2).await, 2, "a changed region reconnects");
+    assert_eq!(relay.connected(), 1);
+}
+
+#[tokio::test]
+async fn peer_with_unknown_home_region_is_reached_through_ours() {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let engine = Engine::new(EngineConfig::default());
+    let a = attach(&engine, "a", [0x91; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let b = attach(&engine, "b", [0x92; 32], Ipv4Addr::new(100, 64, 0, 2));
+    let map = derp_map(&relay);
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    // Region 4242 is not in the map; 900 (the shared home) must be used.
+    a.handle
+        .set_peers(vec![peer_of(&b, Some(4242))])
+        .await
+        .unwrap();
+    b.handle.set_peers(vec![peer_of(&a, None)]).await.unwrap();
+    let packet = ipv4_udp(a.addr, b.addr, b"via our home");
+    assert_eq!(deliver_eventually(&a, &b, &packet).await, packet);
+    assert_eq!(
+        a.handle.stats().await.unwrap().peers[0].derp_region,
+        Some(900)
+    );
+}
+
+/// A peer outside the engine: a bare boringtun session that sends over UDP
+/// to the pod's socket and hears back over the relay. Exercises the direct
+/// receive path (handshake demux by decryption, data demux by index).
+#[tokio::test]
+async fn direct_udp_datagrams_reach_the_right_session() {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let engine = Engine::new(EngineConfig::default());
+    let pod = attach(&engine, "pod", [0xb1; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let map = derp_map(&relay);
+    pod.handle.set_derp_map(map.clone()).await.unwrap();
+    let port = pod
+        .handle
+        .endpoints()
+        .borrow()
+        .udp_port
+        .expect("pod UDP socket");
+
+    let outside_private = [0xb2; 32];
+    let outside_addr = Ipv4Addr::new(100, 64, 0, 9);
+    let outside_key =
+        x25519::PublicKey::from(&x25519::StaticSecret::from(outside_private)).to_bytes();
+    pod.handle
+        .set_peers(vec![PeerConfig {
+            node_key: outside_key,
+            disco_key: None,
+            allowed_ips: vec![(IpAddr::V4(outside_addr), 32)],
+            endpoints: vec![],
+            home_derp: Some(900),
+        }])
+        .await
+        .unwrap();
+    let mut conn = crate::wg::derp_client::connect(&map[0].nodes[0], &outside_private)
+        .await
+        .unwrap();
+    let mut tunn = Tunn::new(
+        x25519::StaticSecret::from(outside_private),
+        x25519::PublicKey::from(pod.key),
+        None,
+        None,
+        99,
+        None,
+    );
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let pod_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let inner = ipv4_udp(outside_addr, pod.addr, b"direct hello");
+    let mut buf = vec![0u8; 4096];
+
+    // Handshake initiation straight to the pod's socket.
+    let TunnResult::WriteToNetwork(init) = tunn.encapsulate(&inner, &mut buf) else {
+        panic!("no initiation")
+    };
+    sock.send_to(init, pod_addr).await.unwrap();
+
+    // The pod answers through the relay (no validated direct path yet).
+    let response = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let crate::wg::derp_client::tests_support::Received::Packet(src, p) =
+                crate::wg::derp_client::tests_support::next(&mut conn.reader).await
+            {
+                assert_eq!(src, pod.key);
+                break p;
+            }
+        }
+    })
+    .await
+    .expect("handshake response over the relay");
+    let mut out = vec![0u8; 4096];
+    // The initiator confirms with a keepalive, then flushes its queued
+    // packet: data messages carrying the pod's receiver index.
+    let TunnResult::WriteToNetwork(keepalive) = tunn.decapsulate(None, &response, &mut out) else {
+        panic!("no keepalive after the handshake")
+    };
+    sock.send_to(keepalive, pod_addr).await.unwrap();
+    let mut flushed = 0;
+    while let TunnResult::WriteToNetwork(data) = tunn.decapsulate(None, &[], &mut out) {
+        sock.send_to(data, pod_addr).await.unwrap();
+        flushed += 1;
+    }
+    assert_eq!(flushed, 1);
+    assert_eq!(
+        recv_timeout(&pod.device, Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some(&inner[..])
+    );
+    assert_eq!(pod.handle.stats().await.unwrap().rx_packets, 1);
+
+    // Garbage with a data header but an unknown index is dropped, not delivered.
+    let mut bogus = vec![4u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef];
+    bogus.extend_from_slice(&[0u8; 40]);
+    sock.send_to(&bogus, pod_addr).await.unwrap();
+    assert_eq!(
+        recv_timeout(&pod.device, Duration::from_millis(300)).await,
+        None
+    );
+}
+
+#[test]
+fn home_region_is_lowest_relay_region() {
+    let node = |stun_only| DerpNodeConfig {
+        name: "n".into(),
+        host_name: "h".into(),
+        ipv4: None,
+        ipv6: None,
+        derp_port: 0,
+        stun_port: 0,
+        insecure_for_tests: false,
+        stun_only,
+        plain_http: false,
+    };
+    let map = vec![
+        DerpRegionConfig {
+            region_id: 5,
+            nodes: vec![node(true)],
+        },
+        DerpRegionConfig {
+            region_id: 9,
+            nodes: vec![node(false)],
+        },
+        DerpRegionConfig {
+            region_id: 7,
+            nodes: vec![node(false)],
+        },
+    ];
+    assert_eq!(choose_home_region(&map), Some(7));
+    assert_eq!(choose_home_region(&[]), None);
+}
+
+#[test]
+fn wireguard_packets_are_told_apart_from_disco() {
+    assert!(looks_like_wireguard(&[1, 0, 0, 0, 9]));
+    assert!(looks_like_wireguard(&[4, 0, 0, 0]));
+    assert!(!looks_like_wireguard(&[5, 0, 0, 0]));
+    assert!(!looks_like_wireguard(b"TS\xf0\x9f\x92\xac"));
+}

@@ -1,0 +1,313 @@
+//! Path selection for one peer (sans-IO): which of the peer's endpoints,
+//! if any, is validated for direct UDP, and which disco pings to send.
+//!
+//! Traffic starts on DERP. An endpoint becomes the direct path when it
+//! answers a disco ping; it stays trusted for [`TRUST_DURATION`] after each
+//! pong, and heartbeats keep it fresh while the session is active. Without
+//! pongs the path falls back to DERP.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long a pong keeps an endpoint trusted.
+pub const TRUST_DURATION: Duration = Duration::from_millis(6500);
+/// Ping the current direct path this often while the session is active.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3);
+/// A session with no data for this long stops heartbeating.
+pub const SESSION_ACTIVE_TIMEOUT: Duration = Duration::from_secs(45);
+/// Minimum spacing between pings to one endpoint.
+pub const PING_SPACING: Duration = Duration::from_secs(5);
+/// A ping without a pong after this long is forgotten.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// With a direct path in place, look for a better one this often.
+pub const UPGRADE_INTERVAL: Duration = Duration::from_secs(60);
+/// A new endpoint must beat the current one by this much to replace it.
+const BETTER_BY: Duration = Duration::from_millis(1);
+
+pub type TxId = [u8; 12];
+
+/// Where packets to the peer go now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Direct(SocketAddr),
+    Relay,
+}
+
+#[derive(Debug, Default, Clone)]
+struct EndpointState {
+    last_ping: Option<Instant>,
+    latency: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BestPath {
+    addr: SocketAddr,
+    latency: Duration,
+    trust_until: Instant,
+}
+
+#[derive(Debug, Default)]
+pub struct PathState {
+    endpoints: HashMap<SocketAddr, EndpointState>,
+    pending: HashMap<TxId, (SocketAddr, Instant)>,
+    best: Option<BestPath>,
+    last_data: Option<Instant>,
+    last_full_round: Option<Instant>,
+}
+
+impl PathState {
+    /// Replace the candidate endpoints (from control, or a CallMeMaybe).
+    /// The current path survives if its address is still a candidate.
+    pub fn set_endpoints(&mut self, endpoints: &[SocketAddr]) {
+        self.endpoints.retain(|addr, _| endpoints.contains(addr));
+        for addr in endpoints {
+            self.endpoints.entry(*addr).or_default();
+        }
+        if let Some(best) = self.best {
+            if !self.endpoints.contains_key(&best.addr) {
+                self.best = None;
+            }
+        }
+        // New candidates deserve a prompt look.
+        self.last_full_round = None;
+    }
+
+    /// Add candidates without dropping known ones (CallMeMaybe).
+    pub fn add_endpoints(&mut self, endpoints: &[SocketAddr]) {
+        for addr in endpoints {
+            self.endpoints.entry(*addr).or_default();
+        }
+        self.last_full_round = None;
+    }
+
+    pub fn route(&self, now: Instant) -> Route {
+        match self.best {
+            Some(best) if now < best.trust_until => Route::Direct(best.addr),
+            _ => Route::Relay,
+        }
+    }
+
+    /// Record that data went to (or came from) the peer: keeps heartbeats going.
+    pub fn note_activity(&mut self, now: Instant) {
+        self.last_data = Some(now);
+    }
+
+    fn active(&self, now: Instant) -> bool {
+        self.last_data
+            .is_some_and(|t| now.saturating_duration_since(t) < SESSION_ACTIVE_TIMEOUT)
+    }
+
+    /// Pings to send now, each as (endpoint, transaction id). `new_tx_id`
+    /// supplies random ids.
+    pub fn poll_pings(
+        &mut self,
+        now: Instant,
+        mut new_tx_id: impl FnMut() -> TxId,
+    ) -> Vec<(SocketAddr, TxId)> {
+        self.pending
+            .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < PING_TIMEOUT);
+        if !self.active(now) {
+            return Vec::new();
+        }
+        let trusted = matches!(self.route(now), Route::Direct(_));
+        let full_round_due = !trusted
+            || self
+                .last_full_round
+                .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_INTERVAL);
+        let mut targets = Vec::new();
+        if full_round_due {
+            for (addr, ep) in &self.endpoints {
+                if ep
+                    .last_ping
+                    .is_none_or(|t| now.saturating_duration_since(t) >= PING_SPACING)
+                {
+                    targets.push(*addr);
+                }
+            }
+            if !targets.is_empty() {
+                self.last_full_round = Some(now);
+            }
+        } else if let Some(best) = self.best {
+            let due = self
+                .endpoints
+                .get(&best.addr)
+                .and_then(|e| e.last_ping)
+                .is_none_or(|t| now.saturating_duration_since(t) >= HEARTBEAT_INTERVAL);
+            if due {
+                targets.push(best.addr);
+            }
+        }
+        targets.sort();
+        targets
+            .into_iter()
+            .map(|addr| {
+                let tx = new_tx_id();
+                self.pending.insert(tx, (addr, now));
+                if let Some(ep) = self.endpoints.get_mut(&addr) {
+                    ep.last_ping = Some(now);
+                }
+                (addr, tx)
+            })
+            .collect()
+    }
+
+    /// A pong arrived from `from`. Returns whether it matched a ping we sent
+    /// to that same address (anything else is ignored).
+    pub fn on_pong(&mut self, tx: TxId, from: SocketAddr, now: Instant) -> bool {
+        let Some((sent_to, sent_at)) = self.pending.remove(&tx) else {
+            return false;
+        };
+        let latency = now.saturating_duration_since(sent_at);
+        if sent_to != from || latency >= PING_TIMEOUT {
+            return false;
+        }
+        if let Some(ep) = self.endpoints.get_mut(&from) {
+            ep.latency = Some(latency);
+        }
+        let trust_until = now + TRUST_DURATION;
+        self.best = match self.best {
+            Some(best) if best.addr == from => Some(BestPath {
+                addr: from,
+                latency,
+                trust_until,
+            }),
+            Some(best) if now < best.trust_until && best.latency <= latency + BETTER_BY => {
+                Some(best)
+            }
+            _ => Some(BestPath {
+                addr: from,
+                latency,
+                trust_until,
+            }),
+        };
+        true
+    }
+
+    /// Latency measured by the last pong of the current direct path.
+    pub fn direct_latency(&self, now: Instant) -> Option<Duration> {
+        self.best.filter(|b| now < b.trust_until).map(|b| b.latency)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn ids() -> impl FnMut() -> TxId {
+        let mut n = 0u8;
+        move || {
+            n += 1;
+            [n; 12]
+        }
+    }
+
+    #[test]
+    fn starts_on_relay_and_idle_sessions_send_no_pings() {
+        let now = Instant::now();
+        let mut p = PathState::default();
+        p.set_endpoints(&[addr("10.0.0.1:41641")]);
+        assert_eq!(p.route(now), Route::Relay);
+        assert!(p.poll_pings(now, ids()).is_empty());
+    }
+
+    #[test]
+    fn pong_upgrades_to_direct_and_silence_falls_back() {
+        let t0 = Instant::now();
+        let ep = addr("10.0.0.1:41641");
+        let mut p = PathState::default();
+        p.set_endpoints(&[ep]);
+        p.note_activity(t0);
+        let pings = p.poll_pings(t0, ids());
+        assert_eq!(pings.len(), 1);
+        assert_eq!(pings[0].0, ep);
+        let t1 = t0 + Duration::from_millis(20);
+        assert!(p.on_pong(pings[0].1, ep, t1));
+        assert_eq!(p.route(t1), Route::Direct(ep));
+        assert_eq!(p.direct_latency(t1), Some(Duration::from_millis(20)));
+        // Trusted just under 6.5 s after the pong, relayed after.
+        assert_eq!(p.route(t1 + Duration::from_millis(6499)), Route::Direct(ep));
+        assert_eq!(p.route(t1 + TRUST_DURATION), Route::Relay);
+    }
+
+    #[test]
+    fn heartbeats_go_to_the_direct_path_every_three_seconds() {
+        let t0 = Instant::now();
+        let (a, b) = (addr("10.0.0.1:1"), addr("10.0.0.2:2"));
+        let mut p = PathState::default();
+        p.set_endpoints(&[a, b]);
+        p.note_activity(t0);
+        let mut next = ids();
+        let pings = p.poll_pings(t0, &mut next);
+        assert_eq!(pings.len(), 2);
+        let to_a = pings.iter().find(|(e, _)| *e == a).unwrap().1;
+        assert!(p.on_pong(to_a, a, t0 + Duration::from_millis(5)));
+        p.note_activity(t0 + Duration::from_secs(2));
+        assert!(p
+            .poll_pings(t0 + Duration::from_secs(2), &mut next)
+            .is_empty());
+        let hb = p.poll_pings(t0 + HEARTBEAT_INTERVAL, &mut next);
+        assert_eq!(hb.iter().map(|(e, _)| *e).collect::<Vec<_>>(), vec![a]);
+    }
+
+    #[test]
+    fn pong_from_wrong_address_or_unknown_tx_is_ignored() {
+        let t0 = Instant::now();
+        let ep = addr("10.0.0.1:41641");
+        let mut p = PathState::default();
+        p.set_endpoints(&[ep]);
+        p.note_activity(t0);
+        let tx = p.poll_pings(t0, ids())[0].1;
+        assert!(!p.on_pong([0xee; 12], ep, t0));
+        assert!(!p.on_pong(tx, addr("10.9.9.9:41641"), t0));
+        assert_eq!(p.route(t0), Route::Relay);
+        // The tx was consumed by the mismatched pong: a replay does nothing.
+        assert!(!p.on_pong(tx, ep, t0));
+    }
+
+    #[test]
+    fn lower_latency_endpoint_wins_and_expired_pings_are_dropped() {
+        let t0 = Instant::now();
+        let (slow, fast) = (addr("10.0.0.1:1"), addr("10.0.0.2:2"));
+        let mut p = PathState::default();
+        p.set_endpoints(&[slow, fast]);
+        p.note_activity(t0);
+        let pings = p.poll_pings(t0, ids());
+        let tx = |e| pings.iter().find(|(a, _)| *a == e).unwrap().1;
+        assert!(p.on_pong(tx(slow), slow, t0 + Duration::from_millis(50)));
+        assert!(p.on_pong(tx(fast), fast, t0 + Duration::from_millis(60)));
+        // fast's round trip (60 ms) was slower than slow's (50 ms): slow stays.
+        assert_eq!(p.route(t0 + Duration::from_millis(60)), Route::Direct(slow));
+
+        let mut p = PathState::default();
+        p.set_endpoints(&[slow]);
+        p.note_activity(t0);
+        let mut next = ids();
+        let tx = p.poll_pings(t0, &mut next)[0].1;
+        let late = t0 + PING_TIMEOUT;
+        p.note_activity(late);
+        let _ = p.poll_pings(late, &mut next);
+        assert!(
+            !p.on_pong(tx, slow, late),
+            "a pong after the timeout must not count"
+        );
+    }
+
+    #[test]
+    fn removing_the_direct_endpoint_falls_back_to_relay() {
+        let t0 = Instant::now();
+        let ep = addr("[fd00::1]:41641");
+        let mut p = PathState::default();
+        p.set_endpoints(&[ep]);
+        p.note_activity(t0);
+        let tx = p.poll_pings(t0, ids())[0].1;
+        assert!(p.on_pong(tx, ep, t0));
+        assert_eq!(p.route(t0), Route::Direct(ep));
+        p.set_endpoints(&[]);
+        assert_eq!(p.route(t0), Route::Relay);
+    }
+}

@@ -1,0 +1,600 @@
+//! The engine against the real test bed: an rscale control server with its
+//! DERP relay and an official tailscaled peer (see scripts/testbed.sh).
+//!
+//! The identity the engine serves is registered by a short-lived tailscaled
+//! of our own (its node key is then read from its state and the daemon is
+//! stopped), so this test depends on nothing but the data plane. Traffic
+//! moves both ways over DERP: ICMP echo from the engine's pod to the peer,
+//! and `tailscale ping --icmp` from the peer to the pod, answered in-process.
+//!
+//! Needs the variables written by `scripts/testbed.sh env` (source
+//! /tmp/testbed.env); skips when they are absent.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use tailnet_cnid::wg::packet_fd::PacketFd;
+use tailnet_cnid::wg::{
+    DerpNodeConfig, DerpRegionConfig, Engine, EngineConfig, PathKind, PeerConfig, PodDataConfig,
+    PodHandle,
+};
+
+struct Bed {
+    control_url: String,
+    admin_token_file: PathBuf,
+    tailscaled: PathBuf,
+    tailscale: PathBuf,
+    peer_socket: PathBuf,
+    derp_region: u16,
+}
+
+fn bed() -> Result<Bed, String> {
+    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} not set"));
+    Ok(Bed {
+        control_url: var("TAILNET_TEST_CONTROL_URL")?,
+        admin_token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?.into(),
+        tailscaled: var("TAILNET_TEST_TAILSCALED_BIN")?.into(),
+        tailscale: var("TAILNET_TEST_TAILSCALE_BIN")?.into(),
+        peer_socket: var("TAILNET_TEST_PEER_SOCKET")?.into(),
+        derp_region: var("TAILNET_TEST_DERP_REGION")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(900),
+    })
+}
+
+fn control_addr(url: &str) -> SocketAddr {
+    let rest = url.strip_prefix("http://").expect("plain http control URL");
+    rest.trim_end_matches('/')
+        .parse()
+        .expect("ip:port control URL")
+}
+
+/// One request to rscale's admin API (plain HTTP on loopback); returns the body.
+fn admin_request(bed: &Bed, method: &str, path: &str, body: &str) -> String {
+    let token = std::fs::read_to_string(&bed.admin_token_file).expect("admin token");
+    let addr = control_addr(&bed.control_url);
+    let mut stream = TcpStream::connect(addr).expect("connect control");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let body_start = response.find("\r\n\r\n").expect("HTTP head") + 4;
+    response[body_start..].to_owned()
+}
+
+/// The JSON value in a response body (tolerates chunked encoding).
+fn json_in(body: &str) -> serde_json::Value {
+    let start = body.find(['{', '[']).expect("JSON body");
+    let end = body.rfind(['}', ']']).expect("JSON end");
+    serde_json::from_str(&body[start..=end]).expect("JSON")
+}
+
+/// Mint a one-off auth key.
+fn mint_auth_key(bed: &Bed) -> String {
+    let expires = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let body = format!(
+        r#"{{"description":"dataplane test","tags":[],"reusable":false,"ephemeral":false,"expires_at_unix_secs":{expires}}}"#
+    );
+    let value = json_in(&admin_request(
+        bed,
+        "POST",
+        "/api/v1/admin/auth-keys",
+        &body,
+    ));
+    value["key"].as_str().expect("key field").to_owned()
+}
+
+/// Disables the test's node in control when the test ends (rscale has no
+/// node deletion), so runs do not pile up live nodes in the peer's netmap.
+struct NodeCleanup<'a> {
+    bed: &'a Bed,
+    ipv4: Ipv4Addr,
+}
+
+impl Drop for NodeCleanup<'_> {
+    fn drop(&mut self) {
+        let nodes = json_in(&admin_request(self.bed, "GET", "/api/v1/admin/nodes", ""));
+        let ip = self.ipv4.to_string();
+        let id = nodes
+            .as_array()
+            .and_then(|all| all.iter().find(|n| n["ipv4"].as_str() == Some(ip.as_str())))
+            .and_then(|n| n["id"].as_u64());
+        if let Some(id) = id {
+            admin_request(
+                self.bed,
+                "POST",
+                &format!("/api/v1/admin/nodes/{id}/disable"),
+                "",
+            );
+        }
+    }
+}
+
+/// A tailscaled we started; killed (by its own pid) when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli(bed: &Bed, socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(&bed.tailscale)
+        .arg(format!("--socket={}", socket.display()))
+        .args(args)
+        .output()
+        .expect("run tailscale")
+}
+
+fn status_self(bed: &Bed, socket: &Path) -> serde_json::Value {
+    let out = cli(bed, socket, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    v["Self"].clone()
+}
+
+fn key_hex(text: &str, prefix: &str) -> [u8; 32] {
+    let hex = text
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{prefix} key"));
+    hex::decode(hex)
+        .expect("hex key")
+        .try_into()
+        .expect("32 bytes")
+}
+
+fn ips(v: &serde_json::Value) -> Vec<IpAddr> {
+    v["TailscaleIPs"]
+        .as_array()
+        .expect("TailscaleIPs")
+        .iter()
+        .map(|ip| ip.as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+struct Registered {
+    node_private: [u8; 32],
+    addresses: Vec<IpAddr>,
+}
+
+/// Register a fresh node with control via a throwaway tailscaled, then stop
+/// it and keep its node key: the engine takes over that identity.
+fn register_identity(bed: &Bed, dir: &Path) -> Registered {
+    let state = dir.join("state");
+    let socket = dir.join("sock");
+    let daemon = Daemon(
+        Command::new(&bed.tailscaled)
+            .env("TS_NO_LOGS_NO_SUPPORT", "true")
+            .args([
+                "--tun=userspace-networking",
+                "--no-logs-no-support",
+                "--port=0",
+            ])
+            .arg(format!("--state={}", state.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tailscaled"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "tailscaled socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let key = mint_auth_key(bed);
+    let hostname = format!("tncni-dp-{}", std::process::id());
+    let out = cli(
+        bed,
+        &socket,
+        &[
+            "up",
+            &format!("--login-server={}", bed.control_url),
+            &format!("--auth-key={key}"),
+            &format!("--hostname={hostname}"),
+            "--accept-dns=false",
+            "--timeout=60s",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "tailscale up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let me = status_self(bed, &socket);
+    let addresses = ips(&me);
+    let public = key_hex(me["PublicKey"].as_str().unwrap(), "nodekey:");
+    drop(daemon);
+
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("state file")).expect("state JSON");
+    let profile = state
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.starts_with("profile-"))
+        .map(|(_, v)| v.as_str().unwrap().to_owned())
+        .expect("a login profile");
+    use base64::Engine as _;
+    let profile = base64::engine::general_purpose::STANDARD
+        .decode(profile)
+        .expect("profile base64");
+    let profile: serde_json::Value = serde_json::from_slice(&profile).expect("profile JSON");
+    let node_private = key_hex(
+        profile["Config"]["PrivateNodeKey"]
+            .as_str()
+            .expect("PrivateNodeKey"),
+        "privkey:",
+    );
+    assert_eq!(tailnet_wire::derp::public_key(&node_private), public);
+    Registered {
+        node_private,
+        addresses,
+    }
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// IPv4 ICMP echo (type 8) or echo reply (type 0).
+fn icmp_v4(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + data.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20] = icmp_type;
+    p[24..26].copy_from_slice(&id.to_be_bytes());
+    p[26..28].copy_from_slice(&seq.to_be_bytes());
+    p[28..].copy_from_slice(data);
+    let c = checksum(&p[20..]);
+    p[22..24].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// Everything a test needs to put a registered identity on the engine
+/// next to the test bed's peer.
+struct Setup<'a> {
+    me: Registered,
+    my_v4: Ipv4Addr,
+    peer_v4: Ipv4Addr,
+    peer: PeerConfig,
+    derp_map: Arc<Vec<DerpRegionConfig>>,
+    _cleanup: NodeCleanup<'a>,
+}
+
+fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
+    addrs.iter().find_map(|a| match a {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    })
+}
+
+fn setup<'a>(bed: &'a Bed, dir: &Path) -> Setup<'a> {
+    let me = register_identity(bed, dir);
+    let my_v4 = first_v4(&me.addresses).expect("an IPv4 tailnet address");
+    let cleanup = NodeCleanup { bed, ipv4: my_v4 };
+    let peer = status_self(bed, &bed.peer_socket);
+    let peer_ips = ips(&peer);
+    let peer_v4 = first_v4(&peer_ips).expect("peer IPv4");
+    let peer = PeerConfig {
+        node_key: key_hex(peer["PublicKey"].as_str().unwrap(), "nodekey:"),
+        disco_key: None,
+        allowed_ips: peer_ips
+            .iter()
+            .map(|ip| (*ip, if ip.is_ipv4() { 32 } else { 128 }))
+            .collect(),
+        endpoints: vec![],
+        home_derp: Some(bed.derp_region),
+    };
+    let control = control_addr(&bed.control_url);
+    let IpAddr::V4(control_ip) = control.ip() else {
+        panic!("IPv4 control address")
+    };
+    let derp_map = Arc::new(vec![DerpRegionConfig {
+        region_id: bed.derp_region,
+        nodes: vec![DerpNodeConfig {
+            name: format!("{}a", bed.derp_region),
+            host_name: "localhost".into(),
+            ipv4: Some(control_ip),
+            ipv6: None,
+            derp_port: control.port(),
+            stun_port: 0,
+            // rscale serves TLS with a self-signed certificate on the same port.
+            insecure_for_tests: true,
+            stun_only: false,
+            plain_http: false,
+        }],
+    }]);
+    Setup {
+        me,
+        my_v4,
+        peer_v4,
+        peer,
+        derp_map,
+        _cleanup: cleanup,
+    }
+}
+
+async fn attach(engine: &Engine, setup: &Setup<'_>, pod_id: &str, device: OwnedFd) -> PodHandle {
+    let pod = engine
+        .attach_pod(PodDataConfig {
+            pod_id: pod_id.into(),
+            tun_fd: device,
+            node_private: setup.me.node_private,
+            disco_private: [0; 32],
+            addresses: setup.me.addresses.clone(),
+        })
+        .unwrap();
+    pod.set_derp_map(setup.derp_map.clone()).await.unwrap();
+    pod.set_peers(vec![setup.peer.clone()]).await.unwrap();
+    pod
+}
+
+fn testbed_or_skip() -> Option<Bed> {
+    match bed() {
+        Ok(bed) => Some(bed),
+        Err(why) => {
+            eprintln!("skipping: {why} (source /tmp/testbed.env after scripts/testbed.sh up)");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_tailscaled_exchanges_traffic_with_the_engine_over_derp() {
+    let Some(bed) = testbed_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(&bed, dir.path());
+    let (my_v4, peer_v4) = (setup.my_v4, setup.peer_v4);
+    let (engine_end, test_end): (OwnedFd, OwnedFd) = socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    let device = PacketFd::new(test_end).unwrap();
+    let engine = Engine::new(EngineConfig::default());
+    let pod = attach(&engine, &setup, "tailscaled-interop", engine_end).await;
+
+    // 1. Pod → peer: ICMP echo until the peer's netstack answers.
+    let mut buf = vec![0u8; 2048];
+    let mut answered = false;
+    'outer: for seq in 0..60u16 {
+        let echo = icmp_v4(my_v4, peer_v4, 8, 0x7a7a, seq, b"tailnet-cni dataplane");
+        device.send(&echo).await.unwrap();
+        let until = Instant::now() + Duration::from_millis(500);
+        while let Ok(Ok(n)) = tokio::time::timeout(
+            until.saturating_duration_since(Instant::now()),
+            device.recv(&mut buf),
+        )
+        .await
+        {
+            let p = &buf[..n];
+            if n >= 28
+                && p[9] == 1
+                && p[20] == 0
+                && p[12..16] == peer_v4.octets()
+                && p[24..26] == [0x7a, 0x7a]
+            {
+                answered = true;
+                break 'outer;
+            }
+        }
+    }
+    assert!(
+        answered,
+        "no ICMP echo reply from the tailscaled peer over DERP"
+    );
+    let stats = pod.stats().await.unwrap();
+    assert_eq!(stats.peers[0].path, PathKind::Derp);
+    assert!(stats.peers[0].last_handshake.is_some());
+
+    // 2. Peer → pod: `tailscale ping --icmp`, answered here.
+    let target = my_v4.to_string();
+    let ping = {
+        let tailscale = bed.tailscale.clone();
+        let socket = bed.peer_socket.clone();
+        std::thread::spawn(move || {
+            Command::new(tailscale)
+                .arg(format!("--socket={}", socket.display()))
+                .args([
+                    "ping",
+                    "--icmp",
+                    "--c=5",
+                    "--timeout=5s",
+                    "--until-direct=false",
+                    &target,
+                ])
+                .output()
+                .expect("tailscale ping")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut replied = 0;
+    while !ping.is_finished() && Instant::now() < deadline {
+        let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), device.recv(&mut buf)).await
+        else {
+            continue;
+        };
+        let p = buf[..n].to_vec();
+        if n >= 28 && p[9] == 1 && p[20] == 8 && p[16..20] == my_v4.octets() {
+            let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+            let id = u16::from_be_bytes([p[24], p[25]]);
+            let seq = u16::from_be_bytes([p[26], p[27]]);
+            let header_len = usize::from(p[0] & 0x0f) * 4;
+            let reply = icmp_v4(my_v4, src, 0, id, seq, &p[header_len + 8..]);
+            device.send(&reply).await.unwrap();
+            replied += 1;
+        }
+    }
+    let out = ping.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        replied >= 1,
+        "no ICMP echo request reached the pod; ping said: {stdout}"
+    );
+    assert!(
+        stdout.contains("pong from"),
+        "tailscale ping saw no pong: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("peer ping over the engine: {}", stdout.trim());
+    pod.detach().await.unwrap();
+}
+
+/// A network namespace for the pod side; deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Self {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self(name)
+    }
+
+    /// Run `f` on a thread inside the namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A kernel TCP server in the pod's namespace behind a real TUN, fetched over
+/// HTTP by the tailscaled peer through its SOCKS5 proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_tailscaled_fetches_http_from_a_pod_behind_a_real_tun() {
+    let Some(bed) = testbed_or_skip() else { return };
+    let Ok(socks) = std::env::var("TAILNET_TEST_PEER_SOCKS5") else {
+        eprintln!("skipping: TAILNET_TEST_PEER_SOCKS5 not set");
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() || !Path::new("/dev/net/tun").exists() {
+        eprintln!("skipping: needs root and /dev/net/tun for the pod namespace");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(&bed, dir.path());
+    let my_v4 = setup.my_v4;
+
+    let ns = Netns::new(format!("tndp-ts-{}", std::process::id()));
+    let tun = ns.run(|| tailnet_cnid::podmgr::tun::open_tun("tn0").expect("open tun"));
+    ip(&["-n", &ns.0, "link", "set", "tn0", "mtu", "1280", "up"]);
+    ip(&[
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        &format!("{my_v4}/32"),
+        "dev",
+        "tn0",
+    ]);
+    ip(&["-n", &ns.0, "route", "add", "100.64.0.0/10", "dev", "tn0"]);
+
+    // The pod's web server: answers every request with a fixed body.
+    let listener = ns.run(move || {
+        std::net::TcpListener::bind(SocketAddr::from((my_v4, 8080))).expect("bind in pod")
+    });
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let body = "hello from the pod\n";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+
+    let engine = Engine::new(EngineConfig::default());
+    let pod = attach(&engine, &setup, "tailscaled-http", tun).await;
+
+    let url = format!("http://{my_v4}:8080/");
+    let fetched = tokio::task::spawn_blocking(move || {
+        let mut last = String::new();
+        for _ in 0..10 {
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "10", "--socks5", &socks, &url])
+                .output()
+                .expect("run curl");
+            if out.status.success() {
+                return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Err(last)
+    })
+    .await
+    .unwrap();
+    assert_eq!(fetched.as_deref(), Ok("hello from the pod\n"));
+    let stats = pod.stats().await.unwrap();
+    assert_eq!(stats.peers[0].path, PathKind::Derp);
+    assert!(stats.rx_packets >= 3 && stats.tx_packets >= 3, "{stats:?}");
+    pod.detach().await.unwrap();
+}
