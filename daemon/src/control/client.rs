@@ -1,0 +1,241 @@
+//! HTTP/2 over the Noise channel: registration, the streaming map poll,
+//! endpoint updates.
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::Request;
+use tokio::task::JoinHandle;
+
+use super::conn::{ConnError, Endpoint, NoiseStream};
+use super::json;
+use super::tailcfg::{MapRequest, MapResponse, RegisterRequest, RegisterResponse};
+
+/// Largest map message accepted (compressed or not): a netmap of many
+/// thousands of peers fits comfortably.
+const MAX_MESSAGE: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error("HTTP/2 with the control server: {0}")]
+    H2(#[from] h2::Error),
+    #[error("control server answered {path} with HTTP {status}: {body}")]
+    Status {
+        path: &'static str,
+        status: u16,
+        body: String,
+    },
+    #[error("control server sent a malformed {what}: {msg}")]
+    Malformed { what: &'static str, msg: String },
+    #[error("map stream ended")]
+    StreamEnded,
+}
+
+/// One HTTP/2 connection to the control server for one identity.
+pub struct ControlConn {
+    send: SendRequest<Bytes>,
+    driver: JoinHandle<()>,
+    authority: String,
+}
+
+impl Drop for ControlConn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl ControlConn {
+    pub async fn handshake(endpoint: &Endpoint, stream: NoiseStream) -> Result<Self, ClientError> {
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(4 << 20)
+            .initial_connection_window_size(8 << 20)
+            .handshake::<_, Bytes>(stream)
+            .await?;
+        let driver = tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "control HTTP/2 connection ended");
+            }
+        });
+        Ok(Self {
+            send,
+            driver,
+            authority: endpoint.url.host_str().unwrap_or("control").to_string(),
+        })
+    }
+
+    async fn post(
+        &mut self,
+        path: &'static str,
+        body: Vec<u8>,
+    ) -> Result<h2::RecvStream, ClientError> {
+        let request = Request::post(format!("https://{}{path}", self.authority))
+            .header("content-type", "application/json")
+            .body(())
+            .map_err(|e| ClientError::Malformed {
+                what: "request",
+                msg: e.to_string(),
+            })?;
+        let mut send = self.send.clone().ready().await?;
+        let (response, mut stream) = send.send_request(request, false)?;
+        stream.send_data(Bytes::from(body), true)?;
+        let response = response.await?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        if status != 200 {
+            let text = read_all(&mut body, 4096).await.unwrap_or_default();
+            return Err(ClientError::Status {
+                path,
+                status,
+                body: String::from_utf8_lossy(&text).trim().to_string(),
+            });
+        }
+        Ok(body)
+    }
+
+    pub async fn register(&mut self, request: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Malformed {
+            what: "register request",
+            msg: e.to_string(),
+        })?;
+        let mut stream = self.post("/machine/register", body).await?;
+        let bytes = read_all(&mut stream, MAX_MESSAGE).await?;
+        json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
+            what: "register response",
+            msg: e.to_string(),
+        })
+    }
+
+    /// Starts the streaming map poll.
+    pub async fn map_stream(&mut self, request: &MapRequest) -> Result<MapStream, ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Malformed {
+            what: "map request",
+            msg: e.to_string(),
+        })?;
+        let stream = self.post("/machine/map", body).await?;
+        Ok(MapStream {
+            stream,
+            buffer: Vec::new(),
+            compressed: !request.compress.is_empty(),
+        })
+    }
+
+    /// A one-shot map request (endpoint or Hostinfo update); the answer is
+    /// read and dropped.
+    pub async fn update(&mut self, request: &MapRequest) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(request).map_err(|e| ClientError::Malformed {
+            what: "map request",
+            msg: e.to_string(),
+        })?;
+        let mut stream = self.post("/machine/map", body).await?;
+        read_all(&mut stream, MAX_MESSAGE).await?;
+        Ok(())
+    }
+}
+
+async fn read_all(stream: &mut h2::RecvStream, limit: usize) -> Result<Vec<u8>, ClientError> {
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.data().await {
+        let chunk = chunk?;
+        let _ = stream.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+        if out.len() > limit {
+            return Err(ClientError::Malformed {
+                what: "response",
+                msg: format!("larger than {limit} bytes"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The map long poll: messages framed as `u32 little-endian length · body`,
+/// each body one zstd frame when compression was asked for.
+pub struct MapStream {
+    stream: h2::RecvStream,
+    buffer: Vec<u8>,
+    compressed: bool,
+}
+
+impl MapStream {
+    pub async fn next(&mut self) -> Result<MapResponse, ClientError> {
+        loop {
+            if let Some(body) = take_frame(&mut self.buffer)? {
+                let bytes = if self.compressed {
+                    zstd::stream::decode_all(&body[..]).map_err(|e| ClientError::Malformed {
+                        what: "zstd map message",
+                        msg: e.to_string(),
+                    })?
+                } else {
+                    body
+                };
+                return json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
+                    what: "map message",
+                    msg: e.to_string(),
+                });
+            }
+            match self.stream.data().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    let _ = self.stream.flow_control().release_capacity(chunk.len());
+                    self.buffer.extend_from_slice(&chunk);
+                }
+                None => return Err(ClientError::StreamEnded),
+            }
+        }
+    }
+}
+
+/// Splits one length-prefixed message off `buffer`, if complete.
+fn take_frame(buffer: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ClientError> {
+    if buffer.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
+    if len > MAX_MESSAGE {
+        return Err(ClientError::Malformed {
+            what: "map frame",
+            msg: format!("{len} bytes announced"),
+        });
+    }
+    if buffer.len() < 4 + len {
+        return Ok(None);
+    }
+    let body = buffer[4..4 + len].to_vec();
+    buffer.drain(..4 + len);
+    Ok(Some(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_little_endian_length_prefixed() {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&3u32.to_le_bytes());
+        buf.extend_from_slice(b"abc");
+        buf.extend_from_slice(&2u32.to_le_bytes());
+        buf.push(b'd');
+        assert_eq!(take_frame(&mut buf).unwrap().unwrap(), b"abc");
+        assert!(take_frame(&mut buf).unwrap().is_none(), "second frame incomplete");
+        buf.push(b'e');
+        assert_eq!(take_frame(&mut buf).unwrap().unwrap(), b"de");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn absurd_lengths_are_refused() {
+        let mut buf = u32::MAX.to_le_bytes().to_vec();
+        assert!(take_frame(&mut buf).is_err());
+    }
+
+    #[test]
+    fn zstd_messages_decode() {
+        let json = br#"{"KeepAlive":true}"#;
+        let packed = zstd::stream::encode_all(&json[..], 3).unwrap();
+        let back = zstd::stream::decode_all(&packed[..]).unwrap();
+        let msg: MapResponse = json::from_slice(&back).unwrap();
+        assert!(msg.keepalive);
+    }
+}

@@ -1,0 +1,374 @@
+//! Connections to the control server: plain TCP or TLS, the `/key` fetch,
+//! the `/ts2021` upgrade, and the Noise channel as an async byte stream.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use url::Url;
+
+use super::json;
+use super::keys::{MachinePublic, PrivateKey};
+use super::noise::{Initiator, NoiseError, Transport, RESPONSE_LEN};
+use super::tailcfg::{KeyResponse, CAPABILITY_VERSION};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Early-payload magic: the server may send JSON before HTTP/2 starts.
+const EARLY_MAGIC: [u8; 5] = [0xff, 0xff, 0xff, b'T', b'S'];
+const MAX_EARLY_PAYLOAD: usize = 10 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("control server {url} unreachable: {source}")]
+    Unreachable { url: String, source: io::Error },
+    #[error("TLS with control server {url}: {source}")]
+    Tls { url: String, source: io::Error },
+    #[error("control server {url}: {msg}")]
+    Protocol { url: String, msg: String },
+    #[error("control server {url}: {source}")]
+    Noise { url: String, source: NoiseError },
+}
+
+/// Anything the control connection can run over.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Where the control server is and how to speak TLS to it.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub url: Url,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl Endpoint {
+    fn host(&self) -> String {
+        self.url.host_str().unwrap_or_default().to_string()
+    }
+
+    fn https(&self) -> bool {
+        self.url.scheme() == "https"
+    }
+
+    fn port(&self) -> u16 {
+        self.url
+            .port_or_known_default()
+            .unwrap_or(if self.https() { 443 } else { 80 })
+    }
+
+    fn host_header(&self) -> String {
+        match self.url.port() {
+            Some(port) => format!("{}:{port}", self.host()),
+            None => self.host(),
+        }
+    }
+
+    fn protocol(&self, msg: impl Into<String>) -> ConnError {
+        ConnError::Protocol {
+            url: self.url.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    async fn dial(&self) -> Result<Box<dyn Io>, ConnError> {
+        let unreachable = |source| ConnError::Unreachable {
+            url: self.url.to_string(),
+            source,
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((self.host(), self.port())))
+            .await
+            .map_err(|_| unreachable(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
+            .map_err(unreachable)?;
+        let _ = tcp.set_nodelay(true);
+        if !self.https() {
+            return Ok(Box::new(tcp));
+        }
+        let name = rustls::pki_types::ServerName::try_from(self.host())
+            .map_err(|e| self.protocol(format!("bad host name: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|source| ConnError::Tls {
+                url: self.url.to_string(),
+                source,
+            })?;
+        Ok(Box::new(tls))
+    }
+
+    /// Reads an HTTP/1.1 response head; returns (status, leftover bytes).
+    async fn read_head(&self, io: &mut Box<dyn Io>) -> Result<(u16, String, Vec<u8>), ConnError> {
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| self.protocol("malformed HTTP status line"))?;
+                return Ok((status, head, buf[end + 4..].to_vec()));
+            }
+            if buf.len() > 64 << 10 {
+                return Err(self.protocol("HTTP response head too large"));
+            }
+            let n = io.read(&mut chunk).await.map_err(|source| ConnError::Unreachable {
+                url: self.url.to_string(),
+                source,
+            })?;
+            if n == 0 {
+                return Err(self.protocol("connection closed before the HTTP response"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// `GET /key`: the server's Noise public key.
+    pub async fn fetch_server_key(&self) -> Result<MachinePublic, ConnError> {
+        let mut io = self.dial().await?;
+        let request = format!(
+            "GET /key?v={CAPABILITY_VERSION} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tailnet-cni\r\nConnection: close\r\n\r\n",
+            self.host_header()
+        );
+        io.write_all(request.as_bytes())
+            .await
+            .map_err(|source| ConnError::Unreachable {
+                url: self.url.to_string(),
+                source,
+            })?;
+        let (status, head, mut body) = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_head(&mut io))
+            .await
+            .map_err(|_| self.protocol("timed out reading /key"))??;
+        if status != 200 {
+            return Err(self.protocol(format!("/key answered HTTP {status}")));
+        }
+        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, io.read_to_end(&mut body)).await;
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(&body).ok_or_else(|| self.protocol("bad chunked /key body"))?
+        } else {
+            body
+        };
+        let key: KeyResponse = json::from_slice(&body)
+            .map_err(|e| self.protocol(format!("/key is not the JSON key response: {e}")))?;
+        MachinePublic::parse(&key.publickey)
+            .map_err(|e| self.protocol(format!("/key has no usable publicKey: {e}")))
+    }
+
+    /// Upgrades a new connection to the Noise channel, authenticated with
+    /// `machine`. Returns the channel and the early payload, if any.
+    pub async fn upgrade(
+        &self,
+        machine: &PrivateKey,
+        server: &MachinePublic,
+    ) -> Result<(NoiseStream, Option<Vec<u8>>), ConnError> {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, self.upgrade_inner(machine, server))
+            .await
+            .map_err(|_| self.protocol("timed out upgrading to the control protocol"))?
+    }
+
+    async fn upgrade_inner(
+        &self,
+        machine: &PrivateKey,
+        server: &MachinePublic,
+    ) -> Result<(NoiseStream, Option<Vec<u8>>), ConnError> {
+        let noise = |source| ConnError::Noise {
+            url: self.url.to_string(),
+            source,
+        };
+        let (initiator, init) = Initiator::start(machine, server, CAPABILITY_VERSION).map_err(noise)?;
+        let mut io = self.dial().await?;
+        let request = format!(
+            "POST /ts2021 HTTP/1.1\r\nHost: {}\r\nUser-Agent: tailnet-cni\r\nUpgrade: tailscale-control-protocol\r\n\
+             Connection: upgrade\r\nX-Tailscale-Handshake: {}\r\nContent-Length: 0\r\n\r\n",
+            self.host_header(),
+            base64::engine::general_purpose::STANDARD.encode(init)
+        );
+        io.write_all(request.as_bytes())
+            .await
+            .map_err(|source| ConnError::Unreachable {
+                url: self.url.to_string(),
+                source,
+            })?;
+        let (status, head, mut rest) = self.read_head(&mut io).await?;
+        if status != 101 {
+            let first = head.lines().next().unwrap_or_default().to_string();
+            return Err(self.protocol(format!("/ts2021 upgrade refused: {first}")));
+        }
+        while rest.len() < 3 || (rest[0] == 0x03 && rest.len() < 3 + u16::from_be_bytes([rest[1], rest[2]]) as usize)
+            || (rest[0] != 0x03 && rest.len() < RESPONSE_LEN)
+        {
+            let mut chunk = [0u8; 512];
+            let n = io.read(&mut chunk).await.map_err(|source| ConnError::Unreachable {
+                url: self.url.to_string(),
+                source,
+            })?;
+            if n == 0 {
+                return Err(self.protocol("connection closed during the Noise handshake"));
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        let frame_len = if rest[0] == 0x03 {
+            3 + u16::from_be_bytes([rest[1], rest[2]]) as usize
+        } else {
+            RESPONSE_LEN
+        };
+        let mut transport = initiator.finish(&rest[..frame_len]).map_err(noise)?;
+        transport.push(&rest[frame_len..]);
+        let mut stream = NoiseStream::new(io, transport);
+        let early = stream.read_early_payload().await.map_err(|source| ConnError::Unreachable {
+            url: self.url.to_string(),
+            source,
+        })?;
+        Ok((stream, early))
+    }
+}
+
+fn dechunk(body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).ok()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+/// The Noise channel as a byte stream, for HTTP/2 to run over.
+pub struct NoiseStream {
+    io: Box<dyn Io>,
+    transport: Transport,
+    /// Decrypted bytes not yet read.
+    plaintext: Vec<u8>,
+    plaintext_pos: usize,
+    /// Sealed bytes not yet written.
+    outbound: Vec<u8>,
+    outbound_pos: usize,
+    read_buf: Box<[u8; 8192]>,
+}
+
+impl NoiseStream {
+    fn new(io: Box<dyn Io>, transport: Transport) -> Self {
+        Self {
+            io,
+            transport,
+            plaintext: Vec::new(),
+            plaintext_pos: 0,
+            outbound: Vec::new(),
+            outbound_pos: 0,
+            read_buf: Box::new([0; 8192]),
+        }
+    }
+
+    /// Consumes the optional early payload; other bytes stay readable.
+    async fn read_early_payload(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let mut head = [0u8; 9];
+        self.read_exact(&mut head[..5]).await?;
+        if head[..5] != EARLY_MAGIC {
+            self.unread(&head[..5]);
+            return Ok(None);
+        }
+        self.read_exact(&mut head[5..9]).await?;
+        let len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
+        if len > MAX_EARLY_PAYLOAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "early payload too large"));
+        }
+        let mut payload = vec![0u8; len];
+        self.read_exact(&mut payload).await?;
+        Ok(Some(payload))
+    }
+
+    fn unread(&mut self, bytes: &[u8]) {
+        let mut joined = bytes.to_vec();
+        joined.extend_from_slice(&self.plaintext[self.plaintext_pos..]);
+        self.plaintext = joined;
+        self.plaintext_pos = 0;
+    }
+
+    fn poll_flush_outbound(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.outbound_pos < self.outbound.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.outbound[self.outbound_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.outbound_pos += n;
+        }
+        self.outbound.clear();
+        self.outbound_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn invalid(e: NoiseError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl AsyncRead for NoiseStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.plaintext_pos < this.plaintext.len() {
+                let n = buf.remaining().min(this.plaintext.len() - this.plaintext_pos);
+                buf.put_slice(&this.plaintext[this.plaintext_pos..this.plaintext_pos + n]);
+                this.plaintext_pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(record) = this.transport.next_plaintext().map_err(invalid)? {
+                this.plaintext = record;
+                this.plaintext_pos = 0;
+                continue;
+            }
+            let mut raw = ReadBuf::new(&mut this.read_buf[..]);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut raw))?;
+            if raw.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            this.transport.push(raw.filled());
+        }
+    }
+}
+
+impl AsyncWrite for NoiseStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        // Backpressure: at most one batch of sealed records waits.
+        ready!(this.poll_flush_outbound(cx))?;
+        let take = buf.len().min(16 * super::noise::MAX_PLAINTEXT);
+        this.transport.seal(&buf[..take], &mut this.outbound).map_err(invalid)?;
+        // Start writing now; what does not fit waits for the next call.
+        if let Poll::Ready(Err(e)) = this.poll_flush_outbound(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(take))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_flush_outbound(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_flush_outbound(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+        assert!(dechunk(b"zz\r\n").is_none());
+    }
+}

@@ -1,0 +1,24 @@
+//! The Tailscale control protocol (ts2021), one session per pod identity.
+//!
+//! - [`keys`]: key types and their text forms.
+//! - [`json`], [`tailcfg`]: wire types, decoded the way Go decodes them.
+//! - [`noise`]: the sans-IO Noise IK handshake and record layer.
+//! - [`conn`]: `/key`, the `/ts2021` upgrade, the Noise byte stream.
+//! - [`client`]: HTTP/2 requests over it: register, map poll, updates.
+//! - [`netmap`]: a netmap kept current from deltas; shared peer records.
+//! - [`session`]: the per-identity supervisor the pod manager drives.
+
+pub mod client;
+pub mod conn;
+pub mod json;
+pub mod keys;
+pub mod netmap;
+pub mod noise;
+pub mod session;
+pub mod tailcfg;
+
+pub use netmap::{NetMap, SelfNode};
+pub use session::{
+    AuthKeySource, ControlClient, ControlConfig, ControlError, IdentityHandle, IdentityKeys,
+    IdentityOptions, SessionState,
+};

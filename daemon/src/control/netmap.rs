@@ -1,0 +1,292 @@
+//! One identity's network map, kept current from full and delta map
+//! responses, with peer records shared between identities.
+//!
+//! Hundreds of identities on a node see the same thousands of peers: the
+//! [`Interner`] hands every identity the same `Arc<Node>` for an identical
+//! record, and the same `Arc<DerpMap>`, so a peer costs memory once per node
+//! rather than once per pod.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use super::tailcfg::{parse_prefix, DerpMap, FilterRule, MapResponse, Node, PeerChange};
+
+/// Shares identical peer records and DERP maps across identities.
+#[derive(Debug, Default)]
+pub struct Interner {
+    nodes: Mutex<HashMap<i64, Weak<Node>>>,
+    derp: Mutex<Option<Weak<DerpMap>>>,
+}
+
+impl Interner {
+    pub fn node(&self, node: Node) -> Arc<Node> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = nodes.get(&node.id).and_then(Weak::upgrade) {
+            if *existing == node {
+                return existing;
+            }
+        }
+        let shared = Arc::new(node);
+        nodes.insert(shared.id, Arc::downgrade(&shared));
+        if nodes.len() > 1024 && nodes.len().is_power_of_two() {
+            nodes.retain(|_, w| w.strong_count() > 0);
+        }
+        shared
+    }
+
+    pub fn derp_map(&self, map: DerpMap) -> Arc<DerpMap> {
+        let mut slot = self.derp.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = slot.as_ref().and_then(Weak::upgrade) {
+            if *existing == map {
+                return existing;
+            }
+        }
+        let shared = Arc::new(map);
+        *slot = Some(Arc::downgrade(&shared));
+        shared
+    }
+}
+
+/// What an update changed, so the data plane reacts only to that.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub self_node: bool,
+    pub peers: bool,
+    pub derp_map: bool,
+    pub filter: bool,
+}
+
+impl Change {
+    pub fn any(&self) -> bool {
+        self.self_node || self.peers || self.derp_map || self.filter
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NetMap {
+    pub self_node: Option<Arc<Node>>,
+    pub peers: BTreeMap<i64, Arc<Node>>,
+    pub derp_map: Option<Arc<DerpMap>>,
+    /// Named packet filters; "base" is the classic `PacketFilter`.
+    pub filters: BTreeMap<String, Vec<FilterRule>>,
+    pub domain: String,
+}
+
+impl NetMap {
+    /// Applies one map response exactly as the protocol defines deltas.
+    pub fn apply(&mut self, msg: MapResponse, interner: &Interner) -> Change {
+        let mut change = Change::default();
+        if let Some(node) = msg.node {
+            let node = interner.node(node);
+            if self.self_node.as_ref() != Some(&node) {
+                self.self_node = Some(node);
+                change.self_node = true;
+            }
+        }
+        if let Some(map) = msg.derpmap {
+            let map = interner.derp_map(map);
+            if self.derp_map.as_ref() != Some(&map) {
+                self.derp_map = Some(map);
+                change.derp_map = true;
+            }
+        }
+        if let Some(peers) = msg.peers {
+            self.peers = peers.into_iter().map(|p| (p.id, interner.node(p))).collect();
+            change.peers = true;
+        }
+        if let Some(changed) = msg.peerschanged {
+            for peer in changed {
+                self.peers.insert(peer.id, interner.node(peer));
+            }
+            change.peers = true;
+        }
+        if let Some(removed) = msg.peersremoved {
+            for id in removed {
+                change.peers |= self.peers.remove(&id).is_some();
+            }
+        }
+        if let Some(patches) = msg.peerschangedpatch {
+            for patch in patches {
+                change.peers |= self.patch(patch, interner);
+            }
+        }
+        if let Some(online) = msg.onlinechange {
+            for (id, is_online) in online {
+                let Ok(id) = id.parse::<i64>() else { continue };
+                if let Some(peer) = self.peers.get(&id) {
+                    if peer.online != Some(is_online) {
+                        let mut updated = (**peer).clone();
+                        updated.online = Some(is_online);
+                        self.peers.insert(id, interner.node(updated));
+                    }
+                }
+            }
+        }
+        if let Some(base) = msg.packetfilter {
+            self.filters.insert("base".into(), base);
+            change.filter = true;
+        }
+        if let Some(named) = msg.packetfilters {
+            if named.get("*").is_some_and(Option::is_none) {
+                self.filters.clear();
+            }
+            for (name, rules) in named {
+                if name == "*" {
+                    continue;
+                }
+                match rules {
+                    Some(rules) => self.filters.insert(name, rules),
+                    None => self.filters.remove(&name),
+                };
+            }
+            change.filter = true;
+        }
+        if let Some(domain) = msg.domain {
+            self.domain = domain;
+        }
+        change
+    }
+
+    fn patch(&mut self, patch: PeerChange, interner: &Interner) -> bool {
+        let Some(peer) = self.peers.get(&patch.nodeid) else {
+            return false;
+        };
+        let mut updated = (**peer).clone();
+        if patch.derpregion != 0 {
+            updated.homederp = patch.derpregion;
+        }
+        if let Some(endpoints) = patch.endpoints {
+            updated.endpoints = endpoints;
+        }
+        if let Some(key) = patch.key {
+            updated.key = key;
+        }
+        if let Some(disco) = patch.discokey {
+            updated.discokey = disco;
+        }
+        if let Some(online) = patch.online {
+            updated.online = Some(online);
+        }
+        if let Some(expiry) = patch.keyexpiry {
+            updated.keyexpiry = expiry;
+        }
+        if updated == **peer {
+            return false;
+        }
+        self.peers.insert(patch.nodeid, interner.node(updated));
+        true
+    }
+
+    /// Every filter rule in force.
+    pub fn filter_rules(&self) -> impl Iterator<Item = &FilterRule> {
+        self.filters.values().flatten()
+    }
+}
+
+/// The fields of the self node the daemon records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfNode {
+    pub id: i64,
+    pub stable_id: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl SelfNode {
+    pub fn from_node(node: &Node) -> Self {
+        let mut ipv4 = None;
+        let mut ipv6 = None;
+        for (ip, _) in node.addresses.iter().filter_map(|a| parse_prefix(a)) {
+            match ip {
+                std::net::IpAddr::V4(v4) if ipv4.is_none() => ipv4 = Some(v4),
+                std::net::IpAddr::V6(v6) if ipv6.is_none() => ipv6 = Some(v6),
+                _ => {}
+            }
+        }
+        Self {
+            id: node.id,
+            stable_id: node.stableid.clone(),
+            ipv4,
+            ipv6,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::json::from_slice;
+
+    fn msg(text: &str) -> MapResponse {
+        from_slice(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn full_then_delta_updates() {
+        let interner = Interner::default();
+        let mut map = NetMap::default();
+        let change = map.apply(
+            msg(r#"{"Node": {"ID": 9, "Addresses": ["100.64.0.9/32", "fd7a:115c:a1e0::9/128"]},
+                    "Peers": [{"ID": 1, "Key": "a"}, {"ID": 2, "Key": "b"}],
+                    "PacketFilter": []}"#),
+            &interner,
+        );
+        assert!(change.self_node && change.peers && change.filter && !change.derp_map);
+        assert_eq!(map.peers.len(), 2);
+        assert_eq!(map.filter_rules().count(), 0, "[] = deny all");
+        let me = SelfNode::from_node(map.self_node.as_ref().unwrap());
+        assert_eq!(me.ipv4, Some("100.64.0.9".parse().unwrap()));
+        assert_eq!(me.ipv6, Some("fd7a:115c:a1e0::9".parse().unwrap()));
+
+        map.apply(msg(r#"{"PeersChanged": [{"ID": 3, "Key": "c"}], "PeersRemoved": [1]}"#), &interner);
+        assert_eq!(map.peers.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+
+        let change = map.apply(
+            msg(r#"{"PeersChangedPatch": [{"NodeID": 2, "DERPRegion": 900, "Endpoints": ["127.0.0.1:5"]}]}"#),
+            &interner,
+        );
+        assert!(change.peers);
+        assert_eq!(map.peers[&2].homederp, 900);
+        assert_eq!(map.peers[&2].endpoints, vec!["127.0.0.1:5"]);
+
+        map.apply(msg(r#"{"OnlineChange": {"3": true}}"#), &interner);
+        assert_eq!(map.peers[&3].online, Some(true));
+
+        // A keep-alive or an absent filter changes nothing.
+        let change = map.apply(msg(r#"{"KeepAlive": true}"#), &interner);
+        assert!(!change.any());
+    }
+
+    #[test]
+    fn named_filters_follow_null_and_star_semantics() {
+        let interner = Interner::default();
+        let mut map = NetMap::default();
+        map.apply(
+            msg(r#"{"PacketFilters": {"a": [{"SrcIPs": ["*"]}], "b": [{"SrcIPs": ["100.64.0.1"]}]}}"#),
+            &interner,
+        );
+        assert_eq!(map.filters.len(), 2);
+        map.apply(msg(r#"{"PacketFilters": {"a": null}}"#), &interner);
+        assert_eq!(map.filters.keys().collect::<Vec<_>>(), vec!["b"]);
+        map.apply(msg(r#"{"PacketFilters": {"*": null, "c": []}}"#), &interner);
+        assert_eq!(map.filters.keys().collect::<Vec<_>>(), vec!["c"]);
+    }
+
+    #[test]
+    fn identities_share_identical_peer_records() {
+        let interner = Interner::default();
+        let mut a = NetMap::default();
+        let mut b = NetMap::default();
+        let peers = r#"{"Peers": [{"ID": 1, "Key": "k", "Addresses": ["100.64.0.1/32"]}],
+                        "DERPMap": {"Regions": {"900": {"RegionID": 900}}}}"#;
+        a.apply(msg(peers), &interner);
+        b.apply(msg(peers), &interner);
+        assert!(Arc::ptr_eq(&a.peers[&1], &b.peers[&1]));
+        assert!(Arc::ptr_eq(a.derp_map.as_ref().unwrap(), b.derp_map.as_ref().unwrap()));
+        // A different record for the same node is not shared.
+        b.apply(msg(r#"{"PeersChanged": [{"ID": 1, "Key": "k2"}]}"#), &interner);
+        assert!(!Arc::ptr_eq(&a.peers[&1], &b.peers[&1]));
+        assert_eq!(a.peers[&1].key, "k");
+    }
+}
