@@ -1,5 +1,6 @@
 //! `tailnet-cnid`: the node daemon. See ARCHITECTURE.md for the map of modules.
 pub mod config;
+pub mod daemon;
 pub mod control;
 pub mod install;
 pub mod metrics;

@@ -70,9 +70,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .context("--config FILE (or TAILNET_CNID_CONFIG) is required to run the daemon")?;
             let config = Config::load(&path)?;
             init_logging(config.log_format);
-            // WIP: the pod manager is being wired in.
-            let _ = config;
-            anyhow::bail!("daemon run loop not wired yet")
+            tailnet_cnid::daemon::run(config).await
         }
         Command::Status { socket, json } => {
             let socket = match (socket, cli.config) {

@@ -19,6 +19,7 @@ pub mod tailcfg;
 
 pub use netmap::{NetMap, SelfNode};
 pub use session::{
-    AuthKeySource, ControlClient, ControlConfig, ControlError, IdentityHandle, IdentityKeys,
+    AuthKeySource, ControlClient, ControlConfig, ControlError, EndpointReporter, IdentityHandle,
+    IdentityKeys,
     IdentityOptions, SessionState,
 };

@@ -362,18 +362,16 @@ impl IdentityHandle {
     /// Reports where the data plane can be reached; sent to the server now
     /// and with every later map request.
     pub fn set_endpoints(&self, endpoints: Vec<SocketAddr>, preferred_derp: Option<u16>) {
-        let new = Reported {
-            endpoints,
-            preferred_derp,
-        };
-        {
-            let mut current = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
-            if *current == new {
-                return;
-            }
-            *current = new;
+        self.reporter().report(endpoints, preferred_derp);
+    }
+
+    /// A cloneable way to report endpoints, for the task that watches the
+    /// data plane.
+    pub fn reporter(&self) -> EndpointReporter {
+        EndpointReporter {
+            endpoints: self.endpoints.clone(),
+            commands: self.commands.clone(),
         }
-        let _ = self.commands.try_send(Command::EndpointsChanged);
     }
 
     /// Expires the node key at the server and ends the session.
@@ -393,6 +391,30 @@ impl IdentityHandle {
     /// Ends the session and keeps the node registered (daemon shutdown).
     pub fn shutdown(self) {
         self.task.abort();
+    }
+}
+
+/// Sends the data plane's endpoints to the identity's session.
+#[derive(Clone)]
+pub struct EndpointReporter {
+    endpoints: Arc<Mutex<Reported>>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl EndpointReporter {
+    pub fn report(&self, endpoints: Vec<SocketAddr>, preferred_derp: Option<u16>) {
+        let new = Reported {
+            endpoints,
+            preferred_derp,
+        };
+        {
+            let mut current = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+            if *current == new {
+                return;
+            }
+            *current = new;
+        }
+        let _ = self.commands.try_send(Command::EndpointsChanged);
     }
 }
 

@@ -9,3 +9,5 @@ pub mod state;
 pub mod sysctl;
 pub mod tables;
 pub mod tun;
+pub mod manager;
+pub mod sync;

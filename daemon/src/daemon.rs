@@ -1,0 +1,79 @@
+//! The daemon's run loop: recover pods, serve the shim, serve health, stop
+//! cleanly on SIGTERM.
+//!
+//! Stopping the daemon does not tear pods down: their TUN devices are
+//! persistent and their state is on disk, so a restarted daemon (an upgrade,
+//! a crash) re-attaches every pod with the same identity and addresses.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::metrics::{self, Metrics};
+use crate::podmgr::manager::PodManager;
+use crate::rpc;
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        control_url = %config.control_url,
+        state_dir = %config.state_dir.display(),
+        "tailnet-cnid starting"
+    );
+    let metrics = Arc::new(Metrics::default());
+    let manager = PodManager::start(config.clone(), metrics.clone())
+        .await
+        .context("starting the pod manager")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let health = config.health_addr.map(|addr| {
+        let router = metrics::router(metrics.clone(), manager.clone());
+        tokio::spawn(metrics::serve(addr, router, stopped(stop_rx.clone())))
+    });
+
+    let listener = rpc::bind_socket(&config.socket)?;
+    let server = tokio::spawn(rpc::serve(
+        listener,
+        manager.clone(),
+        config.allowed_uids.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    wait_for_signal().await;
+    info!("shutting down; pods keep their interfaces and come back on restart");
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, "CNI service stopped with an error"),
+        Err(e) => error!(error = %e, "CNI service task failed"),
+    }
+    if let Some(health) = health {
+        let _ = health.await;
+    }
+    manager.shutdown().await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            error!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
