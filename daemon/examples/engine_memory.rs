@@ -20,7 +20,11 @@ use tailnet_cnid::wg::{
 fn resident_bytes() -> usize {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<usize>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }
@@ -28,9 +32,7 @@ fn resident_bytes() -> usize {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args().nth(1);
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        ?;
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap()).await?;
     let SocketAddr::V4(relay_addr) = relay.addr() else {
         return Err("relay did not bind IPv4".into());
     };

@@ -152,7 +152,9 @@ impl Config {
             return Err("max_parallel_adds must be at least 1".into());
         }
         if let Some(bad) = self.allowed_tags.iter().find(|t| !t.starts_with("tag:")) {
-            return Err(format!("allowed_tags entry {bad:?} must start with \"tag:\""));
+            return Err(format!(
+                "allowed_tags entry {bad:?} must start with \"tag:\""
+            ));
         }
         Ok(())
     }

@@ -1,11 +1,11 @@
 //! `tailnet-cnid`: the node daemon. See ARCHITECTURE.md for the map of modules.
 pub mod config;
-pub mod daemon;
 pub mod control;
+pub mod daemon;
 pub mod install;
 pub mod metrics;
 pub mod podmgr;
 pub mod rpc;
 pub mod selection;
-pub mod wg;
 pub mod status;
+pub mod wg;

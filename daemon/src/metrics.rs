@@ -174,7 +174,9 @@ impl Metrics {
         for sample in snapshot.pod_samples() {
             direct += sample.peers_direct as i64;
             derp += sample.peers_derp as i64;
-            let Some(labels) = sample.labels else { continue };
+            let Some(labels) = sample.labels else {
+                continue;
+            };
             rx_bytes.get_or_create(&labels).inc_by(sample.rx_bytes);
             tx_bytes.get_or_create(&labels).inc_by(sample.tx_bytes);
             rx_packets.get_or_create(&labels).inc_by(sample.rx_packets);
@@ -232,7 +234,10 @@ pub fn router(metrics: Arc<Metrics>, snapshot: Arc<dyn Snapshot>) -> Router {
 async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
     match state.snapshot.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 
@@ -331,7 +336,10 @@ mod tests {
     async fn readyz_reports_the_reason() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(Arc::new(Metrics::default()), Arc::new(Fixed { ready: false }));
+        let app = router(
+            Arc::new(Metrics::default()),
+            Arc::new(Fixed { ready: false }),
+        );
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -119,7 +119,10 @@ impl<H: CniHandler> CniDaemon for CniService<H> {
     ) -> Result<Response<CheckResponse>, Status> {
         let req = request.into_inner();
         check_api_version(req.api_version)?;
-        self.handler.check(req).await.map_err(CniError::into_status)?;
+        self.handler
+            .check(req)
+            .await
+            .map_err(CniError::into_status)?;
         Ok(Response::new(CheckResponse {
             api_version: API_VERSION,
         }))

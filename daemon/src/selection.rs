@@ -64,7 +64,8 @@ pub enum SelectionError {
 }
 
 fn flag(map: &BTreeMap<String, String>) -> Option<bool> {
-    map.get(ENABLED).map(|v| v.trim().eq_ignore_ascii_case("true"))
+    map.get(ENABLED)
+        .map(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// Decides for one pod. Pure: unit-tested without an API server.
@@ -177,8 +178,7 @@ impl Selector {
             None if self.mode == Selection::All => PodMeta::default(),
             None => {
                 return Err(SelectionError::NoClient(
-                    "selection = \"annotated\" needs the Kubernetes API to read annotations"
-                        .into(),
+                    "selection = \"annotated\" needs the Kubernetes API to read annotations".into(),
                 ))
             }
         };
@@ -186,7 +186,11 @@ impl Selector {
     }
 }
 
-async fn fetch(client: &kube::Client, namespace: &str, name: &str) -> Result<PodMeta, SelectionError> {
+async fn fetch(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<PodMeta, SelectionError> {
     let api_err = |source: kube::Error| SelectionError::Api {
         namespace: namespace.into(),
         name: name.into(),
@@ -230,12 +234,22 @@ mod tests {
     }
 
     fn run(mode: Selection, m: &PodMeta) -> Result<Decision, SelectionError> {
-        decide(mode, &["tag:k8s-pod".into(), "tag:web".into()], "default", "web", "uid-1", m)
+        decide(
+            mode,
+            &["tag:k8s-pod".into(), "tag:web".into()],
+            "default",
+            "web",
+            "uid-1",
+            m,
+        )
     }
 
     #[test]
     fn annotated_mode_needs_an_annotation_or_namespace_label() {
-        assert_eq!(run(Selection::Annotated, &meta(&[], &[])).unwrap(), Decision::Skip);
+        assert_eq!(
+            run(Selection::Annotated, &meta(&[], &[])).unwrap(),
+            Decision::Skip
+        );
         assert!(matches!(
             run(Selection::Annotated, &meta(&[(ENABLED, "true")], &[])).unwrap(),
             Decision::Join { .. }
@@ -246,21 +260,35 @@ mod tests {
         ));
         // A pod can opt out of a labelled namespace.
         assert_eq!(
-            run(Selection::Annotated, &meta(&[(ENABLED, "false")], &[(ENABLED, "true")])).unwrap(),
+            run(
+                Selection::Annotated,
+                &meta(&[(ENABLED, "false")], &[(ENABLED, "true")])
+            )
+            .unwrap(),
             Decision::Skip
         );
     }
 
     #[test]
     fn all_mode_takes_every_pod_but_the_opted_out() {
-        assert!(matches!(run(Selection::All, &meta(&[], &[])).unwrap(), Decision::Join { .. }));
-        assert_eq!(run(Selection::All, &meta(&[(ENABLED, "false")], &[])).unwrap(), Decision::Skip);
+        assert!(matches!(
+            run(Selection::All, &meta(&[], &[])).unwrap(),
+            Decision::Join { .. }
+        ));
+        assert_eq!(
+            run(Selection::All, &meta(&[(ENABLED, "false")], &[])).unwrap(),
+            Decision::Skip
+        );
     }
 
     #[test]
     fn hostname_and_allowed_tags_come_from_annotations() {
         let m = meta(
-            &[(ENABLED, "true"), (HOSTNAME, " nginx "), (TAGS, "tag:web, tag:k8s-pod")],
+            &[
+                (ENABLED, "true"),
+                (HOSTNAME, " nginx "),
+                (TAGS, "tag:web, tag:k8s-pod"),
+            ],
             &[],
         );
         assert_eq!(
@@ -290,9 +318,15 @@ mod tests {
     #[tokio::test]
     async fn pods_outside_kubernetes_follow_the_mode() {
         let all = Selector::without_api(Selection::All, vec![]);
-        assert!(matches!(all.select("", "podman-ctr", "").await.unwrap(), Decision::Join { .. }));
+        assert!(matches!(
+            all.select("", "podman-ctr", "").await.unwrap(),
+            Decision::Join { .. }
+        ));
         let annotated = Selector::without_api(Selection::Annotated, vec![]);
-        assert_eq!(annotated.select("", "podman-ctr", "").await.unwrap(), Decision::Skip);
+        assert_eq!(
+            annotated.select("", "podman-ctr", "").await.unwrap(),
+            Decision::Skip
+        );
         assert!(matches!(
             annotated.select("default", "web", "u").await,
             Err(SelectionError::NoClient(_))

@@ -55,7 +55,13 @@ impl StatusReport {
             self.pods.len()
         ));
         let header = [
-            "CONTAINER", "POD", "HOSTNAME", "IPV4", "IPV6", "STATE", "PATH",
+            "CONTAINER",
+            "POD",
+            "HOSTNAME",
+            "IPV4",
+            "IPV6",
+            "STATE",
+            "PATH",
         ];
         let rows: Vec<[String; 7]> = self
             .pods

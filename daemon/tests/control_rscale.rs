@@ -49,7 +49,14 @@ impl AuthKeySource for RscaleKeys {
     async fn auth_key(&self) -> Result<String, String> {
         self.minted.fetch_add(1, Ordering::SeqCst);
         let out = tokio::process::Command::new("curl")
-            .args(["-fsS", "-X", "POST", "-H", "Content-Type: application/json", "-H"])
+            .args([
+                "-fsS",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+            ])
             .arg(format!("Authorization: Bearer {}", self.token))
             .arg("-d")
             .arg(r#"{"description":"control test","tags":[],"reusable":false,"ephemeral":false}"#)
@@ -58,10 +65,17 @@ impl AuthKeySource for RscaleKeys {
             .await
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
-            return Err(format!("mint failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "mint failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["key"].as_str().map(str::to_string).ok_or_else(|| "no key".into())
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        v["key"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "no key".into())
     }
 }
 
@@ -105,7 +119,10 @@ async fn one_identity_registers_and_sees_the_peer() {
         IdentityOptions::new("ctl-one", vec![]),
         keys_source(&bed),
     );
-    let netmap = handle.wait_ready(Duration::from_secs(30)).await.expect("registered");
+    let netmap = handle
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("registered");
     let me = handle.self_node().expect("self node");
     assert!(me.ipv4.is_some_and(|a| a.octets()[0] == 100), "{me:?}");
     assert!(me.ipv6.is_some_and(|a| a.segments()[0] == 0xfd7a), "{me:?}");
@@ -118,7 +135,11 @@ async fn one_identity_registers_and_sees_the_peer() {
     let peer = netmap
         .peers
         .values()
-        .find(|p| p.addresses.iter().any(|a| a.starts_with(&format!("{peer_ip}/"))))
+        .find(|p| {
+            p.addresses
+                .iter()
+                .any(|a| a.starts_with(&format!("{peer_ip}/")))
+        })
         .unwrap_or_else(|| panic!("peer {peer_ip} missing from {:?}", netmap.peers.keys()));
     assert!(NodePublic::parse(&peer.key).is_ok(), "{peer:?}");
     assert!(peer.discokey.starts_with("discokey:"), "{peer:?}");
@@ -138,19 +159,29 @@ async fn fifty_identities_register_concurrently_and_come_back_unchanged() {
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            client.spawn_identity(k.clone(), IdentityOptions::new(&format!("ctl-par-{i}"), vec![]), source.clone())
+            client.spawn_identity(
+                k.clone(),
+                IdentityOptions::new(&format!("ctl-par-{i}"), vec![]),
+                source.clone(),
+            )
         })
         .collect();
     let mut first = Vec::new();
     for h in &handles {
-        h.wait_ready(Duration::from_secs(90)).await.expect("registered");
+        h.wait_ready(Duration::from_secs(90))
+            .await
+            .expect("registered");
         first.push(h.self_node().expect("self"));
     }
     let v4: HashSet<_> = first.iter().filter_map(|n| n.ipv4).collect();
     let v6: HashSet<_> = first.iter().filter_map(|n| n.ipv6).collect();
     assert_eq!(v4.len(), 50, "IPv4 addresses not distinct");
     assert_eq!(v6.len(), 50, "IPv6 addresses not distinct");
-    assert_eq!(source.minted.load(Ordering::SeqCst), 50, "one key per identity");
+    assert_eq!(
+        source.minted.load(Ordering::SeqCst),
+        50,
+        "one key per identity"
+    );
 
     // Every identity sees the others.
     let last = handles[49].netmap().borrow().clone().expect("netmap");
@@ -179,11 +210,21 @@ async fn fifty_identities_register_concurrently_and_come_back_unchanged() {
         })
         .collect();
     for (h, before) in again.iter().zip(&first) {
-        h.wait_ready(Duration::from_secs(90)).await.expect("resumed");
+        h.wait_ready(Duration::from_secs(90))
+            .await
+            .expect("resumed");
         assert_eq!(h.self_node().as_ref(), Some(before));
     }
-    assert_eq!(source.minted.load(Ordering::SeqCst), 50, "restart minted keys");
-    assert_eq!(node_count(&bed).await, nodes_before, "restart created nodes");
+    assert_eq!(
+        source.minted.load(Ordering::SeqCst),
+        50,
+        "restart minted keys"
+    );
+    assert_eq!(
+        node_count(&bed).await,
+        nodes_before,
+        "restart created nodes"
+    );
     for h in again {
         let _ = h.logout().await;
     }
@@ -193,12 +234,22 @@ async fn fifty_identities_register_concurrently_and_come_back_unchanged() {
 async fn a_wrong_auth_key_is_reported_with_the_servers_reason() {
     let bed = bed_or_skip!();
     let client = ControlClient::new(ControlConfig::new(&bed.url, None).unwrap()).unwrap();
-    let handle = client.spawn_identity(IdentityKeys::generate(), IdentityOptions::new("ctl-bad", vec![]), Arc::new(BadKey));
-    let err = handle.wait_ready(Duration::from_secs(30)).await.unwrap_err();
+    let handle = client.spawn_identity(
+        IdentityKeys::generate(),
+        IdentityOptions::new("ctl-bad", vec![]),
+        Arc::new(BadKey),
+    );
+    let err = handle
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ControlError::Refused(_)), "{err}");
     let text = err.to_string();
     assert!(text.contains("refused"), "{text}");
-    assert!(!text.contains("rsk_0000"), "the key leaked into the error: {text}");
+    assert!(
+        !text.contains("rsk_0000"),
+        "the key leaked into the error: {text}"
+    );
     handle.shutdown();
 }
 
@@ -210,9 +261,16 @@ async fn an_unreachable_server_is_named() {
     drop(listener);
     let url = format!("http://127.0.0.1:{port}");
     let client = ControlClient::new(ControlConfig::new(&url, None).unwrap()).unwrap();
-    let handle = client.spawn_identity(IdentityKeys::generate(), IdentityOptions::new("ctl-none", vec![]), Arc::new(BadKey));
+    let handle = client.spawn_identity(
+        IdentityKeys::generate(),
+        IdentityOptions::new("ctl-none", vec![]),
+        Arc::new(BadKey),
+    );
     let err = handle.wait_ready(Duration::from_secs(3)).await.unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("unreachable") && text.contains(&port.to_string()), "{text}");
+    assert!(
+        text.contains("unreachable") && text.contains(&port.to_string()),
+        "{text}"
+    );
     handle.shutdown();
 }

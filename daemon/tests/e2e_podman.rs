@@ -32,7 +32,9 @@ struct Bed {
 /// own when it starts. The tests here each run a daemon in the same network
 /// namespace, so they take turns (nextest runs tests as separate processes:
 /// a file lock, not a mutex).
-struct Turn(std::fs::File);
+struct Turn {
+    _lock: std::fs::File,
+}
 
 fn take_turn() -> Turn {
     use std::os::fd::AsRawFd;
@@ -45,7 +47,7 @@ fn take_turn() -> Turn {
     // SAFETY: flock on an open descriptor we own.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
     assert_eq!(rc, 0, "flock failed");
-    Turn(file)
+    Turn { _lock: file }
 }
 
 fn prerequisites() -> Result<Bed, String> {
@@ -78,7 +80,9 @@ fn shim_binary() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let output = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     output
 }
 
@@ -222,18 +226,36 @@ struct Podman {
 impl Podman {
     /// `bridge` and `subnet` must differ between tests running at once.
     fn new(dir: &Path, daemon_socket: &Path, bridge: &str, subnet: &str) -> Self {
-        for sub in ["bin", "net.d", "rootfs/bin", "rootfs/www", "root", "runroot", "tmp", "static", "volumes"] {
+        for sub in [
+            "bin",
+            "net.d",
+            "rootfs/bin",
+            "rootfs/www",
+            "root",
+            "runroot",
+            "tmp",
+            "static",
+            "volumes",
+        ] {
             fs::create_dir_all(dir.join(sub)).expect("mkdir");
         }
         for plugin in ["bridge", "host-local", "loopback"] {
-            symlink(Path::new(PLUGIN_DIR).join(plugin), dir.join("bin").join(plugin)).expect("link");
+            symlink(
+                Path::new(PLUGIN_DIR).join(plugin),
+                dir.join("bin").join(plugin),
+            )
+            .expect("link");
         }
         symlink(shim_binary(), dir.join("bin/tailnet-cni")).expect("link shim");
         fs::copy(BUSYBOX, dir.join("rootfs/bin/busybox")).expect("busybox");
         for applet in ["sh", "sleep", "ip", "httpd", "wget", "cat", "echo"] {
             symlink("busybox", dir.join("rootfs/bin").join(applet)).expect("applet");
         }
-        fs::write(dir.join("rootfs/www/index.html"), "hello from a pod on the tailnet\n").expect("page");
+        fs::write(
+            dir.join("rootfs/www/index.html"),
+            "hello from a pod on the tailnet\n",
+        )
+        .expect("page");
         let conflist = json!({
             "cniVersion": "1.0.0",
             "name": "tailnet-e2e",
@@ -255,7 +277,9 @@ impl Podman {
             ),
         )
         .expect("containers.conf");
-        Self { dir: dir.to_path_buf() }
+        Self {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn cmd(&self) -> Command {
@@ -272,7 +296,15 @@ impl Podman {
     fn run_web(&self, name: &str) -> Output {
         run(self
             .cmd()
-            .args(["run", "-d", "--cgroups=disabled", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"])
+            .args([
+                "run",
+                "-d",
+                "--cgroups=disabled",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
             .args(["--network", "tailnet-e2e", "--name", name, "--rootfs"])
             .arg(self.dir.join("rootfs"))
             .args(["/bin/httpd", "-f", "-p", "80", "-h", "/www"]))
@@ -388,7 +420,12 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let mut daemon = Daemon::start(dir, &bed);
-    let podman = Podman::new(&dir.join("podman"), &daemon.socket, "cni-tne2e1", "10.89.21.0/24");
+    let podman = Podman::new(
+        &dir.join("podman"),
+        &daemon.socket,
+        "cni-tne2e1",
+        "10.89.21.0/24",
+    );
 
     let started = podman.run_web("web1");
     assert!(
@@ -407,7 +444,10 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     assert!(ipv6.starts_with("fd7a:115c:a1e0:"), "{status}");
     let nodes = admin_nodes(&bed);
     let node_text = nodes.to_string();
-    assert!(node_text.contains(&ipv4), "rscale does not list {ipv4}: {nodes}");
+    assert!(
+        node_text.contains(&ipv4),
+        "rscale does not list {ipv4}: {nodes}"
+    );
 
     // Inside the container: eth0 from the bridge, ts0 with the tailnet address.
     let addrs = podman.exec("web1", &["ip", "addr"]);
@@ -418,7 +458,13 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
 
     // The runtime keeps the bridge address as the pod address and lists ts0.
     let cached = podman.cached_result("web1");
-    assert!(cached["ips"][0]["address"].as_str().unwrap_or_default().starts_with("10.89.21."), "{cached}");
+    assert!(
+        cached["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("10.89.21."),
+        "{cached}"
+    );
     let names: Vec<&str> = cached["interfaces"]
         .as_array()
         .expect("interfaces")
@@ -426,18 +472,33 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
         .filter_map(|i| i["name"].as_str())
         .collect();
     assert!(names.contains(&"ts0"), "{cached}");
-    assert!(cached.to_string().contains(&format!("{ipv4}/32")), "{cached}");
+    assert!(
+        cached.to_string().contains(&format!("{ipv4}/32")),
+        "{cached}"
+    );
 
     // The official tailscaled peer fetches the page over the tailnet.
-    let page = wait_until(Duration::from_secs(60), "the peer to fetch the pod's page", || {
-        let out = peer_fetch(&bed, &format!("http://{ipv4}/"));
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    });
+    let page = wait_until(
+        Duration::from_secs(60),
+        "the peer to fetch the pod's page",
+        || {
+            let out = peer_fetch(&bed, &format!("http://{ipv4}/"));
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+    );
     assert_eq!(page, "hello from a pod on the tailnet\n");
-    let page6 = wait_until(Duration::from_secs(30), "the peer to fetch over IPv6", || {
-        let out = peer_fetch(&bed, &format!("http://[{ipv6}]/"));
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    });
+    let page6 = wait_until(
+        Duration::from_secs(30),
+        "the peer to fetch over IPv6",
+        || {
+            let out = peer_fetch(&bed, &format!("http://[{ipv6}]/"));
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+    );
     assert_eq!(page6, "hello from a pod on the tailnet\n");
 
     // A restarted daemon brings the pod back with the same address and no
@@ -448,31 +509,70 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     assert_eq!(status["pods"][0]["ipv4"], json!(ipv4), "{status}");
     let nodes_after = admin_nodes(&bed).to_string().matches("\"id\"").count();
     assert_eq!(nodes_before, nodes_after, "restart created nodes");
-    wait_until(Duration::from_secs(60), "the page after a daemon restart", || {
-        peer_fetch(&bed, &format!("http://{ipv4}/")).status.success().then_some(())
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the page after a daemon restart",
+        || {
+            peer_fetch(&bed, &format!("http://{ipv4}/"))
+                .status
+                .success()
+                .then_some(())
+        },
+    );
 
     // CHECK passes while the setup is intact and fails once ts0 lost its
     // address (DEL below must still clean up the drifted pod).
-    let id = run_ok(podman.cmd().args(["inspect", "web1", "--format", "{{.Id}}"]));
-    let netns = run_ok(podman.cmd().args(["inspect", "web1", "--format", "{{.NetworkSettings.SandboxKey}}"]));
-    let check = |cached: &Value| {
-        shim_check(&daemon.socket, id.trim(), netns.trim(), cached)
-    };
+    let id = run_ok(
+        podman
+            .cmd()
+            .args(["inspect", "web1", "--format", "{{.Id}}"]),
+    );
+    let netns = run_ok(podman.cmd().args([
+        "inspect",
+        "web1",
+        "--format",
+        "{{.NetworkSettings.SandboxKey}}",
+    ]));
+    let check = |cached: &Value| shim_check(&daemon.socket, id.trim(), netns.trim(), cached);
     let ok = check(&cached);
-    assert!(ok.status.success(), "CHECK failed on an intact pod: {}", String::from_utf8_lossy(&ok.stdout));
-    run_ok(Command::new("nsenter").arg(format!("--net={}", netns.trim())).args(["ip", "addr", "del", &format!("{ipv4}/32"), "dev", "ts0"]));
+    assert!(
+        ok.status.success(),
+        "CHECK failed on an intact pod: {}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    run_ok(
+        Command::new("nsenter")
+            .arg(format!("--net={}", netns.trim()))
+            .args(["ip", "addr", "del", &format!("{ipv4}/32"), "dev", "ts0"]),
+    );
     let drifted = check(&cached);
-    assert!(!drifted.status.success(), "CHECK passed after ts0 lost its address");
+    assert!(
+        !drifted.status.success(),
+        "CHECK passed after ts0 lost its address"
+    );
     let error: Value = serde_json::from_slice(&drifted.stdout).expect("CNI error json");
-    assert!(error["msg"].as_str().unwrap_or_default().contains(&ipv4), "{error}");
-
+    assert!(
+        error["msg"].as_str().unwrap_or_default().contains(&ipv4),
+        "{error}"
+    );
 
     // Stopping the container runs DEL: nothing of the pod remains.
     podman.remove("web1");
-    assert!(links_named("tnt").is_empty(), "TUN left: {:?}", links_named("tnt"));
-    assert!(links_named("tnv").is_empty(), "veth left: {:?}", links_named("tnv"));
-    assert!(rules_at_our_priority().is_empty(), "rules left: {:?}", rules_at_our_priority());
+    assert!(
+        links_named("tnt").is_empty(),
+        "TUN left: {:?}",
+        links_named("tnt")
+    );
+    assert!(
+        links_named("tnv").is_empty(),
+        "veth left: {:?}",
+        links_named("tnv")
+    );
+    assert!(
+        rules_at_our_priority().is_empty(),
+        "rules left: {:?}",
+        rules_at_our_priority()
+    );
     let records: Vec<_> = fs::read_dir(daemon.state_dir.join("pods"))
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -495,11 +595,22 @@ fn twenty_containers_start_in_parallel_with_distinct_addresses() {
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     let daemon = Daemon::start(dir, &bed);
-    let podman = Podman::new(&dir.join("podman"), &daemon.socket, "cni-tne2e2", "10.89.22.0/24");
+    let podman = Podman::new(
+        &dir.join("podman"),
+        &daemon.socket,
+        "cni-tne2e2",
+        "10.89.22.0/24",
+    );
     let names: Vec<String> = (0..20).map(|i| format!("par{i}")).collect();
     let outputs: Vec<Output> = std::thread::scope(|s| {
-        let handles: Vec<_> = names.iter().map(|n| s.spawn(|| podman.run_web(n))).collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| s.spawn(|| podman.run_web(n)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     for (name, out) in names.iter().zip(&outputs) {
         assert!(
@@ -523,5 +634,9 @@ fn twenty_containers_start_in_parallel_with_distinct_addresses() {
     for name in &names {
         podman.remove(name);
     }
-    assert!(links_named("tnt").is_empty(), "TUN left: {:?}", links_named("tnt"));
+    assert!(
+        links_named("tnt").is_empty(),
+        "TUN left: {:?}",
+        links_named("tnt")
+    );
 }

@@ -93,7 +93,10 @@ impl ControlConn {
         Ok(body)
     }
 
-    pub async fn register(&mut self, request: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+    pub async fn register(
+        &mut self,
+        request: &RegisterRequest,
+    ) -> Result<RegisterResponse, ClientError> {
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Malformed {
             what: "register request",
             msg: e.to_string(),
@@ -218,7 +221,10 @@ mod tests {
         buf.extend_from_slice(&2u32.to_le_bytes());
         buf.push(b'd');
         assert_eq!(take_frame(&mut buf).unwrap().unwrap(), b"abc");
-        assert!(take_frame(&mut buf).unwrap().is_none(), "second frame incomplete");
+        assert!(
+            take_frame(&mut buf).unwrap().is_none(),
+            "second frame incomplete"
+        );
         buf.push(b'e');
         assert_eq!(take_frame(&mut buf).unwrap().unwrap(), b"de");
         assert!(buf.is_empty());

@@ -80,10 +80,13 @@ impl Endpoint {
             url: self.url.to_string(),
             source,
         };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((self.host(), self.port())))
-            .await
-            .map_err(|_| unreachable(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
-            .map_err(unreachable)?;
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((self.host(), self.port())),
+        )
+        .await
+        .map_err(|_| unreachable(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
+        .map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
         if !self.https() {
             return Ok(Box::new(tcp));
@@ -117,10 +120,13 @@ impl Endpoint {
             if buf.len() > 64 << 10 {
                 return Err(self.protocol("HTTP response head too large"));
             }
-            let n = io.read(&mut chunk).await.map_err(|source| ConnError::Unreachable {
-                url: self.url.to_string(),
-                source,
-            })?;
+            let n = io
+                .read(&mut chunk)
+                .await
+                .map_err(|source| ConnError::Unreachable {
+                    url: self.url.to_string(),
+                    source,
+                })?;
             if n == 0 {
                 return Err(self.protocol("connection closed before the HTTP response"));
             }
@@ -141,14 +147,18 @@ impl Endpoint {
                 url: self.url.to_string(),
                 source,
             })?;
-        let (status, head, mut body) = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_head(&mut io))
-            .await
-            .map_err(|_| self.protocol("timed out reading /key"))??;
+        let (status, head, mut body) =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_head(&mut io))
+                .await
+                .map_err(|_| self.protocol("timed out reading /key"))??;
         if status != 200 {
             return Err(self.protocol(format!("/key answered HTTP {status}")));
         }
         let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, io.read_to_end(&mut body)).await;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(&body).ok_or_else(|| self.protocol("bad chunked /key body"))?
         } else {
             body
@@ -180,7 +190,8 @@ impl Endpoint {
             url: self.url.to_string(),
             source,
         };
-        let (initiator, init) = Initiator::start(machine, server, CAPABILITY_VERSION).map_err(noise)?;
+        let (initiator, init) =
+            Initiator::start(machine, server, CAPABILITY_VERSION).map_err(noise)?;
         let mut io = self.dial().await?;
         let request = format!(
             "POST /ts2021 HTTP/1.1\r\nHost: {}\r\nUser-Agent: tailnet-cni\r\nUpgrade: tailscale-control-protocol\r\n\
@@ -199,14 +210,18 @@ impl Endpoint {
             let first = head.lines().next().unwrap_or_default().to_string();
             return Err(self.protocol(format!("/ts2021 upgrade refused: {first}")));
         }
-        while rest.len() < 3 || (rest[0] == 0x03 && rest.len() < 3 + u16::from_be_bytes([rest[1], rest[2]]) as usize)
+        while rest.len() < 3
+            || (rest[0] == 0x03 && rest.len() < 3 + u16::from_be_bytes([rest[1], rest[2]]) as usize)
             || (rest[0] != 0x03 && rest.len() < RESPONSE_LEN)
         {
             let mut chunk = [0u8; 512];
-            let n = io.read(&mut chunk).await.map_err(|source| ConnError::Unreachable {
-                url: self.url.to_string(),
-                source,
-            })?;
+            let n = io
+                .read(&mut chunk)
+                .await
+                .map_err(|source| ConnError::Unreachable {
+                    url: self.url.to_string(),
+                    source,
+                })?;
             if n == 0 {
                 return Err(self.protocol("connection closed during the Noise handshake"));
             }
@@ -220,10 +235,13 @@ impl Endpoint {
         let mut transport = initiator.finish(&rest[..frame_len]).map_err(noise)?;
         transport.push(&rest[frame_len..]);
         let mut stream = NoiseStream::new(io, transport);
-        let early = stream.read_early_payload().await.map_err(|source| ConnError::Unreachable {
-            url: self.url.to_string(),
-            source,
-        })?;
+        let early = stream
+            .read_early_payload()
+            .await
+            .map_err(|source| ConnError::Unreachable {
+                url: self.url.to_string(),
+                source,
+            })?;
         Ok((stream, early))
     }
 }
@@ -233,7 +251,8 @@ fn dechunk(body: &[u8]) -> Option<Vec<u8>> {
     let mut rest = body;
     loop {
         let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).ok()?.trim(), 16).ok()?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).ok()?.trim(), 16).ok()?;
         rest = &rest[line_end + 2..];
         if size == 0 {
             return Some(out);
@@ -280,7 +299,10 @@ impl NoiseStream {
         self.read_exact(&mut head[5..9]).await?;
         let len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
         if len > MAX_EARLY_PAYLOAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "early payload too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "early payload too large",
+            ));
         }
         let mut payload = vec![0u8; len];
         self.read_exact(&mut payload).await?;
@@ -296,7 +318,8 @@ impl NoiseStream {
 
     fn poll_flush_outbound(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.outbound_pos < self.outbound.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.outbound[self.outbound_pos..]))?;
+            let n =
+                ready!(Pin::new(&mut self.io).poll_write(cx, &self.outbound[self.outbound_pos..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -313,11 +336,17 @@ fn invalid(e: NoiseError) -> io::Error {
 }
 
 impl AsyncRead for NoiseStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if this.plaintext_pos < this.plaintext.len() {
-                let n = buf.remaining().min(this.plaintext.len() - this.plaintext_pos);
+                let n = buf
+                    .remaining()
+                    .min(this.plaintext.len() - this.plaintext_pos);
                 buf.put_slice(&this.plaintext[this.plaintext_pos..this.plaintext_pos + n]);
                 this.plaintext_pos += n;
                 return Poll::Ready(Ok(()));
@@ -338,12 +367,18 @@ impl AsyncRead for NoiseStream {
 }
 
 impl AsyncWrite for NoiseStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         // Backpressure: at most one batch of sealed records waits.
         ready!(this.poll_flush_outbound(cx))?;
         let take = buf.len().min(16 * super::noise::MAX_PLAINTEXT);
-        this.transport.seal(&buf[..take], &mut this.outbound).map_err(invalid)?;
+        this.transport
+            .seal(&buf[..take], &mut this.outbound)
+            .map_err(invalid)?;
         // Start writing now; what does not fit waits for the next call.
         if let Poll::Ready(Err(e)) = this.poll_flush_outbound(cx) {
             return Poll::Ready(Err(e));
@@ -368,7 +403,10 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
         assert!(dechunk(b"zz\r\n").is_none());
     }
 }

@@ -27,18 +27,19 @@ fn normalize(value: Value, keys_are_data: bool) -> Value {
         Value::Object(map) => {
             let mut out = Map::with_capacity(map.len());
             for (key, child) in map {
-                let key = if keys_are_data { key } else { key.to_ascii_lowercase() };
+                let key = if keys_are_data {
+                    key
+                } else {
+                    key.to_ascii_lowercase()
+                };
                 let child_is_map = !keys_are_data && MAP_FIELDS.contains(&key.as_str());
                 out.insert(key, normalize(child, child_is_map));
             }
             Value::Object(out)
         }
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .map(|v| normalize(v, false))
-                .collect(),
-        ),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| normalize(v, false)).collect())
+        }
         other => other,
     }
 }

@@ -27,7 +27,9 @@ fn parse_hex32(text: &str, prefix: &str) -> Result<[u8; 32], KeyError> {
         },
         reason,
     };
-    let hex_part = text.strip_prefix(prefix).ok_or_else(|| err("wrong prefix"))?;
+    let hex_part = text
+        .strip_prefix(prefix)
+        .ok_or_else(|| err("wrong prefix"))?;
     let bytes = hex::decode(hex_part).map_err(|_| err("not hex"))?;
     bytes.try_into().map_err(|_| err("not 32 bytes"))
 }
@@ -101,7 +103,12 @@ macro_rules! public_key {
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 // Short form, as Tailscale's logs do.
-                write!(f, "{}[{}]", $prefix.trim_end_matches(':'), &hex::encode(&self.0[..4]))
+                write!(
+                    f,
+                    "{}[{}]",
+                    $prefix.trim_end_matches(':'),
+                    &hex::encode(&self.0[..4])
+                )
             }
         }
 

@@ -20,6 +20,5 @@ pub mod tailcfg;
 pub use netmap::{NetMap, SelfNode};
 pub use session::{
     AuthKeySource, ControlClient, ControlConfig, ControlError, EndpointReporter, IdentityHandle,
-    IdentityKeys,
-    IdentityOptions, SessionState,
+    IdentityKeys, IdentityOptions, SessionState,
 };

@@ -92,7 +92,10 @@ impl NetMap {
             }
         }
         if let Some(peers) = msg.peers {
-            self.peers = peers.into_iter().map(|p| (p.id, interner.node(p))).collect();
+            self.peers = peers
+                .into_iter()
+                .map(|p| (p.id, interner.node(p)))
+                .collect();
             change.peers = true;
         }
         if let Some(changed) = msg.peerschanged {
@@ -227,9 +230,11 @@ mod tests {
         let interner = Interner::default();
         let mut map = NetMap::default();
         let change = map.apply(
-            msg(r#"{"Node": {"ID": 9, "Addresses": ["100.64.0.9/32", "fd7a:115c:a1e0::9/128"]},
+            msg(
+                r#"{"Node": {"ID": 9, "Addresses": ["100.64.0.9/32", "fd7a:115c:a1e0::9/128"]},
                     "Peers": [{"ID": 1, "Key": "a"}, {"ID": 2, "Key": "b"}],
-                    "PacketFilter": []}"#),
+                    "PacketFilter": []}"#,
+            ),
             &interner,
         );
         assert!(change.self_node && change.peers && change.filter && !change.derp_map);
@@ -239,7 +244,10 @@ mod tests {
         assert_eq!(me.ipv4, Some("100.64.0.9".parse().unwrap()));
         assert_eq!(me.ipv6, Some("fd7a:115c:a1e0::9".parse().unwrap()));
 
-        map.apply(msg(r#"{"PeersChanged": [{"ID": 3, "Key": "c"}], "PeersRemoved": [1]}"#), &interner);
+        map.apply(
+            msg(r#"{"PeersChanged": [{"ID": 3, "Key": "c"}], "PeersRemoved": [1]}"#),
+            &interner,
+        );
         assert_eq!(map.peers.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
 
         let change = map.apply(
@@ -283,9 +291,15 @@ mod tests {
         a.apply(msg(peers), &interner);
         b.apply(msg(peers), &interner);
         assert!(Arc::ptr_eq(&a.peers[&1], &b.peers[&1]));
-        assert!(Arc::ptr_eq(a.derp_map.as_ref().unwrap(), b.derp_map.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(
+            a.derp_map.as_ref().unwrap(),
+            b.derp_map.as_ref().unwrap()
+        ));
         // A different record for the same node is not shared.
-        b.apply(msg(r#"{"PeersChanged": [{"ID": 1, "Key": "k2"}]}"#), &interner);
+        b.apply(
+            msg(r#"{"PeersChanged": [{"ID": 1, "Key": "k2"}]}"#),
+            &interner,
+        );
         assert!(!Arc::ptr_eq(&a.peers[&1], &b.peers[&1]));
         assert_eq!(a.peers[&1].key, "k");
     }

@@ -62,9 +62,7 @@ impl Initiator {
         capver: u16,
     ) -> Result<(Self, [u8; INITIATION_LEN]), NoiseError> {
         let hs = |e: snow::Error| NoiseError::Handshake(e.to_string());
-        let params = "Noise_IK_25519_ChaChaPoly_BLAKE2s"
-            .parse()
-            .map_err(hs)?;
+        let params = "Noise_IK_25519_ChaChaPoly_BLAKE2s".parse().map_err(hs)?;
         let private = machine.to_bytes();
         let prologue = prologue(capver);
         let mut state = snow::Builder::new(params)
@@ -82,7 +80,9 @@ impl Initiator {
         msg[3..5].copy_from_slice(&96u16.to_be_bytes());
         let n = state.write_message(&[], &mut msg[5..]).map_err(hs)?;
         if n != 96 {
-            return Err(NoiseError::Handshake(format!("initiation body is {n} bytes, not 96")));
+            return Err(NoiseError::Handshake(format!(
+                "initiation body is {n} bytes, not 96"
+            )));
         }
         Ok((Self { state }, msg))
     }
@@ -200,7 +200,9 @@ impl Transport {
                     .map_err(|_| NoiseError::BadRecord)?;
                 Ok(Some(body))
             }
-            MSG_ERROR => Err(NoiseError::Refused(String::from_utf8_lossy(&body).into_owned())),
+            MSG_ERROR => Err(NoiseError::Refused(
+                String::from_utf8_lossy(&body).into_owned(),
+            )),
             other => Err(NoiseError::UnexpectedFrame(other)),
         }
     }
@@ -296,7 +298,10 @@ mod tests {
         let last = wire.len() - 1;
         wire[last] ^= 1;
         server.push(&wire);
-        assert!(matches!(server.next_plaintext(), Err(NoiseError::BadRecord)));
+        assert!(matches!(
+            server.next_plaintext(),
+            Err(NoiseError::BadRecord)
+        ));
     }
 
     #[test]
@@ -323,7 +328,8 @@ mod tests {
     fn error_frames_carry_the_server_text() {
         let machine = PrivateKey::generate();
         let server = PrivateKey::generate();
-        let (initiator, _) = Initiator::start(&machine, &MachinePublic(server.public()), 130).unwrap();
+        let (initiator, _) =
+            Initiator::start(&machine, &MachinePublic(server.public()), 130).unwrap();
         let mut frame = vec![MSG_ERROR, 0, 4];
         frame.extend_from_slice(b"nope");
         match initiator.finish(&frame) {

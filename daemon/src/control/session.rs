@@ -124,9 +124,14 @@ impl IdentityOptions {
 pub enum SessionState {
     Registering,
     Connected,
-    Reconnecting { attempt: u32, error: String },
+    Reconnecting {
+        attempt: u32,
+        error: String,
+    },
     /// The server refused the identity (bad or expired key): retried slowly.
-    NeedsAuth { error: String },
+    NeedsAuth {
+        error: String,
+    },
     LoggedOut,
     Stopped,
 }
@@ -319,8 +324,12 @@ impl IdentityHandle {
                     }
                 }
                 match &*state.borrow_and_update() {
-                    SessionState::NeedsAuth { error } => return Err(ControlError::Refused(error.clone())),
-                    SessionState::Stopped | SessionState::LoggedOut => return Err(ControlError::Stopped),
+                    SessionState::NeedsAuth { error } => {
+                        return Err(ControlError::Refused(error.clone()))
+                    }
+                    SessionState::Stopped | SessionState::LoggedOut => {
+                        return Err(ControlError::Stopped)
+                    }
                     _ => {}
                 }
                 tokio::select! {
@@ -408,7 +417,10 @@ impl EndpointReporter {
             preferred_derp,
         };
         {
-            let mut current = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut current = self
+                .endpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if *current == new {
                 return;
             }
@@ -458,7 +470,11 @@ fn backoff(attempt: u32) -> Duration {
 
 impl Session {
     fn hostinfo(&self) -> Hostinfo {
-        let reported = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let reported = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Hostinfo {
             ipn_version: self.client.inner.version.clone(),
             backend_log_id: self.backend_log_id.clone(),
@@ -473,7 +489,11 @@ impl Session {
     }
 
     fn map_request(&self, stream: bool) -> MapRequest {
-        let reported = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let reported = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         MapRequest {
             version: CAPABILITY_VERSION,
             compress: if stream { "zstd".into() } else { String::new() },
@@ -514,7 +534,10 @@ impl Session {
                 Err(Failure::Transient(error)) => {
                     attempt = attempt.saturating_add(1);
                     warn!(hostname = %self.options.hostname, attempt, %error, "control session lost; reconnecting");
-                    (backoff(attempt), SessionState::Reconnecting { attempt, error })
+                    (
+                        backoff(attempt),
+                        SessionState::Reconnecting { attempt, error },
+                    )
                 }
                 Err(Failure::Refused(error)) => {
                     warn!(hostname = %self.options.hostname, %error, "control server refused the identity");
@@ -564,24 +587,42 @@ impl Session {
         let mut sent_key = false;
         let mut auth_key = None;
         if !self.options.registered {
-            auth_key = Some(self.auth.auth_key().await.map_err(|e| Failure::Refused(format!("minting an auth key: {e}")))?);
+            auth_key = Some(
+                self.auth
+                    .auth_key()
+                    .await
+                    .map_err(|e| Failure::Refused(format!("minting an auth key: {e}")))?,
+            );
             sent_key = true;
         }
         loop {
-            let response = match conn.register(&self.register_request(auth_key.take(), ZERO_TIME)).await {
-                Ok(response) => response,
-                // rscale answers a bad or expired key with 401/403 rather
-                // than a RegisterResponse.Error.
-                Err(ClientError::Status { status: 401 | 403, body, .. }) if sent_key => {
-                    return Err(Failure::Refused(body));
-                }
-                Err(ClientError::Status { status: 401 | 403, .. }) => {
-                    auth_key = Some(self.auth.auth_key().await.map_err(|e| Failure::Refused(format!("minting an auth key: {e}")))?);
-                    sent_key = true;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let response =
+                match conn
+                    .register(&self.register_request(auth_key.take(), ZERO_TIME))
+                    .await
+                {
+                    Ok(response) => response,
+                    // rscale answers a bad or expired key with 401/403 rather
+                    // than a RegisterResponse.Error.
+                    Err(ClientError::Status {
+                        status: 401 | 403,
+                        body,
+                        ..
+                    }) if sent_key => {
+                        return Err(Failure::Refused(body));
+                    }
+                    Err(ClientError::Status {
+                        status: 401 | 403, ..
+                    }) => {
+                        auth_key =
+                            Some(self.auth.auth_key().await.map_err(|e| {
+                                Failure::Refused(format!("minting an auth key: {e}"))
+                            })?);
+                        sent_key = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             let authorized = response.error.is_empty()
                 && response.machineauthorized
                 && response.authurl.is_empty()
@@ -594,7 +635,12 @@ impl Session {
                 // The server does not know (or no longer trusts) this node
                 // key: register again with a fresh auth key.
                 debug!(hostname = %self.options.hostname, "server wants an auth key");
-                auth_key = Some(self.auth.auth_key().await.map_err(|e| Failure::Refused(format!("minting an auth key: {e}")))?);
+                auth_key = Some(
+                    self.auth
+                        .auth_key()
+                        .await
+                        .map_err(|e| Failure::Refused(format!("minting an auth key: {e}")))?,
+                );
                 sent_key = true;
                 continue;
             }
@@ -665,9 +711,12 @@ impl Session {
     async fn logout_once(&self) -> Result<(), ControlError> {
         let mut conn = match self.open().await {
             Ok(conn) => conn,
-            Err(Failure::Transient(e)) | Err(Failure::Refused(e)) => return Err(ControlError::Refused(e)),
+            Err(Failure::Transient(e)) | Err(Failure::Refused(e)) => {
+                return Err(ControlError::Refused(e))
+            }
         };
-        conn.register(&self.register_request(None, LOGOUT_EXPIRY)).await?;
+        conn.register(&self.register_request(None, LOGOUT_EXPIRY))
+            .await?;
         Ok(())
     }
 }

@@ -172,7 +172,10 @@ impl Node {
     }
 
     pub fn endpoint_addrs(&self) -> Vec<SocketAddr> {
-        self.endpoints.iter().filter_map(|e| e.parse().ok()).collect()
+        self.endpoints
+            .iter()
+            .filter_map(|e| e.parse().ok())
+            .collect()
     }
 }
 
@@ -322,10 +325,17 @@ mod tests {
         assert_eq!(node.id, 3);
         assert_eq!(node.stableid, "n3");
         assert_eq!(node.home_derp(), Some(900));
-        assert_eq!(node.allowed_prefixes().len(), 2, "null AllowedIPs = Addresses");
+        assert_eq!(
+            node.allowed_prefixes().len(),
+            2,
+            "null AllowedIPs = Addresses"
+        );
         let peer = &map.peers.unwrap()[0];
         assert_eq!(peer.home_derp(), Some(900), "legacy DERP string");
-        assert_eq!(peer.endpoint_addrs(), vec!["127.0.0.1:41641".parse().unwrap()]);
+        assert_eq!(
+            peer.endpoint_addrs(),
+            vec!["127.0.0.1:41641".parse().unwrap()]
+        );
         let region = &map.derpmap.unwrap().regions["900"];
         assert_eq!(region.nodes[0].derpport, 18080);
         assert!(region.nodes[0].insecurefortests);
@@ -372,8 +382,14 @@ mod tests {
 
     #[test]
     fn prefixes_parse_strictly() {
-        assert_eq!(parse_prefix("100.64.0.1/32"), Some(("100.64.0.1".parse().unwrap(), 32)));
-        assert_eq!(parse_prefix("fd7a::1"), Some(("fd7a::1".parse().unwrap(), 128)));
+        assert_eq!(
+            parse_prefix("100.64.0.1/32"),
+            Some(("100.64.0.1".parse().unwrap(), 32))
+        );
+        assert_eq!(
+            parse_prefix("fd7a::1"),
+            Some(("fd7a::1".parse().unwrap(), 128))
+        );
         assert_eq!(parse_prefix("100.64.0.1/33"), None);
         assert_eq!(parse_prefix("nope"), None);
     }

@@ -70,7 +70,10 @@ version = 3
   conf_dir = "/var/lib/rancher/k3s/agent/etc/cni/net.d"
 "#;
         let dirs = cni_dirs(text);
-        assert_eq!(dirs.bin_dirs, vec![PathBuf::from("/var/lib/rancher/k3s/data/cni")]);
+        assert_eq!(
+            dirs.bin_dirs,
+            vec![PathBuf::from("/var/lib/rancher/k3s/data/cni")]
+        );
         assert_eq!(
             dirs.conf_dir,
             Some(PathBuf::from("/var/lib/rancher/k3s/agent/etc/cni/net.d"))

@@ -110,7 +110,7 @@ impl Layout {
         } else {
             FALLBACK_BIN_DIRS
                 .iter()
-                .map(|d| PathBuf::from(d))
+                .map(PathBuf::from)
                 .filter(|d| host(d).is_dir())
                 .collect()
         };
@@ -232,7 +232,10 @@ pub async fn install(args: &InstallArgs) -> Result<(), InstallError> {
         }
         match apply_conflist(&layout.conf_dir, &entry) {
             Ok(ChainOutcome::Unchanged) => {}
-            Ok(outcome) => info!(?outcome, "re-applied the plugin entry after the config changed"),
+            Ok(outcome) => info!(
+                ?outcome,
+                "re-applied the plugin entry after the config changed"
+            ),
             // The primary CNI may not have written its config yet.
             Err(InstallError::NoPrimaryConfig(dir)) => {
                 warn!(dir = %dir.display(), "waiting for the primary CNI config")
@@ -355,15 +358,24 @@ mod tests {
         let args = args(root);
         let entry = entry(&args);
         let conf = root.join("net.d");
-        assert_eq!(apply_conflist(&conf, &entry).unwrap(), ChainOutcome::Appended);
-        assert_eq!(apply_conflist(&conf, &entry).unwrap(), ChainOutcome::Unchanged);
+        assert_eq!(
+            apply_conflist(&conf, &entry).unwrap(),
+            ChainOutcome::Appended
+        );
+        assert_eq!(
+            apply_conflist(&conf, &entry).unwrap(),
+            ChainOutcome::Unchanged
+        );
         // What k3s does when its agent restarts.
         std::fs::write(
             conf.join("10-flannel.conflist"),
             r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"}]}"#,
         )
         .unwrap();
-        assert_eq!(apply_conflist(&conf, &entry).unwrap(), ChainOutcome::Appended);
+        assert_eq!(
+            apply_conflist(&conf, &entry).unwrap(),
+            ChainOutcome::Appended
+        );
     }
 
     #[test]

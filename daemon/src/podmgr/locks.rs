@@ -78,7 +78,10 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "second lock of the same pod did not wait");
+        assert!(
+            !waiter.is_finished(),
+            "second lock of the same pod did not wait"
+        );
         drop(first);
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await

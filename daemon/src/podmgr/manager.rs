@@ -17,14 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::control::{
+    AuthKeySource, ControlClient, ControlConfig, IdentityHandle, IdentityKeys, IdentityOptions,
+};
 use tailnet_auth::{AuthBackend, KeyRequest, NodeRef};
 use tailnet_cni_proto::cni_code;
 use tailnet_cni_proto::v1::{
     AddRequest, AddResponse, CheckRequest, DelRequest, GcRequest, IpConfig, ListPodsResponse,
     PodStatus, Route, StatusResponse,
-};
-use crate::control::{
-    AuthKeySource, ControlClient, ControlConfig, IdentityHandle, IdentityKeys, IdentityOptions,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -33,7 +33,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use super::hostname::pod_hostname;
 use super::locks::PodLocks;
 use super::naming::{validate_container_id, validate_if_name};
-use super::plumbing::{PodNet, PodNetSpec, Plumber};
+use super::plumbing::{Plumber, PodNet, PodNetSpec};
 use super::state::{write_private_atomic, PodPhase, PodRecord, StateStore};
 use super::tables::TableAllocator;
 use super::tun::open_tun;
@@ -170,9 +170,9 @@ impl PodManager {
     }
 
     fn save(&self, record: &PodRecord) -> Result<(), CniError> {
-        self.store.save(record).map_err(|e| {
-            CniError::new(cni_code::IO_FAILURE, format!("saving pod state: {e}"))
-        })?;
+        self.store
+            .save(record)
+            .map_err(|e| CniError::new(cni_code::IO_FAILURE, format!("saving pod state: {e}")))?;
         self.set_view(record, None);
         Ok(())
     }
@@ -183,9 +183,8 @@ impl PodManager {
         let pod = req
             .pod
             .ok_or_else(|| CniError::new(cni_code::INVALID_CONFIG, "request names no pod"))?;
-        validate_container_id(&pod.container_id).map_err(|e| {
-            CniError::new(cni_code::INVALID_ENV, format!("CNI_CONTAINERID: {e}"))
-        })?;
+        validate_container_id(&pod.container_id)
+            .map_err(|e| CniError::new(cni_code::INVALID_ENV, format!("CNI_CONTAINERID: {e}")))?;
         validate_if_name(&pod.if_name)
             .map_err(|e| CniError::new(cni_code::INVALID_CONFIG, format!("ifName: {e}")))?;
         if pod.netns.is_empty() {
@@ -217,7 +216,11 @@ impl PodManager {
             };
             pod_hostname(&self.config.cluster_name, &pod.namespace, &name)
         });
-        let mtu = if req.mtu == 0 { self.config.mtu } else { req.mtu };
+        let mtu = if req.mtu == 0 {
+            self.config.mtu
+        } else {
+            req.mtu
+        };
         let mut record = PodRecord {
             container_id: pod.container_id.clone(),
             netns: PathBuf::from(&pod.netns),
@@ -291,7 +294,10 @@ impl PodManager {
                 Err(e) => {
                     let error = CniError::new(
                         cni_code::CONTROL_FAILURE,
-                        format!("registering {} with the control server: {e}", record.hostname),
+                        format!(
+                            "registering {} with the control server: {e}",
+                            record.hostname
+                        ),
                     );
                     // Pass on the node identity so release() can remove it.
                     if let Some(node) = identity.self_node() {
@@ -400,12 +406,13 @@ impl PodManager {
             Err(e) => {
                 self.tables.release(table);
                 let code = match e {
-                    super::plumbing::PlumbError::InterfaceExists { .. } => {
-                        cni_code::INVALID_CONFIG
-                    }
+                    super::plumbing::PlumbError::InterfaceExists { .. } => cni_code::INVALID_CONFIG,
                     _ => cni_code::PLUMBING_FAILURE,
                 };
-                Err(CniError::new(code, format!("setting up the pod's interfaces: {e}")))
+                Err(CniError::new(
+                    code,
+                    format!("setting up the pod's interfaces: {e}"),
+                ))
             }
         }
     }
@@ -439,7 +446,10 @@ impl PodManager {
                 addresses,
             })
             .map_err(|e| {
-                CniError::new(cni_code::PLUMBING_FAILURE, format!("starting data plane: {e}"))
+                CniError::new(
+                    cni_code::PLUMBING_FAILURE,
+                    format!("starting data plane: {e}"),
+                )
             })?;
         let sync = super::sync::run(identity.netmap(), identity.reporter(), data.clone())
             .instrument(info_span!("netmap_sync", pod = %record.hostname));
@@ -528,17 +538,16 @@ impl PodManager {
         record.state = PodPhase::Deleting;
         let _ = self.store.save(&record);
         let errors = self.release(record).await;
-        let teardown_failed: Vec<&String> =
-            errors.iter().filter(|e| e.starts_with("teardown")).collect();
+        let teardown_failed: Vec<&String> = errors
+            .iter()
+            .filter(|e| e.starts_with("teardown"))
+            .collect();
         if teardown_failed.is_empty() {
             Ok(())
         } else {
             Err(CniError::new(
                 cni_code::PLUMBING_FAILURE,
-                format!(
-                    "DEL could not remove everything: {}",
-                    errors.join("; ")
-                ),
+                format!("DEL could not remove everything: {}", errors.join("; ")),
             ))
         }
     }
@@ -664,9 +673,8 @@ impl PodManager {
     }
 
     async fn recover_one(&self, record: PodRecord) {
-        let resumable = record.state == PodPhase::Running
-            && record.pod_net.is_some()
-            && record.netns.exists();
+        let resumable =
+            record.state == PodPhase::Running && record.pod_net.is_some() && record.netns.exists();
         if !resumable {
             info!(state = ?record.state, "pod did not survive the restart; cleaning up");
             self.release(record).await;
@@ -942,7 +950,9 @@ impl Snapshot for PodManager {
     fn sessions_by_state(&self) -> Vec<(String, i64)> {
         let mut counts: BTreeMap<String, i64> = BTreeMap::new();
         for pod in lock(&self.live).values() {
-            *counts.entry(pod.identity.state_name().to_string()).or_default() += 1;
+            *counts
+                .entry(pod.identity.state_name().to_string())
+                .or_default() += 1;
         }
         counts.into_iter().collect()
     }

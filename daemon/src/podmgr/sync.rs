@@ -79,8 +79,15 @@ pub async fn run(
         let current = netmap.borrow_and_update().clone();
         if let Some(map) = current {
             if let Some(derp) = &map.derp_map {
-                if last_derp.as_ref().is_none_or(|last| !Arc::ptr_eq(last, derp)) {
-                    if data.set_derp_map(Arc::new(derp_regions(derp))).await.is_err() {
+                if last_derp
+                    .as_ref()
+                    .is_none_or(|last| !Arc::ptr_eq(last, derp))
+                {
+                    if data
+                        .set_derp_map(Arc::new(derp_regions(derp)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     last_derp = Some(derp.clone());
@@ -150,7 +157,10 @@ mod tests {
         )
         .unwrap();
         let regions = derp_regions(&map);
-        assert_eq!(regions.iter().map(|r| r.region_id).collect::<Vec<_>>(), vec![900, 901]);
+        assert_eq!(
+            regions.iter().map(|r| r.region_id).collect::<Vec<_>>(),
+            vec![900, 901]
+        );
         let node = &regions[0].nodes[0];
         assert_eq!(node.ipv4, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(node.ipv6, None);

@@ -1,1 +1,0 @@
-//! Tailscale control protocol client.
