@@ -68,6 +68,13 @@ impl Endpoint {
         }
     }
 
+    fn unreachable(&self, source: io::Error) -> ConnError {
+        ConnError::Unreachable {
+            url: self.url.to_string(),
+            source,
+        }
+    }
+
     fn protocol(&self, msg: impl Into<String>) -> ConnError {
         ConnError::Protocol {
             url: self.url.to_string(),
@@ -76,10 +83,7 @@ impl Endpoint {
     }
 
     async fn dial(&self) -> Result<Box<dyn Io>, ConnError> {
-        let unreachable = |source| ConnError::Unreachable {
-            url: self.url.to_string(),
-            source,
-        };
+        let unreachable = |source| self.unreachable(source);
         let tcp = tokio::time::timeout(
             CONNECT_TIMEOUT,
             TcpStream::connect((self.host(), self.port())),
@@ -123,10 +127,7 @@ impl Endpoint {
             let n = io
                 .read(&mut chunk)
                 .await
-                .map_err(|source| ConnError::Unreachable {
-                    url: self.url.to_string(),
-                    source,
-                })?;
+                .map_err(|source| self.unreachable(source))?;
             if n == 0 {
                 return Err(self.protocol("connection closed before the HTTP response"));
             }
@@ -143,10 +144,7 @@ impl Endpoint {
         );
         io.write_all(request.as_bytes())
             .await
-            .map_err(|source| ConnError::Unreachable {
-                url: self.url.to_string(),
-                source,
-            })?;
+            .map_err(|source| self.unreachable(source))?;
         let (status, head, mut body) =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_head(&mut io))
                 .await
@@ -201,10 +199,7 @@ impl Endpoint {
         );
         io.write_all(request.as_bytes())
             .await
-            .map_err(|source| ConnError::Unreachable {
-                url: self.url.to_string(),
-                source,
-            })?;
+            .map_err(|source| self.unreachable(source))?;
         let (status, head, mut rest) = self.read_head(&mut io).await?;
         if status != 101 {
             let first = head.lines().next().unwrap_or_default().to_string();
@@ -218,10 +213,7 @@ impl Endpoint {
             let n = io
                 .read(&mut chunk)
                 .await
-                .map_err(|source| ConnError::Unreachable {
-                    url: self.url.to_string(),
-                    source,
-                })?;
+                .map_err(|source| self.unreachable(source))?;
             if n == 0 {
                 return Err(self.protocol("connection closed during the Noise handshake"));
             }
@@ -238,10 +230,7 @@ impl Endpoint {
         let early = stream
             .read_early_payload()
             .await
-            .map_err(|source| ConnError::Unreachable {
-                url: self.url.to_string(),
-                source,
-            })?;
+            .map_err(|source| self.unreachable(source))?;
         Ok((stream, early))
     }
 }

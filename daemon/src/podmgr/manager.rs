@@ -800,6 +800,26 @@ fn add_response(record: &PodRecord, pod_net: &PodNet) -> AddResponse {
     }
 }
 
+fn container_of(pod: &Option<tailnet_cni_proto::v1::PodRef>) -> &str {
+    pod.as_ref().map(|p| p.container_id.as_str()).unwrap_or("")
+}
+
+impl PodManager {
+    /// Runs one CNI command in its span and records its latency and outcome.
+    async fn timed<T>(
+        &self,
+        command: CniCommand,
+        span: tracing::Span,
+        work: impl std::future::Future<Output = Result<T, CniError>>,
+    ) -> Result<T, CniError> {
+        let started = Instant::now();
+        let result = work.instrument(span).await;
+        self.metrics
+            .observe(command, &result_label(&result), started.elapsed());
+        result
+    }
+}
+
 fn result_label(result: &Result<impl Sized, CniError>) -> String {
     match result {
         Ok(_) => "ok".into(),
@@ -810,40 +830,23 @@ fn result_label(result: &Result<impl Sized, CniError>) -> String {
 #[tonic::async_trait]
 impl CniHandler for PodManager {
     async fn add(&self, req: AddRequest) -> Result<AddResponse, CniError> {
-        let started = Instant::now();
         let span = info_span!(
             "add",
-            container_id = %req.pod.as_ref().map(|p| p.container_id.as_str()).unwrap_or(""),
+            container_id = %container_of(&req.pod),
             pod = %req.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default(),
         );
-        let result = self.do_add(req).instrument(span).await;
-        self.metrics
-            .observe(CniCommand::Add, &result_label(&result), started.elapsed());
-        result
+        self.timed(CniCommand::Add, span, self.do_add(req)).await
     }
 
     async fn del(&self, req: DelRequest) -> Result<(), CniError> {
-        let started = Instant::now();
-        let span = info_span!(
-            "del",
-            container_id = %req.pod.as_ref().map(|p| p.container_id.as_str()).unwrap_or(""),
-        );
-        let result = self.do_del(req).instrument(span).await;
-        self.metrics
-            .observe(CniCommand::Del, &result_label(&result), started.elapsed());
-        result
+        let span = info_span!("del", container_id = %container_of(&req.pod));
+        self.timed(CniCommand::Del, span, self.do_del(req)).await
     }
 
     async fn check(&self, req: CheckRequest) -> Result<(), CniError> {
-        let started = Instant::now();
-        let span = info_span!(
-            "check",
-            container_id = %req.pod.as_ref().map(|p| p.container_id.as_str()).unwrap_or(""),
-        );
-        let result = self.do_check(req).instrument(span).await;
-        self.metrics
-            .observe(CniCommand::Check, &result_label(&result), started.elapsed());
-        result
+        let span = info_span!("check", container_id = %container_of(&req.pod));
+        self.timed(CniCommand::Check, span, self.do_check(req))
+            .await
     }
 
     async fn status(&self) -> StatusResponse {
@@ -861,11 +864,8 @@ impl CniHandler for PodManager {
     }
 
     async fn gc(&self, req: GcRequest) -> Result<Vec<String>, CniError> {
-        let started = Instant::now();
-        let result = self.do_gc(req).instrument(info_span!("gc")).await;
-        self.metrics
-            .observe(CniCommand::Gc, &result_label(&result), started.elapsed());
-        result
+        self.timed(CniCommand::Gc, info_span!("gc"), self.do_gc(req))
+            .await
     }
 
     async fn list_pods(&self) -> ListPodsResponse {
