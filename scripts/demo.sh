@@ -9,13 +9,13 @@
 #                          it; leaves everything running
 #   scripts/demo.sh down   stops and removes all of it
 #
-# Everything runs inside the network namespace `tailnet-demo` (loopback and
-# one veth pair of its own), so nothing reaches any other network.
+# Everything runs inside a private network and mount namespace held open by
+# a keeper process (loopback and one veth pair of its own), so nothing
+# reaches any other network; `down` ends it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 
-NS=tailnet-demo
 DIR=${TAILNET_DEMO_DIR:-/var/tmp/tailnet-demo}
 export TAILNET_TESTBED_DIR="$DIR/testbed"
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}/release
@@ -25,18 +25,24 @@ SOCKET="$DIR/daemon.sock"
 
 log() { echo "demo: $*"; }
 die() { echo "demo: error: $*" >&2; exit 1; }
-# Only the network namespace changes: podman and the daemon must see the same
-# /run/netns mounts.
-in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
+keeper_alive() { [[ -f "$DIR/keeper.pid" ]] && kill -0 "$(cat "$DIR/keeper.pid")" 2>/dev/null; }
+# podman and the daemon must share one mount namespace: the daemon opens the
+# network namespaces podman mounts under /run/netns.
+in_ns() { nsenter --target "$(cat "$DIR/keeper.pid")" --net --mount --wd="$REPO" "$@"; }
 
-make_netns() {
-  [[ -e "/run/netns/$NS" ]] && return 0
-  ip netns add "$NS"
-  in_ns ip link set lo up
-  in_ns ip link add tb0 type veth peer name tb1
-  in_ns ip addr add 10.203.0.1/24 dev tb0
-  in_ns ip link set tb0 up
-  in_ns ip link set tb1 up
+make_namespace() {
+  keeper_alive && return 0
+  unshare --net --mount --propagation private sleep infinity &
+  echo $! >"$DIR/keeper.pid"
+  sleep 0.2
+  mkdir -p "$DIR/var-lib-cni"
+  # The same private layout as scripts/isolated.sh.
+  in_ns sh -c "mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -p /run/netns /run/lock &&
+    mkdir -p /var/lib/cni && mount --bind '$DIR/var-lib-cni' /var/lib/cni &&
+    mount -t tmpfs tmpfs /dev/shm &&
+    { ! mountpoint -q /sys/fs/cgroup/unified || umount /sys/fs/cgroup/unified; } &&
+    ip link set lo up && ip link add tb0 type veth peer name tb1 &&
+    ip addr add 10.203.0.1/24 dev tb0 && ip link set tb0 up && ip link set tb1 up"
 }
 
 start_daemon() {
@@ -56,7 +62,9 @@ kind = "rscale"
 api_url = "$TAILNET_TEST_CONTROL_URL"
 token_file = "$TAILNET_TEST_ADMIN_TOKEN_FILE"
 EOF
-  TAILNET_CNID_LOG=info in_ns nohup "$DAEMON" --config "$DIR/tailnet-cnid.toml" run >>"$DIR/daemon.log" 2>&1 &
+  # Not through in_ns: $! must be the daemon itself, for `down` to stop it.
+  TAILNET_CNID_LOG=info nsenter --target "$(cat "$DIR/keeper.pid")" --net --mount --wd="$REPO" \
+    "$DAEMON" --config "$DIR/tailnet-cnid.toml" run >>"$DIR/daemon.log" 2>&1 &
   echo $! >"$DIR/daemon.pid"
   for _ in $(seq 100); do [[ -S "$SOCKET" ]] && return 0; sleep 0.2; done
   tail -n 20 "$DIR/daemon.log" >&2
@@ -69,8 +77,8 @@ up() {
   log "building tailnet-cnid and the shim (release)"
   cargo build --release --quiet -p tailnet-cnid -p tailnet-cni
   mkdir -p "$DIR"
-  make_netns
-  log "starting the test bed inside netns $NS"
+  make_namespace
+  log "starting the test bed inside the demo's private namespace"
   in_ns scripts/testbed.sh up
   start_daemon
   export TAILNET_E2E_DIR="$DIR/podman" TAILNET_CNI_DAEMON_SOCKET="$SOCKET" TAILNET_CNI_SHIM="$SHIM" TAILNET_ISOLATED=1
@@ -101,7 +109,7 @@ up() {
 }
 
 down() {
-  if [[ -e "/run/netns/$NS" ]]; then
+  if keeper_alive; then
     if [[ -d "$DIR/podman" ]]; then
       export TAILNET_E2E_DIR="$DIR/podman" TAILNET_CNI_DAEMON_SOCKET="$SOCKET" TAILNET_CNI_SHIM="$SHIM" TAILNET_ISOLATED=1
       # shellcheck disable=SC1091
@@ -113,7 +121,7 @@ down() {
       sleep 1
     fi
     in_ns scripts/testbed.sh down || true
-    ip netns del "$NS"
+    kill "$(cat "$DIR/keeper.pid")" 2>/dev/null || true
   fi
   rm -rf "$DIR"
   log "down"

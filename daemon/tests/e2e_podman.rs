@@ -355,15 +355,19 @@ fn rules_at_our_priority() -> Vec<Value> {
     rules
 }
 
-fn admin_nodes(bed: &Bed) -> Value {
+fn admin_get(bed: &Bed, path: &str) -> Value {
     let token = fs::read_to_string(&bed.admin_token_file).expect("admin token");
     let out = run_ok(Command::new("curl").args([
         "-fsS",
         "-H",
         &format!("Authorization: Bearer {}", token.trim()),
-        &format!("{}/api/v1/admin/nodes", bed.control_url),
+        &format!("{}{path}", bed.control_url),
     ]));
-    serde_json::from_str(&out).expect("nodes json")
+    serde_json::from_str(&out).expect("admin API json")
+}
+
+fn admin_nodes(bed: &Bed) -> Value {
+    admin_get(bed, "/api/v1/admin/nodes")
 }
 
 fn peer_fetch(bed: &Bed, url: &str) -> Output {
@@ -579,6 +583,9 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     assert!(records.is_empty(), "state left: {records:?}");
     let status = daemon.status();
     assert_eq!(status["pods"], json!([]), "{status}");
+    // ...and the pod's node is disabled in the tailnet.
+    let node = admin_get(&bed, &format!("/api/v1/admin/nodes/{node_id}"));
+    assert_eq!(node["status"], json!("disabled"), "{node}");
     let _ = (&bed.tailscale, &bed.peer_socket);
 }
 
