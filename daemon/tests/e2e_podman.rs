@@ -447,11 +447,18 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     assert!(ipv4.starts_with("100."), "{status}");
     assert!(ipv6.starts_with("fd7a:115c:a1e0:"), "{status}");
     let nodes = admin_nodes(&bed);
-    let node_text = nodes.to_string();
-    assert!(
-        node_text.contains(&ipv4),
-        "rscale does not list {ipv4}: {nodes}"
-    );
+    let node_id = nodes
+        .get("nodes")
+        .unwrap_or(&nodes)
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| {
+            let text = n.to_string();
+            text.contains(&format!("\"{ipv4}\"")) || text.contains(&format!("\"{ipv4}/32\""))
+        })
+        .and_then(|n| n["id"].as_i64())
+        .unwrap_or_else(|| panic!("rscale does not list {ipv4}: {nodes}"));
 
     // Inside the container: eth0 from the bridge, ts0 with the tailnet address.
     let addrs = podman.exec("web1", &["ip", "addr"]);
