@@ -6,6 +6,7 @@
 #   scripts/bench.sh shim       only the shim's size and VERSION latency
 #   scripts/bench.sh engine     only the data-plane engine (memory per pod)
 #   scripts/bench.sh control    only registration latency (needs root: runs the test bed)
+#   scripts/bench.sh add        only ADD/DEL through the shim and the daemon (root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${CARGO_TARGET_DIR:-target}/bench
@@ -45,10 +46,17 @@ bench_control() {
     ${CARGO_TARGET_DIR:-target}/release/examples/register_latency '$OUT/register.json'; status=\$?; scripts/testbed.sh down; exit \$status"
 }
 
+bench_add() {
+  echo "== shim ADD/DEL round trip through the daemon (isolated namespace, local rscale)"
+  cargo build --quiet --release -p tailnet-cnid -p tailnet-cni
+  TARGET_DIR=$(realpath "${CARGO_TARGET_DIR:-target}/release") OUT=$(realpath "$OUT") scripts/isolated.sh scripts/bench-add.sh
+}
+
 case "$what" in
   shim) bench_shim ;;
   engine) bench_engine ;;
   control) bench_control ;;
-  all) bench_shim; bench_engine; bench_control ;;
+  add) bench_add ;;
+  all) bench_shim; bench_engine; bench_control; bench_add ;;
   *) sed -n '2,9p' "$0" >&2; exit 2 ;;
 esac
