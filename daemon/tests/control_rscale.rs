@@ -96,7 +96,9 @@ fn keys_source(bed: &Bed) -> Arc<RscaleKeys> {
     })
 }
 
-async fn node_count(bed: &Bed) -> usize {
+/// Nodes whose name starts with `prefix`: other tests register nodes of
+/// their own against the same server at the same time.
+async fn node_count(bed: &Bed, prefix: &str) -> usize {
     let out = tokio::process::Command::new("curl")
         .args(["-fsS", "-H"])
         .arg(format!("Authorization: Bearer {}", bed.token))
@@ -106,7 +108,11 @@ async fn node_count(bed: &Bed) -> usize {
         .expect("curl");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nodes json");
     let list = v.get("nodes").cloned().unwrap_or(v);
-    list.as_array().map(Vec::len).unwrap_or(0)
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n.to_string().contains(&format!("\"{prefix}")))
+        .count()
 }
 
 #[tokio::test]
@@ -193,8 +199,52 @@ async fn fifty_identities_register_concurrently_and_come_back_unchanged() {
         );
     }
 
+    // The official tailscaled peer lists every one of them.
+    if let (Ok(cli), Ok(socket)) = (
+        std::env::var("TAILNET_TEST_TAILSCALE_BIN"),
+        std::env::var("TAILNET_TEST_PEER_SOCKET"),
+    ) {
+        let wanted: Vec<String> = first
+            .iter()
+            .filter_map(|n| n.ipv4)
+            .map(|a| a.to_string())
+            .collect();
+        let mut missing = wanted.clone();
+        for _ in 0..60 {
+            let out = tokio::process::Command::new(&cli)
+                .arg(format!("--socket={socket}"))
+                .args(["status", "--json"])
+                .output()
+                .await
+                .expect("tailscale status");
+            let status: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("status json");
+            let listed: HashSet<String> = status["Peer"]
+                .as_object()
+                .into_iter()
+                .flat_map(|peers| peers.values())
+                .flat_map(|p| p["TailscaleIPs"].as_array().cloned().unwrap_or_default())
+                .filter_map(|ip| ip.as_str().map(str::to_string))
+                .collect();
+            missing = wanted
+                .iter()
+                .filter(|ip| !listed.contains(*ip))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            missing.is_empty(),
+            "the tailscaled peer does not list {missing:?}"
+        );
+    }
+
     // A restart: same keys, no new key minted, same addresses, no new node.
-    let nodes_before = node_count(&bed).await;
+    let nodes_before = node_count(&bed, "ctl-par-").await;
+    assert!(nodes_before >= 50, "rscale lists {nodes_before} ctl-par- nodes");
     for h in handles {
         h.shutdown();
     }
@@ -221,7 +271,7 @@ async fn fifty_identities_register_concurrently_and_come_back_unchanged() {
         "restart minted keys"
     );
     assert_eq!(
-        node_count(&bed).await,
+        node_count(&bed, "ctl-par-").await,
         nodes_before,
         "restart created nodes"
     );
