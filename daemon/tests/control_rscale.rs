@@ -244,7 +244,10 @@ async fn fifty_identities_register_concurrently_and_come_back_unchanged() {
 
     // A restart: same keys, no new key minted, same addresses, no new node.
     let nodes_before = node_count(&bed, "ctl-par-").await;
-    assert!(nodes_before >= 50, "rscale lists {nodes_before} ctl-par- nodes");
+    assert!(
+        nodes_before >= 50,
+        "rscale lists {nodes_before} ctl-par- nodes"
+    );
     for h in handles {
         h.shutdown();
     }
