@@ -1,2 +1,6 @@
 //! Sans-IO data-plane protocol cores.
 pub mod derp;
+pub mod disco;
+pub mod filter;
+pub mod packet;
+pub mod stun;
