@@ -76,6 +76,14 @@ pub struct Config {
     /// How many pod registrations run at once; more wait their turn.
     #[serde(default = "default_max_parallel_adds")]
     pub max_parallel_adds: usize,
+    /// Seconds between reconcile passes, which release pods whose network
+    /// namespace is gone and sweep plumbing no pod owns. 0 turns them off.
+    #[serde(default = "default_reconcile_interval_secs")]
+    pub reconcile_interval_secs: u64,
+    /// Node keys are renewed once less than this fraction of their lifetime
+    /// is left (0 renews only when the server expires them; at most 0.5).
+    #[serde(default = "default_key_renew_fraction")]
+    pub key_renew_fraction: f64,
     pub auth: tailnet_auth::AuthConfig,
 }
 
@@ -93,6 +101,12 @@ fn default_allowed_uids() -> Vec<u32> {
 }
 fn default_max_parallel_adds() -> usize {
     64
+}
+fn default_reconcile_interval_secs() -> u64 {
+    60
+}
+fn default_key_renew_fraction() -> f64 {
+    0.1
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +165,12 @@ impl Config {
         if self.max_parallel_adds == 0 {
             return Err("max_parallel_adds must be at least 1".into());
         }
+        if !(0.0..=0.5).contains(&self.key_renew_fraction) {
+            return Err(format!(
+                "key_renew_fraction {} is outside 0..=0.5",
+                self.key_renew_fraction
+            ));
+        }
         if let Some(bad) = self.allowed_tags.iter().find(|t| !t.starts_with("tag:")) {
             return Err(format!(
                 "allowed_tags entry {bad:?} must start with \"tag:\""
@@ -187,6 +207,7 @@ mod tests {
         assert_eq!(config.mtu, DEFAULT_MTU);
         assert_eq!(config.selection, Selection::Annotated);
         assert_eq!(config.allowed_uids, vec![0]);
+        assert_eq!(config.reconcile_interval_secs, 60);
     }
 
     #[test]
@@ -198,6 +219,10 @@ mod tests {
             (
                 format!("allowed_tags = [\"k8s\"]\n{MINIMAL}"),
                 "allowed_tags",
+            ),
+            (
+                format!("key_renew_fraction = 0.9\n{MINIMAL}"),
+                "key_renew_fraction",
             ),
         ];
         for (text, needle) in cases {

@@ -1,11 +1,12 @@
-//! The daemon's run loop: recover pods, serve the shim, serve health, stop
-//! cleanly on SIGTERM.
+//! The daemon's run loop: recover pods, serve the shim, serve health,
+//! reconcile periodically, stop cleanly on SIGTERM.
 //!
 //! Stopping the daemon does not tear pods down: their TUN devices are
 //! persistent and their state is on disk, so a restarted daemon (an upgrade,
 //! a crash) re-attaches every pod with the same identity and addresses.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
@@ -38,6 +39,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(metrics::serve(addr, router, stopped(stop_rx.clone())))
     });
 
+    let reconcile = (config.reconcile_interval_secs > 0).then(|| {
+        let manager = manager.clone();
+        let period = Duration::from_secs(config.reconcile_interval_secs);
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { manager.reconcile_every(period, stop).await })
+    });
+
     let listener = rpc::bind_socket(&config.socket)?;
     let server = tokio::spawn(rpc::serve(
         listener,
@@ -56,6 +64,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Some(health) = health {
         let _ = health.await;
+    }
+    if let Some(reconcile) = reconcile {
+        // A pass in progress runs to its end; no new one starts.
+        let _ = reconcile.await;
     }
     manager.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);

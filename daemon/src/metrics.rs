@@ -65,6 +65,8 @@ pub struct PodSample {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// Inbound packets the tailnet packet filter refused.
+    pub filtered_packets: u64,
     /// Seconds since the newest WireGuard handshake with any peer.
     pub handshake_age_secs: Option<f64>,
     pub peers_direct: u64,
@@ -147,6 +149,17 @@ impl Metrics {
             started,
         );
 
+        // Leak checks compare this before and after pod churn.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks: Gauge<i64> = Gauge::default();
+            tasks.set(runtime.metrics().num_alive_tasks() as i64);
+            registry.register(
+                "runtime_tasks",
+                "Tasks alive in the daemon's runtime",
+                tasks,
+            );
+        }
+
         let pods: Family<StateLabels, Gauge> = Family::default();
         for (state, n) in snapshot.pods_by_state() {
             pods.get_or_create(&StateLabels { state }).set(n);
@@ -167,6 +180,7 @@ impl Metrics {
         let tx_bytes: Family<PodLabels, Counter> = Family::default();
         let rx_packets: Family<PodLabels, Counter> = Family::default();
         let tx_packets: Family<PodLabels, Counter> = Family::default();
+        let filtered: Family<PodLabels, Counter> = Family::default();
         let handshake_age: Family<PodLabels, Gauge<f64, std::sync::atomic::AtomicU64>> =
             Family::default();
         let paths: Family<PathLabels, Gauge> = Family::default();
@@ -181,6 +195,9 @@ impl Metrics {
             tx_bytes.get_or_create(&labels).inc_by(sample.tx_bytes);
             rx_packets.get_or_create(&labels).inc_by(sample.rx_packets);
             tx_packets.get_or_create(&labels).inc_by(sample.tx_packets);
+            filtered
+                .get_or_create(&labels)
+                .inc_by(sample.filtered_packets);
             if let Some(age) = sample.handshake_age_secs {
                 handshake_age.get_or_create(&labels).set(age);
             }
@@ -199,6 +216,11 @@ impl Metrics {
         registry.register("pod_tx_bytes", "Bytes sent by the pod", tx_bytes);
         registry.register("pod_rx_packets", "Packets delivered to the pod", rx_packets);
         registry.register("pod_tx_packets", "Packets sent by the pod", tx_packets);
+        registry.register(
+            "pod_filtered_packets",
+            "Inbound packets the tailnet packet filter refused",
+            filtered,
+        );
         registry.register(
             "pod_handshake_age_seconds",
             "Seconds since the pod's newest WireGuard handshake",
@@ -299,6 +321,7 @@ mod tests {
                 tx_bytes: 700,
                 rx_packets: 3,
                 tx_packets: 2,
+                filtered_packets: 4,
                 handshake_age_secs: Some(12.5),
                 peers_direct: 1,
                 peers_derp: 2,
@@ -324,6 +347,7 @@ mod tests {
             "tailnet_cni_control_sessions{state=\"connected\"} 4",
             "tailnet_cni_pod_rx_bytes_total{namespace=\"default\",pod=\"web\",hostname=\"homelab-default-web\"} 1500",
             "tailnet_cni_peer_paths{path=\"derp\"} 2",
+            "tailnet_cni_pod_filtered_packets_total{namespace=\"default\",pod=\"web\",hostname=\"homelab-default-web\"} 4",
             "tailnet_cni_cni_commands_total{command=\"Add\",result=\"100\"} 1",
             "tailnet_cni_cni_command_duration_seconds_count{command=\"Add\",result=\"ok\"} 1",
             "tailnet_cni_pod_handshake_age_seconds{",

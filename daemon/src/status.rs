@@ -27,6 +27,8 @@ pub struct PodReport {
     pub peers_derp: u32,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Inbound packets the tailnet packet filter refused.
+    pub filtered_packets: u64,
     pub error: String,
 }
 
@@ -62,8 +64,9 @@ impl StatusReport {
             "IPV6",
             "STATE",
             "PATH",
+            "FILTERED",
         ];
-        let rows: Vec<[String; 7]> = self
+        let rows: Vec<[String; 8]> = self
             .pods
             .iter()
             .map(|p| {
@@ -85,6 +88,7 @@ impl StatusReport {
                     p.ipv6.clone(),
                     state,
                     format!("{} ({}d/{}r)", p.path, p.peers_direct, p.peers_derp),
+                    p.filtered_packets.to_string(),
                 ]
             })
             .collect();
@@ -136,6 +140,7 @@ impl From<PodStatus> for PodReport {
             peers_derp: p.peers_derp,
             rx_bytes: p.rx_bytes,
             tx_bytes: p.tx_bytes,
+            filtered_packets: p.filtered_packets,
             error: p.error,
         }
     }
@@ -156,6 +161,7 @@ mod tests {
             state: "ready".into(),
             peers_direct: direct,
             peers_derp: derp,
+            filtered_packets: 3,
             ..Default::default()
         }
     }
@@ -180,7 +186,12 @@ mod tests {
         assert!(lines[1].starts_with("CONTAINER"));
         assert!(lines[2].starts_with("0123456789ab ") && lines[2].contains("direct (2d/0r)"));
         assert!(lines[3].contains("mixed (1d/1r)") && lines[3].contains("default/web"));
+        assert!(
+            lines[1].ends_with("FILTERED") && lines[3].ends_with(" 3"),
+            "{table}"
+        );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["pods"][1]["path"], "mixed");
+        assert_eq!(json["pods"][1]["filtered_packets"], 3);
     }
 }

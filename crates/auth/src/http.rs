@@ -36,6 +36,9 @@ impl Default for BackendOptions {
     }
 }
 
+/// How long an idle keep-alive connection to an API stays open.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Builds the client every backend of one daemon shares.
 pub(crate) fn build_http_client(
     ca_file: Option<&Path>,
@@ -47,6 +50,9 @@ pub(crate) fn build_http_client(
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(options.connect_timeout)
         .timeout(options.request_timeout)
+        // Keys are minted in bursts (pods starting together); a connection
+        // idle for longer than that is released instead of held for 90 s.
+        .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
         .user_agent(concat!("tailnet-cni/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|source| AuthError::Io {

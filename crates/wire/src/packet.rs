@@ -282,8 +282,13 @@ impl<'a> Packet<'a> {
             need("IPv6 extension", ext, ext_len)?;
             next = ext[0];
             offset += ext_len;
+            // A later fragment carries fragment data, not the headers its
+            // Next Header names: there is nothing more to parse.
+            if non_first_fragment {
+                break;
+            }
         }
-        if is_extension_header(next) {
+        if !non_first_fragment && is_extension_header(next) {
             return Err(PacketError::Malformed {
                 layer: "IPv6",
                 detail: "too many extension headers",
@@ -763,6 +768,20 @@ mod tests {
         let pkt = Packet::parse(&p).unwrap();
         assert!(pkt.is_non_first_fragment());
         assert_eq!(pkt.protocol, proto::UDP);
+    }
+
+    #[test]
+    fn later_ipv6_fragments_are_not_parsed_past_the_fragment_header() {
+        // Found by the packet_filter fuzz target: the fragmentable part may
+        // start with a Destination Options header, whose bytes are only in
+        // the first fragment; later fragments were refused as truncated.
+        let later = (proto::FRAGMENT, vec![0, 0x05, 0x00, 0, 0, 0, 7]); // offset 160
+        let p = v6_with_ext(&[later], proto::DESTINATION_OPTIONS, &[0xcc; 3]);
+        let pkt = Packet::parse(&p).unwrap();
+        assert!(pkt.is_non_first_fragment());
+        assert!(pkt.fragmented);
+        assert_eq!(pkt.protocol, proto::DESTINATION_OPTIONS);
+        assert_eq!(pkt.transport_bytes(), &[0xcc; 3]);
     }
 
     #[test]

@@ -164,18 +164,7 @@ impl MapStream {
     pub async fn next(&mut self) -> Result<MapResponse, ClientError> {
         loop {
             if let Some(body) = take_frame(&mut self.buffer)? {
-                let bytes = if self.compressed {
-                    zstd::stream::decode_all(&body[..]).map_err(|e| ClientError::Malformed {
-                        what: "zstd map message",
-                        msg: e.to_string(),
-                    })?
-                } else {
-                    body
-                };
-                return json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
-                    what: "map message",
-                    msg: e.to_string(),
-                });
+                return decode_map_message(&body, self.compressed, MAX_MESSAGE);
             }
             match self.stream.data().await {
                 Some(chunk) => {
@@ -189,8 +178,48 @@ impl MapStream {
     }
 }
 
+/// Decodes one map message body: zstd-decompressed first when compression
+/// was asked for, then JSON. Decompression stops past `limit` bytes: a few
+/// KiB of zstd can expand to gigabytes.
+pub fn decode_map_message(
+    body: &[u8],
+    compressed: bool,
+    limit: usize,
+) -> Result<MapResponse, ClientError> {
+    let inflated;
+    let bytes = if compressed {
+        inflated = inflate(body, limit)?;
+        &inflated[..]
+    } else {
+        body
+    };
+    json::from_slice(bytes).map_err(|e| ClientError::Malformed {
+        what: "map message",
+        msg: e.to_string(),
+    })
+}
+
+fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, ClientError> {
+    use std::io::Read;
+    let malformed = |msg: String| ClientError::Malformed {
+        what: "zstd map message",
+        msg,
+    };
+    let decoder = zstd::stream::read::Decoder::new(body).map_err(|e| malformed(e.to_string()))?;
+    let mut out = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    decoder
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e| malformed(e.to_string()))?;
+    if out.len() > limit {
+        return Err(malformed(format!("inflates past {limit} bytes")));
+    }
+    Ok(out)
+}
+
 /// Splits one length-prefixed message off `buffer`, if complete.
-fn take_frame(buffer: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ClientError> {
+pub fn take_frame(buffer: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ClientError> {
     if buffer.len() < 4 {
         return Ok(None);
     }
@@ -234,6 +263,27 @@ mod tests {
     fn absurd_lengths_are_refused() {
         let mut buf = u32::MAX.to_le_bytes().to_vec();
         assert!(take_frame(&mut buf).is_err());
+    }
+
+    #[test]
+    fn zstd_bombs_are_cut_off() {
+        // A decompression bomb: 64 MiB of one byte packs into a few KiB,
+        // and used to be inflated whole before parsing.
+        let bomb = zstd::stream::encode_all(&vec![b' '; 64 << 20][..], 3).unwrap();
+        assert!(bomb.len() < 64 << 10, "bomb is {} bytes", bomb.len());
+        let err = decode_map_message(&bomb, true, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("inflates past"), "{err}");
+        let packed = zstd::stream::encode_all(&br#"{"KeepAlive":true}"#[..], 3).unwrap();
+        assert!(
+            decode_map_message(&packed, true, 1 << 20)
+                .unwrap()
+                .keepalive
+        );
+        assert!(
+            decode_map_message(b"{\"KeepAlive\":true}", false, 0)
+                .unwrap()
+                .keepalive
+        );
     }
 
     #[test]

@@ -27,8 +27,14 @@ const MAX_EARLY_PAYLOAD: usize = 10 << 20;
 pub enum ConnError {
     #[error("control server {url} unreachable: {source}")]
     Unreachable { url: String, source: io::Error },
-    #[error("TLS with control server {url}: {source}")]
-    Tls { url: String, source: io::Error },
+    #[error("TLS with control server {url}: {reason}")]
+    Tls {
+        url: String,
+        /// The cause in words (an unknown CA, a wrong name, ...).
+        reason: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("control server {url}: {msg}")]
     Protocol { url: String, msg: String },
     #[error("control server {url}: {source}")]
@@ -44,6 +50,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub struct Endpoint {
     pub url: Url,
     pub tls: Arc<rustls::ClientConfig>,
+    /// The extra CA bundle `tls` trusts, named in certificate errors.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Endpoint {
@@ -102,6 +110,11 @@ impl Endpoint {
             .await
             .map_err(|source| ConnError::Tls {
                 url: self.url.to_string(),
+                reason: super::tls::explain_handshake_error(
+                    &source,
+                    &self.host(),
+                    self.ca_file.as_deref(),
+                ),
                 source,
             })?;
         Ok(Box::new(tls))
@@ -235,7 +248,8 @@ impl Endpoint {
     }
 }
 
-fn dechunk(body: &[u8]) -> Option<Vec<u8>> {
+/// Joins a `Transfer-Encoding: chunked` body; `None` when it is malformed.
+pub fn dechunk(body: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     let mut rest = body;
     loop {

@@ -9,22 +9,24 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use url::Url;
 
 use super::client::{ClientError, ControlConn};
 use super::conn::Endpoint;
-use super::keys::{DiscoPublic, MachinePublic, NodePublic, PrivateKey};
+use super::identity::{IdentityKeys, KeyStore};
+use super::keys::{DiscoPublic, MachinePublic};
 use super::netmap::{Interner, NetMap, SelfNode};
+use super::rotation::{self, KeyState, Reason, RotationPolicy, Rotator, Verdict};
 use super::tailcfg::{
-    AuthInfo, Hostinfo, MapRequest, NetInfo, RegisterRequest, CAPABILITY_VERSION, ENDPOINT_LOCAL,
-    LOGOUT_EXPIRY, ZERO_TIME,
+    AuthInfo, Hostinfo, MapRequest, NetInfo, RegisterRequest, RegisterResponse, CAPABILITY_VERSION,
+    ENDPOINT_LOCAL, LOGOUT_EXPIRY, ZERO_TIME,
 };
+use super::tls::{self, TlsSetupError};
 
 /// The Go client gives up on a silent map poll after two minutes; servers
 /// send keep-alives well within that.
@@ -36,8 +38,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(60);
 pub enum ControlError {
     #[error("invalid control URL {url:?}: {reason}")]
     Config { url: String, reason: String },
-    #[error("cannot read CA bundle {path}: {reason}")]
-    CaBundle { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     #[error("{0}")]
     Client(#[from] ClientError),
     #[error("control server refused registration: {0}")]
@@ -57,52 +59,27 @@ pub trait AuthKeySource: Send + Sync + 'static {
     async fn auth_key(&self) -> Result<String, String>;
 }
 
-/// One identity's keys: persisted by the daemon (0600), never logged.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct IdentityKeys {
-    pub machine: PrivateKey,
-    pub node: PrivateKey,
-    pub disco: PrivateKey,
-}
-
-impl std::fmt::Debug for IdentityKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentityKeys")
-            .field("node", &self.node_public())
-            .finish_non_exhaustive()
-    }
-}
-
-impl IdentityKeys {
-    /// Fresh keys: pods never share a machine key.
-    pub fn generate() -> Self {
-        Self {
-            machine: PrivateKey::generate(),
-            node: PrivateKey::generate(),
-            disco: PrivateKey::generate(),
-        }
-    }
-
-    pub fn node_public(&self) -> NodePublic {
-        NodePublic(self.node.public())
-    }
-
-    pub fn node_private_bytes(&self) -> [u8; 32] {
-        self.node.to_bytes()
-    }
-
-    pub fn disco_private_bytes(&self) -> [u8; 32] {
-        self.disco.to_bytes()
-    }
-}
-
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IdentityOptions {
     pub hostname: String,
     pub tags: Vec<String>,
     /// The node key is already known to the server (a restart): try to
     /// register without minting a key first.
     pub registered: bool,
+    /// Where rotated keys are saved before the server sees them; without
+    /// one a rotated key lives only in memory.
+    pub key_store: Option<Arc<dyn KeyStore>>,
+}
+
+impl std::fmt::Debug for IdentityOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityOptions")
+            .field("hostname", &self.hostname)
+            .field("tags", &self.tags)
+            .field("registered", &self.registered)
+            .field("key_store", &self.key_store.is_some())
+            .finish()
+    }
 }
 
 impl IdentityOptions {
@@ -111,11 +88,18 @@ impl IdentityOptions {
             hostname: hostname.to_string(),
             tags,
             registered: false,
+            key_store: None,
         }
     }
 
     pub fn resumed(mut self) -> Self {
         self.registered = true;
+        self
+    }
+
+    /// Saves rotated keys through `store` (atomically, before use).
+    pub fn key_store(mut self, store: Arc<dyn KeyStore>) -> Self {
+        self.key_store = Some(store);
         self
     }
 }
@@ -154,6 +138,7 @@ impl SessionState {
 pub struct ControlConfig {
     url: Url,
     ca_file: Option<PathBuf>,
+    rotation: RotationPolicy,
 }
 
 impl ControlConfig {
@@ -171,51 +156,15 @@ impl ControlConfig {
         Ok(Self {
             url: parsed,
             ca_file,
+            rotation: RotationPolicy::default(),
         })
     }
-}
 
-fn tls_config(ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, ControlError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
+    /// When node keys are renewed ahead of their expiry.
+    pub fn with_rotation(mut self, rotation: RotationPolicy) -> Self {
+        self.rotation = rotation;
+        self
     }
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| ControlError::CaBundle {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut reader = &pem[..];
-        let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut reader) {
-            let cert = cert.map_err(|e| ControlError::CaBundle {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            roots.add(cert).map_err(|e| ControlError::CaBundle {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(ControlError::CaBundle {
-                path: path.clone(),
-                reason: "no PEM certificates".into(),
-            });
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ControlError::Config {
-            url: String::new(),
-            reason: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// What all identities share.
@@ -228,21 +177,24 @@ struct Shared {
     endpoint: Endpoint,
     server_key: tokio::sync::Mutex<Option<MachinePublic>>,
     interner: Interner,
+    rotation: RotationPolicy,
     /// Identifies this daemon's build in Hostinfo.
     version: String,
 }
 
 impl ControlClient {
     pub fn new(config: ControlConfig) -> Result<Self, ControlError> {
-        let tls = tls_config(config.ca_file.as_ref())?;
+        let tls = tls::client_config(config.ca_file.as_deref())?;
         Ok(Self {
             inner: Arc::new(Shared {
                 endpoint: Endpoint {
                     url: config.url,
                     tls,
+                    ca_file: config.ca_file,
                 },
                 server_key: tokio::sync::Mutex::new(None),
                 interner: Interner::default(),
+                rotation: config.rotation,
                 version: format!("tailnet-cni-{}", env!("CARGO_PKG_VERSION")),
             }),
         })
@@ -269,10 +221,13 @@ impl ControlClient {
         let (netmap_tx, netmap_rx) = watch::channel(None);
         let (state_tx, state_rx) = watch::channel(SessionState::Registering);
         let (commands_tx, commands_rx) = mpsc::channel(8);
+        let (keys_tx, keys_rx) = watch::channel(keys.clone());
         let endpoints = Arc::new(Mutex::new(Reported::default()));
         let session = Session {
+            rotator: Rotator::new(self.inner.rotation),
             client: self.clone(),
             keys,
+            keys_tx,
             options,
             auth,
             netmap_tx,
@@ -284,6 +239,7 @@ impl ControlClient {
         IdentityHandle {
             netmap: netmap_rx,
             state: state_rx,
+            keys: keys_rx,
             commands: commands_tx,
             endpoints,
             task,
@@ -306,6 +262,7 @@ enum Command {
 pub struct IdentityHandle {
     netmap: watch::Receiver<Option<Arc<NetMap>>>,
     state: watch::Receiver<SessionState>,
+    keys: watch::Receiver<IdentityKeys>,
     commands: mpsc::Sender<Command>,
     endpoints: Arc<Mutex<Reported>>,
     task: tokio::task::JoinHandle<()>,
@@ -360,6 +317,12 @@ impl IdentityHandle {
 
     pub fn state_name(&self) -> &'static str {
         self.state.borrow().name()
+    }
+
+    /// The identity's keys as the server last confirmed them: changes when
+    /// the node key is rotated, so the data plane can follow.
+    pub fn keys(&self) -> watch::Receiver<IdentityKeys> {
+        self.keys.clone()
     }
 
     pub fn self_node(&self) -> Option<SelfNode> {
@@ -432,7 +395,11 @@ impl EndpointReporter {
 
 struct Session {
     client: ControlClient,
+    /// The keys in use, possibly with a rotation pending.
     keys: IdentityKeys,
+    /// The keys the server confirmed, for the data plane.
+    keys_tx: watch::Sender<IdentityKeys>,
+    rotator: Rotator,
     options: IdentityOptions,
     auth: Arc<dyn AuthKeySource>,
     netmap_tx: watch::Sender<Option<Arc<NetMap>>>,
@@ -443,6 +410,12 @@ struct Session {
 
 enum Exit {
     LoggedOut,
+}
+
+/// Why a map poll ended without an error.
+enum Polled {
+    LoggedOut,
+    Rotate(Reason),
 }
 
 /// Why one connection's session ended.
@@ -457,6 +430,65 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         Failure::Transient(e.to_string())
     }
+}
+
+/// The server's answer to one registration.
+#[derive(Debug)]
+enum Answer {
+    Response(RegisterResponse),
+    /// HTTP 401/403: rscale answers a bad or expired auth key, or a node key
+    /// it does not know, this way rather than with `RegisterResponse.Error`.
+    Denied {
+        status: u16,
+        body: String,
+    },
+}
+
+/// What a registration does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Accepted,
+    /// Present a new node key (`OldNodeKey` = the current one).
+    NewNodeKey,
+    /// Register again with a fresh auth key.
+    SendAuthKey,
+    Refused(String),
+}
+
+/// The registration protocol's decisions, as Go's client makes them:
+/// `sent_key` says whether this attempt carried an auth key, `regenerated`
+/// whether a new node key was already tried.
+fn next_step(answer: Answer, sent_key: bool, regenerated: bool) -> Step {
+    let response = match answer {
+        Answer::Denied { status, body } if sent_key => {
+            return Step::Refused(format!("HTTP {status}: {body}"))
+        }
+        Answer::Denied { .. } => return Step::SendAuthKey,
+        Answer::Response(response) => response,
+    };
+    if response.error.is_empty() && response.nodekeyexpired {
+        // The key presented is expired: present a new one, once; a new key
+        // reported expired too means the server will take none.
+        return if regenerated {
+            Step::Refused("the control server reports even a new node key as expired".into())
+        } else {
+            Step::NewNodeKey
+        };
+    }
+    if response.error.is_empty() && response.machineauthorized && response.authurl.is_empty() {
+        return Step::Accepted;
+    }
+    if !sent_key {
+        // The server does not know (or no longer trusts) this node key.
+        return Step::SendAuthKey;
+    }
+    Step::Refused(if !response.error.is_empty() {
+        response.error
+    } else if !response.authurl.is_empty() {
+        "the auth key was not accepted (server asks for interactive login)".into()
+    } else {
+        "machine not authorized".into()
+    })
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -512,7 +544,7 @@ impl Session {
         RegisterRequest {
             version: CAPABILITY_VERSION,
             node_key: self.keys.node_public().to_string(),
-            old_node_key: NodePublic([0; 32]).to_string(),
+            old_node_key: self.keys.old_node_public().to_string(),
             auth: auth_key.map(|auth_key| AuthInfo { auth_key }),
             expiry: expiry.into(),
             followup: String::new(),
@@ -583,77 +615,104 @@ impl Session {
         Ok(ControlConn::handshake(endpoint, stream).await?)
     }
 
+    async fn mint(&self) -> Result<String, Failure> {
+        self.auth
+            .auth_key()
+            .await
+            .map_err(|e| Failure::Refused(format!("minting an auth key: {e}")))
+    }
+
+    /// `RegisterRequest.Expiry` for a normal registration.
+    fn expiry(&self) -> String {
+        match self.rotator.requested_expiry(SystemTime::now()) {
+            Some(at) => rotation::format_time(at),
+            None => ZERO_TIME.to_string(),
+        }
+    }
+
+    /// Phase one of a rotation: the new key is on disk before any server
+    /// sees it.
+    fn begin_rotation(&mut self, reason: &Reason) -> Result<(), Failure> {
+        let Some(rotated) = self.keys.begin_rotation() else {
+            return Err(Failure::Refused(format!(
+                "{reason} while a key rotation is still unconfirmed"
+            )));
+        };
+        if let Some(store) = &self.options.key_store {
+            store
+                .save(&rotated)
+                .map_err(|e| Failure::Transient(format!("saving the rotated node key: {e}")))?;
+        }
+        info!(
+            hostname = %self.options.hostname,
+            %reason,
+            old = ?self.keys.node_public(),
+            new = ?rotated.node_public(),
+            "rotating the node key"
+        );
+        self.keys = rotated;
+        Ok(())
+    }
+
+    /// The server accepted `self.keys.node`: forget the old key and hand
+    /// the new one to the data plane.
+    fn confirm_keys(&mut self) {
+        self.rotator.registered(SystemTime::now());
+        if self.keys.finish_rotation() {
+            info!(hostname = %self.options.hostname, node = ?self.keys.node_public(), "node key rotated");
+            if let Some(store) = &self.options.key_store {
+                // Not fatal: a file that still names the old key makes the
+                // next start send it as OldNodeKey, which servers accept.
+                if let Err(error) = store.save(&self.keys) {
+                    warn!(hostname = %self.options.hostname, %error, "could not drop the old node key from disk");
+                }
+            }
+        }
+        let stale = {
+            let published = self.keys_tx.borrow();
+            published.node_public() != self.keys.node_public() || published.old_node.is_some()
+        };
+        if stale {
+            self.keys_tx.send_replace(self.keys.clone());
+        }
+    }
+
     async fn register(&mut self, conn: &mut ControlConn) -> Result<(), Failure> {
         let mut sent_key = false;
         let mut auth_key = None;
+        let mut regenerated = false;
         if !self.options.registered {
-            auth_key = Some(
-                self.auth
-                    .auth_key()
-                    .await
-                    .map_err(|e| Failure::Refused(format!("minting an auth key: {e}")))?,
-            );
+            auth_key = Some(self.mint().await?);
             sent_key = true;
         }
         loop {
-            let response =
-                match conn
-                    .register(&self.register_request(auth_key.take(), ZERO_TIME))
-                    .await
-                {
-                    Ok(response) => response,
-                    // rscale answers a bad or expired key with 401/403 rather
-                    // than a RegisterResponse.Error.
-                    Err(ClientError::Status {
-                        status: 401 | 403,
-                        body,
-                        ..
-                    }) if sent_key => {
-                        return Err(Failure::Refused(body));
-                    }
-                    Err(ClientError::Status {
-                        status: 401 | 403, ..
-                    }) => {
-                        auth_key =
-                            Some(self.auth.auth_key().await.map_err(|e| {
-                                Failure::Refused(format!("minting an auth key: {e}"))
-                            })?);
-                        sent_key = true;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-            let authorized = response.error.is_empty()
-                && response.machineauthorized
-                && response.authurl.is_empty()
-                && !response.nodekeyexpired;
-            if authorized {
-                self.options.registered = true;
-                return Ok(());
-            }
-            if !sent_key {
-                // The server does not know (or no longer trusts) this node
-                // key: register again with a fresh auth key.
-                debug!(hostname = %self.options.hostname, "server wants an auth key");
-                auth_key = Some(
-                    self.auth
-                        .auth_key()
-                        .await
-                        .map_err(|e| Failure::Refused(format!("minting an auth key: {e}")))?,
-                );
-                sent_key = true;
-                continue;
-            }
-            let reason = if !response.error.is_empty() {
-                response.error
-            } else if response.nodekeyexpired {
-                "node key expired".into()
-            } else if !response.authurl.is_empty() {
-                "the auth key was not accepted (server asks for interactive login)".into()
-            } else {
-                "machine not authorized".into()
+            let request = self.register_request(auth_key.take(), &self.expiry());
+            let answer = match conn.register(&request).await {
+                Ok(response) => Answer::Response(response),
+                Err(ClientError::Status {
+                    status: status @ (401 | 403),
+                    body,
+                    ..
+                }) => Answer::Denied { status, body },
+                Err(e) => return Err(e.into()),
             };
-            return Err(Failure::Refused(reason));
+            match next_step(answer, sent_key, regenerated) {
+                Step::Accepted => {
+                    self.options.registered = true;
+                    self.confirm_keys();
+                    return Ok(());
+                }
+                Step::NewNodeKey => {
+                    self.begin_rotation(&Reason::ServerSaysExpired)?;
+                    regenerated = true;
+                }
+                Step::SendAuthKey => {
+                    debug!(hostname = %self.options.hostname, "server wants an auth key");
+                    auth_key = Some(self.mint().await?);
+                    sent_key = true;
+                }
+                Step::Refused(reason) => return Err(Failure::Refused(reason)),
+            }
         }
     }
 
@@ -663,10 +722,51 @@ impl Session {
         attempt: &mut u32,
     ) -> Result<Exit, Failure> {
         let mut conn = self.open().await?;
-        self.register(&mut conn).await?;
+        loop {
+            self.register(&mut conn).await?;
+            match self.poll(&mut conn, commands, attempt).await? {
+                Polled::LoggedOut => return Ok(Exit::LoggedOut),
+                // Same connection: it is bound to the machine key, which
+                // a rotation keeps.
+                Polled::Rotate(reason) => self.begin_rotation(&reason)?,
+            }
+        }
+    }
+
+    /// What the rotation policy says about the self node of `netmap`.
+    fn assess(&self, netmap: &NetMap) -> Verdict {
+        match &netmap.self_node {
+            Some(node) => self.rotator.assess(
+                &KeyState {
+                    key: &node.key,
+                    expired: node.expired,
+                    key_expiry: &node.keyexpiry,
+                },
+                &self.keys.node_public().to_string(),
+                SystemTime::now(),
+            ),
+            None => Verdict::Keep { recheck_in: None },
+        }
+    }
+
+    async fn poll(
+        &mut self,
+        conn: &mut ControlConn,
+        commands: &mut mpsc::Receiver<Command>,
+        attempt: &mut u32,
+    ) -> Result<Polled, Failure> {
         let mut stream = conn.map_stream(&self.map_request(true)).await?;
         let mut netmap = NetMap::default();
+        // When the key enters its renewal window, if it has an expiry.
+        let mut renew_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
+            let renew_due = async {
+                match renew_timer.as_mut() {
+                    Some(timer) => timer.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut check_key = false;
             tokio::select! {
                 message = tokio::time::timeout(WATCHDOG, stream.next()) => {
                     let message = message
@@ -686,7 +786,9 @@ impl Session {
                     if *self.state_tx.borrow() != SessionState::Connected {
                         let _ = self.state_tx.send(SessionState::Connected);
                     }
+                    check_key = change.self_node;
                 }
+                () = renew_due => check_key = true,
                 command = commands.recv() => match command {
                     None => return Err(Failure::Transient("handle dropped".into())),
                     Some(Command::EndpointsChanged) => {
@@ -701,9 +803,24 @@ impl Session {
                             .map(|_| ())
                             .map_err(ControlError::from);
                         let _ = reply.send(result);
-                        return Ok(Exit::LoggedOut);
+                        return Ok(Polled::LoggedOut);
                     }
                 },
+            }
+            if !check_key {
+                continue;
+            }
+            match self.assess(&netmap) {
+                Verdict::Keep { recheck_in } => {
+                    renew_timer = recheck_in.map(|wait| Box::pin(tokio::time::sleep(wait)));
+                }
+                Verdict::Rotate(reason) => {
+                    if let Some(node) = &netmap.self_node {
+                        self.rotator.rotating(node.expired, &node.keyexpiry);
+                    }
+                    return Ok(Polled::Rotate(reason));
+                }
+                Verdict::Stuck(error) => return Err(Failure::Refused(error)),
             }
         }
     }
@@ -737,15 +854,55 @@ mod tests {
         assert!(late.windows(2).any(|w| w[0] != w[1]), "no jitter");
     }
 
+    fn response(json: &str) -> Answer {
+        Answer::Response(crate::control::json::from_slice(json.as_bytes()).unwrap())
+    }
+
     #[test]
-    fn keys_debug_shows_only_the_public_node_key() {
-        let keys = IdentityKeys::generate();
-        let shown = format!("{keys:?}");
-        assert!(shown.contains("nodekey["), "{shown}");
-        assert!(!shown.contains(&hex::encode(keys.node.to_bytes())));
-        let json = serde_json::to_string(&keys).unwrap();
-        let back: IdentityKeys = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.node_public(), keys.node_public());
+    fn registration_steps_follow_the_protocol() {
+        let ok = r#"{"MachineAuthorized": true}"#;
+        assert_eq!(next_step(response(ok), false, false), Step::Accepted);
+        assert_eq!(next_step(response(ok), true, true), Step::Accepted);
+
+        // An expired key is replaced once, with or without an auth key.
+        let expired = r#"{"NodeKeyExpired": true}"#;
+        assert_eq!(next_step(response(expired), false, false), Step::NewNodeKey);
+        assert_eq!(next_step(response(expired), true, false), Step::NewNodeKey);
+        assert!(matches!(
+            next_step(response(expired), false, true),
+            Step::Refused(r) if r.contains("even a new node key")
+        ));
+
+        // Unknown key without an auth key: send one; with one: refused.
+        let denied = || Answer::Denied {
+            status: 401,
+            body: "unauthorized: invalid or expired auth key".into(),
+        };
+        assert_eq!(next_step(denied(), false, false), Step::SendAuthKey);
+        assert_eq!(
+            next_step(denied(), true, false),
+            Step::Refused("HTTP 401: unauthorized: invalid or expired auth key".into())
+        );
+
+        // Interactive login or an unauthorized machine.
+        let url = r#"{"AuthURL": "https://login.example/a"}"#;
+        assert_eq!(next_step(response(url), false, false), Step::SendAuthKey);
+        assert!(matches!(
+            next_step(response(url), true, false),
+            Step::Refused(r) if r.contains("interactive login")
+        ));
+        let pending = r#"{"MachineAuthorized": false}"#;
+        assert!(matches!(
+            next_step(response(pending), true, false),
+            Step::Refused(r) if r.contains("not authorized")
+        ));
+
+        // The server's own error wins over everything else.
+        let error = r#"{"Error": "node limit reached", "NodeKeyExpired": true}"#;
+        assert_eq!(
+            next_step(response(error), true, false),
+            Step::Refused("node limit reached".into())
+        );
     }
 
     #[test]

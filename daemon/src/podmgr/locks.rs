@@ -34,6 +34,21 @@ impl PodLocks {
         }
     }
 
+    /// The lock if nobody holds it now; `None` while an operation on the
+    /// container is in progress (background reconcile skips such pods).
+    pub fn try_lock(&self, container_id: &str) -> Option<PodGuard> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            slots
+                .entry(container_id.to_string())
+                .or_insert_with(|| Arc::new(AsyncMutex::new(())))
+                .clone()
+        };
+        slot.try_lock_owned()
+            .ok()
+            .map(|guard| PodGuard { _guard: guard })
+    }
+
     /// Drops entries nobody holds or waits for, so the map does not grow with
     /// every container the node ever ran.
     pub fn prune(&self) {
@@ -87,6 +102,16 @@ mod tests {
             .await
             .expect("waiter finishes once the first guard is dropped")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn try_lock_fails_only_while_held() {
+        let locks = PodLocks::default();
+        let held = locks.lock("a").await;
+        assert!(locks.try_lock("a").is_none());
+        assert!(locks.try_lock("b").is_some());
+        drop(held);
+        assert!(locks.try_lock("a").is_some());
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::control::{
     AuthKeySource, ControlClient, ControlConfig, IdentityHandle, IdentityKeys, IdentityOptions,
+    SessionState,
 };
 use tailnet_auth::{AuthBackend, KeyRequest, NodeRef};
 use tailnet_cni_proto::cni_code;
@@ -30,9 +31,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use super::faults;
 use super::hostname::pod_hostname;
 use super::locks::PodLocks;
-use super::naming::{validate_container_id, validate_if_name};
+use super::naming::{host_veth_name, tun_name, validate_container_id, validate_if_name};
 use super::plumbing::{Plumber, PodNet, PodNetSpec};
 use super::state::{write_private_atomic, PodPhase, PodRecord, StateStore};
 use super::tables::TableAllocator;
@@ -41,16 +43,38 @@ use crate::config::Config;
 use crate::metrics::{CniCommand, Metrics, PodLabels, PodSample, Snapshot};
 use crate::rpc::{CniError, CniHandler};
 use crate::selection::{Decision, Selector};
-use crate::wg::{Engine, EngineConfig, PathKind, PodDataConfig, PodHandle};
+use crate::wg::{Engine, EngineConfig, PathKind, PodDataConfig};
 
 /// How long an ADD waits for the control server to register the pod and
 /// send its first netmap.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(45);
 
+/// How long an ADD keeps trying a control server it cannot reach before it
+/// answers "try again later" (CNI code 11): the runtime retries the pod,
+/// which is cheaper than holding its sandbox for the full registration
+/// timeout.
+const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
+
+/// Why pod state is being released: DEL has crash points of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    Del,
+    Other,
+}
+
+/// What one reconcile pass (periodic, or CNI GC) released.
+#[derive(Debug, Default)]
+pub struct ReconcileReport {
+    /// Pods whose records were released.
+    pub released: Vec<String>,
+    /// Host links no record owns that were deleted.
+    pub removed_links: Vec<String>,
+}
+
 /// A pod the daemon is serving right now.
 struct LivePod {
     identity: IdentityHandle,
-    data: PodHandle,
+    data: super::rekey::PodData,
     sync: JoinHandle<()>,
 }
 
@@ -73,6 +97,9 @@ pub struct PodManager {
     tables: TableAllocator,
     locks: PodLocks,
     registrations: Semaphore,
+    /// Plumbing setups hold it shared, the sweep of unowned links holds it
+    /// exclusively: a link being created is never judged stale.
+    sweep_gate: tokio::sync::RwLock<()>,
     live: Mutex<HashMap<String, LivePod>>,
     views: RwLock<BTreeMap<String, PodView>>,
     readiness: RwLock<Result<(), String>>,
@@ -106,13 +133,18 @@ impl PodManager {
                 .filter_map(|r| r.pod_net.as_ref().map(|n| n.table)),
         );
         let auth = Arc::new(AuthBackend::from_config(&config.auth)?);
-        let control = ControlClient::new(ControlConfig::new(
-            &config.control_url,
-            config.ca_file.clone(),
-        )?)?;
+        let control = ControlClient::new(
+            ControlConfig::new(&config.control_url, config.ca_file.clone())?.with_rotation(
+                crate::control::RotationPolicy {
+                    renew_fraction: config.key_renew_fraction,
+                    ..Default::default()
+                },
+            ),
+        )?;
         let selector = Selector::new(config.selection, config.allowed_tags.clone()).await;
         let manager = Arc::new(Self {
             registrations: Semaphore::new(config.max_parallel_adds),
+            sweep_gate: tokio::sync::RwLock::new(()),
             plumber: Plumber::new()?,
             engine: Engine::new(EngineConfig::default()),
             store,
@@ -205,7 +237,7 @@ impl PodManager {
         // is what a failed or interrupted earlier attempt left: clear it.
         if let Ok(Some(stale)) = self.store.load(&pod.container_id) {
             warn!("clearing state of an earlier attempt for this container");
-            self.release(stale).await;
+            self.release(stale, Release::Other).await;
         }
 
         let hostname = hostname.unwrap_or_else(|| {
@@ -239,13 +271,14 @@ impl PodManager {
             created_at: now_secs(),
         };
         self.save(&record)?;
+        faults::point("add:pending-saved");
 
         match self.bring_up(&mut record, tags, mtu).await {
             Ok(response) => Ok(response),
             Err(error) => {
                 warn!(%error, "ADD failed; undoing what it did");
                 self.metrics.registrations_failed.inc();
-                self.release(record).await;
+                self.release(record, Release::Other).await;
                 Err(error)
             }
         }
@@ -268,6 +301,7 @@ impl PodManager {
         self.write_identity(&identity_path, &keys)?;
         record.identity_file = Some(identity_path.clone());
         self.save(record)?;
+        faults::point("add:keys-saved");
 
         // 2. Registration and the first netmap.
         let identity = {
@@ -283,22 +317,16 @@ impl PodManager {
             };
             let identity = self.control.spawn_identity(
                 keys.clone(),
-                IdentityOptions::new(&record.hostname, tags),
+                IdentityOptions::new(&record.hostname, tags)
+                    .key_store(Arc::new(super::rekey::IdentityFile(identity_path.clone()))),
                 Arc::new(MintKey {
                     auth: self.auth.clone(),
                     request,
                 }),
             );
-            match identity.wait_ready(REGISTER_TIMEOUT).await {
-                Ok(_) => identity,
-                Err(e) => {
-                    let error = CniError::new(
-                        cni_code::CONTROL_FAILURE,
-                        format!(
-                            "registering {} with the control server: {e}",
-                            record.hostname
-                        ),
-                    );
+            match wait_registered(&identity, &record.hostname).await {
+                Ok(()) => identity,
+                Err(error) => {
                     // Pass on the node identity so release() can remove it.
                     if let Some(node) = identity.self_node() {
                         record.node_id = Some(node.id);
@@ -328,6 +356,7 @@ impl PodManager {
             identity.shutdown();
             return Err(e);
         }
+        faults::point("add:registered");
         if record.ipv4.is_none() && record.ipv6.is_none() {
             identity.shutdown();
             return Err(CniError::new(
@@ -353,6 +382,7 @@ impl PodManager {
                 return Err(e);
             }
         };
+        faults::point("add:attached");
         record.state = PodPhase::Running;
         if let Err(e) = self.save(record) {
             sync.abort();
@@ -360,6 +390,7 @@ impl PodManager {
             identity.shutdown();
             return Err(e);
         }
+        faults::point("add:running-saved");
         lock(&self.live).insert(
             record.container_id.clone(),
             LivePod {
@@ -396,11 +427,13 @@ impl PodManager {
             .allocate()
             .map_err(|e| CniError::new(cni_code::PLUMBING_FAILURE, e.to_string()))?;
         let spec = spec_of(record, mtu);
+        let _gate = self.sweep_gate.read().await;
         match self.plumber.setup(&spec, table).await {
             Ok(pod_net) => {
                 record.pod_net = Some(pod_net.clone());
                 record.state = PodPhase::Plumbed;
                 self.save(record)?;
+                faults::point("add:plumbed");
                 Ok(pod_net)
             }
             Err(e) => {
@@ -423,7 +456,7 @@ impl PodManager {
         pod_net: &PodNet,
         keys: &IdentityKeys,
         identity: &IdentityHandle,
-    ) -> Result<(PodHandle, JoinHandle<()>), CniError> {
+    ) -> Result<(super::rekey::PodData, JoinHandle<()>), CniError> {
         let tun_fd = open_tun(&pod_net.tun_name).map_err(|e| {
             CniError::new(
                 cni_code::PLUMBING_FAILURE,
@@ -443,7 +476,7 @@ impl PodManager {
                 tun_fd,
                 node_private: keys.node_private_bytes(),
                 disco_private: keys.disco_private_bytes(),
-                addresses,
+                addresses: addresses.clone(),
             })
             .map_err(|e| {
                 CniError::new(
@@ -451,14 +484,32 @@ impl PodManager {
                     format!("starting data plane: {e}"),
                 )
             })?;
-        let sync = super::sync::run(identity.netmap(), identity.reporter(), data.clone())
-            .instrument(info_span!("netmap_sync", pod = %record.hostname));
+        // Sync plus re-attach when the session rotates the node key.
+        let (data, sync) = super::rekey::start(
+            data,
+            keys.node_public(),
+            super::rekey::Reattach {
+                engine: self.engine.clone(),
+                pod_id: record.container_id.clone(),
+                tun_name: pod_net.tun_name.clone(),
+                addresses,
+            },
+            identity.keys(),
+            identity.netmap(),
+            identity.reporter(),
+        );
+        let sync = sync.instrument(info_span!("netmap_sync", pod = %record.hostname));
         Ok((data, tokio::spawn(sync)))
     }
 
     /// Undoes everything `record` says was done, best effort, logging every
     /// failure; removes the record last so nothing is forgotten on a crash.
-    async fn release(&self, record: PodRecord) -> Vec<String> {
+    async fn release(&self, record: PodRecord, why: Release) -> Vec<String> {
+        let crash_point = |step| {
+            if why == Release::Del {
+                faults::point(step);
+            }
+        };
         let mut errors = Vec::new();
         let live = lock(&self.live).remove(&record.container_id);
         if let Some(pod) = live {
@@ -470,6 +521,7 @@ impl PodManager {
                 warn!(error = %e, "logout failed; removing the node through the API");
             }
         }
+        crash_point("del:detached");
         if let Some(pod_net) = &record.pod_net {
             let netns = (!record.netns.as_os_str().is_empty()).then_some(record.netns.as_path());
             match self.plumber.teardown(pod_net, netns).await {
@@ -482,6 +534,7 @@ impl PodManager {
                 }
             }
         }
+        crash_point("del:torn-down");
         if let Some(node_id) = record.node_id {
             let node = NodeRef {
                 node_id,
@@ -493,6 +546,7 @@ impl PodManager {
                 errors.push(format!("removing node {node_id}: {e}"));
             }
         }
+        crash_point("del:node-removed");
         if let Some(path) = &record.identity_file {
             if let Err(e) = std::fs::remove_file(path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -536,8 +590,11 @@ impl PodManager {
         };
         let mut record = record;
         record.state = PodPhase::Deleting;
-        let _ = self.store.save(&record);
-        let errors = self.release(record).await;
+        if let Err(error) = self.store.save(&record) {
+            warn!(%error, "could not record that DEL began; releasing anyway");
+        }
+        faults::point("del:deleting-saved");
+        let errors = self.release(record, Release::Del).await;
         let teardown_failed: Vec<&String> = errors
             .iter()
             .filter(|e| e.starts_with("teardown"))
@@ -624,24 +681,120 @@ impl PodManager {
             };
             info!(container_id = %current.container_id, "GC releases a pod the runtime no longer has");
             let id = current.container_id.clone();
-            let errors = self.release(current).await;
+            let errors = self.release(current, Release::Other).await;
             if errors.is_empty() {
                 released.push(id);
             }
         }
-        // Devices with no record at all (a crash between creating and
-        // recording them) go too.
-        let keep = self.owned_links();
-        let cleanup = self.plumber.remove_stale(&keep).await;
-        for link in &cleanup.removed_links {
-            info!(link, "GC removed a stale link");
-        }
+        // Devices, rules and files with no record at all (a crash between
+        // creating and recording them) go too.
+        self.sweep_unowned().await;
         self.locks.prune();
         Ok(released)
     }
 
-    fn owned_links(&self) -> HashSet<String> {
-        let mut keep = HashSet::new();
+    /// The periodic cleanup: releases pods whose network namespace is gone
+    /// (the runtime removed the pod without a DEL reaching us), retries
+    /// releases that failed half-way, and sweeps links, rules and files no
+    /// record owns. Pods with an operation in progress are left for the
+    /// next pass.
+    pub async fn reconcile(&self) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        let loaded = match self.store.load_all() {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                warn!(%error, "reconcile cannot list pod state; skipped");
+                return report;
+            }
+        };
+        for record in loaded.records {
+            let id = record.container_id.clone();
+            let Some(_guard) = self.locks.try_lock(&id) else {
+                continue;
+            };
+            let Ok(Some(current)) = self.store.load(&id) else {
+                continue;
+            };
+            let live = lock(&self.live).contains_key(&id);
+            let reason = if !current.netns.exists() {
+                "its network namespace is gone"
+            } else if current.state != PodPhase::Running && !live {
+                // No operation holds the lock, so no ADD is still building
+                // this pod: what is left is an earlier release that failed.
+                "an earlier release did not finish"
+            } else {
+                continue;
+            };
+            info!(container_id = %id, state = ?current.state, reason, "reconcile releases a pod");
+            if self
+                .release(current, Release::Other)
+                .instrument(info_span!("reconcile", container_id = %id))
+                .await
+                .is_empty()
+            {
+                report.released.push(id);
+            }
+        }
+        report.removed_links = self.sweep_unowned().await;
+        self.locks.prune();
+        report
+    }
+
+    /// Deletes host links and rules of ours that no record accounts for,
+    /// identity files without a record, and temporary files of interrupted
+    /// writes. Returns the links it removed.
+    async fn sweep_unowned(&self) -> Vec<String> {
+        // No ADD creates devices while the sweep decides what is unowned
+        // (see `plumb`).
+        let _gate = self.sweep_gate.write().await;
+        let Some(keep) = self.owned_links() else {
+            return Vec::new();
+        };
+        let cleanup = self.plumber.remove_stale(&keep).await;
+        for error in &cleanup.errors {
+            warn!(%error, "removing stale plumbing");
+        }
+        let recorded: HashSet<String> = self.store.container_ids().unwrap_or_default();
+        match self.store.identity_ids() {
+            Ok(ids) => {
+                for id in ids.into_iter().filter(|id| !recorded.contains(id)) {
+                    // An ADD holds the lock from before its keys exist until
+                    // its record names them.
+                    let Some(_guard) = self.locks.try_lock(&id) else {
+                        continue;
+                    };
+                    if matches!(self.store.load(&id), Ok(None)) {
+                        match self.store.remove_identity(&id) {
+                            Ok(()) => info!(container_id = %id, "removed keys no pod record names"),
+                            Err(error) => warn!(%error, "removing orphaned keys"),
+                        }
+                    }
+                }
+            }
+            Err(error) => warn!(%error, "listing identity files"),
+        }
+        if let Err(error) = self.store.remove_stray_temp_files() {
+            warn!(%error, "removing temporary files of interrupted writes");
+        }
+        cleanup.removed_links
+    }
+
+    /// Host links every record (readable or not) may own. `None` when the
+    /// state cannot be listed: then nothing may be judged stale.
+    fn owned_links(&self) -> Option<HashSet<String>> {
+        let ids = match self.store.container_ids() {
+            Ok(ids) => ids,
+            Err(error) => {
+                warn!(%error, "cannot list pod state; not sweeping links");
+                return None;
+            }
+        };
+        // Names follow from the container id, so a record saved before its
+        // plumbing (or one that no longer parses) still protects its links.
+        let mut keep: HashSet<String> = ids
+            .iter()
+            .flat_map(|id| [tun_name(id), host_veth_name(id)])
+            .collect();
         if let Ok(loaded) = self.store.load_all() {
             for record in loaded.records {
                 if let Some(net) = record.pod_net {
@@ -649,7 +802,35 @@ impl PodManager {
                 }
             }
         }
-        keep
+        Some(keep)
+    }
+
+    /// Runs [`reconcile`](Self::reconcile) every `period` until `stop`
+    /// resolves.
+    pub async fn reconcile_every(
+        &self,
+        period: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick fires at once; start-up recovery has just run.
+        ticks.tick().await;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = ticks.tick() => {}
+            }
+            let report = self.reconcile().await;
+            if !report.released.is_empty() || !report.removed_links.is_empty() {
+                info!(
+                    released = ?report.released,
+                    links = ?report.removed_links,
+                    "reconcile cleaned up"
+                );
+            }
+        }
     }
 
     // ---- restart recovery --------------------------------------------------
@@ -666,8 +847,7 @@ impl PodManager {
             });
         }
         futures::future::join_all(tasks).await;
-        let cleanup = self.plumber.remove_stale(&self.owned_links()).await;
-        for link in cleanup.removed_links {
+        for link in self.sweep_unowned().await {
             info!(link, "removed a link no pod owns");
         }
     }
@@ -677,7 +857,7 @@ impl PodManager {
             record.state == PodPhase::Running && record.pod_net.is_some() && record.netns.exists();
         if !resumable {
             info!(state = ?record.state, "pod did not survive the restart; cleaning up");
-            self.release(record).await;
+            self.release(record, Release::Other).await;
             return;
         }
         if let Err(reason) = self.resume(&record).await {
@@ -703,7 +883,9 @@ impl PodManager {
         let request = KeyRequest::for_hostname(record.hostname.clone());
         let identity = self.control.spawn_identity(
             keys.clone(),
-            IdentityOptions::new(&record.hostname, Vec::new()).resumed(),
+            IdentityOptions::new(&record.hostname, Vec::new())
+                .resumed()
+                .key_store(Arc::new(super::rekey::IdentityFile(identity_path.clone()))),
             Arc::new(MintKey {
                 auth: self.auth.clone(),
                 request,
@@ -723,6 +905,54 @@ impl PodManager {
         self.set_view(record, None);
         info!(hostname = %record.hostname, "pod resumed");
         Ok(())
+    }
+}
+
+/// Waits for a new identity's registration and first netmap. A control
+/// server that cannot be reached for [`UNREACHABLE_GRACE`] is "try again
+/// later" (code 11), as is running out of time while still reconnecting; a
+/// server that answers and refuses is a control failure.
+async fn wait_registered(identity: &IdentityHandle, hostname: &str) -> Result<(), CniError> {
+    let unreachable = |error: &str| {
+        CniError::new(
+            cni_code::TRY_AGAIN_LATER,
+            format!("control server unreachable while registering {hostname}: {error}"),
+        )
+    };
+    let started = Instant::now();
+    let watch_unreachable = async {
+        let mut state = identity.state();
+        loop {
+            if let SessionState::Reconnecting { error, .. } = &*state.borrow_and_update() {
+                let waited = started.elapsed();
+                if waited >= UNREACHABLE_GRACE {
+                    return unreachable(error);
+                }
+            }
+            // Wake on a state change, or when the grace period may be over.
+            if let Ok(Err(_)) =
+                tokio::time::timeout(Duration::from_millis(500), state.changed()).await
+            {
+                // The session is gone; wait_ready reports that.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    tokio::select! {
+        ready = identity.wait_ready(REGISTER_TIMEOUT) => match ready {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if matches!(identity.state().borrow().clone(), SessionState::Reconnecting { .. }) {
+                    Err(unreachable(&e.to_string()))
+                } else {
+                    Err(CniError::new(
+                        cni_code::CONTROL_FAILURE,
+                        format!("registering {hostname} with the control server: {e}"),
+                    ))
+                }
+            }
+        },
+        error = watch_unreachable => Err(error),
     }
 }
 
@@ -886,6 +1116,7 @@ impl CniHandler for PodManager {
                 if let Ok(stats) = data.stats().await {
                     status.rx_bytes = stats.rx_bytes;
                     status.tx_bytes = stats.tx_bytes;
+                    status.filtered_packets = stats.filtered_packets;
                     for peer in &stats.peers {
                         match peer.path {
                             PathKind::Direct => status.peers_direct += 1,
@@ -928,6 +1159,7 @@ fn pod_status(view: &PodView) -> PodStatus {
             .unwrap_or_default(),
         rx_bytes: 0,
         tx_bytes: 0,
+        filtered_packets: 0,
     }
 }
 
@@ -976,6 +1208,7 @@ impl Snapshot for PodManager {
                     tx_bytes: stats.tx_bytes,
                     rx_packets: stats.rx_packets,
                     tx_packets: stats.tx_packets,
+                    filtered_packets: stats.filtered_packets,
                     handshake_age_secs: stats
                         .peers
                         .iter()

@@ -1,4 +1,6 @@
 //! Pod lifecycle and state.
+pub mod faults;
+pub mod filters;
 pub mod hostname;
 pub mod locks;
 pub mod manager;
@@ -6,6 +8,7 @@ pub mod naming;
 pub mod netns;
 mod nl;
 pub mod plumbing;
+pub mod rekey;
 pub mod state;
 pub mod sync;
 pub mod sysctl;

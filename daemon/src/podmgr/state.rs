@@ -5,6 +5,7 @@
 //! mix: it is written to a temporary file in the same directory, synced,
 //! renamed over the old one, and the directory is synced.
 
+use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -229,6 +230,51 @@ impl StateStore {
         Ok(loaded)
     }
 
+    /// Container ids that have a record file, whether or not it parses.
+    pub fn container_ids(&self) -> Result<HashSet<String>, StateError> {
+        ids_in(&self.pods_dir)
+    }
+
+    /// Container ids that have an identity (key) file.
+    pub fn identity_ids(&self) -> Result<HashSet<String>, StateError> {
+        ids_in(&self.root.join(IDENTITIES_DIR))
+    }
+
+    /// Deletes a container's identity file; absent is fine.
+    pub fn remove_identity(&self, container_id: &str) -> Result<(), StateError> {
+        let path = self.identity_path(container_id)?;
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().unwrap_or(&self.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+
+    /// Deletes temporary files that writes of an earlier process left when
+    /// it died between creating and renaming them. This process's own are
+    /// kept: one of its writes may be in flight.
+    pub fn remove_stray_temp_files(&self) -> Result<usize, StateError> {
+        let mut removed = 0;
+        for dir in [self.pods_dir.clone(), self.root.join(IDENTITIES_DIR)] {
+            let entries = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(temp_file_pid) else {
+                    continue;
+                };
+                if pid == std::process::id() {
+                    continue;
+                }
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("removing", &entry.path())(e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes a container's record. Returns false if there was none.
     pub fn remove(&self, container_id: &str) -> Result<bool, StateError> {
         let path = self.record_path(container_id)?;
@@ -241,6 +287,33 @@ impl StateStore {
             Err(e) => Err(io_err("removing", &path)(e)),
         }
     }
+}
+
+/// Valid container ids of the `<id>.json` files in `dir`.
+fn ids_in(dir: &Path) -> Result<HashSet<String>, StateError> {
+    let mut ids = HashSet::new();
+    for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
+        let entry = entry.map_err(io_err("listing", dir))?;
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.strip_suffix(RECORD_SUFFIX))
+            .filter(|id| validate_container_id(id).is_ok())
+        {
+            ids.insert(id.to_string());
+        }
+    }
+    Ok(ids)
+}
+
+/// The writer's pid, if `name` is a temporary file of
+/// [`write_private_atomic`]: `.<name>.tmp.<pid>.<counter>`.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp.")?;
+    let (pid, counter) = tail.split_once('.')?;
+    counter.parse::<u64>().ok()?;
+    pid.parse().ok()
 }
 
 fn check_id(container_id: &str) -> Result<(), StateError> {
@@ -389,6 +462,53 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["abc.json".to_string()]);
+    }
+
+    #[test]
+    fn stray_temp_files_of_other_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.save(&record("a")).unwrap();
+        let pods = dir.path().join("pods");
+        let ids = dir.path().join("identities");
+        fs::write(pods.join(".a.json.tmp.1.0"), b"partial").unwrap();
+        fs::write(ids.join(".a.json.tmp.2.7"), b"partial").unwrap();
+        let own = format!(".b.json.tmp.{}.3", std::process::id());
+        fs::write(pods.join(&own), b"in flight").unwrap();
+        fs::write(ids.join("a.json"), b"{}").unwrap();
+        assert_eq!(store.remove_stray_temp_files().unwrap(), 2);
+        assert!(pods.join(&own).exists());
+        assert!(pods.join("a.json").exists());
+        assert!(!pods.join(".a.json.tmp.1.0").exists());
+        assert_eq!(
+            store.identity_ids().unwrap(),
+            HashSet::from(["a".to_string()])
+        );
+        store.remove_identity("a").unwrap();
+        store.remove_identity("a").unwrap();
+        assert!(store.identity_ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn container_ids_include_unparsable_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        store.save(&record("good")).unwrap();
+        fs::write(dir.path().join("pods/broken.json"), b"{").unwrap();
+        fs::write(dir.path().join("pods/.x.json.tmp.1.0"), b"{").unwrap();
+        let ids = store.container_ids().unwrap();
+        assert_eq!(
+            ids,
+            HashSet::from(["good".to_string(), "broken".to_string()])
+        );
+    }
+
+    #[test]
+    fn temp_file_names_are_recognised() {
+        assert_eq!(temp_file_pid(".abc.json.tmp.42.0"), Some(42));
+        assert_eq!(temp_file_pid("abc.json"), None);
+        assert_eq!(temp_file_pid(".abc.json.tmp.x.0"), None);
+        assert_eq!(temp_file_pid(".abc.json.tmp.42"), None);
     }
 
     #[test]

@@ -1,16 +1,27 @@
 //! Keeps one pod's data plane in step with its control session: netmap
-//! changes become engine peer and DERP updates, engine endpoint changes are
-//! reported to control.
+//! changes become engine peer, DERP and packet-filter updates, engine
+//! endpoint changes are reported to control.
+//!
+//! Packet filter, as Tailscale's client does it: until control sends a
+//! filter the pod accepts no unsolicited inbound traffic (deny-all is set
+//! before the pod gets any peer), and an explicit empty filter means the
+//! same. Replies to the pod's own connections always pass.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tailnet_wire::filter::CompiledRules;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::filters::FilterCache;
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
 use crate::wg::{DerpNodeConfig, DerpRegionConfig, PeerConfig, PodHandle};
+
+/// How long endpoint changes settle before they are sent to control.
+const ENDPOINT_DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// A netmap peer as the engine needs it; `None` for records it cannot use
 /// (no valid node key, expired).
@@ -66,6 +77,13 @@ fn peers_of(map: &NetMap) -> Vec<PeerConfig> {
     map.peers.values().filter_map(|n| peer_config(n)).collect()
 }
 
+/// Every rule of every named filter in the netmap, compiled (shared with
+/// other pods that got the same rules).
+pub fn filter_of(map: &NetMap, cache: &FilterCache) -> Arc<CompiledRules> {
+    let rules: Vec<_> = map.filter_rules().collect();
+    cache.compile(&rules)
+}
+
 /// Runs until the session or the data plane goes away.
 pub async fn run(
     mut netmap: watch::Receiver<Option<Arc<NetMap>>>,
@@ -75,9 +93,24 @@ pub async fn run(
     let mut endpoints = data.endpoints();
     let mut last_derp: Option<Arc<DerpMap>> = None;
     let mut last_peers: Option<Vec<PeerConfig>> = None;
+    let cache = FilterCache::global();
+    // Closed until control says otherwise.
+    let mut last_filter = cache.compile(&[]);
+    if data.set_filter(last_filter.clone()).await.is_err() {
+        return;
+    }
     loop {
         let current = netmap.borrow_and_update().clone();
         if let Some(map) = current {
+            // Before peers, so a new peer never meets a stale filter.
+            let filter = filter_of(&map, cache);
+            if !Arc::ptr_eq(&filter, &last_filter) {
+                debug!(rules = map.filter_rules().count(), "updating packet filter");
+                if data.set_filter(filter.clone()).await.is_err() {
+                    return;
+                }
+                last_filter = filter;
+            }
             if let Some(derp) = &map.derp_map {
                 if last_derp
                     .as_ref()
@@ -109,7 +142,14 @@ pub async fn run(
                 warn!("control session ended; data plane keeps its last netmap");
                 return;
             },
-            changed = endpoints.changed() => if changed.is_err() { return },
+            changed = endpoints.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Endpoint changes come in bursts (one STUN answer per server,
+                // interface changes): report the settled set once.
+                tokio::time::sleep(ENDPOINT_DEBOUNCE).await;
+            }
         }
     }
 }

@@ -13,15 +13,21 @@ use std::time::Duration;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
+use tailnet_wire::filter::{CompiledRules, ConntrackConfig, DropReason, Filter, Verdict};
+use tailnet_wire::packet::Packet as IpPacket;
+use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, trace, warn};
 
+use super::batch::{self, DatagramBatch, BATCH_SLOTS};
 use super::config::{DerpRegionConfig, EngineConfig, PeerConfig, PodDataConfig, PodEndpoints};
 use super::derp_client::{DerpInbound, DerpLink};
+use super::disco::{DiscoState, Reaction, Via};
 use super::packet_fd::PacketFd;
 use super::path::{PathState, Route};
 use super::routing::{packet_addrs, prefix_contains, AllowedIps};
+use super::stun::{self as stun_probe, StunProber};
 use super::udp;
 
 /// boringtun needs room for its header and tag, and at least 148 bytes for handshakes.
@@ -30,11 +36,22 @@ const MIN_WG_BUFFER: usize = 148;
 /// Packets drained from the device (or UDP socket) per wake-up before
 /// serving other events.
 const TUN_BATCH: usize = 64;
+/// UDP receive batches drained per wake-up before serving other events.
+const UDP_ROUNDS: usize = 2;
+/// Timer ticks without traffic after which a pod frees its batch buffers,
+/// so idle pods do not pay for them.
+const BATCH_IDLE_TICKS: u8 = 4;
 /// How often a pod publishes the snapshot behind [`PodHandle::stats_now`].
 pub const STATS_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often expired flows are swept from a pod's connection-tracking table
+/// (lookups ignore expired flows anyway; this only reclaims memory).
+const FILTER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a pod re-reads the host's interface addresses for its
+/// local endpoint candidates.
+const LOCAL_ENDPOINTS_REFRESH: Duration = Duration::from_secs(20);
 /// WireGuard message types 1-4 with three zero bytes: anything else from a
-/// relay (disco, for now) is not for boringtun.
-fn looks_like_wireguard(packet: &[u8]) -> bool {
+/// relay (disco) is not for boringtun.
+pub fn looks_like_wireguard(packet: &[u8]) -> bool {
     packet.len() >= 4 && (1..=4).contains(&packet[0]) && packet[1..4] == [0, 0, 0]
 }
 
@@ -52,10 +69,10 @@ pub enum EngineError {
     Detached(String),
 }
 
-/// How packets to a peer currently travel.
+/// How the next packet to a peer travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathKind {
-    /// No packet sent yet.
+    /// No packet sent yet and no direct path validated.
     None,
     /// Relayed through DERP (see [`PeerStats::derp_region`]).
     Derp,
@@ -69,7 +86,7 @@ pub struct PeerStats {
     pub path: PathKind,
     /// Region of the last relayed send.
     pub derp_region: Option<u16>,
-    /// Endpoint of the last direct send.
+    /// The validated direct endpoint, while the path is [`PathKind::Direct`].
     pub direct_endpoint: Option<SocketAddr>,
     /// Time since the last completed handshake, if any.
     pub last_handshake: Option<Duration>,
@@ -85,6 +102,9 @@ pub struct PodStats {
     pub tx_packets: u64,
     /// Packets dropped: spoofed source, no route, full queue, bad inner source.
     pub dropped_packets: u64,
+    /// Inbound packets the tailnet packet filter refused (no rule accepts
+    /// them and they answer no flow the pod opened); not in `dropped_packets`.
+    pub filtered_packets: u64,
     pub peers: Vec<PeerStats>,
 }
 
@@ -124,7 +144,7 @@ impl Engine {
             pod_id,
             tun_fd,
             node_private,
-            disco_private: _,
+            disco_private,
             addresses,
         } = pod;
         {
@@ -156,8 +176,9 @@ impl Engine {
             .as_ref()
             .and_then(|s| s.local_addr().ok())
             .map(|a| a.port());
+        let local_endpoints = udp_port.map(udp::local_endpoints).unwrap_or_default();
         let _ = endpoints_tx.send(PodEndpoints {
-            endpoints: udp_port.map(udp::local_endpoints).unwrap_or_default(),
+            endpoints: local_endpoints.clone(),
             preferred_derp: None,
             udp_port,
         });
@@ -167,11 +188,18 @@ impl Engine {
             node_public: x25519::PublicKey::from(&secret),
             node_secret: secret,
             udp: udp.clone(),
+            udp_port,
+            local_endpoints,
+            local_endpoints_at: Instant::now(),
+            disco: DiscoState::new(disco_private),
+            stun: StunProber::default(),
             index_to_peer: HashMap::new(),
             addresses,
             peers: HashMap::new(),
             routes: AllowedIps::default(),
             derp_map: Arc::new(Vec::new()),
+            filter: None,
+            last_filter_sweep: Instant::now(),
             home_region: None,
             links: HashMap::new(),
             inbound_tx,
@@ -180,6 +208,9 @@ impl Engine {
             last_stats_publish: None,
             stats: PodStats::default(),
             engine: self.inner.clone(),
+            tx_batch: None,
+            rx_batch: None,
+            batch_idle_ticks: 0,
             out_buf: vec![
                 0u8;
                 (self.inner.config.max_packet_size + WG_OVERHEAD).max(MIN_WG_BUFFER)
@@ -212,6 +243,7 @@ impl Engine {
 enum Command {
     SetPeers(Vec<PeerConfig>),
     SetDerpMap(Arc<Vec<DerpRegionConfig>>),
+    SetFilter(Arc<CompiledRules>),
     Stats(oneshot::Sender<PodStats>),
     Detach(oneshot::Sender<()>),
 }
@@ -245,6 +277,14 @@ impl PodHandle {
 
     pub async fn set_derp_map(&self, map: Arc<Vec<DerpRegionConfig>>) -> Result<(), EngineError> {
         self.send(Command::SetDerpMap(map)).await
+    }
+
+    /// Enforce these packet-filter rules on traffic from peers. Until the
+    /// first call nothing is filtered (the daemon sets a deny-all filter
+    /// before a pod has peers); later calls swap the rules and keep tracked
+    /// flows, so replies to the pod's own connections keep flowing.
+    pub async fn set_filter(&self, rules: Arc<CompiledRules>) -> Result<(), EngineError> {
+        self.send(Command::SetFilter(rules)).await
     }
 
     pub async fn stats(&self) -> Result<PodStats, EngineError> {
@@ -283,9 +323,9 @@ struct PeerSession {
     paths: PathState,
     /// Receiver index of `tunn`, for demultiplexing direct datagrams.
     local_index: Option<u32>,
+    /// Path of the last send (`None` until the first).
     path: PathKind,
     derp_region: Option<u16>,
-    direct_endpoint: Option<SocketAddr>,
     tx_bytes: u64,
     rx_bytes: u64,
 }
@@ -303,12 +343,23 @@ struct PodState {
     node_secret: x25519::StaticSecret,
     node_public: x25519::PublicKey,
     udp: Option<Arc<tokio::net::UdpSocket>>,
+    udp_port: Option<u16>,
+    /// Candidates from the host's interfaces (STUN adds the reflexive ones).
+    local_endpoints: Vec<SocketAddr>,
+    local_endpoints_at: Instant,
+    /// Disco keys of the pod and its peers.
+    disco: DiscoState,
+    /// Reflexive-address discovery on the pod's socket.
+    stun: StunProber,
     /// Receiver index (as given to `Tunn::new`) → peer.
     index_to_peer: HashMap<u32, [u8; 32]>,
     addresses: Vec<IpAddr>,
     peers: HashMap<[u8; 32], PeerSession>,
     routes: AllowedIps<[u8; 32]>,
     derp_map: Arc<Vec<DerpRegionConfig>>,
+    /// The tailnet packet filter; `None` until one is set.
+    filter: Option<Filter>,
+    last_filter_sweep: Instant,
     home_region: Option<u16>,
     links: HashMap<u16, LinkEntry>,
     inbound_tx: mpsc::Sender<DerpInbound>,
@@ -317,8 +368,22 @@ struct PodState {
     last_stats_publish: Option<Instant>,
     stats: PodStats,
     engine: Arc<EngineInner>,
+    /// Encrypted datagrams for direct paths, sent together after the
+    /// device is drained; allocated while the pod is busy.
+    tx_batch: Option<Box<OutBatch>>,
+    /// Datagrams from the UDP socket; allocated while the pod is busy.
+    rx_batch: Option<Box<DatagramBatch>>,
+    /// Timer ticks since a batch was last used.
+    batch_idle_ticks: u8,
     /// Reused for every encapsulation/decapsulation.
     out_buf: Vec<u8>,
+}
+
+/// Encrypted datagrams waiting for one `sendmmsg`, with the peer each is
+/// for (a datagram the kernel refuses falls back to that peer's relay).
+struct OutBatch {
+    datagrams: DatagramBatch,
+    peers: Vec<[u8; 32]>,
 }
 
 async fn run_pod(
@@ -332,7 +397,6 @@ async fn run_pod(
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Sized to the device MTU, not 64 KiB: per-pod memory matters.
     let mut tun_buf = vec![0u8; state.engine.config.max_packet_size];
-    let mut udp_buf = vec![0u8; state.engine.config.max_packet_size + WG_OVERHEAD + 64];
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -360,6 +424,7 @@ async fn run_pod(
                                 Err(_) => break,
                             }
                         }
+                        state.flush_tx();
                     }
                     Err(e) => {
                         warn!(pod = %state.pod_id, error = %e, "packet device failed; detaching");
@@ -367,22 +432,10 @@ async fn run_pod(
                     }
                 }
             }
-            received = recv_udp(udp.as_deref(), &mut udp_buf) => match received {
-                Ok((n, from)) => {
-                    state.handle_udp(&device, &udp_buf[..n], udp::canonical(from)).await;
-                    // Drain the socket in a bounded batch, as for the device.
-                    if let Some(sock) = udp.as_deref() {
-                        for _ in 1..TUN_BATCH {
-                            match sock.try_recv_from(&mut udp_buf) {
-                                Ok((n, from)) => {
-                                    state.handle_udp(&device, &udp_buf[..n], udp::canonical(from)).await
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                }
-                Err(e) => debug!(pod = %state.pod_id, error = %e, "UDP receive failed"),
+            ready = udp_readable(udp.as_deref()) => match (ready, udp.as_deref()) {
+                (Ok(()), Some(sock)) => state.drain_udp(&device, sock).await,
+                (Ok(()), None) => {}
+                (Err(e), _) => debug!(pod = %state.pod_id, error = %e, "UDP socket failed"),
             },
             _ = timer.tick() => state.on_timer(),
         }
@@ -390,23 +443,22 @@ async fn run_pod(
     info!(pod = %state.pod_id, "pod detached from data plane");
 }
 
-async fn recv_udp(
-    sock: Option<&tokio::net::UdpSocket>,
-    buf: &mut [u8],
-) -> io::Result<(usize, SocketAddr)> {
+/// Wait until the pod's socket has datagrams (forever without a socket).
+/// Only readiness is awaited: the buffers are taken after the wake-up, so
+/// an idle pod holds none.
+async fn udp_readable(sock: Option<&tokio::net::UdpSocket>) -> io::Result<()> {
     match sock {
-        Some(sock) => sock.recv_from(buf).await,
+        Some(sock) => sock.readable().await,
         None => std::future::pending().await,
     }
 }
-
-const DISCO_MAGIC: &[u8] = "TS\u{1F4AC}".as_bytes();
 
 impl PodState {
     fn handle_command(&mut self, cmd: Command) {
         match cmd {
             Command::SetPeers(peers) => self.set_peers(peers),
             Command::SetDerpMap(map) => self.set_derp_map(map),
+            Command::SetFilter(rules) => self.set_filter(rules),
             Command::Stats(reply) => {
                 let _ = reply.send(self.snapshot_stats());
             }
@@ -438,7 +490,6 @@ impl PodState {
                     last_derp_region: None,
                     path: PathKind::None,
                     derp_region: None,
-                    direct_endpoint: None,
                     tx_bytes: 0,
                     rx_bytes: 0,
                 },
@@ -452,6 +503,11 @@ impl PodState {
             }
         }
         self.peers = next;
+        self.disco.set_peers(
+            self.peers
+                .values()
+                .filter_map(|p| p.config.disco_key.as_ref().map(|d| (p.config.node_key, d))),
+        );
         self.routes = AllowedIps::from_entries(self.peers.values().flat_map(|p| {
             p.config
                 .allowed_ips
@@ -459,6 +515,20 @@ impl PodState {
                 .map(|(ip, len)| (*ip, *len, p.config.node_key))
         }));
         debug!(pod = %self.pod_id, peers = self.peers.len(), removed, routes = self.routes.len(), "peers updated");
+    }
+
+    fn set_filter(&mut self, rules: Arc<CompiledRules>) {
+        match &mut self.filter {
+            Some(filter) => filter.set_rules(rules),
+            None => {
+                self.filter = Some(Filter::new(
+                    rules,
+                    self.addresses.iter().copied(),
+                    ConntrackConfig::default(),
+                ))
+            }
+        }
+        debug!(pod = %self.pod_id, "packet filter updated");
     }
 
     fn set_derp_map(&mut self, map: Arc<Vec<DerpRegionConfig>>) {
@@ -485,6 +555,9 @@ impl PodState {
         }
         self.endpoints_tx
             .send_modify(|e| e.preferred_derp = self.home_region);
+        // New STUN servers (or the first ones): learn our reflexive address now.
+        self.stun
+            .set_servers(stun_probe::servers_from(&self.derp_map));
     }
 
     /// The link to `region`, opened on demand.
@@ -524,6 +597,12 @@ impl PodState {
             self.stats.dropped_packets += 1;
             return;
         }
+        // Remember the flows the pod opens so the filter lets their replies in.
+        if let Some(filter) = &mut self.filter {
+            if let Ok(parsed) = IpPacket::parse(packet) {
+                filter.note_outbound(&parsed, std::time::Instant::now());
+            }
+        }
         let Some(peer_key) = self.routes.lookup(dst).copied() else {
             trace!(pod = %self.pod_id, %dst, "no peer for destination");
             self.stats.dropped_packets += 1;
@@ -531,11 +610,14 @@ impl PodState {
         };
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += packet.len() as u64;
+        if let Some(addr) = self.direct_addr(&peer_key) {
+            self.encapsulate_direct(peer_key, addr, packet);
+            return;
+        }
         let mut out = std::mem::take(&mut self.out_buf);
         if let Some(tunn) = self.tunn_for(&peer_key) {
             match tunn.encapsulate(packet, &mut out) {
                 TunnResult::WriteToNetwork(wire) => {
-                    let wire = wire.to_vec();
                     if let Some(p) = self.peers.get_mut(&peer_key) {
                         p.tx_bytes += packet.len() as u64;
                     }
@@ -546,6 +628,166 @@ impl PodState {
             }
         }
         self.out_buf = out;
+    }
+
+    /// The peer's validated direct endpoint, if the pod has a socket to
+    /// reach it; counts as path activity like any send.
+    fn direct_addr(&mut self, peer_key: &[u8; 32]) -> Option<SocketAddr> {
+        self.udp.as_ref()?;
+        let peer = self.peers.get_mut(peer_key)?;
+        let now = std::time::Instant::now();
+        peer.paths.note_activity(now);
+        match peer.paths.route(now) {
+            Route::Direct(addr) => Some(addr),
+            Route::Relay => None,
+        }
+    }
+
+    /// Encrypt `packet` straight into the next slot of the send batch,
+    /// flushing the batch when it fills.
+    fn encapsulate_direct(&mut self, peer_key: [u8; 32], addr: SocketAddr, packet: &[u8]) {
+        let slot_len = self.batch_slot_len();
+        let mut batch = self.tx_batch.take().unwrap_or_else(|| {
+            Box::new(OutBatch {
+                datagrams: DatagramBatch::new(BATCH_SLOTS, slot_len),
+                peers: Vec::with_capacity(BATCH_SLOTS),
+            })
+        });
+        self.batch_idle_ticks = 0;
+        if batch.datagrams.is_full() {
+            self.send_out_batch(&mut batch);
+        }
+        let mut copied = None;
+        if let (Some(tunn), Some(slot)) = (self.tunn_for(&peer_key), batch.datagrams.next_slot()) {
+            let slot_start = slot.as_ptr();
+            match tunn.encapsulate(packet, slot) {
+                // boringtun writes from the start of the buffer it is given.
+                TunnResult::WriteToNetwork(wire) if wire.as_ptr() == slot_start => {
+                    let len = wire.len();
+                    batch.datagrams.commit(len, addr);
+                    batch.peers.push(peer_key);
+                }
+                TunnResult::WriteToNetwork(wire) => copied = Some(wire.to_vec()),
+                TunnResult::Err(e) => debug!(pod = %self.pod_id, error = ?e, "encapsulate failed"),
+                _ => {}
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&peer_key) {
+            p.tx_bytes += packet.len() as u64;
+            p.path = PathKind::Direct;
+        }
+        if let Some(wire) = copied {
+            self.send_to_peer(&peer_key, &wire);
+        }
+        if batch.datagrams.is_full() {
+            self.send_out_batch(&mut batch);
+        }
+        self.tx_batch = Some(batch);
+    }
+
+    /// Send what the device drain batched.
+    fn flush_tx(&mut self) {
+        if let Some(mut batch) = self.tx_batch.take() {
+            self.send_out_batch(&mut batch);
+            self.tx_batch = Some(batch);
+        }
+    }
+
+    /// Send a batch with as few system calls as the kernel allows, then
+    /// empty it. A full socket buffer drops the rest, as a full link would;
+    /// a datagram the kernel refuses outright goes to the peer's relay.
+    fn send_out_batch(&mut self, batch: &mut OutBatch) {
+        let out = &batch.datagrams;
+        let mut next = 0;
+        while next < out.len() {
+            let Some(sock) = self.udp.clone() else {
+                self.stats.dropped_packets += (out.len() - next) as u64;
+                break;
+            };
+            let sent = sock.try_io(Interest::WRITABLE, || {
+                batch::send_batch(std::os::fd::AsFd::as_fd(&*sock), out, next)
+            });
+            match sent {
+                Ok(0) => break,
+                Ok(n) => next += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stats.dropped_packets += (out.len() - next) as u64;
+                    break;
+                }
+                Err(e) => {
+                    if let (Some((wire, addr)), Some(peer_key)) =
+                        (out.get(next), batch.peers.get(next))
+                    {
+                        debug!(pod = %self.pod_id, %addr, error = %e, "direct send failed; relaying");
+                        let peer_key = *peer_key;
+                        match self.relay_to_peer(&peer_key, wire.to_vec()) {
+                            Some(region) => {
+                                if let Some(peer) = self.peers.get_mut(&peer_key) {
+                                    peer.path = PathKind::Derp;
+                                    peer.derp_region = Some(region);
+                                }
+                            }
+                            None => self.stats.dropped_packets += 1,
+                        }
+                    }
+                    next += 1;
+                }
+            }
+        }
+        batch.datagrams.clear();
+        batch.peers.clear();
+    }
+
+    /// Receive and handle what waits on the UDP socket, a batch per system
+    /// call, bounded so other events still get served.
+    async fn drain_udp(&mut self, device: &PacketFd, sock: &tokio::net::UdpSocket) {
+        let slot_len = self.batch_slot_len();
+        let mut batch = self
+            .rx_batch
+            .take()
+            .unwrap_or_else(|| Box::new(DatagramBatch::new(BATCH_SLOTS, slot_len)));
+        self.batch_idle_ticks = 0;
+        for _ in 0..UDP_ROUNDS {
+            let received = sock.try_io(Interest::READABLE, || {
+                batch::recv_batch(std::os::fd::AsFd::as_fd(sock), &mut batch)
+            });
+            let n = match received {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(pod = %self.pod_id, error = %e, "UDP receive failed");
+                    break;
+                }
+            };
+            for i in 0..n {
+                if let Some((datagram, from)) = batch.get(i) {
+                    self.handle_udp(device, datagram, udp::canonical(from))
+                        .await;
+                }
+            }
+            if n < batch.capacity() {
+                break;
+            }
+        }
+        self.rx_batch = Some(batch);
+    }
+
+    /// One slot holds the largest datagram: a full packet plus WireGuard's
+    /// header and tag (and room for handshakes).
+    fn batch_slot_len(&self) -> usize {
+        (self.engine.config.max_packet_size + WG_OVERHEAD + 64).max(MIN_WG_BUFFER)
+    }
+
+    /// Timer: free the batch buffers of a pod that has gone quiet.
+    fn release_idle_batches(&mut self) {
+        if self.tx_batch.is_none() && self.rx_batch.is_none() {
+            return;
+        }
+        self.batch_idle_ticks = self.batch_idle_ticks.saturating_add(1);
+        if self.batch_idle_ticks >= BATCH_IDLE_TICKS {
+            self.tx_batch = None;
+            self.rx_batch = None;
+        }
     }
 
     /// The peer's session, creating its `Tunn` on first use.
@@ -568,17 +810,18 @@ impl PodState {
         peer.tunn.as_deref_mut()
     }
 
-    fn send_to_peer(&mut self, peer_key: &[u8; 32], wire: Vec<u8>) {
+    /// Send one WireGuard datagram: straight over UDP when the peer's direct
+    /// path is validated (no copy), else through a relay.
+    fn send_to_peer(&mut self, peer_key: &[u8; 32], wire: &[u8]) {
         let Some(peer) = self.peers.get_mut(peer_key) else {
             return;
         };
         let now = std::time::Instant::now();
         peer.paths.note_activity(now);
         if let (Route::Direct(addr), Some(sock)) = (peer.paths.route(now), self.udp.as_ref()) {
-            match sock.try_send_to(&wire, addr) {
+            match sock.try_send_to(wire, addr) {
                 Ok(_) => {
                     peer.path = PathKind::Direct;
-                    peer.direct_endpoint = Some(addr);
                     return;
                 }
                 // A full socket buffer drops the datagram like a full link would.
@@ -591,7 +834,22 @@ impl PodState {
                 }
             }
         }
-        // The peer's home region if we know it, else where it last reached us from, else ours.
+        match self.relay_to_peer(peer_key, wire.to_vec()) {
+            Some(region) => {
+                if let Some(peer) = self.peers.get_mut(peer_key) {
+                    peer.path = PathKind::Derp;
+                    peer.derp_region = Some(region);
+                }
+            }
+            None => self.stats.dropped_packets += 1,
+        }
+    }
+
+    /// Queue `packet` for the peer on a relay: the peer's home region if we
+    /// know it, else where it last reached us from, else ours. Returns the
+    /// region used, or `None` if the packet was dropped.
+    fn relay_to_peer(&mut self, peer_key: &[u8; 32], packet: Vec<u8>) -> Option<u16> {
+        let peer = self.peers.get(peer_key)?;
         let known = |r: &u16| self.derp_map.iter().any(|region| region.region_id == *r);
         let Some(region) = peer
             .config
@@ -601,27 +859,34 @@ impl PodState {
             .or(self.home_region)
         else {
             trace!(pod = %self.pod_id, "no DERP region to reach peer");
-            self.stats.dropped_packets += 1;
-            return;
+            return None;
         };
-        let queued = match self.link(region) {
+        self.relay_via(region, peer_key, packet).then_some(region)
+    }
+
+    /// Queue `packet` for `peer_key` on the link to `region`.
+    fn relay_via(&mut self, region: u16, peer_key: &[u8; 32], packet: Vec<u8>) -> bool {
+        match self.link(region) {
             Some(entry) => {
                 entry.last_used = Instant::now();
-                entry.link.try_send(*peer_key, wire)
+                entry.link.try_send(*peer_key, packet)
             }
             None => false,
-        };
-        if queued {
-            if let Some(peer) = self.peers.get_mut(peer_key) {
-                peer.path = PathKind::Derp;
-                peer.derp_region = Some(region);
-            }
-        } else {
-            self.stats.dropped_packets += 1;
         }
     }
 
     async fn handle_derp_inbound(&mut self, device: &PacketFd, msg: DerpInbound) {
+        if tailnet_wire::disco::looks_like_disco(&msg.packet) {
+            if let Some(link) = self.links.get_mut(&msg.region) {
+                link.last_used = Instant::now();
+            }
+            let via = Via::Derp {
+                src: msg.src,
+                region: msg.region,
+            };
+            self.handle_disco(&msg.packet, via);
+            return;
+        }
         if !looks_like_wireguard(&msg.packet) {
             trace!(pod = %self.pod_id, "ignoring non-WireGuard relay packet");
             return;
@@ -641,13 +906,20 @@ impl PodState {
 
     /// A datagram on the pod's UDP socket: WireGuard, disco or STUN.
     async fn handle_udp(&mut self, device: &PacketFd, datagram: &[u8], from: SocketAddr) {
-        if datagram.starts_with(DISCO_MAGIC) {
-            trace!(pod = %self.pod_id, %from, "disco over UDP not handled yet");
-            return;
-        }
-        if !looks_like_wireguard(datagram) {
-            trace!(pod = %self.pod_id, %from, "ignoring non-WireGuard datagram");
-            return;
+        match tailnet_wire::stun::classify(datagram) {
+            tailnet_wire::stun::PacketKind::WireGuard => {}
+            tailnet_wire::stun::PacketKind::Disco => {
+                self.handle_disco(datagram, Via::Udp(from));
+                return;
+            }
+            tailnet_wire::stun::PacketKind::Stun => {
+                self.handle_stun(datagram, from);
+                return;
+            }
+            tailnet_wire::stun::PacketKind::Other => {
+                trace!(pod = %self.pod_id, %from, "ignoring unknown datagram");
+                return;
+            }
         }
         let Some(peer_key) = self.peer_for_datagram(datagram) else {
             trace!(pod = %self.pod_id, %from, "WireGuard datagram for no known session");
@@ -690,6 +962,8 @@ impl PodState {
         datagram: &[u8],
     ) {
         let mut out = std::mem::take(&mut self.out_buf);
+        // Handshake traffic only: boringtun writes it into `out`, which the
+        // next call reuses, so it is copied out.
         let mut to_network = Vec::new();
         let mut to_device: Option<(usize, IpAddr)> = None;
         if let Some(tunn) = self.tunn_for(&peer_key) {
@@ -710,7 +984,7 @@ impl PodState {
             }
         }
         for wire in to_network {
-            self.send_to_peer(&peer_key, wire);
+            self.send_to_peer(&peer_key, &wire);
         }
         if let Some((len, src)) = to_device {
             // An empty payload is a keepalive.
@@ -744,6 +1018,20 @@ impl PodState {
             self.stats.dropped_packets += 1;
             return;
         }
+        // The tailnet packet filter: control's rules, plus replies to flows
+        // the pod opened.
+        if let Some(filter) = &mut self.filter {
+            let verdict = match IpPacket::parse(packet) {
+                Ok(parsed) => filter.check_inbound(&parsed, std::time::Instant::now()),
+                // Unparseable headers cannot be judged: refuse them.
+                Err(_) => Verdict::Drop(DropReason::NoRuleMatched),
+            };
+            if let Verdict::Drop(reason) = verdict {
+                trace!(pod = %self.pod_id, %src, ?reason, "packet filter dropped inbound packet");
+                self.stats.filtered_packets += 1;
+                return;
+            }
+        }
         peer.rx_bytes += packet.len() as u64;
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += packet.len() as u64;
@@ -775,8 +1063,11 @@ impl PodState {
         }
         self.out_buf = out;
         for (key, wire) in to_send {
-            self.send_to_peer(&key, wire);
+            self.send_to_peer(&key, &wire);
         }
+        let now = std::time::Instant::now();
+        self.poll_disco(now);
+        self.poll_stun(now);
         if self
             .last_stats_publish
             .is_none_or(|t| t.elapsed() >= STATS_PUBLISH_INTERVAL)
@@ -785,22 +1076,212 @@ impl PodState {
             let snapshot = self.snapshot_stats();
             self.stats_tx.send_replace(snapshot);
         }
+        if let Some(filter) = &mut self.filter {
+            if self.last_filter_sweep.elapsed() >= FILTER_SWEEP_INTERVAL {
+                self.last_filter_sweep = Instant::now();
+                filter.state_mut().sweep_expired(std::time::Instant::now());
+            }
+        }
+        self.release_idle_batches();
         let idle = self.engine.config.derp_idle_timeout;
         let home = self.home_region;
         self.links
             .retain(|region, entry| Some(*region) == home || entry.last_used.elapsed() < idle);
     }
 
+    /// Act on one disco packet (from UDP or a relay). Anything that fails
+    /// authentication is dropped here, before it can touch path state.
+    fn handle_disco(&mut self, packet: &[u8], via: Via) {
+        let reaction = match self.disco.receive(packet, via) {
+            Ok(reaction) => reaction,
+            Err(error) => {
+                debug!(pod = %self.pod_id, ?via, %error, "disco packet rejected");
+                return;
+            }
+        };
+        let now = std::time::Instant::now();
+        match reaction {
+            Reaction::AnswerPing { peer, via, pong } => match via {
+                Via::Udp(addr) => {
+                    if let Some(sock) = &self.udp {
+                        if let Err(e) = sock.try_send_to(&pong, addr) {
+                            trace!(pod = %self.pod_id, %addr, error = %e, "disco pong not sent");
+                        }
+                    }
+                    // The peer reaches us from `addr`: try that path from our side too.
+                    if let Some(session) = self.peers.get_mut(&peer) {
+                        if session.paths.route(now) != Route::Direct(addr) {
+                            session.paths.add_endpoints(&[addr]);
+                            session.paths.request_probe();
+                            self.ping_peer(&peer, now, false);
+                        }
+                    }
+                }
+                Via::Derp { region, .. } => {
+                    self.relay_via(region, &peer, pong);
+                }
+            },
+            Reaction::Pong {
+                peer,
+                tx_id,
+                from,
+                observed,
+            } => {
+                let Some(session) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                let before = session.paths.route(now);
+                if session.paths.on_pong(tx_id, from, now) {
+                    let after = session.paths.route(now);
+                    if after != before {
+                        info!(pod = %self.pod_id, peer = %hex::encode(&peer[..4]), endpoint = %from, %observed, "direct path validated");
+                    }
+                }
+            }
+            Reaction::CallMeMaybe { peer, endpoints } => {
+                if let Some(session) = self.peers.get_mut(&peer) {
+                    debug!(pod = %self.pod_id, endpoints = endpoints.len(), "call-me-maybe received");
+                    session.paths.add_endpoints(&endpoints);
+                    session.paths.request_probe();
+                    // Ping now, while the peer's pings hold its firewall open.
+                    self.ping_peer(&peer, now, false);
+                }
+            }
+        }
+    }
+
+    /// Send the disco pings due to one peer. With `call_me_maybe`, a round
+    /// that starts discovery (no trusted direct path) is also announced
+    /// through the relay, so a peer behind NAT pings back.
+    fn ping_peer(&mut self, peer_key: &[u8; 32], now: std::time::Instant, call_me_maybe: bool) {
+        let Some(session) = self.peers.get_mut(peer_key) else {
+            return;
+        };
+        let our_node = self.node_public.to_bytes();
+        let announce = send_due_pings(
+            &self.disco,
+            self.udp.as_deref(),
+            peer_key,
+            &mut session.paths,
+            now,
+            our_node,
+        );
+        if announce && call_me_maybe {
+            self.send_call_me_maybe(peer_key);
+        }
+    }
+
+    fn send_call_me_maybe(&mut self, peer_key: &[u8; 32]) {
+        let ours = self.endpoints_tx.borrow().endpoints.clone();
+        if ours.is_empty() {
+            return;
+        }
+        if let Some(cmm) = self.disco.call_me_maybe(peer_key, &ours) {
+            self.relay_to_peer(peer_key, cmm);
+        }
+    }
+
+    /// Timer: pings, heartbeats and discovery rounds for every peer.
+    fn poll_disco(&mut self, now: std::time::Instant) {
+        let Some(sock) = self.udp.as_deref() else {
+            return;
+        };
+        let our_node = self.node_public.to_bytes();
+        // Allocated only when some peer starts a discovery round.
+        let mut announce = Vec::new();
+        for (key, session) in self.peers.iter_mut() {
+            if send_due_pings(
+                &self.disco,
+                Some(sock),
+                key,
+                &mut session.paths,
+                now,
+                our_node,
+            ) {
+                announce.push(*key);
+            }
+        }
+        for key in announce {
+            self.send_call_me_maybe(&key);
+        }
+    }
+
+    /// Timer: STUN rounds, and the pod's endpoints kept current.
+    fn poll_stun(&mut self, now: std::time::Instant) {
+        let Some(sock) = self.udp.clone() else {
+            return;
+        };
+        for (server, request) in self.stun.poll(now, rand::random) {
+            if let Err(e) = sock.try_send_to(&request, server) {
+                trace!(pod = %self.pod_id, %server, error = %e, "STUN request not sent");
+            }
+        }
+        let mut changed = self.stun.take_changed();
+        if self.local_endpoints_at.elapsed() >= LOCAL_ENDPOINTS_REFRESH {
+            self.local_endpoints_at = Instant::now();
+            let fresh = self.udp_port.map(udp::local_endpoints).unwrap_or_default();
+            if fresh != self.local_endpoints {
+                self.local_endpoints = fresh;
+                changed = true;
+            }
+        }
+        if changed {
+            self.publish_endpoints();
+        }
+    }
+
+    fn handle_stun(&mut self, datagram: &[u8], from: SocketAddr) {
+        match self
+            .stun
+            .on_response(datagram, from, std::time::Instant::now())
+        {
+            Ok(observed) => {
+                trace!(pod = %self.pod_id, %from, %observed, "STUN answer");
+                if self.stun.take_changed() {
+                    self.publish_endpoints();
+                }
+            }
+            Err(error) => debug!(pod = %self.pod_id, %from, %error, "STUN datagram ignored"),
+        }
+    }
+
+    /// Local candidates plus reflexive addresses, for control and call-me-maybe.
+    fn publish_endpoints(&mut self) {
+        let mut endpoints = self.local_endpoints.clone();
+        endpoints.extend(self.stun.endpoints());
+        endpoints.sort();
+        endpoints.dedup();
+        let pod_id = &self.pod_id;
+        self.endpoints_tx.send_if_modified(|e| {
+            if e.endpoints == endpoints {
+                return false;
+            }
+            info!(pod = %pod_id, ?endpoints, "pod endpoints changed");
+            e.endpoints = endpoints;
+            true
+        });
+    }
+
     fn snapshot_stats(&self) -> PodStats {
+        let now = std::time::Instant::now();
         let mut stats = self.stats.clone();
         stats.peers = self
             .peers
             .iter()
             .map(|(key, p)| PeerStats {
                 node_key: *key,
-                path: p.path,
+                // The path the next packet takes: a validated direct
+                // endpoint, else the relay once anything was relayed.
+                path: match p.paths.route(now) {
+                    Route::Direct(_) => PathKind::Direct,
+                    Route::Relay if p.path == PathKind::None => PathKind::None,
+                    Route::Relay => PathKind::Derp,
+                },
                 derp_region: p.derp_region,
-                direct_endpoint: p.direct_endpoint,
+                direct_endpoint: match p.paths.route(now) {
+                    Route::Direct(addr) => Some(addr),
+                    Route::Relay => None,
+                },
                 last_handshake: p.tunn.as_ref().and_then(|t| t.time_since_last_handshake()),
                 tx_bytes: p.tx_bytes,
                 rx_bytes: p.rx_bytes,
@@ -808,6 +1289,36 @@ impl PodState {
             .collect();
         stats
     }
+}
+
+/// Seal and send the disco pings `paths` says are due. Returns whether the
+/// round started discovery (pings went out while no direct path is trusted),
+/// which is when a call-me-maybe should follow.
+fn send_due_pings(
+    disco: &DiscoState,
+    sock: Option<&tokio::net::UdpSocket>,
+    peer_key: &[u8; 32],
+    paths: &mut PathState,
+    now: std::time::Instant,
+    our_node: [u8; 32],
+) -> bool {
+    let Some(sock) = sock else {
+        return false;
+    };
+    if !disco.knows(peer_key) {
+        return false;
+    }
+    let trusted = matches!(paths.route(now), Route::Direct(_));
+    let due = paths.poll_pings(now, rand::random);
+    for (addr, tx_id) in &due {
+        let Some(ping) = disco.ping(peer_key, *tx_id, our_node) else {
+            continue;
+        };
+        if let Err(e) = sock.try_send_to(&ping, *addr) {
+            trace!(%addr, error = %e, "disco ping not sent");
+        }
+    }
+    !due.is_empty() && !trusted
 }
 
 /// Home region without UDP measurements: the lowest region id that has a
@@ -821,3 +1332,5 @@ pub fn choose_home_region(map: &[DerpRegionConfig]) -> Option<u16> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_filter;

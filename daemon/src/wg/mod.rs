@@ -5,17 +5,23 @@
 //! - [`derp_client`]: relay connections (I/O around `tailnet_wire::derp`).
 //! - [`routing`]: cryptokey routing and packet address checks.
 //! - [`path`]: per-peer choice between direct UDP and the relay.
+//! - [`disco`]: per-pod disco keys and the reaction to each disco message.
+//! - [`stun`]: per-pod endpoint discovery through the DERP map's STUN servers.
 //! - [`packet_fd`]: async packet I/O on TUN (or test) descriptors.
 //! - [`udp`]: the per-pod UDP socket for direct paths.
+//! - [`batch`]: batched datagram I/O (recvmmsg/sendmmsg) on that socket.
 //! - [`local_relay`]: a minimal DERP relay for tests and local debugging.
 
+pub mod batch;
 pub mod config;
 pub mod derp_client;
+pub mod disco;
 pub mod engine;
 pub mod local_relay;
 pub mod packet_fd;
 pub mod path;
 pub mod routing;
+pub mod stun;
 pub mod udp;
 
 pub use config::{

@@ -54,6 +54,9 @@ pub struct PathState {
     best: Option<BestPath>,
     last_data: Option<Instant>,
     last_full_round: Option<Instant>,
+    /// Probe the endpoints at the next poll even if the session is idle
+    /// (the peer asked us to, or pinged us from a new address).
+    probe_requested: bool,
 }
 
 impl PathState {
@@ -78,6 +81,13 @@ impl PathState {
         for addr in endpoints {
             self.endpoints.entry(*addr).or_default();
         }
+        self.last_full_round = None;
+    }
+
+    /// Ask for a full round of pings at the next poll, active or not.
+    /// Endpoints pinged within [`PING_SPACING`] are still skipped.
+    pub fn request_probe(&mut self) {
+        self.probe_requested = true;
         self.last_full_round = None;
     }
 
@@ -107,11 +117,13 @@ impl PathState {
     ) -> Vec<(SocketAddr, TxId)> {
         self.pending
             .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < PING_TIMEOUT);
-        if !self.active(now) {
+        let probe = std::mem::take(&mut self.probe_requested);
+        if !self.active(now) && !probe {
             return Vec::new();
         }
         let trusted = matches!(self.route(now), Route::Direct(_));
-        let full_round_due = !trusted
+        let full_round_due = probe
+            || !trusted
             || self
                 .last_full_round
                 .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_INTERVAL);
@@ -295,6 +307,33 @@ mod tests {
             !p.on_pong(tx, slow, late),
             "a pong after the timeout must not count"
         );
+    }
+
+    #[test]
+    fn requested_probe_pings_an_idle_session_once() {
+        let t0 = Instant::now();
+        let (a, b) = (addr("10.0.0.1:1"), addr("10.0.0.2:2"));
+        let mut p = PathState::default();
+        p.set_endpoints(&[a]);
+        assert!(p.poll_pings(t0, ids()).is_empty(), "idle: no pings");
+        p.add_endpoints(&[b]);
+        p.request_probe();
+        let mut next = ids();
+        let pings = p.poll_pings(t0, &mut next);
+        assert_eq!(
+            pings.iter().map(|(e, _)| *e).collect::<Vec<_>>(),
+            vec![a, b]
+        );
+        let tx = pings[1].1;
+        assert!(p.on_pong(tx, b, t0 + Duration::from_millis(3)));
+        assert_eq!(p.route(t0 + Duration::from_millis(3)), Route::Direct(b));
+        // A second request within the spacing does not re-ping, and the
+        // request is spent: an idle session stays quiet afterwards.
+        p.request_probe();
+        assert!(p
+            .poll_pings(t0 + Duration::from_secs(1), &mut next)
+            .is_empty());
+        assert!(p.poll_pings(t0 + PING_SPACING, &mut next).is_empty());
     }
 
     #[test]

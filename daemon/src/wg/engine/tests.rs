@@ -635,3 +635,394 @@ fn wireguard_packets_are_told_apart_from_disco() {
     assert!(!looks_like_wireguard(&[5, 0, 0, 0]));
     assert!(!looks_like_wireguard(b"TS\xf0\x9f\x92\xac"));
 }
+
+/// Moves the calling thread (a `#[tokio::test]` runs its runtime on it)
+/// into a fresh network namespace with only `lo` up, so the pods' local
+/// endpoint candidates and every ping stay on loopback. False (and the
+/// test skips) without the privilege to do so.
+fn private_netns() -> bool {
+    if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+        eprintln!("skipping: needs CAP_SYS_ADMIN for a private network namespace");
+        return false;
+    }
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+    assert!(up.is_ok_and(|s| s.success()), "ip link set lo up");
+    true
+}
+
+/// A STUN server on loopback answering every binding request with the
+/// requester's address. Returns its port.
+async fn stun_server() -> u16 {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = sock.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            if let Ok(tx) = tailnet_wire::stun::parse_binding_request(&buf[..n]) {
+                let _ = sock
+                    .send_to(&tailnet_wire::stun::binding_response(tx, from), from)
+                    .await;
+            }
+        }
+    });
+    port
+}
+
+fn attach_with_disco(
+    engine: &Engine,
+    name: &str,
+    private: [u8; 32],
+    disco_private: [u8; 32],
+    addr: Ipv4Addr,
+) -> TestPod {
+    let (fd, device) = pair();
+    let handle = engine
+        .attach_pod(PodDataConfig {
+            pod_id: name.into(),
+            tun_fd: fd,
+            node_private: private,
+            disco_private,
+            addresses: vec![IpAddr::V4(addr)],
+        })
+        .unwrap();
+    let key = x25519::PublicKey::from(&x25519::StaticSecret::from(private)).to_bytes();
+    TestPod {
+        handle,
+        device,
+        key,
+        addr,
+    }
+}
+
+/// The pod's STUN-learned endpoint on loopback.
+async fn reflexive_endpoint(pod: &TestPod) -> SocketAddr {
+    let mut endpoints = pod.handle.endpoints();
+    let port = endpoints.borrow().udp_port.expect("pod UDP socket");
+    let want = SocketAddr::from(([127, 0, 0, 1], port));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if endpoints.borrow_and_update().endpoints.contains(&want) {
+                return;
+            }
+            endpoints.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("STUN never reported the pod's loopback endpoint");
+    want
+}
+
+/// Exchanges packets both ways until both pods report a direct path to
+/// each other's expected endpoint.
+async fn wait_direct(a: &TestPod, b: &TestPod, a_ep: SocketAddr, b_ep: SocketAddr) {
+    let ab = ipv4_udp(a.addr, b.addr, b"a to b");
+    let ba = ipv4_udp(b.addr, a.addr, b"b to a");
+    for _ in 0..100 {
+        a.device.send(&ab).await.unwrap();
+        b.device.send(&ba).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (sa, sb) = (
+            a.handle.stats().await.unwrap(),
+            b.handle.stats().await.unwrap(),
+        );
+        if sa.peers[0].direct_endpoint == Some(b_ep) && sb.peers[0].direct_endpoint == Some(a_ep) {
+            assert_eq!(sa.peers[0].path, PathKind::Direct);
+            assert_eq!(sb.peers[0].path, PathKind::Direct);
+            return;
+        }
+    }
+    let (sa, sb) = (
+        a.handle.stats().await.unwrap(),
+        b.handle.stats().await.unwrap(),
+    );
+    panic!("no direct path: a {:?} b {:?}", sa.peers, sb.peers);
+}
+
+async fn drain(dev: &PacketFd) {
+    while recv_timeout(dev, Duration::from_millis(50)).await.is_some() {}
+}
+
+/// Two engines find a direct path: STUN gives each pod its loopback
+/// endpoint, `a` knows `b`'s from "control", `b` learns `a`'s from the
+/// call-me-maybe `a` relays when it starts pinging. Once both sides have
+/// their pongs, traffic flows with the relay gone.
+#[tokio::test]
+async fn pods_upgrade_to_a_direct_path_after_disco_and_survive_the_relay() {
+    if !private_netns() {
+        return;
+    }
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let stun_port = stun_server().await;
+    let mut map = (*derp_map(&relay)).clone();
+    map[0].nodes[0].stun_port = stun_port;
+    let map = Arc::new(map);
+    let (e1, e2) = (
+        Engine::new(EngineConfig::default()),
+        Engine::new(EngineConfig::default()),
+    );
+    let a = attach_with_disco(
+        &e1,
+        "a",
+        [0xc1; 32],
+        [0xd1; 32],
+        Ipv4Addr::new(100, 64, 0, 1),
+    );
+    let b = attach_with_disco(
+        &e2,
+        "b",
+        [0xc2; 32],
+        [0xd2; 32],
+        Ipv4Addr::new(100, 64, 0, 2),
+    );
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    let a_ep = reflexive_endpoint(&a).await;
+    let b_ep = reflexive_endpoint(&b).await;
+
+    let mut b_for_a = peer_of(&b, Some(900));
+    b_for_a.disco_key = Some(tailnet_wire::disco::public_key(&[0xd2; 32]));
+    b_for_a.endpoints = vec![b_ep];
+    let mut a_for_b = peer_of(&a, Some(900));
+    a_for_b.disco_key = Some(tailnet_wire::disco::public_key(&[0xd1; 32]));
+    a.handle.set_peers(vec![b_for_a]).await.unwrap();
+    b.handle.set_peers(vec![a_for_b]).await.unwrap();
+
+    let first = ipv4_udp(a.addr, b.addr, b"first");
+    deliver_eventually(&a, &b, &first).await;
+    wait_direct(&a, &b, a_ep, b_ep).await;
+    drain(&a.device).await;
+    drain(&b.device).await;
+
+    // With the relay down, only the direct path can carry packets.
+    drop(relay);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ab = ipv4_udp(a.addr, b.addr, b"direct only a to b");
+    a.device.send(&ab).await.unwrap();
+    assert_eq!(
+        recv_timeout(&b.device, Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some(&ab[..])
+    );
+    let ba = ipv4_udp(b.addr, a.addr, b"direct only b to a");
+    b.device.send(&ba).await.unwrap();
+    assert_eq!(
+        recv_timeout(&a.device, Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some(&ba[..])
+    );
+    // Heartbeats keep the path trusted past its 6.5 s lifetime.
+    for _ in 0..8 {
+        a.device.send(&ab).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drain(&b.device).await;
+    let stats = a.handle.stats().await.unwrap();
+    assert_eq!(stats.peers[0].path, PathKind::Direct);
+    assert_eq!(stats.peers[0].direct_endpoint, Some(b_ep));
+    a.device.send(&ab).await.unwrap();
+    assert_eq!(
+        recv_timeout(&b.device, Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some(&ab[..])
+    );
+}
+
+/// When the direct endpoint goes silent the peer is reached through the
+/// relay again, and a new endpoint is found and used without help.
+#[tokio::test]
+async fn a_dead_direct_path_falls_back_to_the_relay_and_recovers() {
+    if !private_netns() {
+        return;
+    }
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let stun_port = stun_server().await;
+    let mut map = (*derp_map(&relay)).clone();
+    map[0].nodes[0].stun_port = stun_port;
+    let map = Arc::new(map);
+    let (e1, e2) = (
+        Engine::new(EngineConfig::default()),
+        Engine::new(EngineConfig::default()),
+    );
+    let a = attach_with_disco(
+        &e1,
+        "a",
+        [0xe1; 32],
+        [0xf1; 32],
+        Ipv4Addr::new(100, 64, 0, 1),
+    );
+    let b = attach_with_disco(
+        &e2,
+        "b",
+        [0xe2; 32],
+        [0xf2; 32],
+        Ipv4Addr::new(100, 64, 0, 2),
+    );
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map.clone()).await.unwrap();
+    let a_ep = reflexive_endpoint(&a).await;
+    let b_ep = reflexive_endpoint(&b).await;
+    let mut b_for_a = peer_of(&b, Some(900));
+    b_for_a.disco_key = Some(tailnet_wire::disco::public_key(&[0xf2; 32]));
+    let mut a_for_b = peer_of(&a, Some(900));
+    a_for_b.disco_key = Some(tailnet_wire::disco::public_key(&[0xf1; 32]));
+    a_for_b.endpoints = vec![a_ep];
+    a.handle.set_peers(vec![b_for_a.clone()]).await.unwrap();
+    b.handle.set_peers(vec![a_for_b.clone()]).await.unwrap();
+    let ab = ipv4_udp(a.addr, b.addr, b"a to b");
+    deliver_eventually(&a, &b, &ab).await;
+    wait_direct(&a, &b, a_ep, b_ep).await;
+
+    // b restarts: same keys, new socket. a's direct path now leads nowhere.
+    b.handle.clone().detach().await.unwrap();
+    for _ in 0..50 {
+        if e2.pod_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let b2 = attach_with_disco(&e2, "b", [0xe2; 32], [0xf2; 32], b.addr);
+    b2.handle.set_derp_map(map).await.unwrap();
+    let b2_ep = reflexive_endpoint(&b2).await;
+    assert_ne!(b2_ep, b_ep);
+    b2.handle.set_peers(vec![a_for_b]).await.unwrap();
+
+    // Keep both talking (b2 starts a new session): within the trust lifetime
+    // plus a ping round, a falls back to the relay, then finds b2's
+    // endpoint through b2's call-me-maybe.
+    let ba = ipv4_udp(b2.addr, a.addr, b"b2 to a");
+    let mut saw_relay = false;
+    for _ in 0..150 {
+        a.device.send(&ab).await.unwrap();
+        b2.device.send(&ba).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let peer = a.handle.stats().await.unwrap().peers[0].clone();
+        if peer.path == PathKind::Derp {
+            saw_relay = true;
+        }
+        if saw_relay && peer.direct_endpoint == Some(b2_ep) {
+            break;
+        }
+    }
+    assert!(saw_relay, "a never fell back to the relay");
+    let peer = a.handle.stats().await.unwrap().peers[0].clone();
+    assert_eq!(peer.path, PathKind::Direct);
+    assert_eq!(peer.direct_endpoint, Some(b2_ep));
+    // b2's new session settles (its handshake may have crossed the dead
+    // path), then a's packets reach it.
+    let probe = ipv4_udp(a.addr, b2.addr, b"after recovery");
+    let got = loop {
+        let got = deliver_eventually(&a, &b2, &probe).await;
+        if got == probe {
+            break got;
+        }
+    };
+    assert_eq!(got, probe);
+    assert_eq!(
+        a.handle.stats().await.unwrap().peers[0].direct_endpoint,
+        Some(b2_ep)
+    );
+}
+
+/// Throughput of one pod-to-pod stream over the direct path (both engines
+/// in this process, packet devices are socketpairs). Prints; asserts only
+/// that packets arrived. Run on demand, in release mode:
+/// `cargo test -p tailnet-cnid --release --lib direct_path_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark"]
+fn direct_path_throughput() {
+    // The runtime's workers must share the namespace: enter it first, on
+    // this thread, and build a runtime of our own inside it.
+    if !private_netns() {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(direct_path_throughput_inner());
+}
+
+async fn direct_path_throughput_inner() {
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let stun_port = stun_server().await;
+    let mut map = (*derp_map(&relay)).clone();
+    map[0].nodes[0].stun_port = stun_port;
+    let map = Arc::new(map);
+    let (e1, e2) = (
+        Engine::new(EngineConfig::default()),
+        Engine::new(EngineConfig::default()),
+    );
+    let a = attach_with_disco(
+        &e1,
+        "a",
+        [0x61; 32],
+        [0x71; 32],
+        Ipv4Addr::new(100, 64, 0, 1),
+    );
+    let b = attach_with_disco(
+        &e2,
+        "b",
+        [0x62; 32],
+        [0x72; 32],
+        Ipv4Addr::new(100, 64, 0, 2),
+    );
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    let a_ep = reflexive_endpoint(&a).await;
+    let b_ep = reflexive_endpoint(&b).await;
+    let mut b_for_a = peer_of(&b, Some(900));
+    b_for_a.disco_key = Some(tailnet_wire::disco::public_key(&[0x72; 32]));
+    b_for_a.endpoints = vec![b_ep];
+    let mut a_for_b = peer_of(&a, Some(900));
+    a_for_b.disco_key = Some(tailnet_wire::disco::public_key(&[0x71; 32]));
+    a_for_b.endpoints = vec![a_ep];
+    a.handle.set_peers(vec![b_for_a]).await.unwrap();
+    b.handle.set_peers(vec![a_for_b]).await.unwrap();
+    let first = ipv4_udp(a.addr, b.addr, b"first");
+    deliver_eventually(&a, &b, &first).await;
+    wait_direct(&a, &b, a_ep, b_ep).await;
+    drain(&b.device).await;
+
+    let packet = ipv4_udp(a.addr, b.addr, &[0x42; 1200]);
+    let run = Duration::from_secs(5);
+    let TestPod { device: a_dev, .. } = a;
+    let sender = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < run {
+            a_dev.send(&packet).await.unwrap();
+            sent += 1;
+        }
+        sent
+    });
+    let start = std::time::Instant::now();
+    let mut received = 0u64;
+    let mut buf = vec![0u8; 2048];
+    while start.elapsed() < run {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(100), b.device.recv(&mut buf)).await
+        {
+            received += 1;
+        }
+    }
+    let sent = sender.await.unwrap();
+    let secs = run.as_secs_f64();
+    eprintln!(
+        "direct path: sent {sent}, received {received} packets of 1228 bytes in {secs} s: {:.0} packets/s, {:.1} MB/s",
+        received as f64 / secs,
+        received as f64 * 1228.0 / secs / 1e6
+    );
+    assert!(received > 0);
+}

@@ -1,0 +1,348 @@
+//! Batched datagram I/O for a pod's UDP socket: one `recvmmsg` or
+//! `sendmmsg` moves a burst of WireGuard datagrams where plain
+//! `recvfrom`/`sendto` would make one system call each (the per-packet
+//! system call, not crypto, is what limits a userspace tunnel).
+//!
+//! [`DatagramBatch`] is plain memory (fixed-size slots with a length and an
+//! address each) and is tested without sockets; [`recv_batch`] and
+//! [`send_batch`] are the thin I/O edge. Batches are big (tens of KiB), so
+//! the engine only holds one while a pod is busy.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Datagrams per system call. 32 × ~1.6 KiB slots keeps one batch near
+/// 50 KiB while cutting system calls thirtyfold under load.
+pub const BATCH_SLOTS: usize = 32;
+
+/// A fixed number of equal-size datagram slots, filled front to back.
+pub struct DatagramBatch {
+    buf: Box<[u8]>,
+    slot_len: usize,
+    lens: Vec<usize>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl DatagramBatch {
+    /// `slots` slots of `slot_len` bytes each (both at least 1).
+    pub fn new(slots: usize, slot_len: usize) -> Self {
+        let slots = slots.max(1);
+        let slot_len = slot_len.max(1);
+        Self {
+            buf: vec![0u8; slots * slot_len].into_boxed_slice(),
+            slot_len,
+            lens: Vec::with_capacity(slots),
+            addrs: Vec::with_capacity(slots),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.len() / self.slot_len
+    }
+
+    pub fn slot_len(&self) -> usize {
+        self.slot_len
+    }
+
+    /// Datagrams held.
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity()
+    }
+
+    pub fn clear(&mut self) {
+        self.lens.clear();
+        self.addrs.clear();
+    }
+
+    /// The next free slot, to be filled and then [`commit`](Self::commit)ted;
+    /// `None` when the batch is full.
+    pub fn next_slot(&mut self) -> Option<&mut [u8]> {
+        let start = self.len() * self.slot_len;
+        self.buf.get_mut(start..start + self.slot_len)
+    }
+
+    /// Record the next free slot as holding `len` bytes for `addr`.
+    /// Returns false (and records nothing) when the batch is full.
+    pub fn commit(&mut self, len: usize, addr: SocketAddr) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.lens.push(len.min(self.slot_len));
+        self.addrs.push(addr);
+        true
+    }
+
+    /// Datagram `i` and its address (destination when sending, source when
+    /// received).
+    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        let len = *self.lens.get(i)?;
+        let start = i * self.slot_len;
+        Some((&self.buf[start..start + len], self.addrs[i]))
+    }
+}
+
+/// Receive up to a batch of datagrams without blocking, replacing the
+/// batch's contents. Truncated datagrams (longer than a slot) are kept as
+/// empty entries, which no protocol accepts. `WouldBlock` when none wait.
+pub fn recv_batch(fd: BorrowedFd<'_>, batch: &mut DatagramBatch) -> io::Result<usize> {
+    batch.clear();
+    let n = batch.capacity().min(BATCH_SLOTS);
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut names: [libc::sockaddr_storage; BATCH_SLOTS] = unsafe { zeroed() };
+    let mut iovs: [libc::iovec; BATCH_SLOTS] = unsafe { zeroed() };
+    let mut hdrs: [libc::mmsghdr; BATCH_SLOTS] = unsafe { zeroed() };
+    let slot_len = batch.slot_len;
+    let base = batch.buf.as_mut_ptr();
+    for i in 0..n {
+        // SAFETY: slot i lies inside `buf` as n <= capacity.
+        iovs[i].iov_base = unsafe { base.add(i * slot_len) }.cast();
+        iovs[i].iov_len = slot_len;
+        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+        hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at live buffers of the sizes given, which
+    // outlive the call; the kernel writes at most those sizes.
+    let got = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = got as usize;
+    for (hdr, name) in hdrs.iter().zip(names.iter()).take(got) {
+        let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let len = if truncated { 0 } else { hdr.msg_len as usize };
+        let addr = from_sockaddr(name, hdr.msg_hdr.msg_namelen)
+            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        batch.commit(len, addr);
+    }
+    Ok(got)
+}
+
+/// Send the batch's datagrams from index `start` on without blocking.
+/// Returns how many left (at least one); the caller resumes after them.
+/// An error is about datagram `start`, none of which was sent.
+pub fn send_batch(fd: BorrowedFd<'_>, batch: &DatagramBatch, start: usize) -> io::Result<usize> {
+    let n = batch.len().saturating_sub(start).min(BATCH_SLOTS);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut names: [libc::sockaddr_storage; BATCH_SLOTS] = unsafe { zeroed() };
+    let mut iovs: [libc::iovec; BATCH_SLOTS] = unsafe { zeroed() };
+    let mut hdrs: [libc::mmsghdr; BATCH_SLOTS] = unsafe { zeroed() };
+    for i in 0..n {
+        let Some((data, addr)) = batch.get(start + i) else {
+            break;
+        };
+        // The kernel only reads through iov_base on send.
+        iovs[i].iov_base = data.as_ptr() as *mut libc::c_void;
+        iovs[i].iov_len = data.len();
+        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+        hdrs[i].msg_hdr.msg_namelen = to_sockaddr(addr, &mut names[i]);
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at live buffers of the sizes given, which
+    // outlive the call.
+    let sent = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sent as usize)
+}
+
+/// Encode `addr` as the kernel expects it (IPv4 as `sockaddr_in`, which a
+/// dual-stack IPv6 socket accepts too). Returns the length used.
+fn to_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            let sin =
+                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            let sin6 =
+                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: v6.ip().octets(),
+            };
+            sin6.sin6_scope_id = v6.scope_id();
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+/// Decode a source address the kernel filled in; `None` for other families
+/// or short lengths.
+fn from_sockaddr(raw: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match raw.ss_family as libc::c_int {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family and length say a sockaddr_in is stored.
+            let sin =
+                unsafe { &*(raw as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family and length say a sockaddr_in6 is stored.
+            let sin6 =
+                unsafe { &*(raw as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn slots_fill_in_order_until_full() {
+        let mut batch = DatagramBatch::new(2, 8);
+        assert!(batch.is_empty());
+        batch.next_slot().unwrap()[..3].copy_from_slice(b"one");
+        assert!(batch.commit(3, addr("10.0.0.1:1")));
+        batch.next_slot().unwrap()[..5].copy_from_slice(b"two!!");
+        assert!(batch.commit(5, addr("[fd00::2]:2")));
+        assert!(batch.is_full());
+        assert!(batch.next_slot().is_none());
+        assert!(!batch.commit(1, addr("10.0.0.3:3")));
+        assert_eq!(batch.get(0), Some((&b"one"[..], addr("10.0.0.1:1"))));
+        assert_eq!(batch.get(1), Some((&b"two!!"[..], addr("[fd00::2]:2"))));
+        assert_eq!(batch.get(2), None);
+        batch.clear();
+        assert!(batch.is_empty());
+        assert_eq!(batch.next_slot().unwrap().len(), 8);
+    }
+
+    #[test]
+    fn commit_clamps_lengths_to_the_slot() {
+        let mut batch = DatagramBatch::new(1, 4);
+        assert!(batch.commit(100, addr("10.0.0.1:1")));
+        assert_eq!(batch.get(0).unwrap().0.len(), 4);
+    }
+
+    #[test]
+    fn sockaddrs_round_trip() {
+        for a in [
+            addr("192.0.2.7:41641"),
+            addr("[2001:db8::1]:9"),
+            addr("[::ffff:10.1.2.3]:5"),
+        ] {
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            let mut raw: libc::sockaddr_storage = unsafe { zeroed() };
+            let len = to_sockaddr(a, &mut raw);
+            assert_eq!(from_sockaddr(&raw, len), Some(a));
+            assert_eq!(from_sockaddr(&raw, len - 1), None, "short length");
+        }
+        // SAFETY: as above.
+        let raw: libc::sockaddr_storage = unsafe { zeroed() };
+        assert_eq!(from_sockaddr(&raw, 128), None, "AF_UNSPEC");
+    }
+
+    #[test]
+    fn a_batch_crosses_loopback_in_order_with_sources() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut out = DatagramBatch::new(BATCH_SLOTS + 3, 64);
+        for i in 0..out.capacity() {
+            let slot = out.next_slot().unwrap();
+            slot[..2].copy_from_slice(&(i as u16).to_be_bytes());
+            assert!(out.commit(2 + i % 7, to));
+        }
+        // One call sends at most BATCH_SLOTS; the caller resumes after them.
+        let mut sent = 0;
+        while sent < out.len() {
+            sent += send_batch(tx.as_fd(), &out, sent).unwrap();
+        }
+        assert_eq!(sent, BATCH_SLOTS + 3);
+        assert_eq!(send_batch(tx.as_fd(), &out, sent).unwrap(), 0);
+
+        let mut inb = DatagramBatch::new(BATCH_SLOTS, 64);
+        let mut seen = 0;
+        while seen < sent {
+            let n = recv_batch(rx.as_fd(), &mut inb).unwrap();
+            assert_eq!(n, inb.len());
+            for i in 0..n {
+                let (data, from) = inb.get(i).unwrap();
+                assert_eq!(from, tx.local_addr().unwrap());
+                assert_eq!(data.len(), 2 + seen % 7);
+                assert_eq!(data[..2], (seen as u16).to_be_bytes());
+                seen += 1;
+            }
+        }
+        let err = recv_batch(rx.as_fd(), &mut inb).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(inb.is_empty());
+    }
+
+    #[test]
+    fn oversized_datagrams_arrive_empty() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(&[7u8; 100], rx.local_addr().unwrap()).unwrap();
+        tx.send_to(&[8u8; 10], rx.local_addr().unwrap()).unwrap();
+        let mut inb = DatagramBatch::new(4, 16);
+        let mut lens = Vec::new();
+        while lens.len() < 2 {
+            match recv_batch(rx.as_fd(), &mut inb) {
+                Ok(n) => lens.extend((0..n).map(|i| inb.get(i).unwrap().0.to_vec())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(lens, vec![Vec::new(), vec![8u8; 10]]);
+    }
+}

@@ -1,0 +1,441 @@
+//! One pod's disco state (sans-IO): who may speak disco to it, and what
+//! to do with each message.
+//!
+//! Senders are known only by the disco keys the netmap gives their peers;
+//! a packet from any other key, or whose box does not open, is rejected
+//! before it can touch path state. The shared box key of each peer is
+//! computed once and cached, so answering pings costs only the cipher.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use tailnet_wire::disco::{
+    self, CallMeMaybe, DiscoError, DiscoPublic, Message, Ping, Pong, SharedKey, TxId,
+};
+
+/// A WireGuard node key.
+pub type NodeKey = [u8; 32];
+
+/// The address a pong names when the ping came through a relay: Tailscale's
+/// "DERP magic" IP, with the region id as the port.
+pub const DERP_MAGIC_IP: Ipv4Addr = Ipv4Addr::new(127, 3, 3, 40);
+
+/// How a disco packet reached the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// On the pod's UDP socket, from this (canonical) address.
+    Udp(SocketAddr),
+    /// Through a relay, which vouches for the sender's node key.
+    Derp { src: NodeKey, region: u16 },
+}
+
+impl Via {
+    /// The source a pong reports back for a ping that came this way.
+    pub fn observed(self) -> SocketAddr {
+        match self {
+            Via::Udp(addr) => addr,
+            Via::Derp { region, .. } => SocketAddr::new(IpAddr::V4(DERP_MAGIC_IP), region),
+        }
+    }
+}
+
+/// Why a disco packet was not acted on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoRejected {
+    #[error("not a disco packet")]
+    NotDisco,
+    #[error("disco packet from a key no peer of this pod has")]
+    UnknownSender,
+    #[error("disco packet relayed from a node key other than its disco key's peer")]
+    RelaySenderMismatch,
+    #[error("disco message did not open or decode: {0}")]
+    Open(#[from] DiscoError),
+    #[error("disco pong through a relay (only direct paths are probed)")]
+    PongViaRelay,
+    #[error("disco call-me-maybe over UDP (only accepted through a relay)")]
+    CallMeMaybeOverUdp,
+}
+
+/// What the engine must do about an accepted disco message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reaction {
+    /// Send `pong` (a sealed packet) back the way the ping came.
+    AnswerPing {
+        peer: NodeKey,
+        via: Via,
+        pong: Vec<u8>,
+    },
+    /// One of our pings was answered from `from`.
+    Pong {
+        peer: NodeKey,
+        tx_id: TxId,
+        from: SocketAddr,
+        /// Where the peer saw our ping come from.
+        observed: SocketAddr,
+    },
+    /// The peer asks us to ping these endpoints of its.
+    CallMeMaybe {
+        peer: NodeKey,
+        endpoints: Vec<SocketAddr>,
+    },
+}
+
+struct PeerDisco {
+    node_key: NodeKey,
+    shared: SharedKey,
+}
+
+/// Per-pod disco keys and peer table.
+pub struct DiscoState {
+    private: [u8; 32],
+    public: DiscoPublic,
+    /// Peer disco public key → that peer's node key and cached box key.
+    by_disco: HashMap<DiscoPublic, PeerDisco>,
+    /// Node key → disco key, for sealing.
+    by_node: HashMap<NodeKey, DiscoPublic>,
+}
+
+impl std::fmt::Debug for DiscoState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscoState")
+            .field("public", &hex::encode(self.public))
+            .field("peers", &self.by_disco.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DiscoState {
+    pub fn new(private: [u8; 32]) -> Self {
+        Self {
+            private,
+            public: disco::public_key(&private),
+            by_disco: HashMap::new(),
+            by_node: HashMap::new(),
+        }
+    }
+
+    pub fn public(&self) -> &DiscoPublic {
+        &self.public
+    }
+
+    /// Replace the peer table: (node key, disco key) of every peer that has
+    /// one. Box keys of unchanged peers are kept.
+    pub fn set_peers<'a>(&mut self, peers: impl IntoIterator<Item = (NodeKey, &'a DiscoPublic)>) {
+        let mut old = std::mem::take(&mut self.by_disco);
+        self.by_node.clear();
+        for (node_key, disco_key) in peers {
+            // Our own key would let a peer's echo pass for a message.
+            if *disco_key == self.public || self.by_disco.contains_key(disco_key) {
+                continue;
+            }
+            let shared = match old.remove(disco_key) {
+                Some(entry) => entry.shared,
+                None => SharedKey::new(&self.private, disco_key),
+            };
+            self.by_disco
+                .insert(*disco_key, PeerDisco { node_key, shared });
+            self.by_node.insert(node_key, *disco_key);
+        }
+    }
+
+    /// Whether the peer can be spoken to (it has a disco key).
+    pub fn knows(&self, peer: &NodeKey) -> bool {
+        self.by_node.contains_key(peer)
+    }
+
+    /// Seal `message` for `peer`; `None` when the peer has no disco key.
+    pub fn seal(&self, peer: &NodeKey, message: &Message) -> Option<Vec<u8>> {
+        let disco_key = self.by_node.get(peer)?;
+        self.by_disco.get(disco_key).map(|p| p.shared.seal(message))
+    }
+
+    /// A ping for `peer` carrying our node key.
+    pub fn ping(&self, peer: &NodeKey, tx_id: TxId, our_node_key: NodeKey) -> Option<Vec<u8>> {
+        self.seal(
+            peer,
+            &Message::Ping(Ping {
+                tx_id,
+                node_key: our_node_key,
+                padding: 0,
+            }),
+        )
+    }
+
+    /// A call-me-maybe for `peer` listing our endpoints.
+    pub fn call_me_maybe(&self, peer: &NodeKey, endpoints: &[SocketAddr]) -> Option<Vec<u8>> {
+        self.seal(
+            peer,
+            &Message::CallMeMaybe(CallMeMaybe {
+                endpoints: endpoints.to_vec(),
+            }),
+        )
+    }
+
+    /// Authenticate and interpret one disco packet.
+    pub fn receive(&self, packet: &[u8], via: Via) -> Result<Reaction, DiscoRejected> {
+        let sender = disco::sender_key(packet).ok_or(DiscoRejected::NotDisco)?;
+        let peer = self
+            .by_disco
+            .get(&sender)
+            .ok_or(DiscoRejected::UnknownSender)?;
+        if let Via::Derp { src, .. } = via {
+            if src != peer.node_key {
+                return Err(DiscoRejected::RelaySenderMismatch);
+            }
+        }
+        let message = peer.shared.open(packet)?;
+        let peer_key = peer.node_key;
+        match message {
+            Message::Ping(ping) => {
+                let pong = peer.shared.seal(&Message::Pong(Pong {
+                    tx_id: ping.tx_id,
+                    src: via.observed(),
+                }));
+                Ok(Reaction::AnswerPing {
+                    peer: peer_key,
+                    via,
+                    pong,
+                })
+            }
+            Message::Pong(pong) => match via {
+                Via::Udp(from) => Ok(Reaction::Pong {
+                    peer: peer_key,
+                    tx_id: pong.tx_id,
+                    from,
+                    observed: pong.src,
+                }),
+                Via::Derp { .. } => Err(DiscoRejected::PongViaRelay),
+            },
+            Message::CallMeMaybe(cmm) => match via {
+                Via::Derp { .. } => Ok(Reaction::CallMeMaybe {
+                    peer: peer_key,
+                    // A relay's magic address or an unspecified one is no path.
+                    endpoints: cmm
+                        .endpoints
+                        .into_iter()
+                        .filter(|e| usable_endpoint(*e))
+                        .collect(),
+                }),
+                Via::Udp(_) => Err(DiscoRejected::CallMeMaybeOverUdp),
+            },
+        }
+    }
+}
+
+/// An address worth pinging: a real unicast IP with a port.
+fn usable_endpoint(addr: SocketAddr) -> bool {
+    addr.port() != 0
+        && !addr.ip().is_unspecified()
+        && !addr.ip().is_multicast()
+        && addr.ip() != IpAddr::V4(DERP_MAGIC_IP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD_DISCO: [u8; 32] = [0x10; 32];
+    const PEER_DISCO: [u8; 32] = [0x20; 32];
+    const STRANGER_DISCO: [u8; 32] = [0x30; 32];
+    const PEER_NODE: NodeKey = [0xaa; 32];
+    const OTHER_NODE: NodeKey = [0xbb; 32];
+
+    fn pod() -> DiscoState {
+        let mut state = DiscoState::new(POD_DISCO);
+        let peer_public = disco::public_key(&PEER_DISCO);
+        state.set_peers([(PEER_NODE, &peer_public)]);
+        state
+    }
+
+    /// A packet as the peer would send it to the pod.
+    fn from_peer(message: &Message) -> Vec<u8> {
+        disco::seal(&PEER_DISCO, &disco::public_key(&POD_DISCO), message)
+    }
+
+    fn ping(tx: u8) -> Message {
+        Message::Ping(Ping {
+            tx_id: [tx; 12],
+            node_key: PEER_NODE,
+            padding: 0,
+        })
+    }
+
+    #[test]
+    fn udp_ping_is_answered_with_the_observed_source() {
+        let state = pod();
+        let from: SocketAddr = "10.203.0.1:41641".parse().unwrap();
+        let reaction = state.receive(&from_peer(&ping(7)), Via::Udp(from));
+        let Ok(Reaction::AnswerPing { peer, via, pong }) = reaction else {
+            panic!("{reaction:?}")
+        };
+        assert_eq!((peer, via), (PEER_NODE, Via::Udp(from)));
+        // The peer opens the pong with its own key and sees its address.
+        let (sender, message) = disco::open(&PEER_DISCO, &pong).unwrap();
+        assert_eq!(sender, *state.public());
+        assert_eq!(
+            message,
+            Message::Pong(Pong {
+                tx_id: [7; 12],
+                src: from
+            })
+        );
+    }
+
+    #[test]
+    fn relayed_ping_is_answered_with_the_derp_magic_address() {
+        let state = pod();
+        let via = Via::Derp {
+            src: PEER_NODE,
+            region: 900,
+        };
+        let Ok(Reaction::AnswerPing { pong, .. }) = state.receive(&from_peer(&ping(1)), via) else {
+            panic!("ping not answered")
+        };
+        let (_, message) = disco::open(&PEER_DISCO, &pong).unwrap();
+        assert_eq!(
+            message,
+            Message::Pong(Pong {
+                tx_id: [1; 12],
+                src: "127.3.3.40:900".parse().unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn pongs_count_only_over_udp_and_call_me_maybe_only_via_relay() {
+        let state = pod();
+        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let observed: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        let pong = from_peer(&Message::Pong(Pong {
+            tx_id: [4; 12],
+            src: observed,
+        }));
+        assert_eq!(
+            state.receive(&pong, Via::Udp(from)),
+            Ok(Reaction::Pong {
+                peer: PEER_NODE,
+                tx_id: [4; 12],
+                from,
+                observed
+            })
+        );
+        let relay = Via::Derp {
+            src: PEER_NODE,
+            region: 1,
+        };
+        assert_eq!(
+            state.receive(&pong, relay),
+            Err(DiscoRejected::PongViaRelay)
+        );
+
+        let cmm = from_peer(&Message::CallMeMaybe(CallMeMaybe {
+            endpoints: vec![
+                "127.0.0.1:41641".parse().unwrap(),
+                "0.0.0.0:1".parse().unwrap(),
+                "127.3.3.40:900".parse().unwrap(),
+                "[fd00::1]:0".parse().unwrap(),
+                "[fd00::1]:7".parse().unwrap(),
+            ],
+        }));
+        assert_eq!(
+            state.receive(&cmm, relay),
+            Ok(Reaction::CallMeMaybe {
+                peer: PEER_NODE,
+                endpoints: vec![
+                    "127.0.0.1:41641".parse().unwrap(),
+                    "[fd00::1]:7".parse().unwrap()
+                ],
+            })
+        );
+        assert_eq!(
+            state.receive(&cmm, Via::Udp(from)),
+            Err(DiscoRejected::CallMeMaybeOverUdp)
+        );
+    }
+
+    #[test]
+    fn strangers_forgeries_and_impostors_are_rejected() {
+        let state = pod();
+        let via = Via::Udp("127.0.0.1:1".parse().unwrap());
+        // A well-formed packet from a key the netmap does not list.
+        let stranger = disco::seal(&STRANGER_DISCO, &disco::public_key(&POD_DISCO), &ping(1));
+        assert_eq!(
+            state.receive(&stranger, via),
+            Err(DiscoRejected::UnknownSender)
+        );
+        // The peer's key in the header but a box sealed by someone else.
+        let mut forged = stranger.clone();
+        forged[disco::MAGIC.len()..disco::MAGIC.len() + 32]
+            .copy_from_slice(&disco::public_key(&PEER_DISCO));
+        assert_eq!(
+            state.receive(&forged, via),
+            Err(DiscoRejected::Open(DiscoError::Decrypt))
+        );
+        // Tampered ciphertext.
+        let mut tampered = from_peer(&ping(2));
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(
+            state.receive(&tampered, via),
+            Err(DiscoRejected::Open(DiscoError::Decrypt))
+        );
+        // The peer's disco packet relayed on behalf of another node key.
+        let relayed = Via::Derp {
+            src: OTHER_NODE,
+            region: 900,
+        };
+        assert_eq!(
+            state.receive(&from_peer(&ping(3)), relayed),
+            Err(DiscoRejected::RelaySenderMismatch)
+        );
+        assert_eq!(
+            state.receive(b"not disco", via),
+            Err(DiscoRejected::NotDisco)
+        );
+    }
+
+    #[test]
+    fn peer_table_follows_the_netmap() {
+        let mut state = pod();
+        assert!(state.knows(&PEER_NODE));
+        let packet = from_peer(&ping(1));
+        let via = Via::Udp("127.0.0.1:1".parse().unwrap());
+        // The peer rotates its disco key: old packets no longer pass.
+        let rotated = disco::public_key(&STRANGER_DISCO);
+        state.set_peers([(PEER_NODE, &rotated)]);
+        assert_eq!(
+            state.receive(&packet, via),
+            Err(DiscoRejected::UnknownSender)
+        );
+        // A peer may not claim our own disco key.
+        let ours = *state.public();
+        state.set_peers([(OTHER_NODE, &ours)]);
+        assert!(!state.knows(&OTHER_NODE));
+        state.set_peers([]);
+        assert!(!state.knows(&PEER_NODE));
+        assert_eq!(state.seal(&PEER_NODE, &ping(1)), None);
+    }
+
+    #[test]
+    fn outgoing_ping_and_call_me_maybe_open_at_the_peer() {
+        let state = pod();
+        let ping = state.ping(&PEER_NODE, [9; 12], [0xcc; 32]).unwrap();
+        let (sender, message) = disco::open(&PEER_DISCO, &ping).unwrap();
+        assert_eq!(sender, disco::public_key(&POD_DISCO));
+        assert_eq!(
+            message,
+            Message::Ping(Ping {
+                tx_id: [9; 12],
+                node_key: [0xcc; 32],
+                padding: 0
+            })
+        );
+        let eps: Vec<SocketAddr> = vec!["127.0.0.1:4000".parse().unwrap()];
+        let cmm = state.call_me_maybe(&PEER_NODE, &eps).unwrap();
+        assert_eq!(
+            disco::open(&PEER_DISCO, &cmm).unwrap().1,
+            Message::CallMeMaybe(CallMeMaybe { endpoints: eps })
+        );
+        assert!(state.ping(&OTHER_NODE, [1; 12], [0; 32]).is_none());
+    }
+}

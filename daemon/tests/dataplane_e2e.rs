@@ -1,0 +1,978 @@
+//! The data plane end to end: podman containers joined by the real daemon
+//! (through the CNI shim) to the test bed's tailnet, with the official
+//! tailscaled peer on the other side.
+//!
+//! - the tailnet policy set in the real control server (rscale's admin API)
+//!   reaches the pod as its packet filter: the peer's new connections are
+//!   refused where the policy says so, the pod's own connections to the peer
+//!   still get their replies (own private test bed: the policy is global);
+//! - two pods of one node reach each other at their tailnet addresses, both
+//!   ways and over both families;
+//! - ICMP and TCP across the pods' 1280-byte `ts0` MTU: 1400-byte pings are
+//!   fragmented by the sender and reassembled by the receiver (IPv4 and IPv6);
+//! - a pod that forges a source address gets nothing through;
+//! - a bulk transfer (1 GiB unless TAILNET_E2E_TRANSFER_BYTES says otherwise)
+//!   arrives intact both ways between a pod and the peer.
+//!
+//! Runs under `scripts/isolated.sh` (TAILNET_ISOLATED=1) as root with the
+//! test bed's environment (`scripts/test-in-netns.sh` provides all of it);
+//! skips, saying why, otherwise.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const PLUGIN_DIR: &str = "/usr/lib/cni";
+const BUSYBOX: &str = "/usr/bin/busybox";
+const MIB: u64 = 1 << 20;
+
+/// What a test needs of a test bed (the shared one or a private one).
+#[derive(Clone)]
+struct Bed {
+    control_url: String,
+    admin_token_file: String,
+    peer_socks5: String,
+    peer_ipv4: String,
+}
+
+impl Bed {
+    fn from_env(vars: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let var = |name: &str| vars(name).ok_or_else(|| format!("{name} is not set"));
+        Ok(Bed {
+            control_url: var("TAILNET_TEST_CONTROL_URL")?,
+            admin_token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?,
+            peer_socks5: var("TAILNET_TEST_PEER_SOCKS5")?,
+            peer_ipv4: var("TAILNET_TEST_PEER_IPV4")?,
+        })
+    }
+}
+
+fn prerequisites() -> Result<Bed, String> {
+    if std::env::var("TAILNET_ISOLATED").as_deref() != Ok("1") {
+        return Err("not inside scripts/isolated.sh (TAILNET_ISOLATED != 1)".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root".into());
+    }
+    for path in ["/usr/bin/podman", BUSYBOX, "/usr/bin/curl"] {
+        if !Path::new(path).exists() {
+            return Err(format!("{path} is missing"));
+        }
+    }
+    Bed::from_env(|name| std::env::var(name).ok())
+}
+
+macro_rules! bed_or_skip {
+    () => {
+        match prerequisites() {
+            Ok(bed) => bed,
+            Err(why) => {
+                eprintln!("skipped: {why}");
+                return;
+            }
+        }
+    };
+}
+
+/// One daemon per node is the design, and a starting daemon removes links
+/// it does not own: tests that run a daemon take turns (the lock file is the
+/// one e2e_podman.rs uses).
+struct Turn {
+    _lock: fs::File,
+}
+
+fn take_turn() -> Turn {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("tailnet-cni-e2e.lock"))
+        .expect("lock file");
+    // SAFETY: flock on an open descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock failed");
+    Turn { _lock: file }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let output = run(cmd);
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A private test bed (its own PostgreSQL, rscale and tailscaled peer) for
+/// a test that changes tailnet-wide settings; brought down on drop.
+struct PrivateBed {
+    dir: tempfile::TempDir,
+    bed: Bed,
+}
+
+fn testbed_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/testbed.sh")
+}
+
+impl PrivateBed {
+    fn up() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = |command: &str| {
+            run_ok(
+                Command::new(testbed_script())
+                    .arg(command)
+                    .env("TAILNET_TESTBED_DIR", dir.path()),
+            )
+        };
+        script("up");
+        let env = script("env");
+        let vars: Vec<(String, String)> = env
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        let bed = Bed::from_env(|name| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty())
+        })
+        .expect("private test bed environment");
+        Self { dir, bed }
+    }
+}
+
+impl Drop for PrivateBed {
+    fn drop(&mut self) {
+        let _ = Command::new(testbed_script())
+            .arg("down")
+            .env("TAILNET_TESTBED_DIR", self.dir.path())
+            .output();
+    }
+}
+
+fn admin(bed: &Bed, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let token = fs::read_to_string(&bed.admin_token_file).expect("admin token");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-fsS", "-X", method, "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()))
+        .args(["-H", "Content-Type: application/json"]);
+    if let Some(body) = body {
+        cmd.args(["-d", &body.to_string()]);
+    }
+    let out = run_ok(cmd.arg(format!("{}{path}", bed.control_url)));
+    serde_json::from_str(&out).unwrap_or(Value::Null)
+}
+
+/// A running daemon with its own state dir and socket; stopped on drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, bed: &Bed) -> Self {
+        let socket = dir.join("daemon.sock");
+        let config = dir.join("tailnet-cnid.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"socket = "{socket}"
+state_dir = "{state}"
+cluster_name = "dp"
+control_url = "{url}"
+selection = "all"
+
+[auth]
+kind = "rscale"
+api_url = "{url}"
+token_file = "{token}"
+tags = []
+"#,
+                socket = socket.display(),
+                state = dir.join("state").display(),
+                url = bed.control_url,
+                token = bed.admin_token_file,
+            ),
+        )
+        .expect("daemon config");
+        let log = dir.join("daemon.log");
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("daemon log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tailnet-cnid"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env("TAILNET_CNID_LOG", "info,tailnet_cnid=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn daemon");
+        wait_until(Duration::from_secs(30), "the daemon socket", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("daemon exited early: {status}");
+            }
+            socket.exists().then_some(())
+        });
+        Self { child, socket, log }
+    }
+
+    fn status(&self) -> Value {
+        let out = run_ok(
+            Command::new(env!("CARGO_BIN_EXE_tailnet-cnid"))
+                .args(["status", "--json", "--socket"])
+                .arg(&self.socket),
+        );
+        serde_json::from_str(&out).expect("status json")
+    }
+
+    fn pod(&self, ipv4: &str) -> Value {
+        let status = self.status();
+        status["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["ipv4"] == json!(ipv4))
+            .cloned()
+            .unwrap_or_else(|| panic!("no pod {ipv4} in {status}"))
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill with our child's pid and a valid signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// podman with private storage and a conflist chaining bridge + our shim;
+/// removes its containers on drop.
+struct Podman {
+    dir: PathBuf,
+    containers: std::cell::RefCell<Vec<String>>,
+}
+
+impl Podman {
+    /// `bridge` and `subnet` must differ between tests running at once.
+    fn new(dir: &Path, daemon_socket: &Path, bridge: &str, subnet: &str) -> Self {
+        for sub in [
+            "bin",
+            "net.d",
+            "rootfs/bin",
+            "rootfs/www",
+            "rootfs/data",
+            "rootfs/tmp",
+            "root",
+            "runroot",
+            "tmp",
+            "static",
+            "volumes",
+        ] {
+            fs::create_dir_all(dir.join(sub)).expect("mkdir");
+        }
+        for plugin in ["bridge", "host-local", "loopback"] {
+            symlink(
+                Path::new(PLUGIN_DIR).join(plugin),
+                dir.join("bin").join(plugin),
+            )
+            .expect("link");
+        }
+        let shim = PathBuf::from(env!("CARGO_BIN_EXE_tailnet-cnid")).with_file_name("tailnet-cni");
+        symlink(shim, dir.join("bin/tailnet-cni")).expect("link shim");
+        fs::copy(BUSYBOX, dir.join("rootfs/bin/busybox")).expect("busybox");
+        for applet in [
+            "sh",
+            "sleep",
+            "ip",
+            "httpd",
+            "cat",
+            "echo",
+            "nc",
+            "head",
+            "sha256sum",
+            "ping",
+            "ping6",
+            "seq",
+            "netstat",
+            "tee",
+            "wc",
+            "mkfifo",
+            "tail",
+            "grep",
+            "tr",
+            "sed",
+        ] {
+            symlink("busybox", dir.join("rootfs/bin").join(applet)).expect("applet");
+        }
+        fs::write(dir.join("rootfs/www/index.html"), "hello from a pod\n").expect("page");
+        let conflist = json!({
+            "cniVersion": "1.0.0",
+            "name": "tailnet-dp",
+            "plugins": [
+                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}},
+                {"type": "tailnet-cni", "daemonSocket": daemon_socket.display().to_string(),
+                 "timeoutSeconds": 90}
+            ]
+        });
+        fs::write(dir.join("net.d/tailnet-dp.conflist"), conflist.to_string()).expect("conflist");
+        let d = dir.display();
+        fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[network]\nnetwork_backend=\"cni\"\ncni_plugin_dirs=[\"{d}/bin\"]\nnetwork_config_dir=\"{d}/net.d\"\n\
+                 [engine]\ncgroup_manager=\"cgroupfs\"\nevents_logger=\"file\"\ntmp_dir=\"{d}/tmp\"\n\
+                 static_dir=\"{d}/static\"\nvolume_path=\"{d}/volumes\"\n"
+            ),
+        )
+        .expect("containers.conf");
+        Self {
+            dir: dir.to_path_buf(),
+            containers: Default::default(),
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new("podman");
+        cmd.arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
+        cmd
+    }
+
+    /// Starts a container serving its page on ports 80 and 8081.
+    fn run_web(&self, name: &str, daemon: &Daemon) {
+        let out = run(self
+            .cmd()
+            .args([
+                "run",
+                "-d",
+                "--cgroups=disabled",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
+            .args(["--network", "tailnet-dp", "--name", name, "--rootfs"])
+            .arg(self.dir.join("rootfs"))
+            .args([
+                "/bin/sh",
+                "-c",
+                "httpd -p 8081 -h /www && exec httpd -f -p 80 -h /www",
+            ]));
+        assert!(
+            out.status.success(),
+            "podman run {name}: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            daemon.log_text()
+        );
+        self.containers.borrow_mut().push(name.to_string());
+    }
+
+    fn exec(&self, name: &str, script: &str) -> Output {
+        run(self.cmd().args(["exec", name, "/bin/sh", "-c", script]))
+    }
+
+    fn netns(&self, name: &str) -> String {
+        run_ok(self.cmd().args([
+            "inspect",
+            name,
+            "--format",
+            "{{.NetworkSettings.SandboxKey}}",
+        ]))
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for name in self.containers.borrow().iter() {
+            let _ = self.cmd().args(["rm", "-f", "-t", "0", name]).output();
+        }
+    }
+}
+
+/// A pod's tailnet addresses as the daemon reports them.
+struct PodAddrs {
+    ipv4: String,
+    ipv6: String,
+}
+
+fn pod_addrs(daemon: &Daemon, hostname_suffix: &str) -> PodAddrs {
+    let status = daemon.status();
+    let pod = status["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| {
+            p["hostname"]
+                .as_str()
+                .is_some_and(|h| h.ends_with(hostname_suffix))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no pod *{hostname_suffix} in {status}"));
+    PodAddrs {
+        ipv4: pod["ipv4"].as_str().unwrap_or_default().to_string(),
+        ipv6: pod["ipv6"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// The peer fetches `url` over the tailnet (its SOCKS5 proxy).
+fn peer_fetch(bed: &Bed, url: &str, max_time: u32) -> Output {
+    run(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        &max_time.to_string(),
+        "--socks5-hostname",
+        &bed.peer_socks5,
+        url,
+    ]))
+}
+
+fn fetched(out: &Output) -> Option<String> {
+    (out.status.success() && !out.stdout.is_empty())
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A shell line for a container that fetches `/` from `host:port` with
+/// HTTP/1.0 over busybox `nc` (busybox's static `wget` crashes in a bare
+/// rootfs) and prints only the body (nothing when the fetch failed).
+fn http_get(host: &str, port: u16) -> String {
+    format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {host} {port} | tr -d '\\r' | sed '1,/^$/d'"
+    )
+}
+
+/// A TCP connection made by the peer (through its SOCKS5 proxy, no auth).
+fn peer_connect(bed: &Bed, ip: &str, port: u16) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect(&bed.peer_socks5)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(&[5, 1, 0])?;
+    let mut hello = [0u8; 2];
+    s.read_exact(&mut hello)?;
+    let ip: Ipv4Addr = ip.parse().map_err(std::io::Error::other)?;
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&ip.octets());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req)?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply)?;
+    if reply[1] != 0 {
+        return Err(std::io::Error::other(format!(
+            "SOCKS5 connect refused ({})",
+            reply[1]
+        )));
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
+
+/// An HTTP server on the namespace's loopback: the userspace tailscaled
+/// peer forwards tailnet connections to its own loopback services, so pods
+/// reach this at `http://<peer>:<port>/`.
+fn loopback_http(body: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+// ---------------------------------------------------------------- (a) ACLs --
+
+#[test]
+fn tailnet_policy_filters_the_peers_connections_but_not_the_pods_replies() {
+    let _shared = bed_or_skip!();
+    let _turn = take_turn();
+    // The policy is tailnet-wide: change it only on a bed of our own.
+    let t0 = Instant::now();
+    let progress = |what: &str| eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
+    let private = PrivateBed::up();
+    let bed = &private.bed;
+    let work = tempfile::tempdir().expect("tempdir");
+    progress("private test bed up");
+    let daemon = Daemon::start(work.path(), bed);
+    let podman = Podman::new(
+        &work.path().join("podman"),
+        &daemon.socket,
+        "cni-tndp1",
+        "10.89.41.0/24",
+    );
+    progress("daemon up");
+    podman.run_web("acl", &daemon);
+    let pod = pod_addrs(&daemon, "-acl");
+    progress("pod running");
+
+    // The default policy allows everything: both ports answer the peer.
+    for port in [80, 8081] {
+        let page = wait_until(
+            Duration::from_secs(60),
+            "the peer to reach the pod under the default policy",
+            || {
+                fetched(&peer_fetch(
+                    bed,
+                    &format!("http://{}:{port}/", pod.ipv4),
+                    10,
+                ))
+            },
+        );
+        assert_eq!(page, "hello from a pod\n");
+    }
+    assert_eq!(daemon.pod(&pod.ipv4)["filtered_packets"], json!(0));
+    progress("default policy: both ports answer");
+
+    // Now: the pod may reach the peer anywhere; the peer may reach only the
+    // pod's port 8081.
+    let policy = json!({
+        "groups": [],
+        "rules": [
+            {"action": "accept", "sources": [pod.ipv4], "destinations": [format!("{}:*", bed.peer_ipv4)]},
+            {"action": "accept", "sources": [bed.peer_ipv4], "destinations": [format!("{}:8081", pod.ipv4)]}
+        ]
+    });
+    admin(bed, "PUT", "/api/v1/admin/policy", Some(&policy));
+    let stored = admin(bed, "GET", "/api/v1/admin/policy", None);
+    assert_eq!(
+        stored["rules"].as_array().map(Vec::len),
+        Some(2),
+        "{stored}"
+    );
+    progress("policy applied");
+
+    // Port 80 stops answering once the new filter reaches the pod, and the
+    // pod's engine counts the refused packets.
+    wait_until(
+        Duration::from_secs(60),
+        "the pod's filter to refuse the peer on port 80",
+        || {
+            let refused = !peer_fetch(bed, &format!("http://{}:80/", pod.ipv4), 5)
+                .status
+                .success();
+            let filtered = daemon.pod(&pod.ipv4)["filtered_packets"]
+                .as_u64()
+                .unwrap_or(0);
+            (refused && filtered > 0).then_some(())
+        },
+    );
+    // Still refused a moment later (not a transient failure).
+    assert!(
+        !peer_fetch(bed, &format!("http://{}:80/", pod.ipv4), 5)
+            .status
+            .success(),
+        "port 80 answered the peer against the policy"
+    );
+    progress("port 80 refused");
+    // The allowed port still answers.
+    let page = wait_until(
+        Duration::from_secs(30),
+        "the peer to reach the allowed port",
+        || fetched(&peer_fetch(bed, &format!("http://{}:8081/", pod.ipv4), 10)),
+    );
+    assert_eq!(page, "hello from a pod\n");
+    progress("port 8081 served");
+
+    // The pod's own connections to the peer work: their replies pass the
+    // pod's filter although no rule lets the peer in on those ports.
+    let port = loopback_http("hello from the peer\n");
+    let script = http_get(&bed.peer_ipv4, port);
+    let reply = wait_until(
+        Duration::from_secs(30),
+        "the pod to fetch from the peer",
+        || {
+            let out = podman.exec("acl", &script);
+            fetched(&out)
+        },
+    );
+    assert_eq!(reply, "hello from the peer\n");
+    progress("pod fetched from the peer");
+    // ICMP echo from the pod: the replies are answers to the pod's requests.
+    let ping = podman.exec("acl", &format!("ping -c 3 -W 5 {}", bed.peer_ipv4));
+    assert!(
+        ping.status.success(),
+        "pod ping to the peer: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    progress("pod pinged the peer");
+}
+
+// ------------------------------------------------- (b), (d), (e): two pods --
+
+/// A daemon with two pods on the shared test bed.
+struct TwoPods {
+    podman: Podman,
+    daemon: Daemon,
+    a: PodAddrs,
+    b: PodAddrs,
+    _work: tempfile::TempDir,
+}
+
+fn two_pods(bed: &Bed, bridge: &str, subnet: &str, names: [&str; 2]) -> TwoPods {
+    let work = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(work.path(), bed);
+    let podman = Podman::new(&work.path().join("podman"), &daemon.socket, bridge, subnet);
+    podman.run_web(names[0], &daemon);
+    podman.run_web(names[1], &daemon);
+    let a = pod_addrs(&daemon, &format!("-{}", names[0]));
+    let b = pod_addrs(&daemon, &format!("-{}", names[1]));
+    TwoPods {
+        podman,
+        daemon,
+        a,
+        b,
+        _work: work,
+    }
+}
+
+#[test]
+fn two_pods_on_one_node_reach_each_other_across_a_1280_mtu() {
+    let bed = bed_or_skip!();
+    let _turn = take_turn();
+    let pods = two_pods(&bed, "cni-tndp2", "10.89.42.0/24", ["pa", "pb"]);
+    let (a, b) = (&pods.a, &pods.b);
+
+    // (b) Each pod fetches the other's page at its tailnet addresses.
+    for (from, to) in [("pa", &b.ipv4), ("pb", &a.ipv4)] {
+        let script = http_get(to, 80);
+        let page = wait_until(Duration::from_secs(60), "pod to pod over IPv4", || {
+            fetched(&pods.podman.exec(from, &script))
+        });
+        assert_eq!(page, "hello from a pod\n", "{from} -> {to}");
+    }
+    for (from, to) in [("pa", &b.ipv6), ("pb", &a.ipv6)] {
+        let script = http_get(to, 80);
+        let page = wait_until(Duration::from_secs(30), "pod to pod over IPv6", || {
+            fetched(&pods.podman.exec(from, &script))
+        });
+        assert_eq!(page, "hello from a pod\n", "{from} -> {to}");
+    }
+
+    // (d) ts0 has the tailnet MTU of 1280.
+    let link = pods.podman.exec("pa", "ip link show ts0");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("mtu 1280"), "{link}");
+    // A datagram that fills the MTU exactly crosses whole (1252 + 8 + 20).
+    let full = pods
+        .podman
+        .exec("pa", &format!("ping -c 2 -W 5 -s 1252 {}", b.ipv4));
+    assert!(
+        full.status.success(),
+        "1280-byte ping: {}",
+        String::from_utf8_lossy(&full.stdout)
+    );
+    // Larger ones are fragmented by the sending kernel (IPv4 without DF,
+    // IPv6 at the source), every fragment crosses the tunnel, and the
+    // receiving kernel reassembles them; the reply comes back the same way.
+    for (cmd, to) in [("ping", &b.ipv4), ("ping6", &b.ipv6)] {
+        let out = pods
+            .podman
+            .exec("pa", &format!("{cmd} -c 3 -W 5 -s 1400 {to}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd} -s 1400 {to}: {text}");
+        assert!(text.contains("1408 bytes from"), "{text}");
+    }
+    // No pod filtered anything: the default policy allows all, and the
+    // fragments (which carry no ports) were let through.
+    for pod in [&a.ipv4, &b.ipv4] {
+        assert_eq!(pods.daemon.pod(pod)["filtered_packets"], json!(0));
+    }
+}
+
+#[test]
+fn a_pod_forging_its_source_address_gets_nothing_through() {
+    let bed = bed_or_skip!();
+    let _turn = take_turn();
+    let pods = two_pods(&bed, "cni-tndp3", "10.89.43.0/24", ["fa", "fb"]);
+    let (a, b) = (&pods.a, &pods.b);
+    // The session between the two pods is up.
+    let script = http_get(&b.ipv4, 80);
+    wait_until(Duration::from_secs(60), "pod to pod", || {
+        fetched(&pods.podman.exec("fa", &script))
+    });
+
+    // Pod fa gets a second, foreign address on ts0 (another tailnet address,
+    // not its own) and pings fb from it.
+    let netns = pods.podman.netns("fa");
+    let forged = "100.100.99.99";
+    run_ok(Command::new("nsenter").arg(format!("--net={netns}")).args([
+        "ip",
+        "addr",
+        "add",
+        &format!("{forged}/32"),
+        "dev",
+        "ts0",
+    ]));
+    let rx_before = pods.daemon.pod(&b.ipv4)["rx_bytes"].as_u64().unwrap_or(0);
+    let tx_before = pods.daemon.pod(&a.ipv4)["tx_bytes"].as_u64().unwrap_or(0);
+    let out = pods
+        .podman
+        .exec("fa", &format!("ping -c 5 -W 1 -I {forged} {}", b.ipv4));
+    assert!(
+        !out.status.success(),
+        "a forged-source ping was answered: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Statistics are published at least once a second: let them catch up.
+    std::thread::sleep(Duration::from_secs(2));
+    let rx_after = pods.daemon.pod(&b.ipv4)["rx_bytes"].as_u64().unwrap_or(0);
+    let tx_after = pods.daemon.pod(&a.ipv4)["tx_bytes"].as_u64().unwrap_or(0);
+    assert_eq!(rx_after, rx_before, "forged packets reached the other pod");
+    assert_eq!(tx_after, tx_before, "forged packets left the pod's engine");
+
+    // The same ping from the pod's own address is answered (the counters
+    // above were able to move).
+    let out = pods
+        .podman
+        .exec("fa", &format!("ping -c 2 -W 5 -I {} {}", a.ipv4, b.ipv4));
+    assert!(
+        out.status.success(),
+        "ping from the real address: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pods.daemon.pod(&b.ipv4)["rx_bytes"].as_u64().unwrap_or(0) > rx_after);
+}
+
+// ------------------------------------------------------ (c) bulk transfer --
+
+/// Bytes to move each way: TAILNET_E2E_TRANSFER_BYTES (rounded up to whole
+/// MiB), 1 GiB by default.
+fn transfer_bytes() -> u64 {
+    let bytes = std::env::var("TAILNET_E2E_TRANSFER_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1 << 30);
+    bytes.div_ceil(MIB).max(1) * MIB
+}
+
+/// A 1 MiB chunk of pseudo-random bytes (xorshift: incompressible, and no
+/// two offsets within it alike).
+fn chunk() -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..MIB / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+/// A `sha256sum` process fed incrementally.
+struct Sha256 {
+    child: Child,
+}
+
+impl Sha256 {
+    fn new() -> Self {
+        let child = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sha256sum");
+        Self { child }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(data)
+            .expect("hash input");
+    }
+
+    fn finish(mut self) -> String {
+        drop(self.child.stdin.take());
+        let out = self.child.wait_with_output().expect("sha256sum output");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn expected_digest(chunk: &[u8], chunks: u64) -> String {
+    let mut h = Sha256::new();
+    for _ in 0..chunks {
+        h.update(chunk);
+    }
+    h.finish()
+}
+
+fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / elapsed.as_secs_f64()
+}
+
+#[test]
+fn bulk_transfer_between_a_pod_and_the_peer_arrives_intact_both_ways() {
+    let bed = bed_or_skip!();
+    let _turn = take_turn();
+    let total = transfer_bytes();
+    let chunks = total / MIB;
+    let data = chunk();
+    let expected = expected_digest(&data, chunks);
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(work.path(), &bed);
+    let podman = Podman::new(
+        &work.path().join("podman"),
+        &daemon.socket,
+        "cni-tndp4",
+        "10.89.44.0/24",
+    );
+    fs::write(podman.dir.join("rootfs/data/chunk"), &data).expect("chunk");
+    podman.run_web("bulk", &daemon);
+    let pod = pod_addrs(&daemon, "-bulk");
+    wait_until(Duration::from_secs(60), "the peer to reach the pod", || {
+        fetched(&peer_fetch(&bed, &format!("http://{}/", pod.ipv4), 10))
+    });
+
+    // Peer → pod: the pod hashes exactly `total` bytes from its listener and
+    // records the digest and the count, while the connection stays open
+    // (closing it early would race the last bytes against the proxy's
+    // teardown). nc's stdin never ends: at EOF nc would half-close, and the
+    // peer's SOCKS5 proxy ends a connection at the first half-close.
+    run_ok(podman.cmd().args([
+        "exec",
+        "-d",
+        "bulk",
+        "/bin/sh",
+        "-c",
+        &format!(
+            "mkfifo /tmp/fifo; wc -c < /tmp/fifo > /tmp/count & \
+             tail -f /dev/null | nc -l -p 9001 | head -c {total} | tee /tmp/fifo | sha256sum > /tmp/sum"
+        ),
+    ]));
+    // Connect only once nc listens: a refused early attempt would not be
+    // seen until the first write.
+    wait_until(Duration::from_secs(30), "the pod's listener", || {
+        let out = podman.exec("bulk", "netstat -ltn | grep -q ':9001 '");
+        out.status.success().then_some(())
+    });
+    let started = Instant::now();
+    let mut conn = peer_connect(&bed, &pod.ipv4, 9001).expect("connect to the pod");
+    for sent in 0..chunks {
+        conn.write_all(&data)
+            .unwrap_or_else(|e| panic!("send to the pod after {sent} MiB: {e}"));
+    }
+    let (got, count) = wait_until(Duration::from_secs(1800), "the pod's digest", || {
+        let out = podman.exec("bulk", "cat /tmp/count && cat /tmp/sum");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut words = text.split_whitespace();
+        let count = words.next()?.parse::<u64>().ok()?;
+        let digest = words.next().filter(|d| d.len() == 64)?.to_string();
+        Some((digest, count))
+    });
+    let inbound = started.elapsed();
+    drop(conn);
+    assert_eq!(count, total, "peer -> pod cut short");
+    assert_eq!(got, expected, "peer -> pod data corrupted or cut short");
+    eprintln!(
+        "peer -> pod: {total} bytes in {:.1} s ({:.1} MiB/s), path {}",
+        inbound.as_secs_f64(),
+        mib_per_sec(total, inbound),
+        daemon.pod(&pod.ipv4)["path"]
+    );
+
+    // Pod → peer: the pod sends to a sink on the peer's loopback.
+    let sink = TcpListener::bind("127.0.0.1:0").expect("sink");
+    let sink_port = sink.local_addr().expect("addr").port();
+    let hasher = std::thread::spawn(move || {
+        let (mut conn, _) = sink.accept().expect("accept");
+        let mut h = Sha256::new();
+        let mut left = total;
+        let mut buf = vec![0u8; 256 * 1024];
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = conn.read(&mut buf[..want]).expect("read");
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        (total - left, h.finish())
+    });
+    let started = Instant::now();
+    let sender = podman.exec(
+        "bulk",
+        &format!(
+            "for i in $(seq {chunks}); do cat /data/chunk; done | nc {} {sink_port}",
+            bed.peer_ipv4
+        ),
+    );
+    let (received, digest) = hasher.join().expect("sink thread");
+    let outbound = started.elapsed();
+    assert_eq!(
+        received,
+        total,
+        "pod -> peer cut short: {}",
+        String::from_utf8_lossy(&sender.stderr)
+    );
+    assert_eq!(digest, expected, "pod -> peer data corrupted");
+    eprintln!(
+        "pod -> peer: {total} bytes in {:.1} s ({:.1} MiB/s), path {}",
+        outbound.as_secs_f64(),
+        mib_per_sec(total, outbound),
+        daemon.pod(&pod.ipv4)["path"]
+    );
+}
