@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::metrics::{CniCommand, Metrics, PodLabels, PodSample, Snapshot};
 use crate::rpc::{CniError, CniHandler};
 use crate::selection::{Decision, Selector};
-use crate::wg::{Engine, EngineConfig, PathKind, PodDataConfig};
+use crate::wg::{Engine, EngineConfig, HomeRelay, PathKind, PodDataConfig};
 
 /// How long an ADD waits for the control server to register the pod and
 /// send its first netmap.
@@ -54,6 +54,12 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(45);
 /// which is cheaper than holding its sandbox for the full registration
 /// timeout.
 const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
+/// How long an ADD waits for the pod's home relay connection. Peers learn
+/// of a new pod from control at once and send their first handshake through
+/// its home relay, which drops it if the pod is not connected yet; WireGuard
+/// retries only after 5 s. A relay slower than this is not fatal: the ADD
+/// succeeds and the pod becomes reachable when the link comes up.
+const HOME_RELAY_WAIT: Duration = Duration::from_secs(3);
 
 /// Why pod state is being released: DEL has crash points of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,6 +397,7 @@ impl PodManager {
             return Err(e);
         }
         faults::point("add:running-saved");
+        let data_handle = data.current();
         lock(&self.live).insert(
             record.container_id.clone(),
             LivePod {
@@ -399,6 +406,14 @@ impl PodManager {
                 sync,
             },
         );
+        let relay = data_handle.wait_home_relay(HOME_RELAY_WAIT).await;
+        if !matches!(relay, HomeRelay::Connected | HomeRelay::Absent) {
+            warn!(
+                hostname = %record.hostname,
+                state = ?relay,
+                "home relay not connected yet; peers' first packets may be lost until it is"
+            );
+        }
         info!(
             hostname = %record.hostname,
             ipv4 = ?record.ipv4,

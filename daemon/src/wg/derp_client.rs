@@ -15,7 +15,7 @@ use rand::Rng;
 use tailnet_wire::derp::{self, Frame, NodeKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
@@ -408,6 +408,20 @@ pub struct DerpInbound {
     pub packet: Vec<u8>,
 }
 
+/// Whether a pod's home relay can deliver to it yet. Peers send their first
+/// handshake to a pod's home region, and a relay drops packets for a client
+/// that has not connected, so a pod is reachable only once this is
+/// `Connected` (or the DERP map has no relay at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HomeRelay {
+    /// No DERP map yet.
+    Unknown,
+    /// The DERP map has no relay region: nothing to wait for.
+    Absent,
+    Connecting,
+    Connected,
+}
+
 /// One identity's connection to one DERP region, kept alive by a task.
 /// Dropping it closes the connection.
 pub struct DerpLink {
@@ -417,16 +431,18 @@ pub struct DerpLink {
 }
 
 impl DerpLink {
+    /// `home` is given for the pod's home region: the link reports its
+    /// connection state there.
     pub fn spawn(
         region: DerpRegionConfig,
         node_private: [u8; 32],
-        preferred: bool,
+        home: Option<Arc<watch::Sender<HomeRelay>>>,
         inbound: mpsc::Sender<DerpInbound>,
         queue: usize,
     ) -> Self {
         let (outbound, rx) = mpsc::channel(queue.max(1));
         let region_id = region.region_id;
-        let task = tokio::spawn(run_link(region, node_private, preferred, inbound, rx));
+        let task = tokio::spawn(run_link(region, node_private, home, inbound, rx));
         Self {
             region: region_id,
             outbound,
@@ -455,11 +471,20 @@ impl Drop for DerpLink {
 async fn run_link(
     region: DerpRegionConfig,
     node_private: [u8; 32],
-    preferred: bool,
+    home: Option<Arc<watch::Sender<HomeRelay>>>,
     inbound: mpsc::Sender<DerpInbound>,
     mut outbound: mpsc::Receiver<DerpOutbound>,
 ) {
     let region_id = region.region_id;
+    // The home flag is sent at connect time and tells the relay to keep us
+    // as the region's preferred connection.
+    let preferred = home.is_some();
+    let report = |state| {
+        if let Some(home) = &home {
+            home.send_replace(state);
+        }
+    };
+    report(HomeRelay::Connecting);
     let mut backoff = BACKOFF_MIN;
     let mut node_index = 0usize;
     loop {
@@ -473,6 +498,7 @@ async fn run_link(
         match connect(node, &node_private).await {
             Ok(conn) => {
                 info!(region = region_id, node = %conn.node, "DERP connected");
+                report(HomeRelay::Connected);
                 let mut restart_hint = None;
                 let result = serve(
                     conn,
@@ -486,6 +512,7 @@ async fn run_link(
                 match result {
                     Ok(()) => return, // The engine dropped its side.
                     Err(e) => {
+                        report(HomeRelay::Connecting);
                         warn!(region = region_id, node = %node.name, error = %e, "DERP connection lost")
                     }
                 }

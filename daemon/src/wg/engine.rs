@@ -22,7 +22,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::batch::{self, DatagramBatch, BATCH_SLOTS};
 use super::config::{DerpRegionConfig, EngineConfig, PeerConfig, PodDataConfig, PodEndpoints};
-use super::derp_client::{DerpInbound, DerpLink};
+use super::derp_client::{DerpInbound, DerpLink, HomeRelay};
 use super::disco::{DiscoState, Reaction, Via};
 use super::packet_fd::PacketFd;
 use super::path::{PathState, Route};
@@ -108,6 +108,14 @@ pub struct PodStats {
     pub peers: Vec<PeerStats>,
 }
 
+/// Which peers a statistics snapshot lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerSelection {
+    All,
+    /// Peers with a session or any packet sent.
+    InUse,
+}
+
 /// The node's data plane.
 #[derive(Clone)]
 pub struct Engine {
@@ -163,6 +171,7 @@ impl Engine {
         let (commands, command_rx) = mpsc::channel(16);
         let (endpoints_tx, endpoints_rx) = watch::channel(PodEndpoints::default());
         let (stats_tx, stats_rx) = watch::channel(PodStats::default());
+        let (home_relay_tx, home_relay_rx) = watch::channel(HomeRelay::Unknown);
         let (inbound_tx, inbound_rx) = mpsc::channel(self.inner.config.inbound_queue.max(1));
         let secret = x25519::StaticSecret::from(node_private);
         let udp = match udp::bind_pod_socket(0) {
@@ -201,6 +210,7 @@ impl Engine {
             filter: None,
             last_filter_sweep: Instant::now(),
             home_region: None,
+            home_relay: Arc::new(home_relay_tx),
             links: HashMap::new(),
             inbound_tx,
             endpoints_tx,
@@ -211,6 +221,7 @@ impl Engine {
             tx_batch: None,
             rx_batch: None,
             batch_idle_ticks: 0,
+            udp_gso: true,
             out_buf: vec![
                 0u8;
                 (self.inner.config.max_packet_size + WG_OVERHEAD).max(MIN_WG_BUFFER)
@@ -228,6 +239,7 @@ impl Engine {
             commands,
             endpoints: endpoints_rx,
             stats: stats_rx,
+            home_relay: home_relay_rx,
         })
     }
 
@@ -255,6 +267,7 @@ pub struct PodHandle {
     commands: mpsc::Sender<Command>,
     endpoints: watch::Receiver<PodEndpoints>,
     stats: watch::Receiver<PodStats>,
+    home_relay: watch::Receiver<HomeRelay>,
 }
 
 impl PodHandle {
@@ -295,9 +308,24 @@ impl PodHandle {
     }
 
     /// The latest published statistics without waiting on the pod task:
-    /// at most [`STATS_PUBLISH_INTERVAL`] old. For metrics scrapes.
+    /// at most [`STATS_PUBLISH_INTERVAL`] old. For metrics scrapes. Lists
+    /// only the peers the pod has exchanged packets with: in a tailnet of
+    /// thousands a pod talks to few, and every pod republishing every peer
+    /// each second would cost memory and time in the square of the pods.
     pub fn stats_now(&self) -> PodStats {
         self.stats.borrow().clone()
+    }
+
+    /// Waits, at most `timeout`, until peers can reach the pod through its
+    /// home relay (or the DERP map has none); returns the state then. A pod
+    /// announced before that loses its peers' first handshakes, which
+    /// WireGuard only retries after 5 s.
+    pub async fn wait_home_relay(&self, timeout: Duration) -> HomeRelay {
+        let mut state = self.home_relay.clone();
+        let settled = |s: &HomeRelay| matches!(s, HomeRelay::Connected | HomeRelay::Absent);
+        let _ = tokio::time::timeout(timeout, state.wait_for(settled)).await;
+        let now = *state.borrow();
+        now
     }
 
     /// Where the pod can be reached, for reporting to control.
@@ -361,6 +389,8 @@ struct PodState {
     filter: Option<Filter>,
     last_filter_sweep: Instant,
     home_region: Option<u16>,
+    /// Connection state of the home region's link, for [`PodHandle::wait_home_relay`].
+    home_relay: Arc<watch::Sender<HomeRelay>>,
     links: HashMap<u16, LinkEntry>,
     inbound_tx: mpsc::Sender<DerpInbound>,
     endpoints_tx: watch::Sender<PodEndpoints>,
@@ -375,6 +405,8 @@ struct PodState {
     rx_batch: Option<Box<DatagramBatch>>,
     /// Timer ticks since a batch was last used.
     batch_idle_ticks: u8,
+    /// Whether sends still try UDP GSO (off after the first refusal).
+    udp_gso: bool,
     /// Reused for every encapsulation/decapsulation.
     out_buf: Vec<u8>,
 }
@@ -460,7 +492,7 @@ impl PodState {
             Command::SetDerpMap(map) => self.set_derp_map(map),
             Command::SetFilter(rules) => self.set_filter(rules),
             Command::Stats(reply) => {
-                let _ = reply.send(self.snapshot_stats());
+                let _ = reply.send(self.snapshot_stats(PeerSelection::All));
             }
             Command::Detach(_) => {}
         }
@@ -547,11 +579,19 @@ impl PodState {
                 self.links.remove(&new);
             }
             self.home_region = home;
+            if home.is_some() {
+                self.home_relay.send_replace(HomeRelay::Connecting);
+            }
             info!(pod = %self.pod_id, home_region = ?home, "home DERP region chosen");
         }
-        if let Some(home) = self.home_region {
+        match self.home_region {
             // Peers find us through our home region: keep it connected.
-            self.link(home);
+            Some(home) => {
+                self.link(home);
+            }
+            None => {
+                self.home_relay.send_replace(HomeRelay::Absent);
+            }
         }
         self.endpoints_tx
             .send_modify(|e| e.preferred_derp = self.home_region);
@@ -568,10 +608,11 @@ impl PodState {
                 .iter()
                 .find(|r| r.region_id == region)?
                 .clone();
+            let home = (Some(region) == self.home_region).then(|| self.home_relay.clone());
             let link = DerpLink::spawn(
                 config.clone(),
                 self.node_private,
-                Some(region) == self.home_region,
+                home,
                 self.inbound_tx.clone(),
                 self.engine.config.derp_queue,
             );
@@ -704,8 +745,9 @@ impl PodState {
                 self.stats.dropped_packets += (out.len() - next) as u64;
                 break;
             };
+            let gso = self.udp_gso;
             let sent = sock.try_io(Interest::WRITABLE, || {
-                batch::send_batch(std::os::fd::AsFd::as_fd(&*sock), out, next)
+                batch::send_batch(std::os::fd::AsFd::as_fd(&*sock), out, next, gso)
             });
             match sent {
                 Ok(0) => break,
@@ -713,6 +755,12 @@ impl PodState {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.stats.dropped_packets += (out.len() - next) as u64;
                     break;
+                }
+                // The kernel or the outgoing device lacks UDP GSO: send
+                // datagram by datagram from now on.
+                Err(e) if gso && out.gso_run(next) > 1 => {
+                    debug!(pod = %self.pod_id, error = %e, "UDP GSO refused; sending datagrams singly");
+                    self.udp_gso = false;
                 }
                 Err(e) => {
                     if let (Some((wire, addr)), Some(peer_key)) =
@@ -1073,7 +1121,7 @@ impl PodState {
             .is_none_or(|t| t.elapsed() >= STATS_PUBLISH_INTERVAL)
         {
             self.last_stats_publish = Some(Instant::now());
-            let snapshot = self.snapshot_stats();
+            let snapshot = self.snapshot_stats(PeerSelection::InUse);
             self.stats_tx.send_replace(snapshot);
         }
         if let Some(filter) = &mut self.filter {
@@ -1189,7 +1237,10 @@ impl PodState {
         let our_node = self.node_public.to_bytes();
         // Allocated only when some peer starts a discovery round.
         let mut announce = Vec::new();
-        for (key, session) in self.peers.iter_mut() {
+        // Only a peer with a WireGuard session carries data, and discovery
+        // runs for active sessions only: skip the rest (most of a large
+        // tailnet) without touching their path state.
+        for (key, session) in self.peers.iter_mut().filter(|(_, p)| p.tunn.is_some()) {
             if send_due_pings(
                 &self.disco,
                 Some(sock),
@@ -1262,12 +1313,15 @@ impl PodState {
         });
     }
 
-    fn snapshot_stats(&self) -> PodStats {
+    fn snapshot_stats(&self, selection: PeerSelection) -> PodStats {
         let now = std::time::Instant::now();
         let mut stats = self.stats.clone();
         stats.peers = self
             .peers
             .iter()
+            .filter(|(_, p)| {
+                selection == PeerSelection::All || p.tunn.is_some() || p.path != PathKind::None
+            })
             .map(|(key, p)| PeerStats {
                 node_key: *key,
                 // The path the next packet takes: a validated direct

@@ -27,4 +27,5 @@ pub mod udp;
 pub use config::{
     DerpNodeConfig, DerpRegionConfig, EngineConfig, PeerConfig, PodDataConfig, PodEndpoints,
 };
+pub use derp_client::HomeRelay;
 pub use engine::{Engine, EngineError, PathKind, PeerStats, PodHandle, PodStats};

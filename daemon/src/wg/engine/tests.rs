@@ -437,6 +437,40 @@ async fn traffic_resumes_after_the_relay_restarts() {
 }
 
 #[tokio::test]
+async fn home_relay_readiness_follows_the_link() {
+    let engine = Engine::new(EngineConfig::default());
+    let a = attach(&engine, "a", [0x73; 32], Ipv4Addr::new(100, 64, 0, 3));
+    let short = Duration::from_millis(50);
+    assert_eq!(a.handle.wait_home_relay(short).await, HomeRelay::Unknown);
+
+    // A relay that does not answer: the link stays connecting.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let relay = LocalRelay::start(dead_addr).await.unwrap();
+    let map = derp_map(&relay);
+    drop(relay);
+    a.handle.set_derp_map(map).await.unwrap();
+    a.handle.stats().await.unwrap();
+    assert_eq!(a.handle.wait_home_relay(short).await, HomeRelay::Connecting);
+
+    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    a.handle.set_derp_map(derp_map(&relay)).await.unwrap();
+    assert_eq!(
+        a.handle.wait_home_relay(Duration::from_secs(5)).await,
+        HomeRelay::Connected
+    );
+
+    // A map without relay regions leaves nothing to wait for. (A stats
+    // round trip makes sure the pod task has applied the map.)
+    a.handle.set_derp_map(Arc::new(Vec::new())).await.unwrap();
+    a.handle.stats().await.unwrap();
+    assert_eq!(a.handle.wait_home_relay(short).await, HomeRelay::Absent);
+}
+
+#[tokio::test]
 async fn repeating_the_derp_map_keeps_connections_and_changing_it_reconnects() {
     let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
         .await
