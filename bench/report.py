@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Turns target/bench/*.json into the tables of BENCHMARKS.md and prints
+them. Each part's figures sit between `<!-- bench:PART -->` and
+`<!-- /bench:PART -->` markers; a part without fresh JSON keeps what the file
+already says, so parts can be re-measured one at a time.
+
+    python3 bench/report.py target/bench BENCHMARKS.md
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+MIB = 2**20
+
+
+def load(out, name):
+    path = out / f"{name}.json"
+    if not path.exists():
+        return None, None
+    meta_path = out / f"{name}.meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return json.loads(path.read_text()), meta
+
+
+def provenance(meta, data=None):
+    m = dict(meta or {})
+    if isinstance(data, dict) and "machine" in data:
+        m.setdefault("nproc", data["machine"].get("nproc"))
+        m.setdefault("kernel", data["machine"].get("kernel"))
+    command = m.get("command") or (data or {}).get("command") or "?"
+    return (
+        f"Measured {m.get('date', '?')} on {m.get('nproc', '?')} cores, Linux {m.get('kernel', '?')}, "
+        f"commit {m.get('commit', '?')}, by `{command}`. Other builds may have been running on the "
+        "same machine: compare figures within one run, not across runs.\n"
+    )
+
+
+def spread(s, scale=1.0, digits=0, unit=""):
+    """median (min-max) of a {median,min,max} record."""
+    if not s:
+        return "n/a"
+    f = lambda v: f"{v * scale:,.{digits}f}"
+    if s.get("n", 2) == 1 or s["min"] == s["max"]:
+        return f"{f(s['median'])}{unit}"
+    return f"{f(s['median'])}{unit} ({f(s['min'])}-{f(s['max'])})"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def met(ok):
+    return "met" if ok else "not met"
+
+
+# ------------------------------------------------------------------ parts --
+
+
+def throughput_rows(data):
+    by = {(s["client"], s["streams"], s["direction"]): s for s in data["summary"]}
+    keys = sorted({(s["streams"], s["direction"]) for s in data["summary"]}, key=lambda k: (k[0], k[1] != "pod->peer"))
+    return by, keys
+
+
+def ratio(by, a, b, key):
+    x, y = by.get((a, *key)), by.get((b, *key))
+    if not x or not y or not x["mbit_s"] or not y["mbit_s"] or not y["mbit_s"]["median"]:
+        return None
+    return x["mbit_s"]["median"] / y["mbit_s"]["median"]
+
+
+def fmt_ratio(r):
+    return "n/a" if r is None else f"{r:.2f}x"
+
+
+def render_throughput(data, meta):
+    by, keys = throughput_rows(data)
+    rows = []
+    for key in keys:
+        cell = lambda c: spread(by[(c, *key)]["mbit_s"]) if (c, *key) in by else "n/a"
+        rows.append(
+            [
+                f"{key[0]}",
+                key[1],
+                cell("ours"),
+                cell("userspace"),
+                cell("kernel"),
+                fmt_ratio(ratio(by, "ours", "userspace", key)),
+                fmt_ratio(ratio(by, "ours", "kernel", key)),
+            ]
+        )
+    out = provenance(meta, data)
+    out += (
+        f"\niperf3 TCP, {data['seconds']} s per run, {data['rounds']} rounds interleaved; "
+        "Mbit/s median (min-max):\n\n"
+    )
+    out += table(
+        ["streams", "direction", "ours (pod, tailnet-cnid)", "tailscaled userspace", "tailscaled kernel TUN", "ours / userspace", "ours / kernel"],
+        rows,
+    )
+    rows = []
+    for key in keys:
+        def cpu(c):
+            s = by.get((c, *key))
+            if not s or not s["client_cpu_s_per_gib"]:
+                return "n/a"
+            return f"{spread(s['client_cpu_s_per_gib'], digits=1)} / {spread(s['peer_cpu_s_per_gib'], digits=1)}"
+
+        relay = by.get(("ours", *key), {}).get("rscale_cpu_s_per_gib")
+        rows.append([f"{key[0]}", key[1], cpu("ours"), cpu("userspace"), cpu("kernel"), spread(relay, digits=1)])
+    out += (
+        "\nCPU seconds per GiB moved, median (min-max), from /proc/PID/stat: the far side's "
+        "process (tailnet-cnid for ours, tailscaled for theirs) / the peer tailscaled; rscale "
+        "counts if ours was relayed through DERP:\n\n"
+    )
+    out += table(
+        ["streams", "direction", "ours: tailnet-cnid / peer", "userspace: tailscaled / peer", "kernel TUN: tailscaled / peer", "rscale during ours"],
+        rows,
+    )
+    p = data.get("paths", {})
+    ours = p.get("ours_daemon") or [{}]
+    out += (
+        f"\nPaths at the end of the run: ours `{ours[0].get('path', '?')}` "
+        f"({ours[0].get('peers_direct', '?')} direct / {ours[0].get('peers_derp', '?')} relayed peers, "
+        f"`tailnet-cnid status --json`), seen from the peer: ours `{p.get('peer_to_ours', '?')}`, "
+        f"userspace `{p.get('peer_to_userspace', '?')}`, kernel `{p.get('peer_to_kernel', '?')}`.\n"
+    )
+    errors = sorted({e for s in data["summary"] for e in s.get("errors", [])})
+    if errors:
+        out += "\nFailed runs: " + "; ".join(f"`{e}`" for e in errors) + "\n"
+    return out
+
+
+def render_crypto(data, meta, throughput):
+    g = data["gbit_s"]
+    med = lambda v: v[len(v) // 2]
+    rows = [[f"{int(size):,} B", f"{med(v):.2f} ({v[0]:.2f}-{v[-1]:.2f})"] for size, v in g.items() if int(size) >= 256]
+    out = provenance(meta)
+    out += f"\n`{data['command']}`, Gbit/s median (min-max):\n\n"
+    out += table(["block", "ChaCha20-Poly1305, one core"], rows)
+    if throughput and "1024" in g:
+        by, _ = throughput_rows(throughput)
+        ceiling = med(g["1024"]) * 1000
+        parts = []
+        for direction in ("pod->peer", "peer->pod"):
+            s = by.get(("ours", 1, direction))
+            if s and s["mbit_s"]:
+                parts.append(f"{direction} {s['mbit_s']['median']:.0f} Mbit/s = {s['mbit_s']['median'] / ceiling * 100:.1f}%")
+        if parts:
+            out += (
+                "\nOur single-stream throughput as a fraction of that ceiling (1,024-byte blocks, "
+                "close to our 1,280-byte MTU): " + ", ".join(parts) + ".\n"
+            )
+    return out
+
+
+def render_pods(data, meta):
+    s = data["single"]
+    b = data["burst"]
+    cols = ("bridge_ms", "add_ms", "reach_ms", "del_ms")
+    one = lambda q: [f"{s[c][q]:,.0f} ms" if c in s else "n/a" for c in cols]
+    burst = lambda q: [spread(b.get(f"{c}_{q}"), unit=" ms") for c in cols]
+    rows = [
+        [f"1 pod, p50 (n={s['add_ms']['n']})", *one("p50")],
+        [f"1 pod, p99 (n={s['add_ms']['n']})", *one("p99")],
+        [f"{b['pods']} at once, p50", *burst("p50")],
+        [f"{b['pods']} at once, p99", *burst("p99")],
+    ]
+    out = provenance(meta, data)
+    out += (
+        f"\nOne pod at a time, then {b['pods']} started at once ({len(b['rounds'])} rounds; "
+        "median (min-max) of the rounds' percentiles). ADD is the shim's exec to its result; "
+        "ADD-to-reachable runs from the shim's exec until the official tailscaled peer "
+        "gets an ICMP echo reply from the pod over the tailnet; the bridge plugin's ADD, run "
+        "first for every pod as a runtime would, is the floor.\n\n"
+    )
+    out += table(["", "bridge ADD (floor)", "our ADD", "ADD-to-reachable", "DEL"], rows)
+    allr = b.get("all_reachable_s")
+    out += (
+        f"\nAll {b['pods']} reachable after {spread(allr, digits=2, unit=' s')}; pods never reachable: "
+        f"{s.get('unreachable', 0)} single, {b.get('unreachable', 0)} in bursts.\n"
+    )
+    return out
+
+
+def render_footprint(data, meta):
+    rows = []
+    for st in data["stages"]:
+        d = st["daemon"]
+        per_rss = st.get("daemon_rss_per_pod")
+        per_cpu = st.get("daemon_cpu_per_pod")
+        rows.append(
+            [
+                st["pods"],
+                spread(d["rss"], 1 / MIB, 1, " MiB"),
+                "-" if per_rss is None else f"{per_rss / 1024:,.0f} KiB",
+                spread(d["cpu_per_s"], 100, 2, " %"),
+                "-" if per_cpu is None else f"{per_cpu * 100:.3f} %",
+                spread(st["tailscaled_userspace"]["rss"], 1 / MIB, 1, " MiB"),
+                spread(st["tailscaled_kernel"]["rss"], 1 / MIB, 1, " MiB"),
+            ]
+        )
+    out = provenance(meta, data)
+    out += (
+        "\nIdle pods (bridge + our ADD, no traffic), sampled over consecutive windows after a "
+        "settling pause; CPU in % of one core. Next to it, one official tailscaled node of each "
+        "mode holding the same netmap: what one client per pod would cost per pod.\n\n"
+    )
+    out += table(
+        ["pods", "daemon RSS", "growth per pod", "daemon CPU", "per pod", "tailscaled userspace RSS", "tailscaled kernel RSS"],
+        rows,
+    )
+    return out
+
+
+def render_control(data, meta):
+    rows = [
+        [n, f"{data[f'register_{n}']['p50_ms']:.0f} ms", f"{data[f'register_{n}']['p99_ms']:.0f} ms"]
+        for n in (1, 50)
+        if f"register_{n}" in data
+    ]
+    out = provenance(meta)
+    out += "\n" + table(["identities started at once", "p50", "p99"], rows)
+    if "identities_250" in data:
+        out += (
+            f"\nDaemon memory with 250 identities connected (control sessions and netmaps only): "
+            f"{data['identities_250']['bytes_per_identity'] / 1024:.0f} KiB resident growth per identity.\n"
+        )
+    return out
+
+
+def render_engine(data, meta):
+    rows = [
+        [r["pods"], f"{r['resident_growth_bytes'] / MIB:.1f} MiB", f"{r['bytes_per_pod'] / 1024:.0f} KiB", r.get("relay_connections", "?")]
+        for r in data
+    ]
+    return provenance(meta) + "\n" + table(["pods attached", "resident growth", "per pod", "relay connections"], rows)
+
+
+def render_shim(data, meta):
+    v = data["version_ms"]
+    rows = [
+        ["`tailnet-cni` binary, profile `shim`", f"{data['size_bytes']:,} bytes ({data['size_bytes'] // 1024} KiB)"],
+        [f"VERSION, whole process (exec to exit), {v.get('n', 500)} runs", f"p50 {v['p50']:.2f} ms, p99 {v['p99']:.2f} ms, min {v['min']:.2f} ms"],
+    ]
+    return provenance(meta) + "\n" + table(["what", "value"], rows)
+
+
+def render_summary(parts):
+    rows = []
+    tp = parts.get("throughput")
+    if tp:
+        by, _ = throughput_rows(tp[0])
+        for streams in (1, 4):
+            r = ratio(by, "ours", "userspace", (streams, "pod->peer"))
+            if r is not None:
+                rows.append([f"throughput pod->peer, {streams} stream(s), ours / tailscaled userspace", ">= 1.0x", fmt_ratio(r), met(r >= 1.0)])
+        r = ratio(by, "ours", "kernel", (1, "pod->peer"))
+        if r is not None:
+            rows.append(["throughput pod->peer, 1 stream, ours / tailscaled kernel TUN", "(reference)", fmt_ratio(r), ""])
+    pods = parts.get("pods")
+    if pods:
+        s = pods[0]["single"]
+        if "add_ms" in s:
+            rows.append(["CNI ADD p50, 1 pod", "< 150 ms", f"{s['add_ms']['p50']:,.0f} ms", met(s["add_ms"]["p50"] < 150)])
+        if "reach_ms" in s:
+            rows.append(["ADD-to-reachable p99, 1 pod", "", f"{s['reach_ms']['p99'] / 1000:.2f} s", ""])
+        b = pods[0]["burst"]
+        if b.get("add_ms_p50"):
+            rows.append([f"CNI ADD p50, {b['pods']} at once", "< 150 ms", f"{b['add_ms_p50']['median']:,.0f} ms", met(b["add_ms_p50"]["median"] < 150)])
+        if b.get("reach_ms_p99"):
+            v = b["reach_ms_p99"]["median"]
+            ok = v < 1000 and not b.get("unreachable")
+            rows.append([f"ADD-to-reachable p99, {b['pods']} at once", "< 1 s", f"{v / 1000:.2f} s", met(ok)])
+    fp = parts.get("footprint")
+    if fp:
+        last = fp[0]["stages"][-1]
+        if "daemon_rss_per_pod" in last:
+            v = last["daemon_rss_per_pod"]
+            rows.append([f"daemon memory per idle pod at {last['pods']} pods", "< 1 MB", f"{v / 1e6:.3f} MB", met(v < 1e6)])
+            cpu = last["daemon"]["cpu_per_s"]["median"]
+            rows.append([f"daemon CPU with {last['pods']} idle pods", "", f"{cpu * 100:.1f} % of a core", ""])
+            ts = last["tailscaled_userspace"]["rss"]["median"]
+            rows.append([f"one official tailscaled (userspace) at {last['pods']} pods", "(what a client per pod costs)", f"{ts / 1e6:.1f} MB", ""])
+    if not rows:
+        return None
+    return (
+        "Absolute figures move with the machine's load; the ratios are the result.\n\n"
+        + table(["figure", "target", "measured", ""], rows)
+    )
+
+
+def replace_block(text, name, body):
+    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+    if not pattern.search(text):
+        sys.exit(f"report: BENCHMARKS.md has no <!-- bench:{name} --> block")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def main():
+    out, doc = Path(sys.argv[1]), Path(sys.argv[2])
+    parts = {}
+    for name in ("throughput", "crypto", "pods", "footprint", "control", "engine", "shim"):
+        data, meta = load(out, name)
+        if data is not None:
+            parts[name] = (data, meta)
+    rendered = {}
+    if "throughput" in parts:
+        rendered["throughput"] = render_throughput(*parts["throughput"])
+    if "crypto" in parts:
+        rendered["crypto"] = render_crypto(*parts["crypto"], parts.get("throughput", (None,))[0])
+    for name, fn in (
+        ("pods", render_pods),
+        ("footprint", render_footprint),
+        ("control", render_control),
+        ("engine", render_engine),
+        ("shim", render_shim),
+    ):
+        if name in parts:
+            rendered[name] = fn(*parts[name])
+    summary = render_summary(parts)
+    if summary:
+        rendered["summary"] = summary
+    text = doc.read_text()
+    for name, body in rendered.items():
+        text = replace_block(text, name, body)
+        print(f"\n## {name}\n\n{body}")
+    doc.write_text(text)
+    if not rendered:
+        print(f"report: no figures in {out} yet")
+
+
+if __name__ == "__main__":
+    main()
