@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help build test test-unit lint bench demo demo-down testbed-up testbed-down podman-check \
+.PHONY: help build test test-unit fuzz lint bench demo demo-down testbed-up testbed-down podman-check \
 	k3d-setup k3d-delete logs test-nginx
 
 help: ## List the targets
@@ -19,16 +19,18 @@ test: ## Every test: unit, then integration against the real test bed (root)
 test-unit: ## Unit tests only: no root, no test bed
 	$(CARGO) test --workspace --lib --bins
 
+fuzz: ## Fuzz every parser hostile input reaches, FUZZ_SECONDS (default 20) per target
+	scripts/fuzz.sh
+
 lint: ## rustfmt, clippy, manifests, Dockerfile and shell scripts
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	scripts/lint-manifests.sh
-	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/*.sh tests/e2e/*.sh k3d/*.sh .ci/run; \
+	@if command -v shellcheck >/dev/null; then shellcheck -x scripts/*.sh bench/*.sh tests/e2e/*.sh k3d/*.sh .ci/run; \
 	else echo "lint: shellcheck is not installed; shell scripts not checked (apt-get install shellcheck)"; fi
 
-bench: ## Benchmarks; numbers go to BENCHMARKS.md
-	@if [[ -x scripts/bench.sh ]]; then scripts/bench.sh; \
-	else echo "bench: nothing is benchmarked yet (scripts/bench.sh does not exist)"; fi
+bench: ## Benchmarks (root, ~15 min; not part of `test`); figures go to BENCHMARKS.md. Parts: bench/run.sh PART
+	BENCH_COMMAND="make bench" bench/run.sh
 
 demo: ## Test bed + daemon + a podman container on the tailnet, left running
 	@[[ -x scripts/demo.sh ]] || { echo "demo: scripts/demo.sh does not exist yet" >&2; exit 1; }
