@@ -96,12 +96,12 @@ impl DatagramBatch {
             return 0;
         };
         let seg = first.len();
+        if seg == 0 {
+            return 1;
+        }
         let mut n = 1;
         let mut total = seg;
-        while seg > 0 {
-            let Some((next, to)) = self.get(start + n) else {
-                break;
-            };
+        while let Some((next, to)) = self.get(start + n) {
             // An empty tail would vanish: a GSO send no longer than one
             // segment goes out as that single datagram.
             if to != addr
