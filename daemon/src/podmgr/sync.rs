@@ -7,7 +7,8 @@
 //! before the pod gets any peer), and an explicit empty filter means the
 //! same. Replies to the pod's own connections always pass.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use tailnet_wire::filter::CompiledRules;
@@ -18,7 +19,7 @@ use super::filters::FilterCache;
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
-use crate::wg::{DerpNodeConfig, DerpRegionConfig, PeerConfig, PodHandle};
+use crate::wg::{DerpNodeConfig, DerpRegionConfig, EngineError, PeerConfig, PodHandle};
 
 /// How long endpoint changes settle before they are sent to control.
 const ENDPOINT_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -73,8 +74,91 @@ pub fn derp_regions(map: &DerpMap) -> Vec<DerpRegionConfig> {
     regions
 }
 
-fn peers_of(map: &NetMap) -> Vec<PeerConfig> {
-    map.peers.values().filter_map(|n| peer_config(n)).collect()
+/// Engine inputs shared by every pod: one `Arc<PeerConfig>` per interned
+/// peer record, one converted DERP map per interned DERP map. Pods of one
+/// tailnet see the same records, so hundreds of pods hold pointers to one
+/// conversion instead of a copy each.
+#[derive(Default)]
+pub struct SharedConversions {
+    peers: Mutex<HashMap<i64, SharedPeer>>,
+    derp: Mutex<Option<SharedDerp>>,
+}
+
+struct SharedPeer {
+    node: Weak<Node>,
+    config: Weak<PeerConfig>,
+}
+
+struct SharedDerp {
+    map: Weak<DerpMap>,
+    regions: Weak<Vec<DerpRegionConfig>>,
+}
+
+impl SharedConversions {
+    /// The daemon's instance.
+    pub fn global() -> &'static SharedConversions {
+        static GLOBAL: OnceLock<SharedConversions> = OnceLock::new();
+        GLOBAL.get_or_init(SharedConversions::default)
+    }
+
+    /// The engine's view of `node`, shared with every pod that has it.
+    pub fn peer(&self, node: &Arc<Node>) -> Option<Arc<PeerConfig>> {
+        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = peers.get(&node.id);
+        if let Some(config) = cached
+            .filter(|c| std::ptr::eq(c.node.as_ptr(), Arc::as_ptr(node)))
+            .and_then(|c| c.config.upgrade())
+        {
+            return Some(config);
+        }
+        let fresh = peer_config(node)?;
+        // A record that changed only where the engine does not look
+        // (online, name, ...) keeps the old conversion.
+        let config = cached
+            .and_then(|c| c.config.upgrade())
+            .filter(|old| **old == fresh)
+            .unwrap_or_else(|| Arc::new(fresh));
+        peers.insert(
+            node.id,
+            SharedPeer {
+                node: Arc::downgrade(node),
+                config: Arc::downgrade(&config),
+            },
+        );
+        if peers.len() > 1024 && peers.len().is_power_of_two() {
+            peers.retain(|_, c| c.config.strong_count() > 0);
+        }
+        Some(config)
+    }
+
+    /// Every usable peer of `map`, in node-id order.
+    pub fn peers_of(&self, map: &NetMap) -> Vec<Arc<PeerConfig>> {
+        map.peers.values().filter_map(|n| self.peer(n)).collect()
+    }
+
+    /// The engine's DERP map for `map`, converted once.
+    pub fn derp_map(&self, map: &Arc<DerpMap>) -> Arc<Vec<DerpRegionConfig>> {
+        let mut slot = self.derp.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(regions) = slot
+            .as_ref()
+            .filter(|d| std::ptr::eq(d.map.as_ptr(), Arc::as_ptr(map)))
+            .and_then(|d| d.regions.upgrade())
+        {
+            return regions;
+        }
+        let regions = Arc::new(derp_regions(map));
+        *slot = Some(SharedDerp {
+            map: Arc::downgrade(map),
+            regions: Arc::downgrade(&regions),
+        });
+        regions
+    }
+}
+
+/// Whether two peer lists give the engine the same peers; pointers first,
+/// so the usual case (shared conversions) costs no deep comparison.
+fn same_peers(a: &[Arc<PeerConfig>], b: &[Arc<PeerConfig>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
 }
 
 /// Every rule of every named filter in the netmap, compiled (shared with
@@ -84,6 +168,66 @@ pub fn filter_of(map: &NetMap, cache: &FilterCache) -> Arc<CompiledRules> {
     cache.compile(&rules)
 }
 
+/// What one pod's data plane last got from its netmap, so each netmap
+/// change sends the engine only what changed.
+pub struct PodSync {
+    data: PodHandle,
+    last_derp: Option<Arc<DerpMap>>,
+    last_peers: Option<Vec<Arc<PeerConfig>>>,
+    last_filter: Arc<CompiledRules>,
+    cache: &'static FilterCache,
+    shared: &'static SharedConversions,
+}
+
+impl PodSync {
+    /// Starts the pod closed: deny-all until control sends a filter.
+    pub async fn new(data: PodHandle) -> Result<Self, EngineError> {
+        let cache = FilterCache::global();
+        let last_filter = cache.compile(&[]);
+        data.set_filter(last_filter.clone()).await?;
+        Ok(Self {
+            data,
+            last_derp: None,
+            last_peers: None,
+            last_filter,
+            cache,
+            shared: SharedConversions::global(),
+        })
+    }
+
+    /// Brings the data plane in line with `map`.
+    pub async fn apply(&mut self, map: &NetMap) -> Result<(), EngineError> {
+        // Before peers, so a new peer never meets a stale filter.
+        let filter = filter_of(map, self.cache);
+        if !Arc::ptr_eq(&filter, &self.last_filter) {
+            debug!(rules = map.filter_rules().count(), "updating packet filter");
+            self.data.set_filter(filter.clone()).await?;
+            self.last_filter = filter;
+        }
+        if let Some(derp) = &map.derp_map {
+            if self
+                .last_derp
+                .as_ref()
+                .is_none_or(|last| !Arc::ptr_eq(last, derp))
+            {
+                self.data.set_derp_map(self.shared.derp_map(derp)).await?;
+                self.last_derp = Some(derp.clone());
+            }
+        }
+        let peers = self.shared.peers_of(map);
+        if self
+            .last_peers
+            .as_deref()
+            .is_none_or(|last| !same_peers(last, &peers))
+        {
+            debug!(peers = peers.len(), "updating data-plane peers");
+            self.data.set_shared_peers(peers.clone()).await?;
+            self.last_peers = Some(peers);
+        }
+        Ok(())
+    }
+}
+
 /// Runs until the session or the data plane goes away.
 pub async fn run(
     mut netmap: watch::Receiver<Option<Arc<NetMap>>>,
@@ -91,48 +235,14 @@ pub async fn run(
     data: PodHandle,
 ) {
     let mut endpoints = data.endpoints();
-    let mut last_derp: Option<Arc<DerpMap>> = None;
-    let mut last_peers: Option<Vec<PeerConfig>> = None;
-    let cache = FilterCache::global();
-    // Closed until control says otherwise.
-    let mut last_filter = cache.compile(&[]);
-    if data.set_filter(last_filter.clone()).await.is_err() {
+    let Ok(mut sync) = PodSync::new(data).await else {
         return;
-    }
+    };
     loop {
         let current = netmap.borrow_and_update().clone();
         if let Some(map) = current {
-            // Before peers, so a new peer never meets a stale filter.
-            let filter = filter_of(&map, cache);
-            if !Arc::ptr_eq(&filter, &last_filter) {
-                debug!(rules = map.filter_rules().count(), "updating packet filter");
-                if data.set_filter(filter.clone()).await.is_err() {
-                    return;
-                }
-                last_filter = filter;
-            }
-            if let Some(derp) = &map.derp_map {
-                if last_derp
-                    .as_ref()
-                    .is_none_or(|last| !Arc::ptr_eq(last, derp))
-                {
-                    if data
-                        .set_derp_map(Arc::new(derp_regions(derp)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    last_derp = Some(derp.clone());
-                }
-            }
-            let peers = peers_of(&map);
-            if last_peers.as_ref() != Some(&peers) {
-                debug!(peers = peers.len(), "updating data-plane peers");
-                if data.set_peers(peers.clone()).await.is_err() {
-                    return;
-                }
-                last_peers = Some(peers);
+            if sync.apply(&map).await.is_err() {
+                return;
             }
         }
         let reported = endpoints.borrow_and_update().clone();
@@ -174,6 +284,46 @@ mod tests {
         assert_eq!(peer.allowed_ips.len(), 2);
         assert_eq!(peer.endpoints, vec!["127.0.0.1:41641".parse().unwrap()]);
         assert_eq!(peer.home_derp, Some(900));
+    }
+
+    #[test]
+    fn pods_share_peer_and_derp_conversions() {
+        use crate::control::netmap::Interner;
+        use crate::control::tailcfg::MapResponse;
+        let msg = |text: &str| -> MapResponse { from_slice(text.as_bytes()).unwrap() };
+        let interner = Interner::default();
+        let shared = SharedConversions::default();
+        let full = r#"{"Peers": [{"ID": 1, "Key": "nodekey:0101010101010101010101010101010101010101010101010101010101010101",
+                                  "Addresses": ["100.64.0.1/32"], "Endpoints": ["10.0.0.1:41641"]},
+                                 {"ID": 2, "Key": "nodekey:0202020202020202020202020202020202020202020202020202020202020202",
+                                  "Addresses": ["100.64.0.2/32"]}],
+                       "DERPMap": {"Regions": {"900": {"RegionID": 900}}}}"#;
+        let (mut a, mut b) = (NetMap::default(), NetMap::default());
+        a.apply(msg(full), &interner);
+        b.apply(msg(full), &interner);
+        let (pa, pb) = (shared.peers_of(&a), shared.peers_of(&b));
+        assert_eq!(pa.len(), 2);
+        assert!(pa.iter().zip(&pb).all(|(x, y)| Arc::ptr_eq(x, y)));
+        let (da, db) = (a.derp_map.as_ref().unwrap(), b.derp_map.as_ref().unwrap());
+        assert!(Arc::ptr_eq(&shared.derp_map(da), &shared.derp_map(db)));
+
+        // A change the engine does not see keeps the conversion.
+        b.apply(msg(r#"{"OnlineChange": {"1": true}}"#), &interner);
+        let pb = shared.peers_of(&b);
+        assert!(!Arc::ptr_eq(&a.peers[&1], &b.peers[&1]));
+        assert!(Arc::ptr_eq(&pa[0], &pb[0]));
+        assert!(same_peers(&pa, &pb));
+
+        // New endpoints make a new config, for that pod only.
+        b.apply(
+            msg(r#"{"PeersChangedPatch": [{"NodeID": 1, "Endpoints": ["10.0.0.9:41641"]}]}"#),
+            &interner,
+        );
+        let pb = shared.peers_of(&b);
+        assert_eq!(pb[0].endpoints, vec!["10.0.0.9:41641".parse().unwrap()]);
+        assert_eq!(pa[0].endpoints, vec!["10.0.0.1:41641".parse().unwrap()]);
+        assert!(!same_peers(&pa, &pb));
+        assert!(Arc::ptr_eq(&pa[1], &pb[1]));
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //!
 //! Senders are known only by the disco keys the netmap gives their peers;
 //! a packet from any other key, or whose box does not open, is rejected
-//! before it can touch path state. The shared box key of each peer is
-//! computed once and cached, so answering pings costs only the cipher.
+//! before it can touch path state. The shared box key of a peer is
+//! computed when the peer first exchanges disco messages and then cached,
+//! so answering pings costs only the cipher, and the many peers of a large
+//! tailnet a pod never talks to cost no key agreement and no key memory.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -80,19 +83,16 @@ pub enum Reaction {
     },
 }
 
-struct PeerDisco {
-    node_key: NodeKey,
-    shared: SharedKey,
-}
-
 /// Per-pod disco keys and peer table.
 pub struct DiscoState {
     private: [u8; 32],
     public: DiscoPublic,
-    /// Peer disco public key → that peer's node key and cached box key.
-    by_disco: HashMap<DiscoPublic, PeerDisco>,
+    /// Peer disco public key → that peer's node key.
+    by_disco: HashMap<DiscoPublic, NodeKey>,
     /// Node key → disco key, for sealing.
     by_node: HashMap<NodeKey, DiscoPublic>,
+    /// Box keys of the peers disco messages went to or came from.
+    shared: RefCell<HashMap<DiscoPublic, SharedKey>>,
 }
 
 impl std::fmt::Debug for DiscoState {
@@ -111,6 +111,7 @@ impl DiscoState {
             public: disco::public_key(&private),
             by_disco: HashMap::new(),
             by_node: HashMap::new(),
+            shared: RefCell::new(HashMap::new()),
         }
     }
 
@@ -121,21 +122,29 @@ impl DiscoState {
     /// Replace the peer table: (node key, disco key) of every peer that has
     /// one. Box keys of unchanged peers are kept.
     pub fn set_peers<'a>(&mut self, peers: impl IntoIterator<Item = (NodeKey, &'a DiscoPublic)>) {
-        let mut old = std::mem::take(&mut self.by_disco);
+        self.by_disco.clear();
         self.by_node.clear();
         for (node_key, disco_key) in peers {
             // Our own key would let a peer's echo pass for a message.
             if *disco_key == self.public || self.by_disco.contains_key(disco_key) {
                 continue;
             }
-            let shared = match old.remove(disco_key) {
-                Some(entry) => entry.shared,
-                None => SharedKey::new(&self.private, disco_key),
-            };
-            self.by_disco
-                .insert(*disco_key, PeerDisco { node_key, shared });
+            self.by_disco.insert(*disco_key, node_key);
             self.by_node.insert(node_key, *disco_key);
         }
+        let by_disco = &self.by_disco;
+        self.shared
+            .get_mut()
+            .retain(|disco_key, _| by_disco.contains_key(disco_key));
+    }
+
+    /// Runs `f` with the box key shared with `disco_key`, computed on first use.
+    fn with_shared<T>(&self, disco_key: &DiscoPublic, f: impl FnOnce(&SharedKey) -> T) -> T {
+        let mut shared = self.shared.borrow_mut();
+        let key = shared
+            .entry(*disco_key)
+            .or_insert_with(|| SharedKey::new(&self.private, disco_key));
+        f(key)
     }
 
     /// Whether the peer can be spoken to (it has a disco key).
@@ -146,7 +155,7 @@ impl DiscoState {
     /// Seal `message` for `peer`; `None` when the peer has no disco key.
     pub fn seal(&self, peer: &NodeKey, message: &Message) -> Option<Vec<u8>> {
         let disco_key = self.by_node.get(peer)?;
-        self.by_disco.get(disco_key).map(|p| p.shared.seal(message))
+        Some(self.with_shared(disco_key, |shared| shared.seal(message)))
     }
 
     /// A ping for `peer` carrying our node key.
@@ -174,23 +183,24 @@ impl DiscoState {
     /// Authenticate and interpret one disco packet.
     pub fn receive(&self, packet: &[u8], via: Via) -> Result<Reaction, DiscoRejected> {
         let sender = disco::sender_key(packet).ok_or(DiscoRejected::NotDisco)?;
-        let peer = self
+        let peer_key = *self
             .by_disco
             .get(&sender)
             .ok_or(DiscoRejected::UnknownSender)?;
         if let Via::Derp { src, .. } = via {
-            if src != peer.node_key {
+            if src != peer_key {
                 return Err(DiscoRejected::RelaySenderMismatch);
             }
         }
-        let message = peer.shared.open(packet)?;
-        let peer_key = peer.node_key;
+        let message = self.with_shared(&sender, |shared| shared.open(packet))?;
         match message {
             Message::Ping(ping) => {
-                let pong = peer.shared.seal(&Message::Pong(Pong {
-                    tx_id: ping.tx_id,
-                    src: via.observed(),
-                }));
+                let pong = self.with_shared(&sender, |shared| {
+                    shared.seal(&Message::Pong(Pong {
+                        tx_id: ping.tx_id,
+                        src: via.observed(),
+                    }))
+                });
                 Ok(Reaction::AnswerPing {
                     peer: peer_key,
                     via,
@@ -414,6 +424,24 @@ mod tests {
         state.set_peers([]);
         assert!(!state.knows(&PEER_NODE));
         assert_eq!(state.seal(&PEER_NODE, &ping(1)), None);
+    }
+
+    #[test]
+    fn box_keys_exist_only_for_peers_that_exchange_disco() {
+        let mut state = DiscoState::new(POD_DISCO);
+        let peer_public = disco::public_key(&PEER_DISCO);
+        let other_public = disco::public_key(&STRANGER_DISCO);
+        state.set_peers([(PEER_NODE, &peer_public), (OTHER_NODE, &other_public)]);
+        assert!(state.shared.borrow().is_empty());
+        let via = Via::Udp("127.0.0.1:1".parse().unwrap());
+        assert!(state.receive(&from_peer(&ping(1)), via).is_ok());
+        assert_eq!(
+            state.shared.borrow().keys().collect::<Vec<_>>(),
+            vec![&peer_public]
+        );
+        // A peer that leaves the netmap takes its key along.
+        state.set_peers([(OTHER_NODE, &other_public)]);
+        assert!(state.shared.borrow().is_empty());
     }
 
     #[test]

@@ -253,7 +253,7 @@ impl Engine {
 }
 
 enum Command {
-    SetPeers(Vec<PeerConfig>),
+    SetPeers(Vec<Arc<PeerConfig>>),
     SetDerpMap(Arc<Vec<DerpRegionConfig>>),
     SetFilter(Arc<CompiledRules>),
     Stats(oneshot::Sender<PodStats>),
@@ -285,6 +285,13 @@ impl PodHandle {
     /// Replace the peer set: new peers are added, changed ones updated in
     /// place (sessions survive), missing ones removed.
     pub async fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<(), EngineError> {
+        self.set_shared_peers(peers.into_iter().map(Arc::new).collect())
+            .await
+    }
+
+    /// [`Self::set_peers`] with configs shared between pods: every pod of
+    /// a tailnet sees the same peers, so each holds pointers, not copies.
+    pub async fn set_shared_peers(&self, peers: Vec<Arc<PeerConfig>>) -> Result<(), EngineError> {
         self.send(Command::SetPeers(peers)).await
     }
 
@@ -343,12 +350,14 @@ impl PodHandle {
 }
 
 struct PeerSession {
-    config: PeerConfig,
+    /// Shared with every other pod that has this peer.
+    config: Arc<PeerConfig>,
     tunn: Option<Box<Tunn>>,
     /// Region the peer last reached us through; used when it has no home.
     last_derp_region: Option<u16>,
-    /// Direct-path validation state.
-    paths: PathState,
+    /// Direct-path validation state, only while the peer has a session or
+    /// disco traffic: most peers of a large tailnet never do.
+    paths: Option<Box<PathState>>,
     /// Receiver index of `tunn`, for demultiplexing direct datagrams.
     local_index: Option<u32>,
     /// Path of the last send (`None` until the first).
@@ -356,6 +365,38 @@ struct PeerSession {
     derp_region: Option<u16>,
     tx_bytes: u64,
     rx_bytes: u64,
+}
+
+impl PeerSession {
+    fn new(config: Arc<PeerConfig>) -> Self {
+        Self {
+            config,
+            tunn: None,
+            last_derp_region: None,
+            paths: None,
+            local_index: None,
+            path: PathKind::None,
+            derp_region: None,
+            tx_bytes: 0,
+            rx_bytes: 0,
+        }
+    }
+
+    /// The peer's path state, created (with the endpoints control gave)
+    /// when the peer first needs one.
+    fn paths_mut(&mut self) -> &mut PathState {
+        let endpoints = &self.config.endpoints;
+        self.paths.get_or_insert_with(|| {
+            let mut paths = PathState::default();
+            paths.set_endpoints(endpoints);
+            Box::new(paths)
+        })
+    }
+
+    /// Where packets to the peer go now; the relay until a path is known.
+    fn route(&self, now: std::time::Instant) -> Route {
+        self.paths.as_ref().map_or(Route::Relay, |p| p.route(now))
+    }
 }
 
 struct LinkEntry {
@@ -498,33 +539,23 @@ impl PodState {
         }
     }
 
-    fn set_peers(&mut self, peers: Vec<PeerConfig>) {
+    fn set_peers(&mut self, peers: Vec<Arc<PeerConfig>>) {
         let mut next = HashMap::with_capacity(peers.len());
         for config in peers {
             let key = config.node_key;
             let session = match self.peers.remove(&key) {
                 Some(mut existing) => {
-                    if existing.config.endpoints != config.endpoints {
-                        existing.paths.set_endpoints(&config.endpoints);
+                    if !Arc::ptr_eq(&existing.config, &config) {
+                        if let Some(paths) = existing.paths.as_deref_mut() {
+                            if existing.config.endpoints != config.endpoints {
+                                paths.set_endpoints(&config.endpoints);
+                            }
+                        }
+                        existing.config = config;
                     }
-                    existing.config = config;
                     existing
                 }
-                None => PeerSession {
-                    paths: {
-                        let mut paths = PathState::default();
-                        paths.set_endpoints(&config.endpoints);
-                        paths
-                    },
-                    local_index: None,
-                    config,
-                    tunn: None,
-                    last_derp_region: None,
-                    path: PathKind::None,
-                    derp_region: None,
-                    tx_bytes: 0,
-                    rx_bytes: 0,
-                },
+                None => PeerSession::new(config),
             };
             next.insert(key, session);
         }
@@ -675,10 +706,10 @@ impl PodState {
     /// reach it; counts as path activity like any send.
     fn direct_addr(&mut self, peer_key: &[u8; 32]) -> Option<SocketAddr> {
         self.udp.as_ref()?;
-        let peer = self.peers.get_mut(peer_key)?;
+        let paths = self.peers.get_mut(peer_key)?.paths_mut();
         let now = std::time::Instant::now();
-        peer.paths.note_activity(now);
-        match peer.paths.route(now) {
+        paths.note_activity(now);
+        match paths.route(now) {
             Route::Direct(addr) => Some(addr),
             Route::Relay => None,
         }
@@ -846,6 +877,7 @@ impl PodState {
             let index = self.engine.next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
             self.index_to_peer.insert(index, *peer_key);
             peer.local_index = Some(index);
+            peer.paths_mut();
             peer.tunn = Some(Box::new(Tunn::new(
                 secret.clone(),
                 x25519::PublicKey::from(*peer_key),
@@ -865,8 +897,9 @@ impl PodState {
             return;
         };
         let now = std::time::Instant::now();
-        peer.paths.note_activity(now);
-        if let (Route::Direct(addr), Some(sock)) = (peer.paths.route(now), self.udp.as_ref()) {
+        let paths = peer.paths_mut();
+        paths.note_activity(now);
+        if let (Route::Direct(addr), Some(sock)) = (paths.route(now), self.udp.as_ref()) {
             match sock.try_send_to(wire, addr) {
                 Ok(_) => {
                     peer.path = PathKind::Direct;
@@ -975,7 +1008,7 @@ impl PodState {
             return;
         };
         if let Some(peer) = self.peers.get_mut(&peer_key) {
-            peer.paths.note_activity(std::time::Instant::now());
+            peer.paths_mut().note_activity(std::time::Instant::now());
         }
         self.decapsulate_from(device, peer_key, Some(from.ip()), datagram)
             .await;
@@ -1101,6 +1134,9 @@ impl PodState {
                 TunnResult::Err(boringtun::noise::errors::WireGuardError::ConnectionExpired) => {
                     // Session fully expired: free it; a new one is made on demand.
                     peer.tunn = None;
+                    // Path state goes with it; discovery starts afresh
+                    // with the next session.
+                    peer.paths = None;
                     if let Some(index) = peer.local_index.take() {
                         self.index_to_peer.remove(&index);
                     }
@@ -1158,9 +1194,10 @@ impl PodState {
                     }
                     // The peer reaches us from `addr`: try that path from our side too.
                     if let Some(session) = self.peers.get_mut(&peer) {
-                        if session.paths.route(now) != Route::Direct(addr) {
-                            session.paths.add_endpoints(&[addr]);
-                            session.paths.request_probe();
+                        let paths = session.paths_mut();
+                        if paths.route(now) != Route::Direct(addr) {
+                            paths.add_endpoints(&[addr]);
+                            paths.request_probe();
                             self.ping_peer(&peer, now, false);
                         }
                     }
@@ -1175,12 +1212,17 @@ impl PodState {
                 from,
                 observed,
             } => {
-                let Some(session) = self.peers.get_mut(&peer) else {
+                // Without path state no ping of ours is outstanding.
+                let Some(paths) = self
+                    .peers
+                    .get_mut(&peer)
+                    .and_then(|s| s.paths.as_deref_mut())
+                else {
                     return;
                 };
-                let before = session.paths.route(now);
-                if session.paths.on_pong(tx_id, from, now) {
-                    let after = session.paths.route(now);
+                let before = paths.route(now);
+                if paths.on_pong(tx_id, from, now) {
+                    let after = paths.route(now);
                     if after != before {
                         info!(pod = %self.pod_id, peer = %hex::encode(&peer[..4]), endpoint = %from, %observed, "direct path validated");
                     }
@@ -1189,8 +1231,9 @@ impl PodState {
             Reaction::CallMeMaybe { peer, endpoints } => {
                 if let Some(session) = self.peers.get_mut(&peer) {
                     debug!(pod = %self.pod_id, endpoints = endpoints.len(), "call-me-maybe received");
-                    session.paths.add_endpoints(&endpoints);
-                    session.paths.request_probe();
+                    let paths = session.paths_mut();
+                    paths.add_endpoints(&endpoints);
+                    paths.request_probe();
                     // Ping now, while the peer's pings hold its firewall open.
                     self.ping_peer(&peer, now, false);
                 }
@@ -1210,7 +1253,7 @@ impl PodState {
             &self.disco,
             self.udp.as_deref(),
             peer_key,
-            &mut session.paths,
+            session.paths_mut(),
             now,
             our_node,
         );
@@ -1245,7 +1288,7 @@ impl PodState {
                 &self.disco,
                 Some(sock),
                 key,
-                &mut session.paths,
+                session.paths_mut(),
                 now,
                 our_node,
             ) {
@@ -1326,13 +1369,13 @@ impl PodState {
                 node_key: *key,
                 // The path the next packet takes: a validated direct
                 // endpoint, else the relay once anything was relayed.
-                path: match p.paths.route(now) {
+                path: match p.route(now) {
                     Route::Direct(_) => PathKind::Direct,
                     Route::Relay if p.path == PathKind::None => PathKind::None,
                     Route::Relay => PathKind::Derp,
                 },
                 derp_region: p.derp_region,
-                direct_endpoint: match p.paths.route(now) {
+                direct_endpoint: match p.route(now) {
                     Route::Direct(addr) => Some(addr),
                     Route::Relay => None,
                 },

@@ -1,0 +1,209 @@
+//! Benchmark: what a tailnet's peers cost each pod.
+//!
+//! Every pod is a tailnet node, so N pods on a node each see the other N-1
+//! as peers. This attaches N pods (50, then 250) to one engine, gives each
+//! the netmap of a tailnet made of all of them (parsed and interned as the
+//! control client does, converted by the daemon's own `sync` code), lets
+//! the engines settle, and reports heap bytes alive per pod (a counting
+//! allocator: exact, unlike resident memory), CPU time of one netmap delta
+//! (a node joins: every pod updates) and idle CPU over a few seconds.
+//!
+//!     cargo run --release -p tailnet-cnid --example peer_memory [-- OUT.json]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use tailnet_cnid::control::json::from_slice;
+use tailnet_cnid::control::netmap::Interner;
+use tailnet_cnid::control::tailcfg::MapResponse;
+use tailnet_cnid::control::NetMap;
+use tailnet_cnid::podmgr::sync::PodSync;
+use tailnet_cnid::wg::{Engine, EngineConfig, PodDataConfig};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// CPU time (user + system) of the whole process.
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn key(prefix: &str, fill: u8, i: usize) -> String {
+    let mut bytes = [fill; 32];
+    bytes[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    format!("{prefix}:{}", hex::encode(bytes))
+}
+
+/// Node `i` as control describes it: two addresses, two endpoints, a home relay.
+fn node_json(i: usize) -> String {
+    let (hi, lo) = (i / 250, i % 250 + 1);
+    format!(
+        r#"{{"ID": {id}, "StableID": "n{id}", "Name": "pod-{i}.tailnet.", "Key": "{nk}", "DiscoKey": "{dk}",
+            "Addresses": ["100.64.{hi}.{lo}/32", "fd7a:115c:a1e0::{hi}:{lo}/128"],
+            "Endpoints": ["10.88.{hi}.{lo}:41641", "[fd00::{hi}:{lo}]:41641"], "HomeDERP": 900, "Online": true}}"#,
+        id = i + 1,
+        nk = key("nodekey", 0x10, i),
+        dk = key("discokey", 0x20, i),
+    )
+}
+
+/// A region with one STUN-only server on a closed loopback port: the DERP
+/// map goes through the daemon's conversion without relay connections.
+const DERP_MAP: &str = r#"{"Regions": {"900": {"RegionID": 900, "RegionCode": "lo", "Nodes": [
+    {"Name": "900a", "RegionID": 900, "HostName": "localhost", "IPv4": "127.0.0.1", "IPv6": "none",
+     "STUNPort": 9, "STUNOnly": true}]}}}"#;
+
+fn map_response(text: &str) -> Result<MapResponse, Box<dyn std::error::Error>> {
+    Ok(from_slice(text.as_bytes())?)
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(600)).await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::env::args().nth(1);
+    let mut results = Vec::new();
+    for pods in [50usize, 250] {
+        let interner = Interner::default();
+        let engine = Engine::new(EngineConfig::default());
+        let nodes: Vec<String> = (0..=pods).map(node_json).collect();
+        settle().await;
+        let base = live();
+
+        // Pods attached with the netmap's DERP map and filter, no peers yet.
+        let mut members = Vec::new();
+        for (i, node) in nodes.iter().take(pods).enumerate() {
+            let (fd, other_end) = socketpair(
+                AddressFamily::Unix,
+                SockType::Datagram,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )?;
+            let mut private = [0x40u8; 32];
+            private[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            let mut disco = [0x50u8; 32];
+            disco[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            let addr = Ipv4Addr::new(100, 64, (i / 250) as u8, (i % 250) as u8 + 1);
+            let handle = engine.attach_pod(PodDataConfig {
+                pod_id: format!("pod-{i}"),
+                tun_fd: fd,
+                node_private: private,
+                disco_private: disco,
+                addresses: vec![IpAddr::V4(addr)],
+            })?;
+            let mut sync = PodSync::new(handle.clone()).await?;
+            let mut map = NetMap::default();
+            map.apply(
+                map_response(&format!(
+                    r#"{{"Node": {}, "DERPMap": {DERP_MAP}, "PacketFilter": [{{"SrcIPs": ["*"], "DstPorts": [{{"IP": "*", "Ports": {{"First": 0, "Last": 65535}}}}]}}]}}"#,
+                    node
+                ))?,
+                &interner,
+            );
+            sync.apply(&map).await?;
+            members.push((handle, other_end, sync, map));
+        }
+        settle().await;
+        let attached = live();
+
+        // Every pod learns the tailnet: all other pods are its peers.
+        for (i, (_, _, sync, map)) in members.iter_mut().enumerate() {
+            let peers: Vec<&str> = (0..pods)
+                .filter(|&j| j != i)
+                .map(|j| nodes[j].as_str())
+                .collect();
+            map.apply(
+                map_response(&format!(r#"{{"Peers": [{}]}}"#, peers.join(",")))?,
+                &interner,
+            );
+            sync.apply(map).await?;
+        }
+        for (handle, ..) in &members {
+            handle.stats().await?;
+        }
+        settle().await;
+        let with_peers = live();
+
+        // One node joins: every pod gets the delta and updates its engine.
+        let cpu_before = cpu_time();
+        let delta = format!(r#"{{"PeersChanged": [{}]}}"#, nodes[pods]);
+        for (_, _, sync, map) in members.iter_mut() {
+            map.apply(map_response(&delta)?, &interner);
+            sync.apply(map).await?;
+        }
+        for (handle, ..) in &members {
+            handle.stats().await?;
+        }
+        let delta_cpu = cpu_time() - cpu_before;
+
+        // Idle: timers only.
+        settle().await;
+        let idle_window = Duration::from_secs(4);
+        let cpu_before = cpu_time();
+        tokio::time::sleep(idle_window).await;
+        let idle_cpu = (cpu_time() - cpu_before).as_secs_f64() / idle_window.as_secs_f64();
+
+        let n = pods as isize;
+        let per_pod = (with_peers - base) / n;
+        let peers_per_pod = (with_peers - attached) / n;
+        println!(
+            "{pods:>4} pods: {per_pod:>8} B heap per pod ({peers_per_pod:>8} B of it for {} peers), \
+             delta to all pods {:>6.1} ms CPU, idle CPU {:>5.1} % of a core",
+            pods - 1,
+            delta_cpu.as_secs_f64() * 1e3,
+            idle_cpu * 100.0,
+        );
+        results.push(serde_json::json!({
+            "pods": pods, "heap_bytes_per_pod": per_pod, "peer_heap_bytes_per_pod": peers_per_pod,
+            "delta_cpu_ms": delta_cpu.as_secs_f64() * 1e3, "idle_cpu_percent": idle_cpu * 100.0,
+        }));
+        for (handle, ..) in members {
+            handle.detach().await?;
+        }
+        settle().await;
+    }
+    if let Some(path) = out {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+    }
+    Ok(())
+}
