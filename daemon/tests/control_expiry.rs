@@ -12,41 +12,38 @@
 //! `scripts/isolated.sh scripts/test-in-netns.sh`); skips, saying why,
 //! otherwise. The data-plane test also needs root for its TUN.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
+use common::mint::{AdminCurl, MintKeys};
+use common::netns::{ip, serve_hello};
 use tailnet_cnid::control::keys::NodePublic;
 use tailnet_cnid::control::{
-    AuthKeySource, ControlClient, ControlConfig, ControlError, IdentityHandle, IdentityKeys,
-    IdentityOptions, NetMap, RotationPolicy,
+    ControlClient, ControlConfig, ControlError, IdentityHandle, IdentityKeys, IdentityOptions,
+    NetMap, RotationPolicy,
 };
 use tailnet_cnid::podmgr::rekey::{self, IdentityFile, Reattach};
 use tailnet_cnid::podmgr::tun::{create_persistent_tun, open_tun, release_persistent_tun};
 use tailnet_cnid::wg::{Engine, EngineConfig, PodDataConfig};
 
 struct Bed {
-    url: String,
-    token: String,
+    admin: AdminCurl,
     pg_port: String,
 }
 
 fn bed() -> Option<Bed> {
-    let url = std::env::var("TAILNET_TEST_CONTROL_URL").ok()?;
-    let token_file = std::env::var("TAILNET_TEST_ADMIN_TOKEN_FILE").ok()?;
-    let token = std::fs::read_to_string(token_file).ok()?.trim().to_string();
+    let admin = AdminCurl::from_env()?;
     let dir = PathBuf::from(std::env::var("TAILNET_TESTBED_DIR").ok()?);
     let pg_port = std::fs::read_to_string(dir.join("pg.port"))
         .ok()?
         .trim()
         .to_string();
-    Some(Bed {
-        url,
-        token,
-        pg_port,
-    })
+    Some(Bed { admin, pg_port })
 }
 
 macro_rules! bed_or_skip {
@@ -61,71 +58,10 @@ macro_rules! bed_or_skip {
     };
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Mints single-use keys through rscale's admin API, counting them;
-/// `expires_in` < 0 mints keys that are already expired.
-struct RscaleKeys {
-    url: String,
-    token: String,
-    expires_in: i64,
-    minted: AtomicUsize,
-}
-
-impl RscaleKeys {
-    fn new(bed: &Bed, expires_in: i64) -> Arc<Self> {
-        Arc::new(Self {
-            url: bed.url.clone(),
-            token: bed.token.clone(),
-            expires_in,
-            minted: AtomicUsize::new(0),
-        })
-    }
-}
-
-#[tonic::async_trait]
-impl AuthKeySource for RscaleKeys {
-    async fn auth_key(&self) -> Result<String, String> {
-        self.minted.fetch_add(1, Ordering::SeqCst);
-        let expires = unix_now() as i64 + self.expires_in;
-        let body = serde_json::json!({
-            "description": "expiry test", "tags": [], "reusable": false,
-            "ephemeral": false, "expires_at_unix_secs": expires,
-        });
-        let out = tokio::process::Command::new("curl")
-            .args([
-                "-fsS",
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "-H",
-            ])
-            .arg(format!("Authorization: Bearer {}", self.token))
-            .arg("-d")
-            .arg(body.to_string())
-            .arg(format!("{}/api/v1/admin/auth-keys", self.url))
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "mint failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["key"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| "no key".into())
-    }
+/// Single-use keys expiring `expires_in` seconds from now (< 0: already
+/// expired).
+fn auth_keys(bed: &Bed, expires_in: i64) -> Arc<MintKeys> {
+    Arc::new(MintKeys::new(&bed.admin, "expiry test").expiring_in(expires_in))
 }
 
 /// Runs SQL on rscale's database.
@@ -169,20 +105,11 @@ async fn expire_on_server(bed: &Bed, id: i64) {
 
 /// Nodes rscale lists under `hostname`.
 async fn nodes_named(bed: &Bed, hostname: &str) -> Vec<serde_json::Value> {
-    let out = tokio::process::Command::new("curl")
-        .args(["-fsS", "-H"])
-        .arg(format!("Authorization: Bearer {}", bed.token))
-        .arg(format!("{}/api/v1/admin/nodes", bed.url))
-        .output()
+    bed.admin
+        .nodes()
         .await
-        .expect("curl");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nodes json");
-    let list = v.get("nodes").cloned().unwrap_or(v);
-    list.as_array()
         .into_iter()
-        .flatten()
         .filter(|n| n["hostname"].as_str() == Some(hostname))
-        .cloned()
         .collect()
 }
 
@@ -265,11 +192,11 @@ async fn a_key_the_server_expires_is_rotated_and_the_node_kept() {
     let bed = bed_or_skip!();
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("identity.json");
-    let client = ControlClient::new(ControlConfig::new(&bed.url, None).unwrap()).unwrap();
+    let client = ControlClient::new(ControlConfig::new(&bed.admin.url, None).unwrap()).unwrap();
     let keys = IdentityKeys::generate();
     std::fs::write(&key_file, serde_json::to_vec(&keys).unwrap()).unwrap();
     let hostname = unique("ctl-exp");
-    let source = RscaleKeys::new(&bed, 3600);
+    let source = auth_keys(&bed, 3600);
     let handle = client.spawn_identity(
         keys.clone(),
         IdentityOptions::new(&hostname, vec![]).key_store(Arc::new(IdentityFile(key_file.clone()))),
@@ -338,10 +265,10 @@ async fn a_key_the_server_expires_is_rotated_and_the_node_kept() {
 #[tokio::test]
 async fn a_crash_in_the_middle_of_a_rotation_keeps_the_identity() {
     let bed = bed_or_skip!();
-    let client = ControlClient::new(ControlConfig::new(&bed.url, None).unwrap()).unwrap();
+    let client = ControlClient::new(ControlConfig::new(&bed.admin.url, None).unwrap()).unwrap();
     let keys = IdentityKeys::generate();
     let hostname = unique("ctl-crash");
-    let source = RscaleKeys::new(&bed, 3600);
+    let source = auth_keys(&bed, 3600);
     let handle = client.spawn_identity(
         keys.clone(),
         IdentityOptions::new(&hostname, vec![]),
@@ -390,7 +317,7 @@ async fn keys_are_renewed_before_they_expire() {
         requested_lifetime: Some(Duration::from_secs(20)),
     };
     let client = ControlClient::new(
-        ControlConfig::new(&bed.url, None)
+        ControlConfig::new(&bed.admin.url, None)
             .unwrap()
             .with_rotation(policy),
     )
@@ -400,7 +327,7 @@ async fn keys_are_renewed_before_they_expire() {
     let handle = client.spawn_identity(
         keys.clone(),
         IdentityOptions::new(&hostname, vec![]),
-        RscaleKeys::new(&bed, 3600),
+        auth_keys(&bed, 3600),
     );
     let first = handle
         .wait_ready(Duration::from_secs(30))
@@ -425,11 +352,11 @@ async fn keys_are_renewed_before_they_expire() {
 #[tokio::test]
 async fn an_expired_auth_key_is_named_as_the_cause() {
     let bed = bed_or_skip!();
-    let client = ControlClient::new(ControlConfig::new(&bed.url, None).unwrap()).unwrap();
+    let client = ControlClient::new(ControlConfig::new(&bed.admin.url, None).unwrap()).unwrap();
     let handle = client.spawn_identity(
         IdentityKeys::generate(),
         IdentityOptions::new(&unique("ctl-oldkey"), vec![]),
-        RscaleKeys::new(&bed, -60),
+        auth_keys(&bed, -60),
     );
     let err = handle
         .wait_ready(Duration::from_secs(30))
@@ -458,12 +385,12 @@ async fn the_data_plane_follows_a_rotated_key() {
     }
     let tun_name = format!("tntx{:05x}", rand::random::<u32>() & 0xfffff);
     create_persistent_tun(&tun_name).expect("TUN");
-    let client = ControlClient::new(ControlConfig::new(&bed.url, None).unwrap()).unwrap();
+    let client = ControlClient::new(ControlConfig::new(&bed.admin.url, None).unwrap()).unwrap();
     let keys = IdentityKeys::generate();
     let handle = client.spawn_identity(
         keys.clone(),
         IdentityOptions::new(&unique("ctl-dp"), vec![]),
-        RscaleKeys::new(&bed, 3600),
+        auth_keys(&bed, 3600),
     );
     handle
         .wait_ready(Duration::from_secs(30))
@@ -482,7 +409,7 @@ async fn the_data_plane_follows_a_rotated_key() {
     let v4 = me.ipv4.expect("ipv4");
     let table = (31_000 + rand::random::<u32>() % 1000).to_string();
     let _plumbing = HostPlumbing::new(&tun_name, v4, &table);
-    serve_hello(v4);
+    serve_hello(std::net::TcpListener::bind((v4, 8080)).expect("bind on the pod address"));
 
     let engine = Engine::new(EngineConfig::default());
     let first = engine
@@ -567,18 +494,6 @@ async fn the_data_plane_follows_a_rotated_key() {
     let _ = release_persistent_tun(&tun_name);
 }
 
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The pod's address on the TUN and a source rule that sends its replies
 /// back into the TUN; removed on drop (the TUN's own routes go with it).
 struct HostPlumbing {
@@ -621,25 +536,6 @@ impl Drop for HostPlumbing {
             ])
             .output();
     }
-}
-
-/// A web server on the pod's address answering every request the same way.
-fn serve_hello(v4: std::net::Ipv4Addr) {
-    let listener = std::net::TcpListener::bind((v4, 8080)).expect("bind on the pod address");
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut request = [0u8; 1024];
-            let _ = conn.read(&mut request);
-            let body = "hello from the pod\n";
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
 }
 
 /// Fetches the pod's page from the tailscaled peer's side (its SOCKS5

@@ -6,35 +6,31 @@
 //!
 //! Needs `source <(scripts/testbed.sh env)`; skips, saying why, otherwise.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::mint::{AdminCurl, MintKeys};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tailnet_cnid::control::{
-    AuthKeySource, ControlClient, ControlConfig, ControlError, IdentityKeys, IdentityOptions,
+    ControlClient, ControlConfig, ControlError, IdentityKeys, IdentityOptions,
 };
 use tailnet_cnid::podmgr::sync::derp_regions;
 use tailnet_cnid::wg::derp_client;
 
 struct Bed {
     port: u16,
-    http_url: String,
-    token: String,
+    admin: AdminCurl,
 }
 
 fn bed() -> Option<Bed> {
-    let http_url = std::env::var("TAILNET_TEST_CONTROL_URL").ok()?;
-    let port = url::Url::parse(&http_url).ok()?.port()?;
-    let token_file = std::env::var("TAILNET_TEST_ADMIN_TOKEN_FILE").ok()?;
-    let token = std::fs::read_to_string(token_file).ok()?.trim().to_string();
-    Some(Bed {
-        port,
-        http_url,
-        token,
-    })
+    let admin = AdminCurl::from_env()?;
+    let port = url::Url::parse(&admin.url).ok()?.port()?;
+    Some(Bed { port, admin })
 }
 
 macro_rules! bed_or_skip {
@@ -49,45 +45,10 @@ macro_rules! bed_or_skip {
     };
 }
 
-/// Mints a single-use key through rscale's admin API (plain HTTP: the admin
+/// Mints single-use keys through rscale's admin API (plain HTTP: the admin
 /// API is not what is under test).
-struct Mint {
-    url: String,
-    token: String,
-}
-
-#[tonic::async_trait]
-impl AuthKeySource for Mint {
-    async fn auth_key(&self) -> Result<String, String> {
-        let out = tokio::process::Command::new("curl")
-            .args([
-                "-fsS",
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "-H",
-            ])
-            .arg(format!("Authorization: Bearer {}", self.token))
-            .args(["-d", r#"{"description":"https test","tags":[]}"#])
-            .arg(format!("{}/api/v1/admin/auth-keys", self.url))
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["key"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| "no key".into())
-    }
-}
-
-fn mint(bed: &Bed) -> Arc<Mint> {
-    Arc::new(Mint {
-        url: bed.http_url.clone(),
-        token: bed.token.clone(),
-    })
+fn mint(bed: &Bed) -> Arc<MintKeys> {
+    Arc::new(MintKeys::new(&bed.admin, "https test"))
 }
 
 /// Accepts any certificate and keeps the server's, to pin it afterwards.

@@ -4,108 +4,16 @@
 //! disturbs no other test. Needs root and `scripts/isolated.sh`
 //! (TAILNET_ISOLATED=1); skips, saying why, otherwise.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::mint::{AdminCurl, MintKeys};
+use common::PrivateBed;
 use tailnet_cnid::control::{
-    AuthKeySource, ControlClient, ControlConfig, IdentityKeys, IdentityOptions, SessionState,
+    ControlClient, ControlConfig, IdentityKeys, IdentityOptions, SessionState,
 };
-
-fn testbed() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/testbed.sh")
-}
-
-/// One private test bed, brought down on drop.
-struct PrivateBed {
-    dir: tempfile::TempDir,
-}
-
-impl PrivateBed {
-    fn up() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let bed = Self { dir };
-        bed.run("up");
-        bed
-    }
-
-    fn run(&self, command: &str) -> String {
-        let out = Command::new(testbed())
-            .arg(command)
-            .env("TAILNET_TESTBED_DIR", self.dir.path())
-            .output()
-            .expect("testbed.sh");
-        assert!(
-            out.status.success(),
-            "testbed.sh {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(name))
-            .expect(name)
-            .trim()
-            .to_string()
-    }
-
-    fn stop_control_server(&self) {
-        let pid: i32 = self.read("rscale.pid").parse().expect("pid");
-        // SAFETY: kill with a pid from our own pid file.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        for _ in 0..100 {
-            // SAFETY: signal 0 only probes for the process.
-            if unsafe { libc::kill(pid, 0) } != 0 {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("rscale did not stop");
-    }
-}
-
-impl Drop for PrivateBed {
-    fn drop(&mut self) {
-        let _ = Command::new(testbed())
-            .arg("down")
-            .env("TAILNET_TESTBED_DIR", self.dir.path())
-            .output();
-    }
-}
-
-struct Mint {
-    bed_url: String,
-    token: String,
-}
-
-#[tonic::async_trait]
-impl AuthKeySource for Mint {
-    async fn auth_key(&self) -> Result<String, String> {
-        let out = tokio::process::Command::new("curl")
-            .args([
-                "-fsS",
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "-H",
-            ])
-            .arg(format!("Authorization: Bearer {}", self.token))
-            .args(["-d", r#"{"description":"restart test","tags":[]}"#])
-            .arg(format!("{}/api/v1/admin/auth-keys", self.bed_url))
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["key"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| "no key".into())
-    }
-}
 
 #[tokio::test]
 async fn sessions_reconnect_after_a_control_server_restart() {
@@ -124,10 +32,13 @@ async fn sessions_reconnect_after_a_control_server_restart() {
     let handle = client.spawn_identity(
         IdentityKeys::generate(),
         IdentityOptions::new("restart-test", vec![]),
-        Arc::new(Mint {
-            bed_url: url.clone(),
-            token: bed.read("admin-token"),
-        }),
+        Arc::new(MintKeys::new(
+            &AdminCurl {
+                url: url.clone(),
+                token: bed.read("admin-token"),
+            },
+            "restart test",
+        )),
     );
     let before = handle
         .wait_ready(Duration::from_secs(30))

@@ -3,26 +3,24 @@
 //! registered there. Needs `source <(scripts/testbed.sh env)`; skips,
 //! saying why, otherwise.
 
+mod common;
+
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::mint::{AdminCurl, MintKeys};
 use tailnet_cnid::control::keys::NodePublic;
 use tailnet_cnid::control::{
     AuthKeySource, ControlClient, ControlConfig, ControlError, IdentityKeys, IdentityOptions,
 };
 
-struct Bed {
-    url: String,
-    token: String,
-}
+/// The shared test bed's admin API.
+type Bed = AdminCurl;
 
 fn bed() -> Option<Bed> {
-    let url = std::env::var("TAILNET_TEST_CONTROL_URL").ok()?;
-    let token_file = std::env::var("TAILNET_TEST_ADMIN_TOKEN_FILE").ok()?;
-    let token = std::fs::read_to_string(token_file).ok()?.trim().to_string();
-    Some(Bed { url, token })
+    AdminCurl::from_env()
 }
 
 macro_rules! bed_or_skip {
@@ -37,48 +35,6 @@ macro_rules! bed_or_skip {
     };
 }
 
-/// Mints single-use keys through rscale's admin API, counting them.
-struct RscaleKeys {
-    url: String,
-    token: String,
-    minted: AtomicUsize,
-}
-
-#[tonic::async_trait]
-impl AuthKeySource for RscaleKeys {
-    async fn auth_key(&self) -> Result<String, String> {
-        self.minted.fetch_add(1, Ordering::SeqCst);
-        let out = tokio::process::Command::new("curl")
-            .args([
-                "-fsS",
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "-H",
-            ])
-            .arg(format!("Authorization: Bearer {}", self.token))
-            .arg("-d")
-            .arg(r#"{"description":"control test","tags":[],"reusable":false,"ephemeral":false}"#)
-            .arg(format!("{}/api/v1/admin/auth-keys", self.url))
-            .output()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "mint failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        v["key"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| "no key".into())
-    }
-}
-
 struct BadKey;
 
 #[tonic::async_trait]
@@ -88,29 +44,16 @@ impl AuthKeySource for BadKey {
     }
 }
 
-fn keys_source(bed: &Bed) -> Arc<RscaleKeys> {
-    Arc::new(RscaleKeys {
-        url: bed.url.clone(),
-        token: bed.token.clone(),
-        minted: AtomicUsize::new(0),
-    })
+fn keys_source(bed: &Bed) -> Arc<MintKeys> {
+    Arc::new(MintKeys::new(bed, "control test"))
 }
 
 /// Nodes whose name starts with `prefix`: other tests register nodes of
 /// their own against the same server at the same time.
 async fn node_count(bed: &Bed, prefix: &str) -> usize {
-    let out = tokio::process::Command::new("curl")
-        .args(["-fsS", "-H"])
-        .arg(format!("Authorization: Bearer {}", bed.token))
-        .arg(format!("{}/api/v1/admin/nodes", bed.url))
-        .output()
+    bed.nodes()
         .await
-        .expect("curl");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nodes json");
-    let list = v.get("nodes").cloned().unwrap_or(v);
-    list.as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .filter(|n| n.to_string().contains(&format!("\"{prefix}")))
         .count()
 }

@@ -15,14 +15,13 @@
 //! it takes the turn lock of the daemon-driving tests, so those do not run
 //! meanwhile.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tailnet_cnid::control::{
@@ -33,9 +32,11 @@ use tailnet_cnid::wg::{Engine, EngineConfig, PathKind, PeerStats, PodDataConfig,
 
 mod common;
 
+use common::admin_http::{AdminApi, NodeCleanup};
+
 struct Bed {
     control_url: String,
-    admin_token_file: PathBuf,
+    admin: AdminApi,
     tailscale: PathBuf,
     peer_socket: PathBuf,
     peer_v4: Ipv4Addr,
@@ -44,9 +45,13 @@ struct Bed {
 
 fn bed() -> Result<Bed, String> {
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} not set"));
+    let control_url = var("TAILNET_TEST_CONTROL_URL")?;
     Ok(Bed {
-        control_url: var("TAILNET_TEST_CONTROL_URL")?,
-        admin_token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?.into(),
+        admin: AdminApi {
+            control_url: control_url.clone(),
+            token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?.into(),
+        },
+        control_url,
         tailscale: var("TAILNET_TEST_TAILSCALE_BIN")?.into(),
         peer_socket: var("TAILNET_TEST_PEER_SOCKET")?.into(),
         peer_v4: var("TAILNET_TEST_PEER_IPV4")?
@@ -58,102 +63,16 @@ fn bed() -> Result<Bed, String> {
     })
 }
 
-fn control_addr(url: &str) -> SocketAddr {
-    let rest = url.strip_prefix("http://").expect("plain http control URL");
-    rest.trim_end_matches('/')
-        .parse()
-        .expect("ip:port control URL")
-}
-
-/// One request to rscale's admin API (plain HTTP on loopback); returns the body.
-fn admin_request(bed: &Bed, method: &str, path: &str, body: &str) -> String {
-    let token = std::fs::read_to_string(&bed.admin_token_file).expect("admin token");
-    let addr = control_addr(&bed.control_url);
-    let mut stream = TcpStream::connect(addr).expect("connect control");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        token.trim(),
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let body_start = response.find("\r\n\r\n").expect("HTTP head") + 4;
-    response[body_start..].to_owned()
-}
-
-/// The JSON value in a response body (tolerates chunked encoding).
-fn json_in(body: &str) -> serde_json::Value {
-    let start = body.find(['{', '[']).expect("JSON body");
-    let end = body.rfind(['}', ']']).expect("JSON end");
-    serde_json::from_str(&body[start..=end]).expect("JSON")
-}
-
 /// Single-use auth keys from rscale's admin API.
-struct AdminKeys {
-    control_url: String,
-    admin_token_file: PathBuf,
-}
+struct AdminKeys(AdminApi);
 
 #[tonic::async_trait]
 impl AuthKeySource for AdminKeys {
     async fn auth_key(&self) -> Result<String, String> {
-        let bed = Bed {
-            control_url: self.control_url.clone(),
-            admin_token_file: self.admin_token_file.clone(),
-            tailscale: PathBuf::new(),
-            peer_socket: PathBuf::new(),
-            peer_v4: Ipv4Addr::UNSPECIFIED,
-            stun_port: 0,
-        };
-        tokio::task::spawn_blocking(move || {
-            let expires = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-                + 3600;
-            let body = format!(
-                r#"{{"description":"direct path test","tags":[],"reusable":false,"ephemeral":false,"expires_at_unix_secs":{expires}}}"#
-            );
-            let value = json_in(&admin_request(
-                &bed,
-                "POST",
-                "/api/v1/admin/auth-keys",
-                &body,
-            ));
-            value["key"]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| "no key in the admin API answer".to_owned())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    }
-}
-
-/// Disables the test's node in control when the test ends (rscale has no
-/// node deletion), so runs do not pile up live nodes in the peer's netmap.
-struct NodeCleanup<'a> {
-    bed: &'a Bed,
-    ipv4: Ipv4Addr,
-}
-
-impl Drop for NodeCleanup<'_> {
-    fn drop(&mut self) {
-        let nodes = json_in(&admin_request(self.bed, "GET", "/api/v1/admin/nodes", ""));
-        let ip = self.ipv4.to_string();
-        let id = nodes
-            .as_array()
-            .and_then(|all| all.iter().find(|n| n["ipv4"].as_str() == Some(ip.as_str())))
-            .and_then(|n| n["id"].as_u64());
-        if let Some(id) = id {
-            admin_request(
-                self.bed,
-                "POST",
-                &format!("/api/v1/admin/nodes/{id}/disable"),
-                "",
-            );
-        }
+        let api = self.0.clone();
+        tokio::task::spawn_blocking(move || api.mint_single_use("direct path test"))
+            .await
+            .map_err(|e| e.to_string())?
     }
 }
 
@@ -402,10 +321,7 @@ async fn official_tailscaled_reaches_the_pod_directly_and_falls_back_to_derp_whe
     let identity = client.spawn_identity(
         keys.clone(),
         IdentityOptions::new(&format!("tncni-direct-{}", std::process::id()), vec![]),
-        Arc::new(AdminKeys {
-            control_url: bed.control_url.clone(),
-            admin_token_file: bed.admin_token_file.clone(),
-        }),
+        Arc::new(AdminKeys(bed.admin.clone())),
     );
     identity
         .wait_ready(Duration::from_secs(60))
@@ -414,7 +330,7 @@ async fn official_tailscaled_reaches_the_pod_directly_and_falls_back_to_derp_whe
     let me = identity.self_node().expect("self node");
     let my_v4 = me.ipv4.expect("IPv4 tailnet address");
     let _cleanup = NodeCleanup {
-        bed: &bed,
+        api: &bed.admin,
         ipv4: my_v4,
     };
     let addresses: Vec<IpAddr> = [me.ipv4.map(IpAddr::V4), me.ipv6.map(IpAddr::V6)]

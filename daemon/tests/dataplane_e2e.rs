@@ -18,18 +18,22 @@
 //! test bed's environment (`scripts/test-in-netns.sh` provides all of it);
 //! skips, saying why, otherwise.
 
+mod common;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::podman::{self, BUSYBOX};
+use common::{
+    isolated_root_with, peer_fetch_within, run, run_ok, take_turn, wait_until, Daemon,
+    DaemonOptions,
+};
 use serde_json::{json, Value};
 
-const PLUGIN_DIR: &str = "/usr/lib/cni";
-const BUSYBOX: &str = "/usr/bin/busybox";
 const MIB: u64 = 1 << 20;
 
 /// What a test needs of a test bed (the shared one or a private one).
@@ -54,18 +58,7 @@ impl Bed {
 }
 
 fn prerequisites() -> Result<Bed, String> {
-    if std::env::var("TAILNET_ISOLATED").as_deref() != Ok("1") {
-        return Err("not inside scripts/isolated.sh (TAILNET_ISOLATED != 1)".into());
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("needs root".into());
-    }
-    for path in ["/usr/bin/podman", BUSYBOX, "/usr/bin/curl"] {
-        if !Path::new(path).exists() {
-            return Err(format!("{path} is missing"));
-        }
-    }
+    isolated_root_with(&["/usr/bin/podman", BUSYBOX, "/usr/bin/curl"])?;
     Bed::from_env(|name| std::env::var(name).ok())
 }
 
@@ -81,77 +74,17 @@ macro_rules! bed_or_skip {
     };
 }
 
-/// One daemon per node is the design, and a starting daemon removes links
-/// it does not own: tests that run a daemon take turns (the lock file is the
-/// one e2e_podman.rs uses).
-struct Turn {
-    _lock: fs::File,
-}
-
-fn take_turn() -> Turn {
-    use std::os::fd::AsRawFd;
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("tailnet-cni-e2e.lock"))
-        .expect("lock file");
-    // SAFETY: flock on an open descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock failed");
-    Turn { _lock: file }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let output = run(cmd);
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// A private test bed (its own PostgreSQL, rscale and tailscaled peer) for
 /// a test that changes tailnet-wide settings; brought down on drop.
 struct PrivateBed {
-    dir: tempfile::TempDir,
+    _bed: common::PrivateBed,
     bed: Bed,
-}
-
-fn testbed_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/testbed.sh")
 }
 
 impl PrivateBed {
     fn up() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let script = |command: &str| {
-            run_ok(
-                Command::new(testbed_script())
-                    .arg(command)
-                    .env("TAILNET_TESTBED_DIR", dir.path()),
-            )
-        };
-        script("up");
-        let env = script("env");
+        let private = common::PrivateBed::up();
+        let env = private.run("env");
         let vars: Vec<(String, String)> = env
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
@@ -165,16 +98,7 @@ impl PrivateBed {
                 .filter(|v| !v.is_empty())
         })
         .expect("private test bed environment");
-        Self { dir, bed }
-    }
-}
-
-impl Drop for PrivateBed {
-    fn drop(&mut self) {
-        let _ = Command::new(testbed_script())
-            .arg("down")
-            .env("TAILNET_TESTBED_DIR", self.dir.path())
-            .output();
+        Self { _bed: private, bed }
     }
 }
 
@@ -191,199 +115,60 @@ fn admin(bed: &Bed, method: &str, path: &str, body: Option<&Value>) -> Value {
     serde_json::from_str(&out).unwrap_or(Value::Null)
 }
 
-/// A running daemon with its own state dir and socket; stopped on drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, bed: &Bed) -> Self {
-        let socket = dir.join("daemon.sock");
-        let config = dir.join("tailnet-cnid.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"socket = "{socket}"
-state_dir = "{state}"
-cluster_name = "dp"
-control_url = "{url}"
-selection = "all"
-
-[auth]
-kind = "rscale"
-api_url = "{url}"
-token_file = "{token}"
-tags = []
-"#,
-                socket = socket.display(),
-                state = dir.join("state").display(),
-                url = bed.control_url,
-                token = bed.admin_token_file,
-            ),
-        )
-        .expect("daemon config");
-        let log = dir.join("daemon.log");
-        let log_file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("daemon log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tailnet-cnid"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env("TAILNET_CNID_LOG", "info,tailnet_cnid=debug")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn daemon");
-        wait_until(Duration::from_secs(30), "the daemon socket", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("daemon exited early: {status}");
-            }
-            socket.exists().then_some(())
-        });
-        Self { child, socket, log }
-    }
-
-    fn status(&self) -> Value {
-        let out = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_tailnet-cnid"))
-                .args(["status", "--json", "--socket"])
-                .arg(&self.socket),
-        );
-        serde_json::from_str(&out).expect("status json")
-    }
-
-    fn pod(&self, ipv4: &str) -> Value {
-        let status = self.status();
-        status["pods"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["ipv4"] == json!(ipv4))
-            .cloned()
-            .unwrap_or_else(|| panic!("no pod {ipv4} in {status}"))
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill with our child's pid and a valid signal.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A daemon with its own state dir and socket, stopped on drop.
+fn start_daemon(dir: &Path, bed: &Bed) -> Daemon {
+    let options =
+        DaemonOptions::default_reconcile(&bed.control_url, Path::new(&bed.admin_token_file), "dp");
+    Daemon::start(dir, options)
 }
 
 /// podman with private storage and a conflist chaining bridge + our shim;
 /// removes its containers on drop.
 struct Podman {
-    dir: PathBuf,
+    root: podman::Podman,
     containers: std::cell::RefCell<Vec<String>>,
 }
 
 impl Podman {
     /// `bridge` and `subnet` must differ between tests running at once.
     fn new(dir: &Path, daemon_socket: &Path, bridge: &str, subnet: &str) -> Self {
-        for sub in [
-            "bin",
-            "net.d",
-            "rootfs/bin",
-            "rootfs/www",
-            "rootfs/data",
-            "rootfs/tmp",
-            "root",
-            "runroot",
-            "tmp",
-            "static",
-            "volumes",
-        ] {
-            fs::create_dir_all(dir.join(sub)).expect("mkdir");
-        }
-        for plugin in ["bridge", "host-local", "loopback"] {
-            symlink(
-                Path::new(PLUGIN_DIR).join(plugin),
-                dir.join("bin").join(plugin),
-            )
-            .expect("link");
-        }
-        let shim = PathBuf::from(env!("CARGO_BIN_EXE_tailnet-cnid")).with_file_name("tailnet-cni");
-        symlink(shim, dir.join("bin/tailnet-cni")).expect("link shim");
-        fs::copy(BUSYBOX, dir.join("rootfs/bin/busybox")).expect("busybox");
-        for applet in [
-            "sh",
-            "sleep",
-            "ip",
-            "httpd",
-            "cat",
-            "echo",
-            "nc",
-            "head",
-            "sha256sum",
-            "ping",
-            "ping6",
-            "seq",
-            "netstat",
-            "tee",
-            "wc",
-            "mkfifo",
-            "tail",
-            "grep",
-            "tr",
-            "sed",
-        ] {
-            symlink("busybox", dir.join("rootfs/bin").join(applet)).expect("applet");
-        }
-        fs::write(dir.join("rootfs/www/index.html"), "hello from a pod\n").expect("page");
-        let conflist = json!({
-            "cniVersion": "1.0.0",
-            "name": "tailnet-dp",
-            "plugins": [
-                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}},
-                {"type": "tailnet-cni", "daemonSocket": daemon_socket.display().to_string(),
-                 "timeoutSeconds": 90}
-            ]
-        });
-        fs::write(dir.join("net.d/tailnet-dp.conflist"), conflist.to_string()).expect("conflist");
-        let d = dir.display();
-        fs::write(
-            dir.join("containers.conf"),
-            format!(
-                "[network]\nnetwork_backend=\"cni\"\ncni_plugin_dirs=[\"{d}/bin\"]\nnetwork_config_dir=\"{d}/net.d\"\n\
-                 [engine]\ncgroup_manager=\"cgroupfs\"\nevents_logger=\"file\"\ntmp_dir=\"{d}/tmp\"\n\
-                 static_dir=\"{d}/static\"\nvolume_path=\"{d}/volumes\"\n"
-            ),
-        )
-        .expect("containers.conf");
+        let setup = podman::Setup {
+            network: "tailnet-dp",
+            bridge,
+            subnet,
+            rootfs_dirs: &["rootfs/data", "rootfs/tmp"],
+            applets: &[
+                "sh",
+                "sleep",
+                "ip",
+                "httpd",
+                "cat",
+                "echo",
+                "nc",
+                "head",
+                "sha256sum",
+                "ping",
+                "ping6",
+                "seq",
+                "netstat",
+                "tee",
+                "wc",
+                "mkfifo",
+                "tail",
+                "grep",
+                "tr",
+                "sed",
+            ],
+            page: "hello from a pod\n",
+        };
         Self {
-            dir: dir.to_path_buf(),
+            root: podman::Podman::create(dir, daemon_socket, &setup),
             containers: Default::default(),
         }
     }
 
     fn cmd(&self) -> Command {
-        let mut cmd = Command::new("podman");
-        cmd.arg("--root")
-            .arg(self.dir.join("root"))
-            .arg("--runroot")
-            .arg(self.dir.join("runroot"))
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
-        cmd
+        self.root.cmd()
     }
 
     /// Starts a container serving its page on ports 80 and 8081.
@@ -400,7 +185,7 @@ impl Podman {
                 "nproc=4096:4096",
             ])
             .args(["--network", "tailnet-dp", "--name", name, "--rootfs"])
-            .arg(self.dir.join("rootfs"))
+            .arg(self.root.dir.join("rootfs"))
             .args([
                 "/bin/sh",
                 "-c",
@@ -466,14 +251,7 @@ fn pod_addrs(daemon: &Daemon, hostname_suffix: &str) -> PodAddrs {
 
 /// The peer fetches `url` over the tailnet (its SOCKS5 proxy).
 fn peer_fetch(bed: &Bed, url: &str, max_time: u32) -> Output {
-    run(Command::new("curl").args([
-        "-sS",
-        "--max-time",
-        &max_time.to_string(),
-        "--socks5-hostname",
-        &bed.peer_socks5,
-        url,
-    ]))
+    peer_fetch_within(&bed.peer_socks5, url, max_time)
 }
 
 fn fetched(out: &Output) -> Option<String> {
@@ -548,7 +326,7 @@ fn tailnet_policy_filters_the_peers_connections_but_not_the_pods_replies() {
     let bed = &private.bed;
     let work = tempfile::tempdir().expect("tempdir");
     progress("private test bed up");
-    let daemon = Daemon::start(work.path(), bed);
+    let daemon = start_daemon(work.path(), bed);
     let podman = Podman::new(
         &work.path().join("podman"),
         &daemon.socket,
@@ -665,7 +443,7 @@ struct TwoPods {
 
 fn two_pods(bed: &Bed, bridge: &str, subnet: &str, names: [&str; 2]) -> TwoPods {
     let work = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(work.path(), bed);
+    let daemon = start_daemon(work.path(), bed);
     let podman = Podman::new(&work.path().join("podman"), &daemon.socket, bridge, subnet);
     podman.run_web(names[0], &daemon);
     podman.run_web(names[1], &daemon);
@@ -872,14 +650,14 @@ fn bulk_transfer_between_a_pod_and_the_peer_arrives_intact_both_ways() {
     let expected = expected_digest(&data, chunks);
 
     let work = tempfile::tempdir().expect("tempdir");
-    let daemon = Daemon::start(work.path(), &bed);
+    let daemon = start_daemon(work.path(), &bed);
     let podman = Podman::new(
         &work.path().join("podman"),
         &daemon.socket,
         "cni-tndp4",
         "10.89.44.0/24",
     );
-    fs::write(podman.dir.join("rootfs/data/chunk"), &data).expect("chunk");
+    fs::write(podman.root.dir.join("rootfs/data/chunk"), &data).expect("chunk");
     podman.run_web("bulk", &daemon);
     let pod = pod_addrs(&daemon, "-bulk");
     wait_until(Duration::from_secs(60), "the peer to reach the pod", || {

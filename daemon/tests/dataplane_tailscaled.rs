@@ -10,14 +10,17 @@
 //! Needs the variables written by `scripts/testbed.sh env` (source
 //! /tmp/testbed.env); skips when they are absent.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::admin_http::{control_addr, AdminApi, NodeCleanup};
+use common::netns::{ip, serve_hello, Netns};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tailnet_cnid::wg::packet_fd::PacketFd;
 use tailnet_cnid::wg::{
@@ -27,7 +30,7 @@ use tailnet_cnid::wg::{
 
 struct Bed {
     control_url: String,
-    admin_token_file: PathBuf,
+    admin: AdminApi,
     tailscaled: PathBuf,
     tailscale: PathBuf,
     peer_socket: PathBuf,
@@ -36,9 +39,13 @@ struct Bed {
 
 fn bed() -> Result<Bed, String> {
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} not set"));
+    let control_url = var("TAILNET_TEST_CONTROL_URL")?;
     Ok(Bed {
-        control_url: var("TAILNET_TEST_CONTROL_URL")?,
-        admin_token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?.into(),
+        admin: AdminApi {
+            control_url: control_url.clone(),
+            token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?.into(),
+        },
+        control_url,
         tailscaled: var("TAILNET_TEST_TAILSCALED_BIN")?.into(),
         tailscale: var("TAILNET_TEST_TAILSCALE_BIN")?.into(),
         peer_socket: var("TAILNET_TEST_PEER_SOCKET")?.into(),
@@ -47,82 +54,6 @@ fn bed() -> Result<Bed, String> {
             .and_then(|r| r.parse().ok())
             .unwrap_or(900),
     })
-}
-
-fn control_addr(url: &str) -> SocketAddr {
-    let rest = url.strip_prefix("http://").expect("plain http control URL");
-    rest.trim_end_matches('/')
-        .parse()
-        .expect("ip:port control URL")
-}
-
-/// One request to rscale's admin API (plain HTTP on loopback); returns the body.
-fn admin_request(bed: &Bed, method: &str, path: &str, body: &str) -> String {
-    let token = std::fs::read_to_string(&bed.admin_token_file).expect("admin token");
-    let addr = control_addr(&bed.control_url);
-    let mut stream = TcpStream::connect(addr).expect("connect control");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        token.trim(),
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let body_start = response.find("\r\n\r\n").expect("HTTP head") + 4;
-    response[body_start..].to_owned()
-}
-
-/// The JSON value in a response body (tolerates chunked encoding).
-fn json_in(body: &str) -> serde_json::Value {
-    let start = body.find(['{', '[']).expect("JSON body");
-    let end = body.rfind(['}', ']']).expect("JSON end");
-    serde_json::from_str(&body[start..=end]).expect("JSON")
-}
-
-/// Mint a one-off auth key.
-fn mint_auth_key(bed: &Bed) -> String {
-    let expires = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    let body = format!(
-        r#"{{"description":"dataplane test","tags":[],"reusable":false,"ephemeral":false,"expires_at_unix_secs":{expires}}}"#
-    );
-    let value = json_in(&admin_request(
-        bed,
-        "POST",
-        "/api/v1/admin/auth-keys",
-        &body,
-    ));
-    value["key"].as_str().expect("key field").to_owned()
-}
-
-/// Disables the test's node in control when the test ends (rscale has no
-/// node deletion), so runs do not pile up live nodes in the peer's netmap.
-struct NodeCleanup<'a> {
-    bed: &'a Bed,
-    ipv4: Ipv4Addr,
-}
-
-impl Drop for NodeCleanup<'_> {
-    fn drop(&mut self) {
-        let nodes = json_in(&admin_request(self.bed, "GET", "/api/v1/admin/nodes", ""));
-        let ip = self.ipv4.to_string();
-        let id = nodes
-            .as_array()
-            .and_then(|all| all.iter().find(|n| n["ipv4"].as_str() == Some(ip.as_str())))
-            .and_then(|n| n["id"].as_u64());
-        if let Some(id) = id {
-            admin_request(
-                self.bed,
-                "POST",
-                &format!("/api/v1/admin/nodes/{id}/disable"),
-                "",
-            );
-        }
-    }
 }
 
 /// A tailscaled we started; killed (by its own pid) when dropped.
@@ -206,7 +137,10 @@ fn register_identity(bed: &Bed, dir: &Path) -> Registered {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let key = mint_auth_key(bed);
+    let key = bed
+        .admin
+        .mint_single_use("dataplane test")
+        .expect("key field");
     let hostname = format!("tncni-dp-{}", std::process::id());
     let out = cli(
         bed,
@@ -311,7 +245,10 @@ fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
 fn setup<'a>(bed: &'a Bed, dir: &Path) -> Setup<'a> {
     let me = register_identity(bed, dir);
     let my_v4 = first_v4(&me.addresses).expect("an IPv4 tailnet address");
-    let cleanup = NodeCleanup { bed, ipv4: my_v4 };
+    let cleanup = NodeCleanup {
+        api: &bed.admin,
+        ipv4: my_v4,
+    };
     let peer = status_self(bed, &bed.peer_socket);
     let peer_ips = ips(&peer);
     let peer_v4 = first_v4(&peer_ips).expect("peer IPv4");
@@ -483,45 +420,6 @@ async fn official_tailscaled_exchanges_traffic_with_the_engine_over_derp() {
     pod.detach().await.unwrap();
 }
 
-/// A network namespace for the pod side; deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        Self(name)
-    }
-
-    /// Run `f` on a thread inside the namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A kernel TCP server in the pod's namespace behind a real TUN, fetched over
 /// HTTP by the tailscaled peer through its SOCKS5 proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,19 +455,7 @@ async fn official_tailscaled_fetches_http_from_a_pod_behind_a_real_tun() {
     let listener = ns.run(move || {
         std::net::TcpListener::bind(SocketAddr::from((my_v4, 8080))).expect("bind in pod")
     });
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut request = [0u8; 1024];
-            let _ = conn.read(&mut request);
-            let body = "hello from the pod\n";
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    serve_hello(listener);
 
     let engine = Engine::new(EngineConfig::default());
     let pod = attach(&engine, &setup, "tailscaled-http", tun).await;

@@ -4,12 +4,14 @@
 //!
 //! Needs root, /dev/net/tun and `ip` (iproute2); skips otherwise.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sched::CloneFlags;
+use common::netns::{ip, Netns};
 use tailnet_cnid::podmgr::tun::open_tun;
 use tailnet_cnid::wg::local_relay::LocalRelay;
 use tailnet_cnid::wg::{
@@ -27,46 +29,6 @@ fn skip_reason() -> Option<String> {
         return Some("no `ip` binary".into());
     }
     None
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Deletes the namespace when the test ends, pass or fail.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        Self(name)
-    }
-
-    /// Run `f` on a thread inside this namespace; sockets and devices it
-    /// creates stay in the namespace.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
 }
 
 struct Side {

@@ -9,16 +9,19 @@
 //! (`source <(scripts/testbed.sh env)`). Otherwise these tests say why and
 //! skip.
 
+mod common;
+
 use std::fs;
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use common::podman::{self, BUSYBOX};
+use common::{
+    isolated_root_with, links_named, our_rules, peer_fetch_within, run, run_ok, run_with_stdin,
+    shim_binary, take_turn, wait_until, Admin, Daemon, DaemonOptions, CNI_PATH,
+};
 use serde_json::{json, Value};
-
-const PLUGIN_DIR: &str = "/usr/lib/cni";
-const BUSYBOX: &str = "/usr/bin/busybox";
 
 struct Bed {
     control_url: String,
@@ -28,41 +31,8 @@ struct Bed {
     peer_socks5: String,
 }
 
-/// One daemon per node is the design: a daemon removes links it does not
-/// own when it starts. The tests here each run a daemon in the same network
-/// namespace, so they take turns (nextest runs tests as separate processes:
-/// a file lock, not a mutex).
-struct Turn {
-    _lock: std::fs::File,
-}
-
-fn take_turn() -> Turn {
-    use std::os::fd::AsRawFd;
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("tailnet-cni-e2e.lock"))
-        .expect("lock file");
-    // SAFETY: flock on an open descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock failed");
-    Turn { _lock: file }
-}
-
 fn prerequisites() -> Result<Bed, String> {
-    if std::env::var("TAILNET_ISOLATED").as_deref() != Ok("1") {
-        return Err("not inside scripts/isolated.sh (TAILNET_ISOLATED != 1)".into());
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("needs root".into());
-    }
-    for path in ["/usr/bin/podman", BUSYBOX, "/usr/bin/curl"] {
-        if !Path::new(path).exists() {
-            return Err(format!("{path} is missing"));
-        }
-    }
+    isolated_root_with(&["/usr/bin/podman", BUSYBOX, "/usr/bin/curl"])?;
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     Ok(Bed {
         control_url: var("TAILNET_TEST_CONTROL_URL")?,
@@ -73,223 +43,36 @@ fn prerequisites() -> Result<Bed, String> {
     })
 }
 
-/// The workspace's target dir holding both binaries.
-fn shim_binary() -> PathBuf {
-    let daemon = PathBuf::from(env!("CARGO_BIN_EXE_tailnet-cnid"));
-    daemon.with_file_name("tailnet-cni")
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    output
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let output = run(cmd);
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// A running daemon with its own state dir and socket; killed on drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    state_dir: PathBuf,
-    config: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, bed: &Bed) -> Self {
-        let socket = dir.join("daemon.sock");
-        let state_dir = dir.join("state");
-        let config = dir.join("tailnet-cnid.toml");
-        fs::write(
-            &config,
-            format!(
-                r#"socket = "{socket}"
-state_dir = "{state}"
-cluster_name = "e2e"
-control_url = "{url}"
-selection = "all"
-
-[auth]
-kind = "rscale"
-api_url = "{url}"
-token_file = "{token}"
-tags = []
-"#,
-                socket = socket.display(),
-                state = state_dir.display(),
-                url = bed.control_url,
-                token = bed.admin_token_file,
-            ),
-        )
-        .expect("daemon config");
-        let mut daemon = Self {
-            child: spawn_daemon(&config, dir),
-            socket,
-            state_dir,
-            config,
-        };
-        daemon.wait_ready();
-        daemon
-    }
-
-    fn wait_ready(&mut self) {
-        let socket = self.socket.clone();
-        let child = &mut self.child;
-        wait_until(Duration::from_secs(30), "the daemon socket", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("daemon exited early: {status}");
-            }
-            socket.exists().then_some(())
-        });
-    }
-
-    fn restart(&mut self, dir: &Path) {
-        stop(&mut self.child);
-        self.child = spawn_daemon(&self.config, dir);
-        self.wait_ready();
-    }
-
-    fn status(&self) -> Value {
-        let out = run_ok(
-            Command::new(env!("CARGO_BIN_EXE_tailnet-cnid"))
-                .args(["status", "--json", "--socket"])
-                .arg(&self.socket),
-        );
-        serde_json::from_str(&out).expect("status json")
-    }
-}
-
-fn spawn_daemon(config: &Path, dir: &Path) -> Child {
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("daemon.log"))
-        .expect("daemon log");
-    Command::new(env!("CARGO_BIN_EXE_tailnet-cnid"))
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("TAILNET_CNID_LOG", "info,tailnet_cnid=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn daemon")
-}
-
-fn stop(child: &mut Child) {
-    // SIGTERM first: the daemon shuts down cleanly and keeps pods.
-    // SAFETY: kill with a valid pid and signal.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
+/// A daemon with its own state dir and socket, stopped on drop.
+fn start_daemon(dir: &Path, bed: &Bed) -> Daemon {
+    let options =
+        DaemonOptions::default_reconcile(&bed.control_url, Path::new(&bed.admin_token_file), "e2e");
+    Daemon::start(dir, options)
 }
 
 /// podman with private storage and a conflist chaining bridge + our shim.
 struct Podman {
-    dir: PathBuf,
+    root: podman::Podman,
 }
 
 impl Podman {
     /// `bridge` and `subnet` must differ between tests running at once.
     fn new(dir: &Path, daemon_socket: &Path, bridge: &str, subnet: &str) -> Self {
-        for sub in [
-            "bin",
-            "net.d",
-            "rootfs/bin",
-            "rootfs/www",
-            "root",
-            "runroot",
-            "tmp",
-            "static",
-            "volumes",
-        ] {
-            fs::create_dir_all(dir.join(sub)).expect("mkdir");
-        }
-        for plugin in ["bridge", "host-local", "loopback"] {
-            symlink(
-                Path::new(PLUGIN_DIR).join(plugin),
-                dir.join("bin").join(plugin),
-            )
-            .expect("link");
-        }
-        symlink(shim_binary(), dir.join("bin/tailnet-cni")).expect("link shim");
-        fs::copy(BUSYBOX, dir.join("rootfs/bin/busybox")).expect("busybox");
-        for applet in ["sh", "sleep", "ip", "httpd", "wget", "cat", "echo"] {
-            symlink("busybox", dir.join("rootfs/bin").join(applet)).expect("applet");
-        }
-        fs::write(
-            dir.join("rootfs/www/index.html"),
-            "hello from a pod on the tailnet\n",
-        )
-        .expect("page");
-        let conflist = json!({
-            "cniVersion": "1.0.0",
-            "name": "tailnet-e2e",
-            "plugins": [
-                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]}},
-                {"type": "tailnet-cni", "daemonSocket": daemon_socket.display().to_string(),
-                 "timeoutSeconds": 90}
-            ]
-        });
-        fs::write(dir.join("net.d/tailnet-e2e.conflist"), conflist.to_string()).expect("conflist");
-        let d = dir.display();
-        fs::write(
-            dir.join("containers.conf"),
-            format!(
-                "[network]\nnetwork_backend=\"cni\"\ncni_plugin_dirs=[\"{d}/bin\"]\nnetwork_config_dir=\"{d}/net.d\"\n\
-                 [engine]\ncgroup_manager=\"cgroupfs\"\nevents_logger=\"file\"\ntmp_dir=\"{d}/tmp\"\n\
-                 static_dir=\"{d}/static\"\nvolume_path=\"{d}/volumes\"\n"
-            ),
-        )
-        .expect("containers.conf");
+        let setup = podman::Setup {
+            network: "tailnet-e2e",
+            bridge,
+            subnet,
+            rootfs_dirs: &[],
+            applets: &["sh", "sleep", "ip", "httpd", "wget", "cat", "echo"],
+            page: "hello from a pod on the tailnet\n",
+        };
         Self {
-            dir: dir.to_path_buf(),
+            root: podman::Podman::create(dir, daemon_socket, &setup),
         }
     }
 
     fn cmd(&self) -> Command {
-        let mut cmd = Command::new("podman");
-        cmd.arg("--root")
-            .arg(self.dir.join("root"))
-            .arg("--runroot")
-            .arg(self.dir.join("runroot"))
-            .env("CONTAINERS_CONF", self.dir.join("containers.conf"));
-        cmd
+        self.root.cmd()
     }
 
     /// Starts a container serving a page on port 80.
@@ -306,7 +89,7 @@ impl Podman {
                 "nproc=4096:4096",
             ])
             .args(["--network", "tailnet-e2e", "--name", name, "--rootfs"])
-            .arg(self.dir.join("rootfs"))
+            .arg(self.root.dir.join("rootfs"))
             .args(["/bin/httpd", "-f", "-p", "80", "-h", "/www"]))
     }
 
@@ -326,64 +109,23 @@ impl Podman {
     }
 }
 
-fn links_named(prefix: &str) -> Vec<String> {
-    let out = run_ok(Command::new("ip").args(["-j", "link", "show"]));
-    let links: Value = serde_json::from_str(&out).expect("ip -j link");
-    links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-fn rules_at_our_priority() -> Vec<Value> {
-    let mut rules = Vec::new();
-    for family in ["-4", "-6"] {
-        let out = run_ok(Command::new("ip").args([family, "-j", "rule", "show"]));
-        let list: Value = serde_json::from_str(&out).expect("ip -j rule");
-        rules.extend(
-            list.as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["priority"] == json!(5100))
-                .cloned(),
-        );
+fn admin(bed: &Bed) -> Admin {
+    Admin {
+        url: bed.control_url.clone(),
+        token_file: bed.admin_token_file.clone().into(),
     }
-    rules
-}
-
-fn admin_get(bed: &Bed, path: &str) -> Value {
-    let token = fs::read_to_string(&bed.admin_token_file).expect("admin token");
-    let out = run_ok(Command::new("curl").args([
-        "-fsS",
-        "-H",
-        &format!("Authorization: Bearer {}", token.trim()),
-        &format!("{}{path}", bed.control_url),
-    ]));
-    serde_json::from_str(&out).expect("admin API json")
 }
 
 fn admin_nodes(bed: &Bed) -> Value {
-    admin_get(bed, "/api/v1/admin/nodes")
+    admin(bed).get("/api/v1/admin/nodes")
 }
 
 fn peer_fetch(bed: &Bed, url: &str) -> Output {
-    run(Command::new("curl").args([
-        "-sS",
-        "--max-time",
-        "20",
-        "--socks5-hostname",
-        &bed.peer_socks5,
-        url,
-    ]))
+    peer_fetch_within(&bed.peer_socks5, url, 20)
 }
 
 /// Runs the shim's CHECK as a runtime would, with the cached result.
 fn shim_check(socket: &Path, container_id: &str, netns: &str, cached: &Value) -> Output {
-    use std::io::Write;
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "tailnet-e2e",
@@ -391,24 +133,15 @@ fn shim_check(socket: &Path, container_id: &str, netns: &str, cached: &Value) ->
         "daemonSocket": socket.display().to_string(),
         "prevResult": cached,
     });
-    let mut child = Command::new(shim_binary())
-        .env("CNI_COMMAND", "CHECK")
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", PLUGIN_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shim");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("write conf");
-    child.wait_with_output().expect("shim output")
+    run_with_stdin(
+        Command::new(shim_binary())
+            .env("CNI_COMMAND", "CHECK")
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PATH),
+        conf.to_string().as_bytes(),
+    )
 }
 
 #[test]
@@ -423,7 +156,7 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     let _turn = take_turn();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    let mut daemon = Daemon::start(dir, &bed);
+    let mut daemon = start_daemon(dir, &bed);
     let podman = Podman::new(
         &dir.join("podman"),
         &daemon.socket,
@@ -518,7 +251,7 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     let ours = |nodes: Value| nodes.to_string().matches("\"e2e-web1").count();
     let nodes_before = ours(admin_nodes(&bed));
     assert!(nodes_before > 0, "rscale lists no node named e2e-web1");
-    daemon.restart(dir);
+    daemon.restart();
     let status = daemon.status();
     assert_eq!(status["pods"][0]["ipv4"], json!(ipv4), "{status}");
     let nodes_after = ours(admin_nodes(&bed));
@@ -573,20 +306,16 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     // Stopping the container runs DEL: nothing of the pod remains.
     podman.remove("web1");
     assert!(
-        links_named("tnt").is_empty(),
+        links_named(&["tnt"]).is_empty(),
         "TUN left: {:?}",
-        links_named("tnt")
+        links_named(&["tnt"])
     );
     assert!(
-        links_named("tnv").is_empty(),
+        links_named(&["tnv"]).is_empty(),
         "veth left: {:?}",
-        links_named("tnv")
+        links_named(&["tnv"])
     );
-    assert!(
-        rules_at_our_priority().is_empty(),
-        "rules left: {:?}",
-        rules_at_our_priority()
-    );
+    assert!(our_rules().is_empty(), "rules left: {:?}", our_rules());
     let records: Vec<_> = fs::read_dir(daemon.state_dir.join("pods"))
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -594,7 +323,7 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     let status = daemon.status();
     assert_eq!(status["pods"], json!([]), "{status}");
     // ...and the pod's node is disabled in the tailnet.
-    let node = admin_get(&bed, &format!("/api/v1/admin/nodes/{node_id}"));
+    let node = admin(&bed).get(&format!("/api/v1/admin/nodes/{node_id}"));
     assert_eq!(node["status"], json!("disabled"), "{node}");
     let _ = (&bed.tailscale, &bed.peer_socket);
 }
@@ -611,7 +340,7 @@ fn twenty_containers_start_in_parallel_with_distinct_addresses() {
     let _turn = take_turn();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
-    let daemon = Daemon::start(dir, &bed);
+    let daemon = start_daemon(dir, &bed);
     let podman = Podman::new(
         &dir.join("podman"),
         &daemon.socket,
@@ -652,8 +381,8 @@ fn twenty_containers_start_in_parallel_with_distinct_addresses() {
         podman.remove(name);
     }
     assert!(
-        links_named("tnt").is_empty(),
+        links_named(&["tnt"]).is_empty(),
         "TUN left: {:?}",
-        links_named("tnt")
+        links_named(&["tnt"])
     );
 }

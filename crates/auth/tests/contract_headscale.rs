@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_bearer, backend_from_toml, Double, Recorded, Reply, SecretDir};
+use common::{assert_bearer, bearer_backend, failing_first, Double, Recorded, Reply, SecretDir};
 use serde_json::json;
 use tailnet_auth::{AuthBackend, AuthError, KeyRequest, NodeRef};
 use time::format_description::well_known::Rfc3339;
@@ -39,12 +39,15 @@ fn preauthkey_reply(n: usize) -> Reply {
 }
 
 fn backend(secrets: &SecretDir, double: &Double, extra: &str) -> AuthBackend {
-    let token_file = secrets.write("headscale-api-key", API_KEY);
-    backend_from_toml(&format!(
-        "kind = \"headscale\"\napi_url = \"{}\"\ntoken_file = \"{}\"\ntags = [\"tag:k8s-pod\"]\n{extra}\n",
-        double.url,
-        token_file.display()
-    ))
+    let url = &double.url;
+    bearer_backend(
+        secrets,
+        "headscale",
+        "headscale-api-key",
+        API_KEY,
+        url,
+        extra,
+    )
 }
 
 #[tokio::test]
@@ -131,14 +134,11 @@ async fn numeric_key_ids_from_older_releases_are_accepted() {
 
 #[tokio::test]
 async fn honours_retry_after_on_429_then_succeeds() {
-    let double = Double::start(|_: &Recorded, n| {
-        if n == 0 {
-            Reply::json(429, json!({"code": 8, "message": "slow down"}))
-                .with_header("retry-after", "1")
-        } else {
-            preauthkey_reply(n)
-        }
-    })
+    let double = Double::start(failing_first(
+        Reply::json(429, json!({"code": 8, "message": "slow down"}))
+            .with_header("retry-after", "1"),
+        preauthkey_reply,
+    ))
     .await;
     let secrets = SecretDir::new();
     let backend = backend(&secrets, &double, "");
@@ -153,13 +153,10 @@ async fn honours_retry_after_on_429_then_succeeds() {
 
 #[tokio::test]
 async fn retries_500_then_succeeds() {
-    let double = Double::start(|_: &Recorded, n| {
-        if n == 0 {
-            Reply::json(500, json!({"code": 13, "message": "database is locked"}))
-        } else {
-            preauthkey_reply(n)
-        }
-    })
+    let double = Double::start(failing_first(
+        Reply::json(500, json!({"code": 13, "message": "database is locked"})),
+        preauthkey_reply,
+    ))
     .await;
     let secrets = SecretDir::new();
     let key = backend(&secrets, &double, "")

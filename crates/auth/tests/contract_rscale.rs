@@ -10,7 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_bearer, backend_from_toml, Double, Recorded, Reply, SecretDir};
+use common::{
+    assert_bearer, backend_from_toml, bearer_backend, failing_first, Double, Recorded, Reply,
+    SecretDir,
+};
 use serde_json::json;
 use tailnet_auth::{AuthBackend, AuthError, KeyRequest, NodeRef};
 use time::OffsetDateTime;
@@ -41,12 +44,15 @@ fn issued_reply(n: usize, expires_at: i64) -> Reply {
 }
 
 fn backend(secrets: &SecretDir, double: &Double, extra: &str) -> AuthBackend {
-    let token_file = secrets.write("rscale-admin-token", ADMIN_TOKEN);
-    backend_from_toml(&format!(
-        "kind = \"rscale\"\napi_url = \"{}\"\ntoken_file = \"{}\"\ntags = [\"tag:k8s-pod\"]\n{extra}\n",
-        double.url,
-        token_file.display()
-    ))
+    let url = &double.url;
+    bearer_backend(
+        secrets,
+        "rscale",
+        "rscale-admin-token",
+        ADMIN_TOKEN,
+        url,
+        extra,
+    )
 }
 
 #[tokio::test]
@@ -94,17 +100,14 @@ async fn mints_a_single_use_key_with_the_documented_body() {
 
 #[tokio::test]
 async fn honours_retry_after_on_429_then_succeeds() {
-    let double = Double::start(|_: &Recorded, n| {
-        if n == 0 {
-            Reply::json(
-                429,
-                json!({"error": {"code": "rate_limited", "message": "slow down"}}),
-            )
-            .with_header("retry-after", "1")
-        } else {
-            issued_reply(n, 1_795_000_600)
-        }
-    })
+    let double = Double::start(failing_first(
+        Reply::json(
+            429,
+            json!({"error": {"code": "rate_limited", "message": "slow down"}}),
+        )
+        .with_header("retry-after", "1"),
+        |n| issued_reply(n, 1_795_000_600),
+    ))
     .await;
     let secrets = SecretDir::new();
     let started = Instant::now();
@@ -118,16 +121,13 @@ async fn honours_retry_after_on_429_then_succeeds() {
 
 #[tokio::test]
 async fn retries_500_then_succeeds() {
-    let double = Double::start(|_: &Recorded, n| {
-        if n == 0 {
-            Reply::json(
-                500,
-                json!({"error": {"code": "internal", "message": "database unavailable"}}),
-            )
-        } else {
-            issued_reply(n, 1_795_000_600)
-        }
-    })
+    let double = Double::start(failing_first(
+        Reply::json(
+            500,
+            json!({"error": {"code": "internal", "message": "database unavailable"}}),
+        ),
+        |n| issued_reply(n, 1_795_000_600),
+    ))
     .await;
     let secrets = SecretDir::new();
     let key = backend(&secrets, &double, "")

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_bearer, backend_from_toml, Double, Recorded, Reply, SecretDir};
+use common::{assert_bearer, backend_from_toml, failing_first, Double, Recorded, Reply, SecretDir};
 use serde_json::json;
 use tailnet_auth::{AuthBackend, AuthError, KeyRequest, NodeRef};
 
@@ -222,13 +222,10 @@ async fn token_is_cached_across_mints() {
 
 #[tokio::test]
 async fn honours_retry_after_on_429_then_succeeds() {
-    let double = Double::start(tailscale_api(|_, n| {
-        if n == 0 {
-            Reply::json(429, json!({"message": "rate limited"})).with_header("retry-after", "1")
-        } else {
-            key_reply(n)
-        }
-    }))
+    let double = Double::start(tailscale_api(failing_first(
+        Reply::json(429, json!({"message": "rate limited"})).with_header("retry-after", "1"),
+        key_reply,
+    )))
     .await;
     let secrets = SecretDir::new();
     let backend = backend(&secrets, &double, "");
@@ -248,13 +245,10 @@ async fn honours_retry_after_on_429_then_succeeds() {
 
 #[tokio::test]
 async fn retries_500_then_succeeds() {
-    let double = Double::start(tailscale_api(|_, n| {
-        if n == 0 {
-            Reply::json(500, json!({"message": "internal error"}))
-        } else {
-            key_reply(n)
-        }
-    }))
+    let double = Double::start(tailscale_api(failing_first(
+        Reply::json(500, json!({"message": "internal error"})),
+        key_reply,
+    )))
     .await;
     let secrets = SecretDir::new();
     let backend = backend(&secrets, &double, "");

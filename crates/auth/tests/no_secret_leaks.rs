@@ -68,6 +68,18 @@ impl Transcript {
         }
     }
 
+    /// Sends every log record of this thread, at every level, into the transcript until
+    /// the guard drops.
+    fn capture_logs(&self) -> tracing::subscriber::DefaultGuard {
+        let capture = self.capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || capture.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
     fn print(&mut self, value: &(impl std::fmt::Debug + ?Sized)) {
         self.printed.push_str(&format!("{value:?}\n{value:#?}\n"));
     }
@@ -126,15 +138,7 @@ async fn exercise(
 #[tokio::test]
 async fn tailscale_paths_leak_nothing() {
     let mut transcript = Transcript::new();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer({
-            let capture = transcript.capture.clone();
-            move || capture.clone()
-        })
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = transcript.capture_logs();
 
     let secrets = SecretDir::new();
     let id_file = secrets.write("id", CLIENT_ID);
@@ -235,15 +239,7 @@ async fn tailscale_paths_leak_nothing() {
 #[tokio::test]
 async fn headscale_rscale_and_static_paths_leak_nothing() {
     let mut transcript = Transcript::new();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer({
-            let capture = transcript.capture.clone();
-            move || capture.clone()
-        })
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = transcript.capture_logs();
     let secrets = SecretDir::new();
 
     let headscale_token = secrets.write("hs", HEADSCALE_API_KEY);

@@ -792,8 +792,13 @@ impl Session {
                 command = commands.recv() => match command {
                     None => return Err(Failure::Transient("handle dropped".into())),
                     Some(Command::EndpointsChanged) => {
+                        // The new set is recorded already and would not be
+                        // reported again: reconnect, and the next poll
+                        // carries it.
                         if let Err(error) = conn.update(&self.map_request(false)).await {
-                            warn!(%error, "endpoint update failed");
+                            return Err(Failure::Transient(format!(
+                                "endpoint update failed: {error}"
+                            )));
                         }
                     }
                     Some(Command::Logout(reply)) => {

@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod admin_http;
+pub mod mint;
+pub mod netns;
+pub mod podman;
+
 pub const CNI_PATH: &str = "/usr/lib/cni";
 /// Priority of the daemon's `ip rule`s.
 pub const RULE_PRIORITY: u64 = 5100;
@@ -35,8 +40,8 @@ pub struct Bed {
     pub peer_socks5: String,
 }
 
-/// Why the tests cannot run here, or the bed they run against.
-pub fn prerequisites() -> Result<Bed, String> {
+/// Why tests that need `scripts/isolated.sh`, root and `tools` cannot run here.
+pub fn isolated_root_with(tools: &[&str]) -> Result<(), String> {
     if std::env::var("TAILNET_ISOLATED").as_deref() != Ok("1") {
         return Err("not inside scripts/isolated.sh (TAILNET_ISOLATED != 1)".into());
     }
@@ -44,11 +49,17 @@ pub fn prerequisites() -> Result<Bed, String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root".into());
     }
-    for path in ["/usr/bin/busybox", "/usr/bin/curl"] {
+    for path in tools {
         if !Path::new(path).exists() {
             return Err(format!("{path} is missing"));
         }
     }
+    Ok(())
+}
+
+/// Why the tests cannot run here, or the bed they run against.
+pub fn prerequisites() -> Result<Bed, String> {
+    isolated_root_with(&["/usr/bin/busybox", "/usr/bin/curl"])?;
     let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     Ok(Bed {
         control_url: var("TAILNET_TEST_CONTROL_URL")?,
@@ -99,6 +110,23 @@ pub fn shim_binary() -> PathBuf {
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` with `input` on its stdin, capturing its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("child output")
 }
 
 pub fn run_ok(cmd: &mut Command) -> String {
@@ -178,6 +206,14 @@ impl DaemonOptions {
             json_logs: false,
             log_filter: "info,tailnet_cnid=debug".into(),
             crash_at: None,
+        }
+    }
+
+    /// As [`Self::for_server`], reconciling at the daemon's default interval.
+    pub fn default_reconcile(control_url: &str, token_file: &Path, cluster: &str) -> Self {
+        Self {
+            reconcile_secs: 60,
+            ..Self::for_server(control_url, token_file, cluster)
         }
     }
 }
@@ -300,6 +336,18 @@ impl Daemon {
                 .arg(&self.socket),
         );
         serde_json::from_str(&out).expect("status json")
+    }
+
+    /// The pod with tailnet address `ipv4` in the daemon's status.
+    pub fn pod(&self, ipv4: &str) -> Value {
+        let status = self.status();
+        status["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["ipv4"] == json!(ipv4))
+            .cloned()
+            .unwrap_or_else(|| panic!("no pod {ipv4} in {status}"))
     }
 
     pub fn pods(&self) -> Vec<Value> {
@@ -579,22 +627,13 @@ impl ShimOutcome {
 
 pub fn shim(conf: &Value, env: &[(&str, String)]) -> ShimOutcome {
     let started = Instant::now();
-    let mut child = Command::new(shim_binary())
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shim");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("write conf");
-    let out = child.wait_with_output().expect("shim output");
+    let out = run_with_stdin(
+        Command::new(shim_binary())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str()))),
+        conf.to_string().as_bytes(),
+    );
     ShimOutcome {
         success: out.status.success(),
         stdout: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
@@ -627,8 +666,8 @@ pub fn describe_fds(pid: u32) -> String {
     out
 }
 
-/// `tnt*`/`tnv*` links in the host netns.
-pub fn our_links() -> Vec<String> {
+/// Links in the host netns whose name starts with one of `prefixes`.
+pub fn links_named(prefixes: &[&str]) -> Vec<String> {
     let out = run_ok(Command::new("ip").args(["-j", "link", "show"]));
     let links: Value = serde_json::from_str(&out).expect("ip -j link");
     links
@@ -636,9 +675,14 @@ pub fn our_links() -> Vec<String> {
         .into_iter()
         .flatten()
         .filter_map(|l| l["ifname"].as_str())
-        .filter(|n| n.starts_with("tnt") || n.starts_with("tnv"))
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
         .map(str::to_string)
         .collect()
+}
+
+/// `tnt*`/`tnv*` links in the host netns.
+pub fn our_links() -> Vec<String> {
+    links_named(&["tnt", "tnv"])
 }
 
 /// `ip rule`s at the daemon's priority, both families.
@@ -775,7 +819,19 @@ fn node_named(node: &Value, prefix: &str) -> bool {
 
 /// The tailscaled peer fetches `url` through its SOCKS5 proxy.
 pub fn peer_fetch(socks5: &str, url: &str) -> Output {
-    run(Command::new("curl").args(["-sS", "--max-time", "10", "--socks5-hostname", socks5, url]))
+    peer_fetch_within(socks5, url, 10)
+}
+
+/// [`peer_fetch`], giving up after `max_secs`.
+pub fn peer_fetch_within(socks5: &str, url: &str, max_secs: u32) -> Output {
+    run(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        &max_secs.to_string(),
+        "--socks5-hostname",
+        socks5,
+        url,
+    ]))
 }
 
 pub fn wait_for_page(socks5: &str, url: &str, timeout: Duration) -> String {

@@ -4,9 +4,9 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use url::Url;
 
-use super::{expiry_from_now, removal_outcome, AuthKey, MintParams, NodeRef};
+use super::{expiry_from_now, post_json, removal_outcome, AuthKey, MintParams, NodeRef};
 use crate::error::AuthError;
-use crate::http::{decode_json, endpoint, ApiClient, ApiRequest};
+use crate::http::{endpoint, ApiClient, ApiRequest};
 use crate::secret::Secret;
 
 /// Mints pre-auth keys through Headscale's API with an API key.
@@ -70,18 +70,8 @@ impl HeadscaleBackend {
             expiration,
             acl_tags: &params.tags,
         };
-        let token = self.token.expose();
-        let request = ApiRequest::json(reqwest::Method::POST, &url, Some(&self.token), &body)?;
-        let response = self.api.send(&request, &[token]).await?;
-        if !response.status.is_success() {
-            return Err(self.api.api_error(
-                &crate::error::display_url(&url),
-                response.status,
-                &response.body,
-                &[token],
-            ));
-        }
-        let created: CreatePreAuthKeyResponse = decode_json(&self.api, &url, &response.body)?;
+        let created: CreatePreAuthKeyResponse =
+            post_json(&self.api, &url, &self.token, &body).await?;
         let pre_auth_key = created.pre_auth_key;
         if pre_auth_key.key.is_empty() {
             return Err(self.api.response_error(&url, "empty `preAuthKey.key`"));

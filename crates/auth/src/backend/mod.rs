@@ -239,6 +239,28 @@ pub(crate) fn expiry_from_now(ttl: Duration) -> OffsetDateTime {
     OffsetDateTime::now_utc() + ttl
 }
 
+/// `POST`s `body` as JSON with `token` as the bearer and decodes the 2xx answer; any other
+/// status is an [`AuthError::Api`] with the token scrubbed from the excerpt.
+pub(crate) async fn post_json<T: serde::de::DeserializeOwned>(
+    api: &ApiClient,
+    url: &url::Url,
+    token: &Secret,
+    body: &impl serde::Serialize,
+) -> Result<T, AuthError> {
+    let secrets = [token.expose()];
+    let request = crate::http::ApiRequest::json(reqwest::Method::POST, url, Some(token), body)?;
+    let response = api.send(&request, &secrets).await?;
+    if !response.status.is_success() {
+        return Err(api.api_error(
+            &crate::error::display_url(url),
+            response.status,
+            &response.body,
+            &secrets,
+        ));
+    }
+    crate::http::decode_json(api, url, &response.body)
+}
+
 /// Logs and maps a removal answer: 2xx and 404 succeed.
 pub(crate) fn removal_outcome(
     api: &ApiClient,

@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{expiry_from_now, removal_outcome, AuthKey, MintParams, NodeRef};
+use super::{expiry_from_now, post_json, removal_outcome, AuthKey, MintParams, NodeRef};
 use crate::error::AuthError;
-use crate::http::{decode_json, endpoint, ApiClient, ApiRequest};
+use crate::http::{endpoint, ApiClient, ApiRequest};
 use crate::secret::Secret;
 
 /// Mints keys through rscale's admin API with its admin token.
@@ -56,18 +56,7 @@ impl RscaleBackend {
             ephemeral: params.ephemeral,
             expires_at_unix_secs: expiry_from_now(params.ttl).unix_timestamp(),
         };
-        let token = self.token.expose();
-        let request = ApiRequest::json(reqwest::Method::POST, &url, Some(&self.token), &body)?;
-        let response = self.api.send(&request, &[token]).await?;
-        if !response.status.is_success() {
-            return Err(self.api.api_error(
-                &crate::error::display_url(&url),
-                response.status,
-                &response.body,
-                &[token],
-            ));
-        }
-        let issued: IssuedAuthKey = decode_json(&self.api, &url, &response.body)?;
+        let issued: IssuedAuthKey = post_json(&self.api, &url, &self.token, &body).await?;
         if issued.key.is_empty() {
             return Err(self.api.response_error(&url, "empty `key`"));
         }

@@ -213,6 +213,32 @@ pub fn backend_from_toml(text: &str) -> AuthBackend {
     AuthBackend::with_options(&config, fast_options()).unwrap()
 }
 
+/// A backend of `kind` that sends `token` (read from the secret file `token_name`) as its
+/// bearer token to the double at `url`, tagging keys `tag:k8s-pod`; `extra` adds config lines.
+pub fn bearer_backend(
+    secrets: &SecretDir,
+    kind: &str,
+    token_name: &str,
+    token: &str,
+    url: &str,
+    extra: &str,
+) -> AuthBackend {
+    let token_file = secrets.write(token_name, token);
+    backend_from_toml(&format!(
+        "kind = \"{kind}\"\napi_url = \"{url}\"\ntoken_file = \"{}\"\ntags = [\"tag:k8s-pod\"]\n{extra}\n",
+        token_file.display()
+    ))
+}
+
+/// Answers a path's first request with `first` and the later ones (numbered as the
+/// [`Responder`] numbers them) with `then`: a transient failure the backend should retry.
+pub fn failing_first(
+    first: Reply,
+    then: impl Fn(usize) -> Reply + Send + Sync + 'static,
+) -> impl Fn(&Recorded, usize) -> Reply + Send + Sync + 'static {
+    move |_, n| if n == 0 { first.clone() } else { then(n) }
+}
+
 /// Asserts the `Authorization` header is `Bearer <token>` exactly.
 pub fn assert_bearer(request: &Recorded, token: &str) {
     assert_eq!(
