@@ -259,6 +259,10 @@ def render_summary(parts):
             r = ratio(by, "ours", "userspace", (streams, "pod->peer"))
             if r is not None:
                 rows.append([f"throughput pod->peer, {streams} stream(s), ours / tailscaled userspace", ">= 1.0x", fmt_ratio(r), met(r >= 1.0)])
+        for streams in (1, 4):
+            r = ratio(by, "ours", "userspace", (streams, "peer->pod"))
+            if r is not None:
+                rows.append([f"throughput peer->pod, {streams} stream(s), ours / tailscaled userspace", "(reference)", fmt_ratio(r), ""])
         r = ratio(by, "ours", "kernel", (1, "pod->peer"))
         if r is not None:
             rows.append(["throughput pod->peer, 1 stream, ours / tailscaled kernel TUN", "(reference)", fmt_ratio(r), ""])
