@@ -36,7 +36,7 @@ fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-fn derp_map(relay: &LocalRelay) -> Arc<Vec<DerpRegionConfig>> {
+pub(super) fn derp_map(relay: &LocalRelay) -> Arc<Vec<DerpRegionConfig>> {
     let SocketAddr::V4(addr) = relay.addr() else {
         panic!("v4 relay")
     };
@@ -57,14 +57,14 @@ fn derp_map(relay: &LocalRelay) -> Arc<Vec<DerpRegionConfig>> {
 }
 use std::net::SocketAddr;
 
-struct TestPod {
-    handle: PodHandle,
-    device: PacketFd,
-    key: [u8; 32],
-    addr: Ipv4Addr,
+pub(super) struct TestPod {
+    pub(super) handle: PodHandle,
+    pub(super) device: PacketFd,
+    pub(super) key: [u8; 32],
+    pub(super) addr: Ipv4Addr,
 }
 
-fn attach(engine: &Engine, name: &str, private: [u8; 32], addr: Ipv4Addr) -> TestPod {
+pub(super) fn attach(engine: &Engine, name: &str, private: [u8; 32], addr: Ipv4Addr) -> TestPod {
     let (fd, device) = pair();
     let handle = engine
         .attach_pod(PodDataConfig {
@@ -84,7 +84,7 @@ fn attach(engine: &Engine, name: &str, private: [u8; 32], addr: Ipv4Addr) -> Tes
     }
 }
 
-fn peer_of(p: &TestPod, home: Option<u16>) -> PeerConfig {
+pub(super) fn peer_of(p: &TestPod, home: Option<u16>) -> PeerConfig {
     PeerConfig {
         node_key: p.key,
         disco_key: None,
@@ -782,11 +782,25 @@ async fn drain(dev: &PacketFd) {
 /// endpoint, `a` knows `b`'s from "control", `b` learns `a`'s from the
 /// call-me-maybe `a` relays when it starts pinging. Once both sides have
 /// their pongs, traffic flows with the relay gone.
-#[tokio::test]
-async fn pods_upgrade_to_a_direct_path_after_disco_and_survive_the_relay() {
-    if !private_netns() {
-        return;
-    }
+/// Two pods on two engines, with disco keys, sharing a relay whose region
+/// also serves STUN, each with its reflexive endpoint learned. `base` picks
+/// the keys: node keys `base+1`, `base+2`, disco keys `base+0x11`, `base+0x12`.
+/// The peer configurations carry the disco keys and no endpoints.
+struct DirectPair {
+    relay: LocalRelay,
+    map: Arc<Vec<DerpRegionConfig>>,
+    e2: Engine,
+    a: TestPod,
+    b: TestPod,
+    a_ep: SocketAddr,
+    b_ep: SocketAddr,
+    a_for_b: PeerConfig,
+    b_for_a: PeerConfig,
+    /// Keeps the first engine alive.
+    _e1: Engine,
+}
+
+async fn direct_pair(base: u8) -> DirectPair {
     let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -798,30 +812,61 @@ async fn pods_upgrade_to_a_direct_path_after_disco_and_survive_the_relay() {
         Engine::new(EngineConfig::default()),
         Engine::new(EngineConfig::default()),
     );
+    let (disco_a, disco_b) = ([base + 0x11; 32], [base + 0x12; 32]);
     let a = attach_with_disco(
         &e1,
         "a",
-        [0xc1; 32],
-        [0xd1; 32],
+        [base + 1; 32],
+        disco_a,
         Ipv4Addr::new(100, 64, 0, 1),
     );
     let b = attach_with_disco(
         &e2,
         "b",
-        [0xc2; 32],
-        [0xd2; 32],
+        [base + 2; 32],
+        disco_b,
         Ipv4Addr::new(100, 64, 0, 2),
     );
     a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
+    b.handle.set_derp_map(map.clone()).await.unwrap();
     let a_ep = reflexive_endpoint(&a).await;
     let b_ep = reflexive_endpoint(&b).await;
-
     let mut b_for_a = peer_of(&b, Some(900));
-    b_for_a.disco_key = Some(tailnet_wire::disco::public_key(&[0xd2; 32]));
-    b_for_a.endpoints = vec![b_ep];
+    b_for_a.disco_key = Some(tailnet_wire::disco::public_key(&disco_b));
     let mut a_for_b = peer_of(&a, Some(900));
-    a_for_b.disco_key = Some(tailnet_wire::disco::public_key(&[0xd1; 32]));
+    a_for_b.disco_key = Some(tailnet_wire::disco::public_key(&disco_a));
+    DirectPair {
+        relay,
+        map,
+        e2,
+        a,
+        b,
+        a_ep,
+        b_ep,
+        a_for_b,
+        b_for_a,
+        _e1: e1,
+    }
+}
+
+#[tokio::test]
+async fn pods_upgrade_to_a_direct_path_after_disco_and_survive_the_relay() {
+    if !private_netns() {
+        return;
+    }
+    let DirectPair {
+        relay,
+        a,
+        b,
+        a_ep,
+        b_ep,
+        a_for_b,
+        mut b_for_a,
+        map: _,
+        e2: _e2,
+        _e1,
+    } = direct_pair(0xc0).await;
+    b_for_a.endpoints = vec![b_ep];
     a.handle.set_peers(vec![b_for_a]).await.unwrap();
     b.handle.set_peers(vec![a_for_b]).await.unwrap();
 
@@ -875,39 +920,18 @@ async fn a_dead_direct_path_gives_way_to_the_peers_new_endpoint() {
     if !private_netns() {
         return;
     }
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let stun_port = stun_server().await;
-    let mut map = (*derp_map(&relay)).clone();
-    map[0].nodes[0].stun_port = stun_port;
-    let map = Arc::new(map);
-    let (e1, e2) = (
-        Engine::new(EngineConfig::default()),
-        Engine::new(EngineConfig::default()),
-    );
-    let a = attach_with_disco(
-        &e1,
-        "a",
-        [0xe1; 32],
-        [0xf1; 32],
-        Ipv4Addr::new(100, 64, 0, 1),
-    );
-    let b = attach_with_disco(
-        &e2,
-        "b",
-        [0xe2; 32],
-        [0xf2; 32],
-        Ipv4Addr::new(100, 64, 0, 2),
-    );
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map.clone()).await.unwrap();
-    let a_ep = reflexive_endpoint(&a).await;
-    let b_ep = reflexive_endpoint(&b).await;
-    let mut b_for_a = peer_of(&b, Some(900));
-    b_for_a.disco_key = Some(tailnet_wire::disco::public_key(&[0xf2; 32]));
-    let mut a_for_b = peer_of(&a, Some(900));
-    a_for_b.disco_key = Some(tailnet_wire::disco::public_key(&[0xf1; 32]));
+    let DirectPair {
+        map,
+        e2,
+        a,
+        b,
+        a_ep,
+        b_ep,
+        mut a_for_b,
+        b_for_a,
+        relay: _relay,
+        _e1,
+    } = direct_pair(0xe0).await;
     a_for_b.endpoints = vec![a_ep];
     a.handle.set_peers(vec![b_for_a.clone()]).await.unwrap();
     b.handle.set_peers(vec![a_for_b.clone()]).await.unwrap();
@@ -985,40 +1009,19 @@ fn direct_path_throughput() {
 }
 
 async fn direct_path_throughput_inner() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let stun_port = stun_server().await;
-    let mut map = (*derp_map(&relay)).clone();
-    map[0].nodes[0].stun_port = stun_port;
-    let map = Arc::new(map);
-    let (e1, e2) = (
-        Engine::new(EngineConfig::default()),
-        Engine::new(EngineConfig::default()),
-    );
-    let a = attach_with_disco(
-        &e1,
-        "a",
-        [0x61; 32],
-        [0x71; 32],
-        Ipv4Addr::new(100, 64, 0, 1),
-    );
-    let b = attach_with_disco(
-        &e2,
-        "b",
-        [0x62; 32],
-        [0x72; 32],
-        Ipv4Addr::new(100, 64, 0, 2),
-    );
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
-    let a_ep = reflexive_endpoint(&a).await;
-    let b_ep = reflexive_endpoint(&b).await;
-    let mut b_for_a = peer_of(&b, Some(900));
-    b_for_a.disco_key = Some(tailnet_wire::disco::public_key(&[0x72; 32]));
+    let DirectPair {
+        a,
+        b,
+        a_ep,
+        b_ep,
+        mut a_for_b,
+        mut b_for_a,
+        relay: _relay,
+        _e1,
+        e2: _e2,
+        ..
+    } = direct_pair(0x60).await;
     b_for_a.endpoints = vec![b_ep];
-    let mut a_for_b = peer_of(&a, Some(900));
-    a_for_b.disco_key = Some(tailnet_wire::disco::public_key(&[0x71; 32]));
     a_for_b.endpoints = vec![a_ep];
     a.handle.set_peers(vec![b_for_a]).await.unwrap();
     b.handle.set_peers(vec![a_for_b]).await.unwrap();

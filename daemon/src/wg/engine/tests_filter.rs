@@ -1,79 +1,18 @@
 //! The tailnet packet filter as the engine enforces it: two pods on one
 //! engine talk through a local relay; the receiving pod's filter decides.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::OwnedFd;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tailnet_wire::filter::FilterRule;
 
+use super::tests::{attach, derp_map, peer_of, TestPod};
 use super::*;
-use crate::wg::config::DerpNodeConfig;
 use crate::wg::local_relay::LocalRelay;
 
-struct TestPod {
-    handle: PodHandle,
-    device: PacketFd,
-    key: [u8; 32],
-    addr: Ipv4Addr,
-}
-
-fn attach(engine: &Engine, name: &str, private: [u8; 32], addr: Ipv4Addr) -> TestPod {
-    let (fd, test_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
-    let fd: OwnedFd = fd;
-    let handle = engine
-        .attach_pod(PodDataConfig {
-            pod_id: name.into(),
-            tun_fd: fd,
-            node_private: private,
-            disco_private: [0; 32],
-            addresses: vec![IpAddr::V4(addr)],
-        })
-        .unwrap();
-    let key = x25519::PublicKey::from(&x25519::StaticSecret::from(private)).to_bytes();
-    TestPod {
-        handle,
-        device: PacketFd::new(test_end).unwrap(),
-        key,
-        addr,
-    }
-}
-
-fn peer_of(p: &TestPod) -> PeerConfig {
-    PeerConfig {
-        node_key: p.key,
-        disco_key: None,
-        allowed_ips: vec![(IpAddr::V4(p.addr), 32)],
-        endpoints: vec![],
-        home_derp: Some(900),
-    }
-}
-
-fn derp_map(relay: &LocalRelay) -> Arc<Vec<DerpRegionConfig>> {
-    let SocketAddr::V4(addr) = relay.addr() else {
-        panic!("v4 relay")
-    };
-    Arc::new(vec![DerpRegionConfig {
-        region_id: 900,
-        nodes: vec![DerpNodeConfig {
-            name: "900a".into(),
-            host_name: "localhost".into(),
-            ipv4: Some(*addr.ip()),
-            ipv6: None,
-            derp_port: addr.port(),
-            stun_port: 0,
-            insecure_for_tests: true,
-            stun_only: false,
-            plain_http: true,
-        }],
-    }])
+/// Peers here all live in the test relay's region.
+fn peer_of_home(p: &TestPod) -> PeerConfig {
+    peer_of(p, Some(900))
 }
 
 /// An IPv4/UDP packet with chosen ports (checksums zero: nothing verifies them).
@@ -150,8 +89,8 @@ async fn connected_pair(relay: &LocalRelay, seed: u8) -> (Engine, TestPod, TestP
     let map = derp_map(relay);
     a.handle.set_derp_map(map.clone()).await.unwrap();
     b.handle.set_derp_map(map).await.unwrap();
-    a.handle.set_peers(vec![peer_of(&b)]).await.unwrap();
-    b.handle.set_peers(vec![peer_of(&a)]).await.unwrap();
+    a.handle.set_peers(vec![peer_of_home(&b)]).await.unwrap();
+    b.handle.set_peers(vec![peer_of_home(&a)]).await.unwrap();
     let warmup = udp(a.addr, 1, b.addr, 1, b"warm-up");
     let mut up = false;
     for _ in 0..50 {
