@@ -485,6 +485,8 @@ pub fn daemon_failure(command: Command, err: DaemonError) -> CniError {
     CniError::new(code, format!("{command}: {err}"))
 }
 
+/// The daemon's CNI code for a failure. 0 means success in CNI, so a 0
+/// (from a confused daemon) is no code at all: the gRPC status decides.
 fn code_from_metadata(status: &tonic::Status) -> Option<u32> {
     status
         .metadata()
@@ -494,6 +496,7 @@ fn code_from_metadata(status: &tonic::Status) -> Option<u32> {
         .trim()
         .parse()
         .ok()
+        .filter(|code| *code != 0)
 }
 
 fn code_from_grpc(command: Command, code: tonic::Code) -> u32 {
@@ -971,6 +974,9 @@ mod tests {
                 rpc_error(Code::Internal, Some("junk")),
                 INTERNAL,
             ),
+            // Found by the cni_env fuzz target: a failure must never carry
+            // code 0, which CNI reads as success.
+            (Command::Add, rpc_error(Code::Internal, Some("0")), INTERNAL),
             (
                 Command::Add,
                 rpc_error(Code::InvalidArgument, None),
