@@ -65,23 +65,7 @@ pub(super) struct TestPod {
 }
 
 pub(super) fn attach(engine: &Engine, name: &str, private: [u8; 32], addr: Ipv4Addr) -> TestPod {
-    let (fd, device) = pair();
-    let handle = engine
-        .attach_pod(PodDataConfig {
-            pod_id: name.into(),
-            tun_fd: fd,
-            node_private: private,
-            disco_private: [0; 32],
-            addresses: vec![IpAddr::V4(addr)],
-        })
-        .unwrap();
-    let key = x25519::PublicKey::from(&x25519::StaticSecret::from(private)).to_bytes();
-    TestPod {
-        handle,
-        device,
-        key,
-        addr,
-    }
+    attach_with_disco(engine, name, private, [0; 32], addr)
 }
 
 pub(super) fn peer_of(p: &TestPod, home: Option<u16>) -> PeerConfig {
