@@ -7,7 +7,7 @@
 //! sees the old file or the new one, never a torn mix, and after a crash the
 //! target is one of the two. Temporary names start with `.` and end in
 //! `.tmp.<pid>.<n>`: CNI config loaders skip them, and
-//! [`temp_file_writer_pid`] recognises them to clean up after a crash.
+//! [`parse_temp_file_name`] recognises them to clean up after a crash.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -112,14 +112,26 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AtomicWr
         .map_err(AtomicWriteError::at(WriteStep::SyncDir, dir))
 }
 
-/// The pid of the process that created `name`, if it is the name of one of
-/// [`atomic_write`]'s temporary files.
-pub fn temp_file_writer_pid(name: &OsStr) -> Option<u32> {
+/// What the name of one of [`atomic_write`]'s temporary files tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TempFileName<'a> {
+    /// The file name of the file it was to replace.
+    pub target: &'a str,
+    /// The process that created it.
+    pub writer_pid: u32,
+}
+
+/// Recognises the name of one of [`atomic_write`]'s temporary files, so
+/// leftovers of an interrupted write can be found and removed.
+pub fn parse_temp_file_name(name: &OsStr) -> Option<TempFileName<'_>> {
     let rest = name.to_str()?.strip_prefix('.')?;
-    let (_target, tail) = rest.rsplit_once(TEMP_INFIX)?;
+    let (target, tail) = rest.rsplit_once(TEMP_INFIX)?;
     let (pid, counter) = tail.split_once('.')?;
     counter.parse::<u64>().ok()?;
-    pid.parse().ok()
+    Some(TempFileName {
+        target,
+        writer_pid: pid.parse().ok()?,
+    })
 }
 
 /// Creates a temporary file for `file_name` in `dir` that did not exist

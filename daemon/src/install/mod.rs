@@ -13,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tailnet_cni_proto::atomic_file::{atomic_write, temp_file_writer_pid, AtomicWriteError};
+use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name, AtomicWriteError};
 use tracing::{info, warn};
 
 use self::conflist::{ChainOutcome, PluginEntry};
@@ -162,9 +162,6 @@ fn remove_stale_temp_files(target: &Path) -> Result<usize, InstallError> {
     let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
         return Ok(0);
     };
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(name);
-    prefix.push(".");
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -173,10 +170,8 @@ fn remove_stale_temp_files(target: &Path) -> Result<usize, InstallError> {
     let mut removed = 0;
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let ours = file_name
-            .as_encoded_bytes()
-            .starts_with(prefix.as_encoded_bytes());
-        if !ours || temp_file_writer_pid(&file_name).is_none() {
+        let ours = parse_temp_file_name(&file_name).is_some_and(|temp| temp.target == name);
+        if !ours {
             continue;
         }
         match std::fs::remove_file(entry.path()) {
@@ -397,6 +392,7 @@ mod tests {
             root.join("bin-a/.flannel.tmp.1.0"),
             root.join("net.d/.10-flannel.conflist.swp"),
             root.join("bin-a/.tailnet-cni.tmp.x.0"),
+            root.join("bin-a/.tailnet-cni.old.tmp.1.0"),
         ];
         for path in leftovers.iter().chain(&foreign) {
             std::fs::write(path, b"partial").unwrap();

@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tailnet_cni_proto::atomic_file::{atomic_write, temp_file_writer_pid};
+use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name};
 use tailnet_cni_proto::validate::InvalidContainerId;
 
 use super::naming::validate_container_id;
@@ -260,7 +260,7 @@ impl StateStore {
             let entries = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                let Some(pid) = temp_file_writer_pid(&name) else {
+                let Some(pid) = parse_temp_file_name(&name).map(|temp| temp.writer_pid) else {
                     continue;
                 };
                 if pid == std::process::id() {

@@ -93,16 +93,45 @@ fn relative_paths_write_beside_the_target() {
 
 #[test]
 fn temp_file_names_are_recognised() {
+    fn parse(name: &str) -> Option<TempFileName<'_>> {
+        parse_temp_file_name(OsStr::new(name))
+    }
+    let writer_pid = |name: &str| parse(name).map(|temp| temp.writer_pid);
+    assert_eq!(writer_pid(".abc.json.tmp.42.0"), Some(42));
+    assert_eq!(writer_pid("abc.json"), None);
+    assert_eq!(writer_pid(".abc.json.tmp.x.0"), None);
+    assert_eq!(writer_pid(".abc.json.tmp.42"), None);
     assert_eq!(
-        temp_file_writer_pid(OsStr::new(".abc.json.tmp.42.0")),
-        Some(42)
+        parse(".tailnet-cni.tmp.7.12"),
+        Some(TempFileName {
+            target: "tailnet-cni",
+            writer_pid: 7
+        })
     );
     assert_eq!(
-        temp_file_writer_pid(OsStr::new(".tailnet-cni.tmp.7.12")),
-        Some(7)
+        parse(".a.tmp.b.tmp.1.2").map(|temp| temp.target),
+        Some("a.tmp.b")
     );
-    assert_eq!(temp_file_writer_pid(OsStr::new("abc.json")), None);
-    assert_eq!(temp_file_writer_pid(OsStr::new("abc.json.tmp.42.0")), None);
-    assert_eq!(temp_file_writer_pid(OsStr::new(".abc.json.tmp.x.0")), None);
-    assert_eq!(temp_file_writer_pid(OsStr::new(".abc.json.tmp.42")), None);
+    assert_eq!(parse("abc.json.tmp.42.0"), None);
+}
+
+#[test]
+fn a_write_interrupted_before_the_rename_leaves_a_recognisable_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmp, _file) = create_temp(dir.path(), OsStr::new("10-net.conflist"), 0o644).unwrap();
+    let name = tmp.file_name().unwrap();
+    assert_eq!(tmp.parent(), Some(dir.path()));
+    assert_eq!(
+        parse_temp_file_name(name),
+        Some(TempFileName {
+            target: "10-net.conflist",
+            writer_pid: std::process::id()
+        })
+    );
+    // CNI config loaders only read *.conf, *.conflist and *.json.
+    let name = name.to_str().unwrap();
+    assert!(name.starts_with('.'));
+    assert!(![".conf", ".conflist", ".json"]
+        .iter()
+        .any(|ext| name.ends_with(ext)));
 }
