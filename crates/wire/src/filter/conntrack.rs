@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::packet::proto;
+
 /// Limits of the connection-tracking table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConntrackConfig {
@@ -28,6 +30,18 @@ impl Default for ConntrackConfig {
     }
 }
 
+impl ConntrackConfig {
+    /// Idle lifetime of a flow of `protocol`; protocols with ports other
+    /// than TCP (UDP, SCTP) share UDP's.
+    pub(super) fn idle_for(&self, protocol: u8) -> Duration {
+        match protocol {
+            proto::TCP => self.tcp_idle,
+            proto::ICMPV4 | proto::ICMPV6 => self.icmp_idle,
+            _ => self.udp_idle,
+        }
+    }
+}
+
 /// A flow as seen from the node: protocol, local end, remote end. For ICMP
 /// echo the local "port" is the echo identifier and the remote one is 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,6 +53,7 @@ pub(super) struct FlowKey {
     pub(super) remote_port: u16,
 }
 
+/// No slot: the end of the recency list.
 const NIL: usize = usize::MAX;
 
 #[derive(Debug, Clone)]

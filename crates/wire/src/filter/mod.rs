@@ -197,11 +197,7 @@ impl FilterState {
             remote: packet.src,
             remote_port,
         };
-        let idle = match protocol {
-            proto::TCP => self.config.tcp_idle,
-            proto::ICMPV4 | proto::ICMPV6 => self.config.icmp_idle,
-            _ => self.config.udp_idle,
-        };
+        let idle = self.config.idle_for(protocol);
         self.conntrack.hit(&key, now, now + idle)
     }
 }
