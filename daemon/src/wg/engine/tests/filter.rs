@@ -4,11 +4,10 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use tailnet_wire::filter::FilterRule;
+use tailnet_wire::filter::{CompiledRules, FilterRule};
 
-use super::tests::{attach, derp_map, peer_of, TestPod};
 use super::*;
-use crate::wg::local_relay::LocalRelay;
+use crate::wg::EngineConfig;
 
 /// Peers here all live in the test relay's region.
 fn peer_of_home(p: &TestPod) -> PeerConfig {
@@ -51,21 +50,6 @@ fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
-async fn recv_timeout(dev: &PacketFd, wait: Duration) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 2048];
-    match tokio::time::timeout(wait, dev.recv(&mut buf)).await {
-        Ok(Ok(n)) => Some(buf[..n].to_vec()),
-        _ => None,
-    }
-}
-
-async fn drain(dev: &PacketFd) {
-    while recv_timeout(dev, Duration::from_millis(100))
-        .await
-        .is_some()
-    {}
-}
-
 /// Sends `packet` once and reports whether exactly it arrived at `to`.
 async fn crosses(from: &TestPod, to: &TestPod, packet: &[u8]) -> bool {
     from.device.send(packet).await.unwrap();
@@ -100,7 +84,7 @@ async fn connected_pair(relay: &LocalRelay, seed: u8) -> (Engine, TestPod, TestP
         }
     }
     assert!(up, "session never came up");
-    drain(&b.device).await;
+    drain(&b.device, Duration::from_millis(100)).await;
     (engine, a, b)
 }
 
