@@ -45,10 +45,7 @@ mod tests {
 
     #[test]
     fn stun_binding_messages_only() {
-        assert_eq!(
-            classify(&binding_request_with_tx_id(TX)),
-            PacketKind::Stun
-        );
+        assert_eq!(classify(&binding_request_with_tx_id(TX)), PacketKind::Stun);
         let resp = binding_response(TX, "1.2.3.4:5".parse().unwrap());
         assert_eq!(classify(&resp), PacketKind::Stun);
 

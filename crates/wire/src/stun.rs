@@ -348,7 +348,10 @@ mod tests {
         assert_ne!(tx1, tx2);
         assert_eq!(parse_binding_request(&req1), Ok(tx1));
         assert_eq!(parse_binding_request(&req2), Ok(tx2));
-        assert_eq!(crate::demux::classify(&req1), crate::demux::PacketKind::Stun);
+        assert_eq!(
+            crate::demux::classify(&req1),
+            crate::demux::PacketKind::Stun
+        );
     }
 
     #[test]

@@ -176,8 +176,8 @@ pub fn recv_batch(fd: BorrowedFd<'_>, batch: &mut DatagramBatch) -> io::Result<u
     for (hdr, name) in hdrs.iter().zip(names.iter()).take(got) {
         let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         let len = if truncated { 0 } else { hdr.msg_len as usize };
-        let addr = from_sockaddr(name, hdr.msg_hdr.msg_namelen)
-            .unwrap_or(SocketAddr::from(UNSPECIFIED));
+        let addr =
+            from_sockaddr(name, hdr.msg_hdr.msg_namelen).unwrap_or(SocketAddr::from(UNSPECIFIED));
         batch.commit(len, addr);
     }
     Ok(got)

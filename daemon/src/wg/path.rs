@@ -244,7 +244,10 @@ mod tests {
         assert_eq!(p.current(t1), Path::Direct(ep));
         assert_eq!(p.direct_latency(t1), Some(Duration::from_millis(20)));
         // Trusted just under 6.5 s after the pong, relayed after.
-        assert_eq!(p.current(t1 + Duration::from_millis(6499)), Path::Direct(ep));
+        assert_eq!(
+            p.current(t1 + Duration::from_millis(6499)),
+            Path::Direct(ep)
+        );
         assert_eq!(p.current(t1 + TRUST_DURATION), Path::Relay);
     }
 
@@ -295,7 +298,10 @@ mod tests {
         assert!(p.on_pong(tx(slow), slow, t0 + Duration::from_millis(50)));
         assert!(p.on_pong(tx(fast), fast, t0 + Duration::from_millis(60)));
         // fast's round trip (60 ms) was slower than slow's (50 ms): slow stays.
-        assert_eq!(p.current(t0 + Duration::from_millis(60)), Path::Direct(slow));
+        assert_eq!(
+            p.current(t0 + Duration::from_millis(60)),
+            Path::Direct(slow)
+        );
 
         let mut p = PathState::default();
         p.set_endpoints(&[slow]);

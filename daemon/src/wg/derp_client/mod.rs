@@ -222,8 +222,7 @@ pub(super) fn frame_name(frame: &Frame<'_>) -> String {
     }
 }
 
-
-#[cfg(test)]
-pub(crate) mod tests_support;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod tests_support;

@@ -63,8 +63,7 @@ async fn connect_refuses_non_101() {
 
 /// A self-signed certificate for "localhost" (DER chain, PKCS#8 DER key),
 /// made with the openssl CLI; None when openssl is missing.
-fn self_signed_localhost() -> Option<(Vec<rustls::pki_types::CertificateDer<'static>>, Vec<u8>)>
-{
+fn self_signed_localhost() -> Option<(Vec<rustls::pki_types::CertificateDer<'static>>, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
     let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
     let run = |args: &[&str]| {
@@ -125,13 +124,10 @@ async fn tls_relay_accepted_only_when_node_is_insecure_for_tests() {
         eprintln!("skipping: openssl CLI unavailable");
         return;
     };
-    let relay = crate::wg::local_relay::LocalRelay::start_tls(
-        "127.0.0.1:0".parse().unwrap(),
-        chain,
-        key,
-    )
-    .await
-    .unwrap();
+    let relay =
+        crate::wg::local_relay::LocalRelay::start_tls("127.0.0.1:0".parse().unwrap(), chain, key)
+            .await
+            .unwrap();
     let mut node = test_node(relay.addr());
     node.plain_http = false;
     node.insecure_for_tests = true;

@@ -174,8 +174,8 @@ impl PodState {
         }
         // Only the pod's own addresses are reachable through its identity;
         // anything else would be injected into the pod's network.
-        let to_us = packet_addrs(packet)
-            .is_some_and(|(_, dst)| self.identity.addresses.contains(&dst));
+        let to_us =
+            packet_addrs(packet).is_some_and(|(_, dst)| self.identity.addresses.contains(&dst));
         if !to_us {
             debug!(pod = %self.identity.pod_id, %src, "dropping packet not addressed to the pod");
             self.counters.drop_packets(1);

@@ -190,7 +190,9 @@ impl PodState {
             trace!(pod = %self.identity.pod_id, "no DERP region to reach peer");
             return None;
         };
-        self.relay.send_via(region, peer_key, packet).then_some(region)
+        self.relay
+            .send_via(region, peer_key, packet)
+            .then_some(region)
     }
 }
 

@@ -177,7 +177,11 @@ impl Peers {
     /// Which peer a direct WireGuard datagram belongs to: initiations name
     /// their sender inside the (decryptable by us) handshake, everything
     /// else carries our receiver index.
-    pub(super) fn peer_for_datagram(&self, identity: &Identity, datagram: &[u8]) -> Option<NodeKey> {
+    pub(super) fn peer_for_datagram(
+        &self,
+        identity: &Identity,
+        datagram: &[u8],
+    ) -> Option<NodeKey> {
         let receiver_idx = match Tunn::parse_incoming_packet(datagram).ok()? {
             Packet::HandshakeInit(init) => {
                 let half =

@@ -132,4 +132,3 @@ async fn packets_for_addresses_other_than_the_pods_are_not_injected() {
     );
     assert_eq!(b.handle.stats().await.unwrap().dropped_packets - before, 1);
 }
-

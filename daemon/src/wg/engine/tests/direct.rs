@@ -112,7 +112,6 @@ async fn direct_udp_datagrams_reach_the_right_session() {
     );
 }
 
-
 /// Moves the calling thread (a `#[tokio::test]` runs its runtime on it)
 /// into a fresh network namespace with only `lo` up, so the pods' local
 /// endpoint candidates and every ping stay on loopback. False (and the
@@ -146,7 +145,6 @@ async fn stun_server() -> u16 {
     });
     port
 }
-
 
 /// The pod's STUN-learned endpoint on loopback.
 async fn reflexive_endpoint(pod: &TestPod) -> SocketAddr {
@@ -191,8 +189,6 @@ async fn wait_direct(a: &TestPod, b: &TestPod, a_ep: SocketAddr, b_ep: SocketAdd
     );
     panic!("no direct path: a {:?} b {:?}", sa.peers, sb.peers);
 }
-
-
 
 /// Two pods on two engines, with disco keys, sharing a relay whose region
 /// also serves STUN, each with its reflexive endpoint learned. `base` picks
@@ -385,7 +381,11 @@ async fn a_dead_direct_path_gives_way_to_the_peers_new_endpoint() {
     }
     let peer = a.handle.stats().await.unwrap().peers[0].clone();
     assert_eq!(peer.path, PathKind::Direct, "{peer:?}");
-    assert_eq!(peer.direct_endpoint, Some(b2_ep), "a kept the dead endpoint: {peer:?}");
+    assert_eq!(
+        peer.direct_endpoint,
+        Some(b2_ep),
+        "a kept the dead endpoint: {peer:?}"
+    );
     // b2's new session settles (its handshake may have crossed the dead
     // path), then a's packets reach it.
     let probe = ipv4_udp(a.addr, b2.addr, b"after recovery");
@@ -472,4 +472,3 @@ async fn direct_path_throughput_inner() {
     );
     assert!(received > 0);
 }
-

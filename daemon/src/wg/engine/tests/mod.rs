@@ -111,7 +111,6 @@ async fn deliver_eventually(from: &TestPod, to: &TestPod, packet: &[u8]) -> Vec<
     panic!("packet never arrived");
 }
 
-
 fn attach_with_disco(
     engine: &Engine,
     name: &str,
@@ -137,7 +136,6 @@ fn attach_with_disco(
         addr,
     }
 }
-
 
 /// Receives until nothing arrives for `quiet` (stragglers of earlier
 /// sends), for at most [`DRAIN_LIMIT`]: a device that never goes quiet

@@ -91,7 +91,6 @@ async fn packets_cross_between_pods_of_one_engine() {
     two_pods_over_relay(false).await;
 }
 
-
 #[tokio::test]
 async fn removing_a_peer_stops_traffic_and_detach_frees_the_pod_id() {
     let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
@@ -284,7 +283,6 @@ async fn peer_with_unknown_home_region_is_reached_through_ours() {
     );
 }
 
-
 #[test]
 fn home_region_is_lowest_relay_region() {
     let node = |stun_only| DerpNodeConfig {
@@ -315,4 +313,3 @@ fn home_region_is_lowest_relay_region() {
     assert_eq!(choose_home_region(&map), Some(7));
     assert_eq!(choose_home_region(&[]), None);
 }
-
