@@ -12,23 +12,10 @@ use crate::wg::EngineConfig;
 
 #[tokio::test]
 async fn spoofed_sources_and_unroutable_destinations_are_dropped() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let engine = Engine::new(EngineConfig::default());
-    let a = attach(&engine, "a", [0x31; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let b = attach(&engine, "b", [0x32; 32], Ipv4Addr::new(100, 64, 0, 2));
-    let map = derp_map(&relay);
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
-    a.handle
-        .set_peers(vec![peer_of(&b, Some(900))])
-        .await
-        .unwrap();
-    b.handle
-        .set_peers(vec![peer_of(&a, Some(900))])
-        .await
-        .unwrap();
+    let (a, b) = pods_on_relay(&relay, (&engine, 0x31), (&engine, 0x32)).await;
+    introduce(&a, &b).await;
     // Establish the session first so drops are not confused with setup delay.
     let ok = ipv4_udp(a.addr, b.addr, b"ok");
     deliver_eventually(&a, &b, &ok).await;
@@ -50,9 +37,7 @@ async fn spoofed_sources_and_unroutable_destinations_are_dropped() {
 
 #[tokio::test]
 async fn inner_source_outside_allowed_ips_is_dropped() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let engine = Engine::new(EngineConfig::default());
     // Pod a owns two addresses, but b only allows one of them from a.
     let (fd, device) = pair();
@@ -78,14 +63,7 @@ async fn inner_source_outside_allowed_ips_is_dropped() {
     let map = derp_map(&relay);
     a.handle.set_derp_map(map.clone()).await.unwrap();
     b.handle.set_derp_map(map).await.unwrap();
-    a.handle
-        .set_peers(vec![peer_of(&b, Some(900))])
-        .await
-        .unwrap();
-    b.handle
-        .set_peers(vec![peer_of(&a, Some(900))])
-        .await
-        .unwrap();
+    introduce(&a, &b).await;
     let ok = ipv4_udp(a_addr, b.addr, b"ok");
     deliver_eventually(&a, &b, &ok).await;
     drain(&b.device, Duration::from_millis(50)).await;
@@ -102,15 +80,9 @@ async fn inner_source_outside_allowed_ips_is_dropped() {
 
 #[tokio::test]
 async fn packets_for_addresses_other_than_the_pods_are_not_injected() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let engine = Engine::new(EngineConfig::default());
-    let a = attach(&engine, "a", [0xa1; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let b = attach(&engine, "b", [0xa2; 32], Ipv4Addr::new(100, 64, 0, 2));
-    let map = derp_map(&relay);
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
+    let (a, b) = pods_on_relay(&relay, (&engine, 0xa1), (&engine, 0xa2)).await;
     // a routes a whole prefix to b, but b only owns 100.64.0.2.
     let mut b_as_router = peer_of(&b, Some(900));
     b_as_router.allowed_ips = vec![("100.64.0.0".parse().unwrap(), 24)];

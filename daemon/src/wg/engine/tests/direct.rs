@@ -18,9 +18,7 @@ use crate::wg::EngineConfig;
 /// receive path (handshake demux by decryption, data demux by index).
 #[tokio::test]
 async fn direct_udp_datagrams_reach_the_right_session() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let engine = Engine::new(EngineConfig::default());
     let pod = attach(&engine, "pod", [0xb1; 32], Ipv4Addr::new(100, 64, 0, 1));
     let map = derp_map(&relay);
@@ -209,9 +207,7 @@ struct DirectPair {
 }
 
 async fn direct_pair(base: u8) -> DirectPair {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let stun_port = stun_server().await;
     let mut map = (*derp_map(&relay)).clone();
     map[0].nodes[0].stun_port = stun_port;

@@ -9,28 +9,6 @@ use tailnet_wire::filter::{CompiledRules, FilterRule};
 use super::*;
 use crate::wg::EngineConfig;
 
-/// Peers here all live in the test relay's region.
-fn peer_of_home(p: &TestPod) -> PeerConfig {
-    peer_of(p, Some(900))
-}
-
-/// An IPv4/UDP packet with chosen ports (checksums zero: nothing verifies them).
-fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let total = 20 + 8 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p[20..22].copy_from_slice(&sport.to_be_bytes());
-    p[22..24].copy_from_slice(&dport.to_be_bytes());
-    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p[28..].copy_from_slice(payload);
-    p
-}
-
 /// An IPv4/TCP segment with only the given flags.
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
     let mut p = vec![0u8; 40];
@@ -68,13 +46,8 @@ fn rules(src: &str, dst: &str, first: u16, last: u16) -> Arc<CompiledRules> {
 /// has a filter yet.
 async fn connected_pair(relay: &LocalRelay, seed: u8) -> (Engine, TestPod, TestPod) {
     let engine = Engine::new(EngineConfig::default());
-    let a = attach(&engine, "a", [seed; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let b = attach(&engine, "b", [seed + 1; 32], Ipv4Addr::new(100, 64, 0, 2));
-    let map = derp_map(relay);
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
-    a.handle.set_peers(vec![peer_of_home(&b)]).await.unwrap();
-    b.handle.set_peers(vec![peer_of_home(&a)]).await.unwrap();
+    let (a, b) = pods_on_relay(relay, (&engine, seed), (&engine, seed + 1)).await;
+    introduce(&a, &b).await;
     let warmup = udp(a.addr, 1, b.addr, 1, b"warm-up");
     let mut up = false;
     for _ in 0..50 {
@@ -90,9 +63,7 @@ async fn connected_pair(relay: &LocalRelay, seed: u8) -> (Engine, TestPod, TestP
 
 #[tokio::test]
 async fn deny_all_filter_blocks_new_flows_but_admits_replies() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let (_engine, a, b) = connected_pair(&relay, 0x41).await;
     b.handle
         .set_filter(Arc::new(CompiledRules::deny_all()))
@@ -120,9 +91,7 @@ async fn deny_all_filter_blocks_new_flows_but_admits_replies() {
 
 #[tokio::test]
 async fn rules_admit_exactly_their_sources_and_ports() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let (_engine, a, b) = connected_pair(&relay, 0x51).await;
     b.handle
         .set_filter(rules("100.64.0.1", "100.64.0.2", 8000, 8099))
@@ -144,9 +113,7 @@ async fn rules_admit_exactly_their_sources_and_ports() {
 
 #[tokio::test]
 async fn new_rules_keep_tracked_flows() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let (_engine, a, b) = connected_pair(&relay, 0x61).await;
     b.handle
         .set_filter(rules("*", "*", 0, u16::MAX))

@@ -36,6 +36,11 @@ fn pair() -> (OwnedFd, PacketFd) {
 
 /// A minimal IPv4/UDP packet with a correct total length.
 fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    udp(src, 40000, dst, 7, payload)
+}
+
+/// An IPv4/UDP packet with chosen ports (checksums zero: nothing verifies them).
+fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
     let total = 20 + 8 + payload.len();
     let mut p = vec![0u8; total];
     p[0] = 0x45;
@@ -44,8 +49,8 @@ fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     p[9] = 17;
     p[12..16].copy_from_slice(&src.octets());
     p[16..20].copy_from_slice(&dst.octets());
-    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    p[22..24].copy_from_slice(&7u16.to_be_bytes());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
     p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     p[28..].copy_from_slice(payload);
     p
@@ -97,6 +102,40 @@ async fn recv_timeout(dev: &PacketFd, wait: Duration) -> Option<Vec<u8>> {
         Ok(Ok(n)) => Some(buf[..n].to_vec()),
         _ => None,
     }
+}
+
+/// A relay on an ephemeral loopback port.
+async fn local_relay() -> LocalRelay {
+    LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Pod `a` (100.64.0.1) and pod `b` (100.64.0.2), each on the engine and
+/// with the node-key byte given, both with `relay`'s DERP map; no peers yet.
+async fn pods_on_relay(
+    relay: &LocalRelay,
+    (a_engine, a_key): (&Engine, u8),
+    (b_engine, b_key): (&Engine, u8),
+) -> (TestPod, TestPod) {
+    let a = attach(a_engine, "a", [a_key; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let b = attach(b_engine, "b", [b_key; 32], Ipv4Addr::new(100, 64, 0, 2));
+    let map = derp_map(relay);
+    a.handle.set_derp_map(map.clone()).await.unwrap();
+    b.handle.set_derp_map(map).await.unwrap();
+    (a, b)
+}
+
+/// Makes each pod the other's peer, both homed in the relay's region.
+async fn introduce(a: &TestPod, b: &TestPod) {
+    a.handle
+        .set_peers(vec![peer_of(b, Some(900))])
+        .await
+        .unwrap();
+    b.handle
+        .set_peers(vec![peer_of(a, Some(900))])
+        .await
+        .unwrap();
 }
 
 /// Send `packet` from `from` until it shows up at `to` (the first packets

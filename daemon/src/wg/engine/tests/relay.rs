@@ -11,28 +11,15 @@ use crate::wg::engine::{choose_home_region, EngineError, PathKind, STATS_PUBLISH
 use crate::wg::EngineConfig;
 
 async fn two_pods_over_relay(separate_engines: bool) {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let e1 = Engine::new(EngineConfig::default());
     let e2 = if separate_engines {
         Engine::new(EngineConfig::default())
     } else {
         e1.clone()
     };
-    let a = attach(&e1, "a", [0x11; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let b = attach(&e2, "b", [0x22; 32], Ipv4Addr::new(100, 64, 0, 2));
-    let map = derp_map(&relay);
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
-    a.handle
-        .set_peers(vec![peer_of(&b, Some(900))])
-        .await
-        .unwrap();
-    b.handle
-        .set_peers(vec![peer_of(&a, Some(900))])
-        .await
-        .unwrap();
+    let (a, b) = pods_on_relay(&relay, (&e1, 0x11), (&e2, 0x22)).await;
+    introduce(&a, &b).await;
 
     let ab = ipv4_udp(a.addr, b.addr, b"hello from a");
     assert_eq!(deliver_eventually(&a, &b, &ab).await, ab);
@@ -93,23 +80,10 @@ async fn packets_cross_between_pods_of_one_engine() {
 
 #[tokio::test]
 async fn removing_a_peer_stops_traffic_and_detach_frees_the_pod_id() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let engine = Engine::new(EngineConfig::default());
-    let a = attach(&engine, "a", [0x51; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let b = attach(&engine, "b", [0x52; 32], Ipv4Addr::new(100, 64, 0, 2));
-    let map = derp_map(&relay);
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
-    a.handle
-        .set_peers(vec![peer_of(&b, Some(900))])
-        .await
-        .unwrap();
-    b.handle
-        .set_peers(vec![peer_of(&a, Some(900))])
-        .await
-        .unwrap();
+    let (a, b) = pods_on_relay(&relay, (&engine, 0x51), (&engine, 0x52)).await;
+    introduce(&a, &b).await;
     let ok = ipv4_udp(a.addr, b.addr, b"ok");
     deliver_eventually(&a, &b, &ok).await;
 
@@ -154,24 +128,11 @@ async fn removing_a_peer_stops_traffic_and_detach_frees_the_pod_id() {
 
 #[tokio::test]
 async fn traffic_resumes_after_the_relay_restarts() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let addr = relay.addr();
     let engine = Engine::new(EngineConfig::default());
-    let a = attach(&engine, "a", [0x71; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let b = attach(&engine, "b", [0x72; 32], Ipv4Addr::new(100, 64, 0, 2));
-    let map = derp_map(&relay);
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
-    a.handle
-        .set_peers(vec![peer_of(&b, Some(900))])
-        .await
-        .unwrap();
-    b.handle
-        .set_peers(vec![peer_of(&a, Some(900))])
-        .await
-        .unwrap();
+    let (a, b) = pods_on_relay(&relay, (&engine, 0x71), (&engine, 0x72)).await;
+    introduce(&a, &b).await;
     let first = ipv4_udp(a.addr, b.addr, b"before");
     deliver_eventually(&a, &b, &first).await;
 
@@ -205,9 +166,7 @@ async fn home_relay_readiness_follows_the_link() {
     a.handle.stats().await.unwrap();
     assert_eq!(a.handle.wait_home_relay(short).await, HomeRelay::Connecting);
 
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     a.handle.set_derp_map(derp_map(&relay)).await.unwrap();
     assert_eq!(
         a.handle.wait_home_relay(Duration::from_secs(5)).await,
@@ -223,9 +182,7 @@ async fn home_relay_readiness_follows_the_link() {
 
 #[tokio::test]
 async fn repeating_the_derp_map_keeps_connections_and_changing_it_reconnects() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let engine = Engine::new(EngineConfig::default());
     let a = attach(&engine, "a", [0x81; 32], Ipv4Addr::new(100, 64, 0, 1));
     let map = derp_map(&relay);
@@ -260,15 +217,9 @@ async fn repeating_the_derp_map_keeps_connections_and_changing_it_reconnects() {
 
 #[tokio::test]
 async fn peer_with_unknown_home_region_is_reached_through_ours() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let engine = Engine::new(EngineConfig::default());
-    let a = attach(&engine, "a", [0x91; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let b = attach(&engine, "b", [0x92; 32], Ipv4Addr::new(100, 64, 0, 2));
-    let map = derp_map(&relay);
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
+    let (a, b) = pods_on_relay(&relay, (&engine, 0x91), (&engine, 0x92)).await;
     // Region 4242 is not in the map; 900 (the shared home) must be used.
     a.handle
         .set_peers(vec![peer_of(&b, Some(4242))])
