@@ -23,6 +23,8 @@ use crate::wg::udp;
 /// local endpoint candidates.
 const LOCAL_ENDPOINTS_REFRESH: Duration = Duration::from_secs(20);
 
+/// What the pod knows for finding direct paths: disco keys, STUN state
+/// and its own endpoints.
 pub(super) struct Discovery {
     /// Disco keys of the pod and its peers.
     pub(super) disco: DiscoState,
@@ -111,7 +113,7 @@ impl PodState {
         match reaction {
             Reaction::AnswerPing { peer, via, pong } => match via {
                 Via::Udp(addr) => {
-                    if let Some(sock) = self.socket.get() {
+                    if let Some(sock) = self.socket.udp() {
                         if let Err(e) = sock.try_send_to(&pong, addr) {
                             trace!(pod = %self.identity.pod_id, %addr, error = %e, "disco pong not sent");
                         }
@@ -169,7 +171,7 @@ impl PodState {
         };
         send_due_pings(
             &self.discovery.disco,
-            self.socket.get(),
+            self.socket.udp(),
             peer_key,
             session.path_state_mut(),
             now,
@@ -193,7 +195,7 @@ impl PodState {
     /// round that starts discovery (no trusted direct path) is also
     /// announced with a call-me-maybe.
     pub(super) fn poll_disco(&mut self, now: std::time::Instant) {
-        let Some(sock) = self.socket.get() else {
+        let Some(sock) = self.socket.udp() else {
             return;
         };
         let our_node = self.identity.node_public.to_bytes();
@@ -226,7 +228,7 @@ impl PodState {
 
     /// Timer: STUN rounds, and the pod's endpoints kept current.
     pub(super) fn poll_stun(&mut self, now: std::time::Instant) {
-        let Some(sock) = self.socket.get() else {
+        let Some(sock) = self.socket.udp() else {
             return;
         };
         for (server, request) in self.discovery.stun.poll(now, rand::random) {

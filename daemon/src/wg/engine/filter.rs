@@ -13,6 +13,7 @@ use tokio::time::Instant;
 /// (lookups ignore expired flows anyway; this only reclaims memory).
 const FILTER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The pod's packet filter and when its flows were last swept.
 pub(super) struct PodFilter {
     /// `None` until rules are set: nothing is filtered before that.
     filter: Option<Filter>,
@@ -65,7 +66,7 @@ impl PodFilter {
         };
         match verdict {
             Verdict::Drop(reason) => Err(reason),
-            _ => Ok(()),
+            Verdict::Accept => Ok(()),
         }
     }
 

@@ -141,7 +141,7 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Sized to the device MTU, not 64 KiB: per-pod memory matters.
     let mut tun_buf = vec![0u8; state.engine.config.max_packet_size];
-    let udp = state.socket.udp();
+    let udp = state.socket.shared_udp();
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {

@@ -24,6 +24,7 @@ struct RelayLink {
     last_used: Instant,
 }
 
+/// The pod's open relay links and its home region.
 pub(super) struct RelayLinks {
     /// The node key's private half, which each link authenticates with.
     node_private: [u8; 32],

@@ -22,6 +22,7 @@ pub(super) struct OutBatch {
     pub(super) peers: Vec<NodeKey>,
 }
 
+/// The pod's UDP socket, if it has one, and its batch buffers.
 pub(super) struct PodSocket {
     /// `None` when binding failed: the pod then only uses relays.
     udp: Option<Arc<UdpSocket>>,
@@ -67,13 +68,13 @@ impl PodSocket {
         }
     }
 
-    /// The socket, shared with the pod loop that awaits its readiness.
-    pub(super) fn udp(&self) -> Option<Arc<UdpSocket>> {
-        self.udp.clone()
+    pub(super) fn udp(&self) -> Option<&UdpSocket> {
+        self.udp.as_deref()
     }
 
-    pub(super) fn get(&self) -> Option<&UdpSocket> {
-        self.udp.as_deref()
+    /// The socket as the pod loop holds it, to await its readiness.
+    pub(super) fn shared_udp(&self) -> Option<Arc<UdpSocket>> {
+        self.udp.clone()
     }
 
     pub(super) fn port(&self) -> Option<u16> {

@@ -63,7 +63,7 @@ impl PodState {
     /// The peer's validated direct endpoint, if the pod has a socket to
     /// reach it; counts as path activity like any send.
     fn direct_addr(&mut self, peer_key: &NodeKey) -> Option<SocketAddr> {
-        self.socket.get()?;
+        self.socket.udp()?;
         let state = self.peers.get_mut(peer_key)?.path_state_mut();
         let now = std::time::Instant::now();
         state.note_activity(now);
@@ -125,7 +125,7 @@ impl PodState {
         let out = &batch.datagrams;
         let mut next = 0;
         while next < out.len() {
-            let Some(sock) = self.socket.udp() else {
+            let Some(sock) = self.socket.shared_udp() else {
                 self.counters.drop_packets((out.len() - next) as u64);
                 break;
             };
@@ -170,7 +170,7 @@ impl PodState {
         let now = std::time::Instant::now();
         let state = peer.path_state_mut();
         state.note_activity(now);
-        if let (Path::Direct(addr), Some(sock)) = (state.current(now), self.socket.get()) {
+        if let (Path::Direct(addr), Some(sock)) = (state.current(now), self.socket.udp()) {
             match sock.try_send_to(wire, addr) {
                 Ok(_) => {
                     peer.sent_direct();
