@@ -46,7 +46,10 @@ impl Discovery {
         udp_port: Option<u16>,
     ) -> (Self, watch::Receiver<PodEndpoints>) {
         let local_endpoints = udp_port.map(udp::local_endpoints).unwrap_or_default();
-        let (endpoints, endpoints_rx) = watch::channel(PodEndpoints {
+        let (endpoints, endpoints_rx) = watch::channel(PodEndpoints::default());
+        // Sent rather than made the initial value, so the first report to
+        // control sees it as a change.
+        endpoints.send_replace(PodEndpoints {
             endpoints: local_endpoints.clone(),
             preferred_derp: None,
             udp_port,
