@@ -446,16 +446,16 @@ async fn official_tailscaled_reaches_the_pod_directly_and_falls_back_to_derp_whe
         // (b) Block UDP between them: DERP carries the traffic.
         let block = UdpBlock::new(bed.stun_port);
         let (_, stats) = traffic
-            .run_until(Duration::from_secs(30), |p| p.path == PathKind::Derp)
+            .run_until(Duration::from_secs(30), |p| p.path == PathKind::Relay)
             .await;
         assert_eq!(
             stats.as_ref().map(|s| s.path),
-            Some(PathKind::Derp),
+            Some(PathKind::Relay),
             "{stats:?}"
         );
         let (replies, stats) = traffic.run_until(Duration::from_secs(3), |_| false).await;
         assert!(replies >= 3, "only {replies} echo replies over DERP");
-        assert_eq!(stats.map(|s| s.path), Some(PathKind::Derp));
+        assert_eq!(stats.map(|s| s.path), Some(PathKind::Relay));
         // The peer notices too (its own trust in the path runs out).
         let mut relayed = String::new();
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -363,7 +363,7 @@ async fn official_tailscaled_exchanges_traffic_with_the_engine_over_derp() {
         "no ICMP echo reply from the tailscaled peer over DERP"
     );
     let stats = pod.stats().await.unwrap();
-    assert_eq!(stats.peers[0].path, PathKind::Derp);
+    assert_eq!(stats.peers[0].path, PathKind::Relay);
     assert!(stats.peers[0].last_handshake.is_some());
 
     // 2. Peer → pod: `tailscale ping --icmp`, answered here.
@@ -480,7 +480,7 @@ async fn official_tailscaled_fetches_http_from_a_pod_behind_a_real_tun() {
     .unwrap();
     assert_eq!(fetched.as_deref(), Ok("hello from the pod\n"));
     let stats = pod.stats().await.unwrap();
-    assert_eq!(stats.peers[0].path, PathKind::Derp);
+    assert_eq!(stats.peers[0].path, PathKind::Relay);
     assert!(stats.rx_packets >= 3 && stats.tx_packets >= 3, "{stats:?}");
     pod.detach().await.unwrap();
 }

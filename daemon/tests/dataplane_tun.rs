@@ -206,8 +206,8 @@ async fn kernel_traffic_crosses_between_namespaces_over_relay() {
     assert_eq!(from_v6.ip(), IpAddr::V6(a.v6));
 
     let stats = handles[0].stats().await.unwrap();
-    assert_eq!(stats.peers[0].path, PathKind::Derp);
-    assert_eq!(stats.peers[0].derp_region, Some(900));
+    assert_eq!(stats.peers[0].path, PathKind::Relay);
+    assert_eq!(stats.peers[0].relay_region, Some(900));
     assert!(stats.peers[0].last_handshake.is_some());
     assert!(stats.rx_packets >= 1);
     for h in handles {

@@ -16,11 +16,11 @@ use boringtun::noise::{Packet as WgPacket, Tunn};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use libfuzzer_sys::fuzz_target;
 use tailnet_cni_fuzz::Reader;
-use tailnet_cnid::wg::engine::looks_like_wireguard;
 use tailnet_cnid::wg::routing::{packet_addrs, prefix_contains, AllowedIps};
 use tailnet_wire::disco::looks_like_disco;
 use tailnet_wire::packet::Packet;
-use tailnet_wire::stun::{classify, is_stun, PacketKind};
+use tailnet_wire::demux::{classify, looks_like_wireguard, PacketKind};
+use tailnet_wire::stun::is_stun;
 
 const NODE: [u8; 32] = [0x88; 32];
 

@@ -11,9 +11,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use tailnet_cni_fuzz::Reader;
+use tailnet_wire::demux::{classify, PacketKind};
 use tailnet_wire::stun::{
-    binding_request_with_tx_id, binding_response, classify, is_stun, parse_binding_request,
-    parse_response, PacketKind,
+    binding_request_with_tx_id, binding_response, is_stun, parse_binding_request, parse_response,
 };
 
 /// Input layout: transaction ID, address (16 bytes, v4 as v4-mapped),

@@ -1,4 +1,5 @@
 //! Sans-IO data-plane protocol cores.
+pub mod demux;
 pub mod derp;
 pub mod disco;
 pub mod filter;

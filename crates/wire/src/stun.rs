@@ -1,5 +1,5 @@
-//! STUN (RFC 5389) Binding messages as Tailscale uses them, and the demux of
-//! the one UDP socket that carries STUN, disco and WireGuard.
+//! STUN (RFC 5389) Binding messages as Tailscale uses them. Telling them
+//! apart from disco and WireGuard on the shared socket is [`crate::demux`]'s.
 //!
 //! Requests carry SOFTWARE "tailnode" and a FINGERPRINT, because Tailscale's
 //! STUN servers drop requests without both. Responses are read from
@@ -49,33 +49,6 @@ pub enum StunError {
     WrongSoftware,
     #[error("STUN binding request lacks a valid trailing FINGERPRINT")]
     BadFingerprint,
-}
-
-/// What kind of datagram arrived on the shared UDP socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PacketKind {
-    Stun,
-    Disco,
-    WireGuard,
-    Other,
-}
-
-/// Sorts a datagram from the shared UDP socket by its first bytes.
-///
-/// Disco is checked first (its magic can never look like STUN since its
-/// first byte has bit 6 set); STUN is a Binding-class message (byte 1 is
-/// 0x01: request or success response); WireGuard messages start with a type
-/// 1..=4 followed by three zero bytes.
-pub fn classify(datagram: &[u8]) -> PacketKind {
-    if crate::disco::looks_like_disco(datagram) {
-        PacketKind::Disco
-    } else if is_stun(datagram) && datagram[1] == 0x01 {
-        PacketKind::Stun
-    } else if datagram.len() >= 4 && (1..=4).contains(&datagram[0]) && datagram[1..4] == [0, 0, 0] {
-        PacketKind::WireGuard
-    } else {
-        PacketKind::Other
-    }
 }
 
 /// The RFC 5389 demux rule: at least a header, top two bits zero, cookie.
@@ -375,7 +348,10 @@ mod tests {
         assert_ne!(tx1, tx2);
         assert_eq!(parse_binding_request(&req1), Ok(tx1));
         assert_eq!(parse_binding_request(&req2), Ok(tx2));
-        assert_eq!(classify(&req1), PacketKind::Stun);
+        assert_eq!(
+            crate::demux::classify(&req1),
+            crate::demux::PacketKind::Stun
+        );
     }
 
     #[test]
@@ -516,34 +492,17 @@ mod tests {
     }
 
     #[test]
-    fn demux() {
+    fn stun_shape() {
         assert!(is_stun(&binding_request_with_tx_id(TX)));
         let resp = binding_response(TX, "1.2.3.4:5".parse().unwrap());
-        assert_eq!(classify(&resp), PacketKind::Stun);
-
-        // A STUN error response (0x0111) is STUN-shaped but not Binding traffic.
+        assert!(is_stun(&resp));
+        // A STUN error response (0x0111) is STUN-shaped too.
         let mut error_resp = resp.clone();
         error_resp[1] = 0x11;
         assert!(is_stun(&error_resp));
-        assert_eq!(classify(&error_resp), PacketKind::Other);
 
         let mut top_bits = resp;
         top_bits[0] |= 0x80;
         assert!(!is_stun(&top_bits));
-
-        let mut wg_init = vec![0u8; 148];
-        wg_init[0] = 1;
-        assert_eq!(classify(&wg_init), PacketKind::WireGuard);
-        let mut wg_data = vec![0u8; 32];
-        wg_data[0] = 4;
-        assert_eq!(classify(&wg_data), PacketKind::WireGuard);
-        wg_data[2] = 1;
-        assert_eq!(classify(&wg_data), PacketKind::Other);
-        assert_eq!(classify(&[5, 0, 0, 0]), PacketKind::Other);
-        assert_eq!(classify(&[]), PacketKind::Other);
-
-        let mut disco = crate::disco::MAGIC.to_vec();
-        disco.extend_from_slice(&[0u8; 56 + 16]);
-        assert_eq!(classify(&disco), PacketKind::Disco);
     }
 }

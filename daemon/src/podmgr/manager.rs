@@ -1135,7 +1135,7 @@ impl CniHandler for PodManager {
                     for peer in &stats.peers {
                         match peer.path {
                             PathKind::Direct => status.peers_direct += 1,
-                            PathKind::Derp => status.peers_derp += 1,
+                            PathKind::Relay => status.peers_derp += 1,
                             PathKind::None => {}
                         }
                     }
@@ -1238,7 +1238,7 @@ impl Snapshot for PodManager {
                     peers_derp: stats
                         .peers
                         .iter()
-                        .filter(|p| p.path == PathKind::Derp)
+                        .filter(|p| p.path == PathKind::Relay)
                         .count() as u64,
                 })
             })

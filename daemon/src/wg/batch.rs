@@ -7,11 +7,18 @@
 //! address each) and is tested without sockets; [`recv_batch`] and
 //! [`send_batch`] are the thin I/O edge. Batches are big (tens of KiB), so
 //! the engine only holds one while a pod is busy.
+//!
+//! The two system calls stay raw `libc`: nix's `sendmmsg` gives every
+//! message the same control messages (a GSO run needs its own segment
+//! size) and its `MultiHeaders` allocate per call and are not `Send`.
+//! Addresses go through nix's safe `SockaddrStorage`.
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
+
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
 /// Datagrams per system call. 32 × ~1.6 KiB slots keeps one batch near
 /// 50 KiB while cutting system calls thirtyfold under load.
@@ -135,9 +142,10 @@ impl DatagramBatch {
 pub fn recv_batch(fd: BorrowedFd<'_>, batch: &mut DatagramBatch) -> io::Result<usize> {
     batch.clear();
     let n = batch.capacity().min(BATCH_SLOTS);
+    let mut names = [unspecified(); BATCH_SLOTS];
     // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut names: [libc::sockaddr_storage; BATCH_SLOTS] = unsafe { zeroed() };
     let mut iovs: [libc::iovec; BATCH_SLOTS] = unsafe { zeroed() };
+    // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; BATCH_SLOTS] = unsafe { zeroed() };
     let slot_len = batch.slot_len;
     let base = batch.buf.as_mut_ptr();
@@ -145,8 +153,8 @@ pub fn recv_batch(fd: BorrowedFd<'_>, batch: &mut DatagramBatch) -> io::Result<u
         // SAFETY: slot i lies inside `buf` as n <= capacity.
         iovs[i].iov_base = unsafe { base.add(i * slot_len) }.cast();
         iovs[i].iov_len = slot_len;
-        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-        hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut SockaddrStorage).cast();
+        hdrs[i].msg_hdr.msg_namelen = size_of::<SockaddrStorage>() as libc::socklen_t;
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
     }
@@ -168,8 +176,8 @@ pub fn recv_batch(fd: BorrowedFd<'_>, batch: &mut DatagramBatch) -> io::Result<u
     for (hdr, name) in hdrs.iter().zip(names.iter()).take(got) {
         let truncated = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         let len = if truncated { 0 } else { hdr.msg_len as usize };
-        let addr = from_sockaddr(name, hdr.msg_hdr.msg_namelen)
-            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        let addr =
+            from_sockaddr(name, hdr.msg_hdr.msg_namelen).unwrap_or(SocketAddr::from(UNSPECIFIED));
         batch.commit(len, addr);
     }
     Ok(got)
@@ -197,9 +205,10 @@ pub fn send_batch(
     if total == 0 {
         return Ok(0);
     }
+    let mut names = [unspecified(); BATCH_SLOTS];
     // SAFETY: all-zero is a valid value for these plain C structs.
-    let mut names: [libc::sockaddr_storage; BATCH_SLOTS] = unsafe { zeroed() };
     let mut iovs: [libc::iovec; BATCH_SLOTS] = unsafe { zeroed() };
+    // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; BATCH_SLOTS] = unsafe { zeroed() };
     let mut cmsgs = [CmsgBuf([0; 32]); BATCH_SLOTS];
     // Datagrams per message, to count what a partial send covered.
@@ -225,9 +234,12 @@ pub fn send_batch(
         let Some(addr) = addr else {
             break;
         };
+        // IPv4 goes as `sockaddr_in`, which a dual-stack IPv6 socket accepts too.
+        names[msgs] = SockaddrStorage::from(addr);
         let hdr = &mut hdrs[msgs].msg_hdr;
-        hdr.msg_name = (&mut names[msgs] as *mut libc::sockaddr_storage).cast();
-        hdr.msg_namelen = to_sockaddr(addr, &mut names[msgs]);
+        // The kernel only reads through msg_name on send.
+        hdr.msg_name = names[msgs].as_ptr().cast_mut().cast();
+        hdr.msg_namelen = sockaddr_len(addr);
         hdr.msg_iov = &mut iovs[next];
         hdr.msg_iovlen = run;
         if run > 1 {
@@ -264,65 +276,35 @@ pub fn send_batch(
     Ok(runs[..(sent as usize).min(msgs)].iter().sum())
 }
 
-/// Encode `addr` as the kernel expects it (IPv4 as `sockaddr_in`, which a
-/// dual-stack IPv6 socket accepts too). Returns the length used.
-fn to_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
-    match addr {
-        SocketAddr::V4(v4) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            let sin =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr = libc::in_addr {
-                s_addr: u32::from_ne_bytes(v4.ip().octets()),
-            };
-            size_of::<libc::sockaddr_in>() as libc::socklen_t
-        }
-        SocketAddr::V6(v6) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            let sin6 =
-                unsafe { &mut *(out as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_flowinfo = v6.flowinfo();
-            sin6.sin6_addr = libc::in6_addr {
-                s6_addr: v6.ip().octets(),
-            };
-            sin6.sin6_scope_id = v6.scope_id();
-            size_of::<libc::sockaddr_in6>() as libc::socklen_t
-        }
-    }
+/// A source address for datagrams whose sender the kernel did not name.
+const UNSPECIFIED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+
+/// Room the kernel fills with a source address (any family fits).
+fn unspecified() -> SockaddrStorage {
+    SockaddrStorage::from(UNSPECIFIED)
+}
+
+/// The length of `addr` as a C socket address (`SockaddrStorage::len` is
+/// that of the whole storage).
+fn sockaddr_len(addr: SocketAddr) -> libc::socklen_t {
+    let len = match addr {
+        SocketAddr::V4(_) => size_of::<libc::sockaddr_in>(),
+        SocketAddr::V6(_) => size_of::<libc::sockaddr_in6>(),
+    };
+    len as libc::socklen_t
 }
 
 /// Decode a source address the kernel filled in; `None` for other families
-/// or short lengths.
-fn from_sockaddr(raw: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+/// or lengths short of the family's address.
+fn from_sockaddr(raw: &SockaddrStorage, len: libc::socklen_t) -> Option<SocketAddr> {
     let len = len as usize;
-    match raw.ss_family as libc::c_int {
-        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family and length say a sockaddr_in is stored.
-            let sin =
-                unsafe { &*(raw as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: the family and length say a sockaddr_in6 is stored.
-            let sin6 =
-                unsafe { &*(raw as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
+    if let Some(sin) = raw.as_sockaddr_in() {
+        return (len >= size_of::<libc::sockaddr_in>()).then(|| SocketAddrV4::from(*sin).into());
     }
+    if let Some(sin6) = raw.as_sockaddr_in6() {
+        return (len >= size_of::<libc::sockaddr_in6>()).then(|| SocketAddrV6::from(*sin6).into());
+    }
+    None
 }
 
 #[cfg(test)]
@@ -367,14 +349,14 @@ mod tests {
             addr("[2001:db8::1]:9"),
             addr("[::ffff:10.1.2.3]:5"),
         ] {
-            // SAFETY: all-zero is a valid sockaddr_storage.
-            let mut raw: libc::sockaddr_storage = unsafe { zeroed() };
-            let len = to_sockaddr(a, &mut raw);
+            let raw = SockaddrStorage::from(a);
+            let len = sockaddr_len(a);
             assert_eq!(from_sockaddr(&raw, len), Some(a));
             assert_eq!(from_sockaddr(&raw, len - 1), None, "short length");
         }
-        // SAFETY: as above.
-        let raw: libc::sockaddr_storage = unsafe { zeroed() };
+        // SAFETY: all-zero is a valid SockaddrStorage (a union of plain C
+        // structs); its family is AF_UNSPEC.
+        let raw: SockaddrStorage = unsafe { zeroed() };
         assert_eq!(from_sockaddr(&raw, 128), None, "AF_UNSPEC");
     }
 

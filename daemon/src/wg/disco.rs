@@ -29,7 +29,7 @@ pub enum Via {
     /// On the pod's UDP socket, from this (canonical) address.
     Udp(SocketAddr),
     /// Through a relay, which vouches for the sender's node key.
-    Derp { src: NodeKey, region: u16 },
+    Relay { src: NodeKey, region: u16 },
 }
 
 impl Via {
@@ -37,7 +37,7 @@ impl Via {
     pub fn observed(self) -> SocketAddr {
         match self {
             Via::Udp(addr) => addr,
-            Via::Derp { region, .. } => SocketAddr::new(IpAddr::V4(DERP_MAGIC_IP), region),
+            Via::Relay { region, .. } => SocketAddr::new(IpAddr::V4(DERP_MAGIC_IP), region),
         }
     }
 }
@@ -187,7 +187,7 @@ impl DiscoState {
             .by_disco
             .get(&sender)
             .ok_or(DiscoRejected::UnknownSender)?;
-        if let Via::Derp { src, .. } = via {
+        if let Via::Relay { src, .. } = via {
             if src != peer_key {
                 return Err(DiscoRejected::RelaySenderMismatch);
             }
@@ -214,10 +214,10 @@ impl DiscoState {
                     from,
                     observed: pong.src,
                 }),
-                Via::Derp { .. } => Err(DiscoRejected::PongViaRelay),
+                Via::Relay { .. } => Err(DiscoRejected::PongViaRelay),
             },
             Message::CallMeMaybe(cmm) => match via {
-                Via::Derp { .. } => Ok(Reaction::CallMeMaybe {
+                Via::Relay { .. } => Ok(Reaction::CallMeMaybe {
                     peer: peer_key,
                     // A relay's magic address or an unspecified one is no path.
                     endpoints: cmm
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn relayed_ping_is_answered_with_the_derp_magic_address() {
         let state = pod();
-        let via = Via::Derp {
+        let via = Via::Relay {
             src: PEER_NODE,
             region: 900,
         };
@@ -329,7 +329,7 @@ mod tests {
                 observed
             })
         );
-        let relay = Via::Derp {
+        let relay = Via::Relay {
             src: PEER_NODE,
             region: 1,
         };
@@ -390,7 +390,7 @@ mod tests {
             Err(DiscoRejected::Open(DiscoError::Decrypt))
         );
         // The peer's disco packet relayed on behalf of another node key.
-        let relayed = Via::Derp {
+        let relayed = Via::Relay {
             src: OTHER_NODE,
             region: 900,
         };

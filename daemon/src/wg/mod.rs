@@ -1,10 +1,14 @@
 //! The data plane: one shared WireGuard engine for every pod on the node.
 //!
+//! Vocabulary: a peer's *path* is direct (UDP to a validated endpoint) or
+//! relay (through a DERP server); a *route* is only cryptokey routing.
+//! "DERP" names the protocol, the DERP map and control's fields.
+//!
 //! - [`config`]: the engine's plain input types (pods, peers, DERP map).
 //! - [`engine`]: the engine, per-pod tasks and their handles.
 //! - [`derp_client`]: relay connections (I/O around `tailnet_wire::derp`).
 //! - [`routing`]: cryptokey routing and packet address checks.
-//! - [`path`]: per-peer choice between direct UDP and the relay.
+//! - [`path`]: per-peer choice between the direct path and the relay.
 //! - [`disco`]: per-pod disco keys and the reaction to each disco message.
 //! - [`stun`]: per-pod endpoint discovery through the DERP map's STUN servers.
 //! - [`packet_fd`]: async packet I/O on TUN (or test) descriptors.

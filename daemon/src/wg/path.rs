@@ -1,10 +1,10 @@
 //! Path selection for one peer (sans-IO): which of the peer's endpoints,
 //! if any, is validated for direct UDP, and which disco pings to send.
 //!
-//! Traffic starts on DERP. An endpoint becomes the direct path when it
+//! Traffic starts on the relay. An endpoint becomes the direct path when it
 //! answers a disco ping; it stays trusted for [`TRUST_DURATION`] after each
 //! pong, and heartbeats keep it fresh while the session is active. Without
-//! pongs the path falls back to DERP.
+//! pongs the path falls back to the relay.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,9 +27,10 @@ const BETTER_BY: Duration = Duration::from_millis(1);
 
 pub type TxId = [u8; 12];
 
-/// Where packets to the peer go now.
+/// Where packets to the peer go now: the peer's path. (A "route" in `wg`
+/// is only ever cryptokey routing, see `routing`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum Path {
     Direct(SocketAddr),
     Relay,
 }
@@ -91,10 +92,11 @@ impl PathState {
         self.last_full_round = None;
     }
 
-    pub fn route(&self, now: Instant) -> Route {
+    /// The path packets to the peer take at `now`.
+    pub fn current(&self, now: Instant) -> Path {
         match self.best {
-            Some(best) if now < best.trust_until => Route::Direct(best.addr),
-            _ => Route::Relay,
+            Some(best) if now < best.trust_until => Path::Direct(best.addr),
+            _ => Path::Relay,
         }
     }
 
@@ -121,7 +123,7 @@ impl PathState {
         if !self.active(now) && !probe {
             return Vec::new();
         }
-        let trusted = matches!(self.route(now), Route::Direct(_));
+        let trusted = matches!(self.current(now), Path::Direct(_));
         let full_round_due = probe
             || !trusted
             || self
@@ -223,7 +225,7 @@ mod tests {
         let now = Instant::now();
         let mut p = PathState::default();
         p.set_endpoints(&[addr("10.0.0.1:41641")]);
-        assert_eq!(p.route(now), Route::Relay);
+        assert_eq!(p.current(now), Path::Relay);
         assert!(p.poll_pings(now, ids()).is_empty());
     }
 
@@ -239,11 +241,14 @@ mod tests {
         assert_eq!(pings[0].0, ep);
         let t1 = t0 + Duration::from_millis(20);
         assert!(p.on_pong(pings[0].1, ep, t1));
-        assert_eq!(p.route(t1), Route::Direct(ep));
+        assert_eq!(p.current(t1), Path::Direct(ep));
         assert_eq!(p.direct_latency(t1), Some(Duration::from_millis(20)));
         // Trusted just under 6.5 s after the pong, relayed after.
-        assert_eq!(p.route(t1 + Duration::from_millis(6499)), Route::Direct(ep));
-        assert_eq!(p.route(t1 + TRUST_DURATION), Route::Relay);
+        assert_eq!(
+            p.current(t1 + Duration::from_millis(6499)),
+            Path::Direct(ep)
+        );
+        assert_eq!(p.current(t1 + TRUST_DURATION), Path::Relay);
     }
 
     #[test]
@@ -276,7 +281,7 @@ mod tests {
         let tx = p.poll_pings(t0, ids())[0].1;
         assert!(!p.on_pong([0xee; 12], ep, t0));
         assert!(!p.on_pong(tx, addr("10.9.9.9:41641"), t0));
-        assert_eq!(p.route(t0), Route::Relay);
+        assert_eq!(p.current(t0), Path::Relay);
         // The tx was consumed by the mismatched pong: a replay does nothing.
         assert!(!p.on_pong(tx, ep, t0));
     }
@@ -293,7 +298,10 @@ mod tests {
         assert!(p.on_pong(tx(slow), slow, t0 + Duration::from_millis(50)));
         assert!(p.on_pong(tx(fast), fast, t0 + Duration::from_millis(60)));
         // fast's round trip (60 ms) was slower than slow's (50 ms): slow stays.
-        assert_eq!(p.route(t0 + Duration::from_millis(60)), Route::Direct(slow));
+        assert_eq!(
+            p.current(t0 + Duration::from_millis(60)),
+            Path::Direct(slow)
+        );
 
         let mut p = PathState::default();
         p.set_endpoints(&[slow]);
@@ -326,7 +334,7 @@ mod tests {
         );
         let tx = pings[1].1;
         assert!(p.on_pong(tx, b, t0 + Duration::from_millis(3)));
-        assert_eq!(p.route(t0 + Duration::from_millis(3)), Route::Direct(b));
+        assert_eq!(p.current(t0 + Duration::from_millis(3)), Path::Direct(b));
         // A second request within the spacing does not re-ping, and the
         // request is spent: an idle session stays quiet afterwards.
         p.request_probe();
@@ -345,8 +353,8 @@ mod tests {
         p.note_activity(t0);
         let tx = p.poll_pings(t0, ids())[0].1;
         assert!(p.on_pong(tx, ep, t0));
-        assert_eq!(p.route(t0), Route::Direct(ep));
+        assert_eq!(p.current(t0), Path::Direct(ep));
         p.set_endpoints(&[]);
-        assert_eq!(p.route(t0), Route::Relay);
+        assert_eq!(p.current(t0), Path::Relay);
     }
 }

@@ -4,33 +4,10 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use tailnet_wire::filter::FilterRule;
+use tailnet_wire::filter::{CompiledRules, FilterRule};
 
-use super::tests::{attach, derp_map, peer_of, TestPod};
 use super::*;
-use crate::wg::local_relay::LocalRelay;
-
-/// Peers here all live in the test relay's region.
-fn peer_of_home(p: &TestPod) -> PeerConfig {
-    peer_of(p, Some(900))
-}
-
-/// An IPv4/UDP packet with chosen ports (checksums zero: nothing verifies them).
-fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let total = 20 + 8 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p[20..22].copy_from_slice(&sport.to_be_bytes());
-    p[22..24].copy_from_slice(&dport.to_be_bytes());
-    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p[28..].copy_from_slice(payload);
-    p
-}
+use crate::wg::EngineConfig;
 
 /// An IPv4/TCP segment with only the given flags.
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
@@ -51,21 +28,6 @@ fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 
-async fn recv_timeout(dev: &PacketFd, wait: Duration) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 2048];
-    match tokio::time::timeout(wait, dev.recv(&mut buf)).await {
-        Ok(Ok(n)) => Some(buf[..n].to_vec()),
-        _ => None,
-    }
-}
-
-async fn drain(dev: &PacketFd) {
-    while recv_timeout(dev, Duration::from_millis(100))
-        .await
-        .is_some()
-    {}
-}
-
 /// Sends `packet` once and reports whether exactly it arrived at `to`.
 async fn crosses(from: &TestPod, to: &TestPod, packet: &[u8]) -> bool {
     from.device.send(packet).await.unwrap();
@@ -84,13 +46,8 @@ fn rules(src: &str, dst: &str, first: u16, last: u16) -> Arc<CompiledRules> {
 /// has a filter yet.
 async fn connected_pair(relay: &LocalRelay, seed: u8) -> (Engine, TestPod, TestPod) {
     let engine = Engine::new(EngineConfig::default());
-    let a = attach(&engine, "a", [seed; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let b = attach(&engine, "b", [seed + 1; 32], Ipv4Addr::new(100, 64, 0, 2));
-    let map = derp_map(relay);
-    a.handle.set_derp_map(map.clone()).await.unwrap();
-    b.handle.set_derp_map(map).await.unwrap();
-    a.handle.set_peers(vec![peer_of_home(&b)]).await.unwrap();
-    b.handle.set_peers(vec![peer_of_home(&a)]).await.unwrap();
+    let (a, b) = pods_on_relay(relay, (&engine, seed), (&engine, seed + 1)).await;
+    introduce(&a, &b).await;
     let warmup = udp(a.addr, 1, b.addr, 1, b"warm-up");
     let mut up = false;
     for _ in 0..50 {
@@ -100,15 +57,13 @@ async fn connected_pair(relay: &LocalRelay, seed: u8) -> (Engine, TestPod, TestP
         }
     }
     assert!(up, "session never came up");
-    drain(&b.device).await;
+    drain(&b.device, Duration::from_millis(100)).await;
     (engine, a, b)
 }
 
 #[tokio::test]
 async fn deny_all_filter_blocks_new_flows_but_admits_replies() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let (_engine, a, b) = connected_pair(&relay, 0x41).await;
     b.handle
         .set_filter(Arc::new(CompiledRules::deny_all()))
@@ -136,9 +91,7 @@ async fn deny_all_filter_blocks_new_flows_but_admits_replies() {
 
 #[tokio::test]
 async fn rules_admit_exactly_their_sources_and_ports() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let (_engine, a, b) = connected_pair(&relay, 0x51).await;
     b.handle
         .set_filter(rules("100.64.0.1", "100.64.0.2", 8000, 8099))
@@ -160,9 +113,7 @@ async fn rules_admit_exactly_their_sources_and_ports() {
 
 #[tokio::test]
 async fn new_rules_keep_tracked_flows() {
-    let relay = LocalRelay::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let relay = local_relay().await;
     let (_engine, a, b) = connected_pair(&relay, 0x61).await;
     b.handle
         .set_filter(rules("*", "*", 0, u16::MAX))

@@ -1,0 +1,82 @@
+//! The tailnet packet filter as one pod applies it: flows the pod opens
+//! are noted on the way out, packets from peers are judged on the way in.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tailnet_wire::filter::{CompiledRules, ConntrackConfig, DropReason, Filter, Verdict};
+use tailnet_wire::packet::Packet as IpPacket;
+use tokio::time::Instant;
+
+/// How often expired flows are swept from a pod's connection-tracking table
+/// (lookups ignore expired flows anyway; this only reclaims memory).
+const FILTER_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The pod's packet filter and when its flows were last swept.
+pub(super) struct PodFilter {
+    /// `None` until rules are set: nothing is filtered before that.
+    filter: Option<Filter>,
+    last_sweep: Instant,
+}
+
+impl Default for PodFilter {
+    fn default() -> Self {
+        Self {
+            filter: None,
+            last_sweep: Instant::now(),
+        }
+    }
+}
+
+impl PodFilter {
+    /// Swap in new rules, keeping tracked flows; the first call creates the
+    /// filter for the pod's `addresses`.
+    pub(super) fn set_rules(&mut self, rules: Arc<CompiledRules>, addresses: &[IpAddr]) {
+        match &mut self.filter {
+            Some(filter) => filter.set_rules(rules),
+            None => {
+                self.filter = Some(Filter::new(
+                    rules,
+                    addresses.iter().copied(),
+                    ConntrackConfig::default(),
+                ))
+            }
+        }
+    }
+
+    /// Remember a flow the pod opens so its replies are let in.
+    pub(super) fn note_outbound(&mut self, packet: &[u8]) {
+        if let Some(filter) = &mut self.filter {
+            if let Ok(parsed) = IpPacket::parse(packet) {
+                filter.note_outbound(&parsed, std::time::Instant::now());
+            }
+        }
+    }
+
+    /// Whether a packet from a peer may enter the pod.
+    pub(super) fn check_inbound(&mut self, packet: &[u8]) -> Result<(), DropReason> {
+        let Some(filter) = &mut self.filter else {
+            return Ok(());
+        };
+        let verdict = match IpPacket::parse(packet) {
+            Ok(parsed) => filter.check_inbound(&parsed, std::time::Instant::now()),
+            // Unparseable headers cannot be judged: refuse them.
+            Err(_) => Verdict::Drop(DropReason::NoRuleMatched),
+        };
+        match verdict {
+            Verdict::Drop(reason) => Err(reason),
+            Verdict::Accept => Ok(()),
+        }
+    }
+
+    /// Timer: reclaim the memory of expired flows now and then.
+    pub(super) fn sweep_if_due(&mut self) {
+        if let Some(filter) = &mut self.filter {
+            if self.last_sweep.elapsed() >= FILTER_SWEEP_INTERVAL {
+                self.last_sweep = Instant::now();
+                filter.state_mut().sweep_expired(std::time::Instant::now());
+            }
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! One pod's state and the task that serves it: a single loop over its
+//! commands, relay packets, packet device, UDP socket and timer.
+
+use std::io;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use boringtun::x25519;
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, info, warn};
+
+use super::discovery::Discovery;
+use super::filter::PodFilter;
+use super::relay::RelayLinks;
+use super::session::Peers;
+use super::socket::PodSocket;
+use super::stats::{Counters, PeerSelection, PodStats};
+use super::{Command, EngineInner};
+use crate::wg::config::PodEndpoints;
+use crate::wg::derp_client::{DerpInbound, HomeRelay};
+use crate::wg::packet_fd::PacketFd;
+
+/// boringtun needs room for its header and tag, and at least 148 bytes for handshakes.
+pub(super) const WG_OVERHEAD: usize = 32;
+pub(super) const MIN_WG_BUFFER: usize = 148;
+/// Packets drained from the device per wake-up before serving other events.
+const TUN_BATCH: usize = 64;
+
+/// Who the pod is on the tailnet.
+pub(super) struct Identity {
+    pub(super) pod_id: String,
+    pub(super) node_secret: x25519::StaticSecret,
+    pub(super) node_public: x25519::PublicKey,
+    /// The pod's own addresses: the only valid sources of its packets and
+    /// the only destinations injected into it.
+    pub(super) addresses: Vec<IpAddr>,
+}
+
+/// Everything one pod task owns, grouped by the module that uses it.
+pub(super) struct PodState {
+    pub(super) identity: Identity,
+    pub(super) peers: Peers,
+    pub(super) socket: PodSocket,
+    pub(super) discovery: Discovery,
+    pub(super) relay: RelayLinks,
+    pub(super) filter: PodFilter,
+    pub(super) counters: Counters,
+    pub(super) engine: Arc<EngineInner>,
+    /// Reused for every encapsulation/decapsulation.
+    pub(super) out_buf: Vec<u8>,
+}
+
+/// The receiving ends a [`super::PodHandle`] holds.
+pub(super) struct PodWatches {
+    pub(super) endpoints: watch::Receiver<PodEndpoints>,
+    pub(super) stats: watch::Receiver<PodStats>,
+    pub(super) home_relay: watch::Receiver<HomeRelay>,
+}
+
+/// What the pod task waits on besides its state: the packet device,
+/// commands from its handles and packets its relay links deliver.
+pub(super) struct PodInputs {
+    pub(super) device: PacketFd,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) relayed: mpsc::Receiver<DerpInbound>,
+}
+
+impl PodState {
+    pub(super) fn new(
+        engine: Arc<EngineInner>,
+        pod_id: String,
+        node_private: [u8; 32],
+        disco_private: [u8; 32],
+        addresses: Vec<IpAddr>,
+    ) -> (Self, PodWatches, mpsc::Receiver<DerpInbound>) {
+        let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size);
+        let (discovery, endpoints) = Discovery::new(disco_private, socket.port());
+        let (relay, home_relay, relayed) = RelayLinks::new(node_private, &engine.config);
+        let (counters, stats) = Counters::new();
+        let node_secret = x25519::StaticSecret::from(node_private);
+        let state = Self {
+            identity: Identity {
+                node_public: x25519::PublicKey::from(&node_secret),
+                node_secret,
+                pod_id,
+                addresses,
+            },
+            peers: Peers::default(),
+            socket,
+            discovery,
+            relay,
+            filter: PodFilter::default(),
+            counters,
+            out_buf: vec![0u8; (engine.config.max_packet_size + WG_OVERHEAD).max(MIN_WG_BUFFER)],
+            engine,
+        };
+        let watches = PodWatches {
+            endpoints,
+            stats,
+            home_relay,
+        };
+        (state, watches, relayed)
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SetPeers(peers) => self.set_peers(peers),
+            Command::SetDerpMap(map) => self.set_derp_map(map),
+            Command::SetFilter(rules) => {
+                self.filter.set_rules(rules, &self.identity.addresses);
+                debug!(pod = %self.identity.pod_id, "packet filter updated");
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.snapshot_stats(PeerSelection::All));
+            }
+            Command::Detach(_) => {}
+        }
+    }
+
+    fn on_timer(&mut self) {
+        self.update_session_timers();
+        let now = std::time::Instant::now();
+        self.poll_disco(now);
+        self.poll_stun(now);
+        self.publish_stats_if_due();
+        self.filter.sweep_if_due();
+        self.socket.release_idle_batches();
+        self.relay.close_idle(self.engine.config.derp_idle_timeout);
+    }
+}
+
+/// Serve the pod until it is detached, its handles are gone or its device fails.
+pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
+    let PodInputs {
+        device,
+        mut commands,
+        mut relayed,
+    } = inputs;
+    let mut timer = tokio::time::interval(state.engine.config.timer_interval);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Sized to the device MTU, not 64 KiB: per-pod memory matters.
+    let mut tun_buf = vec![0u8; state.engine.config.max_packet_size];
+    let udp = state.socket.shared_udp();
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Command::Detach(done)) => {
+                    let _ = done.send(());
+                    break;
+                }
+                Some(cmd) => state.handle_command(cmd),
+                None => break,
+            },
+            msg = relayed.recv() => {
+                // The pod holds a sender itself, so this never yields None.
+                if let Some(msg) = msg {
+                    state.handle_relayed(&device, msg).await;
+                }
+            }
+            read = device.recv(&mut tun_buf) => {
+                match read {
+                    Ok(n) => {
+                        state.handle_outbound_packet(&tun_buf[..n]);
+                        // Drain what else is waiting, bounded so events still get served.
+                        for _ in 1..TUN_BATCH {
+                            match device.try_recv(&mut tun_buf) {
+                                Ok(n) => state.handle_outbound_packet(&tun_buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                        state.flush_tx();
+                    }
+                    Err(e) => {
+                        warn!(pod = %state.identity.pod_id, error = %e, "packet device failed; detaching");
+                        break;
+                    }
+                }
+            }
+            ready = udp_readable(udp.as_deref()) => match (ready, udp.as_deref()) {
+                (Ok(()), Some(sock)) => state.drain_udp(&device, sock).await,
+                (Ok(()), None) => {}
+                (Err(e), _) => debug!(pod = %state.identity.pod_id, error = %e, "UDP socket failed"),
+            },
+            _ = timer.tick() => state.on_timer(),
+        }
+    }
+    info!(pod = %state.identity.pod_id, "pod detached from data plane");
+}
+
+/// Wait until the pod's socket has datagrams (forever without a socket).
+/// Only readiness is awaited: the buffers are taken after the wake-up, so
+/// an idle pod holds none.
+async fn udp_readable(sock: Option<&tokio::net::UdpSocket>) -> io::Result<()> {
+    match sock {
+        Some(sock) => sock.readable().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,260 @@
+//! A pod's peers: their WireGuard sessions (created on first use), path
+//! state, cryptokey routing, and which session a direct datagram is for.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
+use tracing::{debug, trace};
+
+use super::pod::{Identity, PodState};
+use super::stats::PathKind;
+use crate::wg::config::PeerConfig;
+use crate::wg::path::{Path, PathState};
+use crate::wg::routing::AllowedIps;
+
+/// A peer's node key.
+pub(super) type NodeKey = [u8; 32];
+
+/// One peer as the pod sees it.
+pub(super) struct PeerSession {
+    /// Shared with every other pod that has this peer.
+    pub(super) config: Arc<PeerConfig>,
+    pub(super) tunn: Option<Box<Tunn>>,
+    /// Direct-path validation state, only while the peer has a session or
+    /// disco traffic: most peers of a large tailnet never do.
+    path_state: Option<Box<PathState>>,
+    /// Receiver index of `tunn`, for demultiplexing direct datagrams.
+    local_index: Option<u32>,
+    /// Path of the last send (`None` until the first).
+    pub(super) last_sent_via: PathKind,
+    /// Region of the last relayed send.
+    pub(super) relayed_to: Option<u16>,
+    /// Region the peer last reached us through; used when it has no home.
+    pub(super) relayed_from: Option<u16>,
+    pub(super) tx_bytes: u64,
+    pub(super) rx_bytes: u64,
+}
+
+impl PeerSession {
+    fn new(config: Arc<PeerConfig>) -> Self {
+        Self {
+            config,
+            tunn: None,
+            path_state: None,
+            local_index: None,
+            last_sent_via: PathKind::None,
+            relayed_to: None,
+            relayed_from: None,
+            tx_bytes: 0,
+            rx_bytes: 0,
+        }
+    }
+
+    /// The peer's path state, created (with the endpoints control gave)
+    /// when the peer first needs one.
+    pub(super) fn path_state_mut(&mut self) -> &mut PathState {
+        let endpoints = &self.config.endpoints;
+        self.path_state.get_or_insert_with(|| {
+            let mut state = PathState::default();
+            state.set_endpoints(endpoints);
+            Box::new(state)
+        })
+    }
+
+    /// The path state if the peer has one: without it no ping is outstanding.
+    pub(super) fn existing_path_state(&mut self) -> Option<&mut PathState> {
+        self.path_state.as_deref_mut()
+    }
+
+    /// Where packets to the peer go now; the relay until a path is known.
+    pub(super) fn path(&self, now: std::time::Instant) -> Path {
+        self.path_state
+            .as_ref()
+            .map_or(Path::Relay, |p| p.current(now))
+    }
+
+    /// A send went out directly.
+    pub(super) fn sent_direct(&mut self) {
+        self.last_sent_via = PathKind::Direct;
+    }
+
+    /// A send was queued on the relay of `region`.
+    pub(super) fn sent_relayed(&mut self, region: u16) {
+        self.last_sent_via = PathKind::Relay;
+        self.relayed_to = Some(region);
+    }
+}
+
+/// The pod's peer set with its sessions and cryptokey routing table.
+#[derive(Default)]
+pub(super) struct Peers {
+    pub(super) sessions: HashMap<NodeKey, PeerSession>,
+    /// Receiver index (as given to `Tunn::new`) → peer.
+    index_to_peer: HashMap<u32, NodeKey>,
+    /// Cryptokey routing, outbound half: destination → peer.
+    pub(super) routes: AllowedIps<NodeKey>,
+}
+
+impl Peers {
+    pub(super) fn get_mut(&mut self, key: &NodeKey) -> Option<&mut PeerSession> {
+        self.sessions.get_mut(key)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Replace the peer set: sessions of peers that stay survive, with
+    /// their path state following changed endpoints. Returns how many
+    /// peers the old set had.
+    fn replace(&mut self, peers: Vec<Arc<PeerConfig>>) -> usize {
+        let mut next = HashMap::with_capacity(peers.len());
+        for config in peers {
+            let key = config.node_key;
+            let session = match self.sessions.remove(&key) {
+                Some(mut existing) => {
+                    if !Arc::ptr_eq(&existing.config, &config) {
+                        if let Some(state) = existing.path_state.as_deref_mut() {
+                            if existing.config.endpoints != config.endpoints {
+                                state.set_endpoints(&config.endpoints);
+                            }
+                        }
+                        existing.config = config;
+                    }
+                    existing
+                }
+                None => PeerSession::new(config),
+            };
+            next.insert(key, session);
+        }
+        let removed = self.sessions.len();
+        for gone in self.sessions.values() {
+            if let Some(index) = gone.local_index {
+                self.index_to_peer.remove(&index);
+            }
+        }
+        self.sessions = next;
+        self.routes = AllowedIps::from_entries(self.sessions.values().flat_map(|p| {
+            p.config
+                .allowed_ips
+                .iter()
+                .map(|(ip, len)| (*ip, *len, p.config.node_key))
+        }));
+        removed
+    }
+
+    /// The peer's session, creating its `Tunn` on first use with a
+    /// receiver index unique across the engine.
+    pub(super) fn tunn_for(
+        &mut self,
+        peer_key: &NodeKey,
+        secret: &x25519::StaticSecret,
+        next_index: &AtomicU32,
+    ) -> Option<&mut Tunn> {
+        let peer = self.sessions.get_mut(peer_key)?;
+        if peer.tunn.is_none() {
+            let index = next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
+            self.index_to_peer.insert(index, *peer_key);
+            peer.local_index = Some(index);
+            peer.path_state_mut();
+            peer.tunn = Some(Box::new(Tunn::new(
+                secret.clone(),
+                x25519::PublicKey::from(*peer_key),
+                None,
+                None,
+                index,
+                None,
+            )));
+        }
+        peer.tunn.as_deref_mut()
+    }
+
+    /// Which peer a direct WireGuard datagram belongs to: initiations name
+    /// their sender inside the (decryptable by us) handshake, everything
+    /// else carries our receiver index.
+    pub(super) fn peer_for_datagram(
+        &self,
+        identity: &Identity,
+        datagram: &[u8],
+    ) -> Option<NodeKey> {
+        let receiver_idx = match Tunn::parse_incoming_packet(datagram).ok()? {
+            Packet::HandshakeInit(init) => {
+                let half =
+                    parse_handshake_anon(&identity.node_secret, &identity.node_public, &init)
+                        .ok()?;
+                return self
+                    .sessions
+                    .contains_key(&half.peer_static_public)
+                    .then_some(half.peer_static_public);
+            }
+            Packet::HandshakeResponse(p) => p.receiver_idx,
+            Packet::PacketCookieReply(p) => p.receiver_idx,
+            Packet::PacketData(p) => p.receiver_idx,
+        };
+        self.index_to_peer.get(&(receiver_idx >> 8)).copied()
+    }
+
+    /// Run every session's timers: returns the datagrams they want sent
+    /// (keepalives, handshake retries) and frees sessions that expired.
+    fn update_timers(&mut self, out: &mut [u8], pod_id: &str) -> Vec<(NodeKey, Vec<u8>)> {
+        let mut to_send = Vec::new();
+        for (key, peer) in self.sessions.iter_mut() {
+            let Some(tunn) = peer.tunn.as_deref_mut() else {
+                continue;
+            };
+            match tunn.update_timers(out) {
+                TunnResult::WriteToNetwork(wire) => to_send.push((*key, wire.to_vec())),
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                    // Session fully expired: free it; a new one is made on demand.
+                    peer.tunn = None;
+                    // Path state goes with it; discovery starts afresh
+                    // with the next session.
+                    peer.path_state = None;
+                    if let Some(index) = peer.local_index.take() {
+                        self.index_to_peer.remove(&index);
+                    }
+                }
+                TunnResult::Err(e) => trace!(pod = %pod_id, error = ?e, "timer"),
+                _ => {}
+            }
+        }
+        to_send
+    }
+}
+
+impl PodState {
+    pub(super) fn set_peers(&mut self, peers: Vec<Arc<PeerConfig>>) {
+        let removed = self.peers.replace(peers);
+        self.discovery.disco.set_peers(
+            self.peers
+                .sessions
+                .values()
+                .filter_map(|p| p.config.disco_key.as_ref().map(|d| (p.config.node_key, d))),
+        );
+        debug!(pod = %self.identity.pod_id, peers = self.peers.len(), removed, routes = self.peers.routes.len(), "peers updated");
+    }
+
+    /// The peer's session, creating it on first use.
+    pub(super) fn tunn_for(&mut self, peer_key: &NodeKey) -> Option<&mut Tunn> {
+        self.peers.tunn_for(
+            peer_key,
+            &self.identity.node_secret,
+            &self.engine.next_index,
+        )
+    }
+
+    /// Timer: WireGuard timers of every session, their output sent.
+    pub(super) fn update_session_timers(&mut self) {
+        let mut out = std::mem::take(&mut self.out_buf);
+        let to_send = self.peers.update_timers(&mut out, &self.identity.pod_id);
+        self.out_buf = out;
+        for (key, wire) in to_send {
+            self.send_to_peer(&key, &wire);
+        }
+    }
+}
