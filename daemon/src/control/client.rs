@@ -4,15 +4,19 @@
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::Request;
+use tailnet_auth::Secret;
 use tokio::task::JoinHandle;
 
 use super::conn::{ConnError, Endpoint, NoiseStream};
 use super::json;
+use super::server_text::ServerText;
 use super::tailcfg::{MapRequest, MapResponse, RegisterRequest, RegisterResponse};
 
 /// Largest map message accepted (compressed or not): a netmap of many
 /// thousands of peers fits comfortably.
 const MAX_MESSAGE: usize = 64 << 20;
+/// How much of an error body is read; only a short excerpt of it is kept.
+const MAX_ERROR_BODY: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -24,7 +28,7 @@ pub enum ClientError {
     Status {
         path: &'static str,
         status: u16,
-        body: String,
+        body: ServerText,
     },
     #[error("control server sent a malformed {what}: {msg}")]
     Malformed { what: &'static str, msg: String },
@@ -64,10 +68,13 @@ impl ControlConn {
         })
     }
 
+    /// Sends `body` to `path`; `sent` is a secret the body carries, never
+    /// repeated in the error should the server echo it.
     async fn post(
         &mut self,
         path: &'static str,
         body: Vec<u8>,
+        sent: Option<&Secret>,
     ) -> Result<h2::RecvStream, ClientError> {
         let request = Request::post(format!("https://{}{path}", self.authority))
             .header("content-type", "application/json")
@@ -83,11 +90,13 @@ impl ControlConn {
         let status = response.status().as_u16();
         let mut body = response.into_body();
         if status != 200 {
-            let text = read_all(&mut body, 4096).await.unwrap_or_default();
+            let text = read_all(&mut body, MAX_ERROR_BODY)
+                .await
+                .unwrap_or_default();
             return Err(ClientError::Status {
                 path,
                 status,
-                body: String::from_utf8_lossy(&text).trim().to_string(),
+                body: ServerText::redacted(&text, sent),
             });
         }
         Ok(body)
@@ -101,7 +110,8 @@ impl ControlConn {
             what: "register request",
             msg: e.to_string(),
         })?;
-        let mut stream = self.post("/machine/register", body).await?;
+        let auth_key = request.auth.as_ref().map(|auth| &auth.auth_key);
+        let mut stream = self.post("/machine/register", body, auth_key).await?;
         let bytes = read_all(&mut stream, MAX_MESSAGE).await?;
         json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
             what: "register response",
@@ -115,7 +125,7 @@ impl ControlConn {
             what: "map request",
             msg: e.to_string(),
         })?;
-        let stream = self.post("/machine/map", body).await?;
+        let stream = self.post("/machine/map", body, None).await?;
         Ok(MapStream {
             stream,
             buffer: Vec::new(),
@@ -130,7 +140,7 @@ impl ControlConn {
             what: "map request",
             msg: e.to_string(),
         })?;
-        let mut stream = self.post("/machine/map", body).await?;
+        let mut stream = self.post("/machine/map", body, None).await?;
         read_all(&mut stream, MAX_MESSAGE).await?;
         Ok(())
     }
