@@ -7,21 +7,21 @@
 //! connection to one machine key).
 //!
 //! - this file: the configuration and the client every identity shares.
-//! - [`handle`]: what the pod manager holds: waiting, endpoints, logout.
-//! - [`state`], [`errors`], [`mint`]: what a session reports and needs.
+//! - `handle`: what the pod manager holds: waiting, endpoints, logout.
+//! - `state`, `errors`, `mint`: what a session reports and needs.
 //! - `supervisor`: the task per identity, its reconnect loop and logout.
 //! - `backoff` (sans-IO): how long to wait after a failure.
 //! - `register`, `rekey`, `map_poll`, `requests`: one step each.
 
 mod backoff;
-pub mod errors;
-pub mod handle;
+mod errors;
+mod handle;
 mod map_poll;
-pub mod mint;
+mod mint;
 mod register;
 mod rekey;
 mod requests;
-pub mod state;
+mod state;
 mod supervisor;
 
 use std::path::PathBuf;
