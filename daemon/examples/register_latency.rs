@@ -12,21 +12,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tailnet_auth::{AuthBackend, AuthConfig, KeyRequest};
+use tailnet_auth::{AuthBackend, AuthConfig, KeyRequest, Secret};
 use tailnet_cnid::control::{
     AuthKeySource, ControlClient, ControlConfig, IdentityHandle, IdentityKeys, IdentityOptions,
+    MintError,
 };
 
 struct Mint(Arc<AuthBackend>);
 
 #[tonic::async_trait]
 impl AuthKeySource for Mint {
-    async fn auth_key(&self) -> Result<String, String> {
+    async fn auth_key(&self) -> Result<Secret, MintError> {
         self.0
             .mint_key(&KeyRequest::for_hostname("bench"))
             .await
-            .map(|k| k.key.expose().to_string())
-            .map_err(|e| e.to_string())
+            .map(|k| k.key)
+            .map_err(MintError::new)
     }
 }
 

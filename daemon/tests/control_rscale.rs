@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::mint::{AdminCurl, MintKeys};
+use tailnet_auth::Secret;
 use tailnet_cnid::control::keys::NodePublic;
 use tailnet_cnid::control::{
     AuthKeySource, ControlClient, ControlConfig, ControlError, IdentityKeys, IdentityOptions,
+    MintError,
 };
 
 /// The shared test bed's admin API.
@@ -39,8 +41,10 @@ struct BadKey;
 
 #[tonic::async_trait]
 impl AuthKeySource for BadKey {
-    async fn auth_key(&self) -> Result<String, String> {
-        Ok("rsk_0000000000000000000000000000000000000000000000000000000000000000".into())
+    async fn auth_key(&self) -> Result<Secret, MintError> {
+        Ok(Secret::new(
+            "rsk_0000000000000000000000000000000000000000000000000000000000000000",
+        ))
     }
 }
 

@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use tailnet_auth::Secret;
 use tailnet_cnid::control::{
-    AuthKeySource, ControlClient, ControlConfig, IdentityKeys, IdentityOptions,
+    AuthKeySource, ControlClient, ControlConfig, IdentityKeys, IdentityOptions, MintError,
 };
 use tailnet_cnid::wg::packet_fd::PacketFd;
 use tailnet_cnid::wg::{Engine, EngineConfig, PathKind, PeerStats, PodDataConfig, PodHandle};
@@ -68,11 +69,13 @@ struct AdminKeys(AdminApi);
 
 #[tonic::async_trait]
 impl AuthKeySource for AdminKeys {
-    async fn auth_key(&self) -> Result<String, String> {
+    async fn auth_key(&self) -> Result<Secret, MintError> {
         let api = self.0.clone();
         tokio::task::spawn_blocking(move || api.mint_single_use("direct path test"))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(MintError::new)?
+            .map(Secret::new)
+            .map_err(MintError::new)
     }
 }
 

@@ -87,7 +87,7 @@ fn is_secret_field(name: &str) -> bool {
 ///
 /// Redacts, in order: exact occurrences of `known_secrets`; values of JSON fields named like
 /// keys/tokens/secrets; words with a known key prefix; long letter+digit runs (random tokens).
-pub(crate) fn redact_excerpt(body: &[u8], known_secrets: &[&str]) -> String {
+pub fn redact_excerpt(body: &[u8], known_secrets: &[&str]) -> String {
     let mut text = String::from_utf8_lossy(body).into_owned();
     for secret in known_secrets.iter().filter(|s| !s.is_empty()) {
         text = text.replace(secret, REDACTED);

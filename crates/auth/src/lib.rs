@@ -23,7 +23,7 @@ pub use backend::{AuthBackend, AuthKey, KeyRequest, NodeRef, MAX_DESCRIPTION_CHA
 pub use config::{
     AuthConfig, BackendConfig, DEFAULT_KEY_TTL_SECS, DEFAULT_TAILNET, DEFAULT_TAILSCALE_API_URL,
 };
-pub use error::AuthError;
+pub use error::{redact_excerpt, AuthError};
 pub use http::BackendOptions;
 pub use retry::RetryPolicy;
 pub use secret::Secret;

@@ -4,15 +4,19 @@
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::Request;
+use tailnet_auth::Secret;
 use tokio::task::JoinHandle;
 
 use super::conn::{ConnError, Endpoint, NoiseStream};
 use super::json;
+use super::server_text::ServerText;
 use super::tailcfg::{MapRequest, MapResponse, RegisterRequest, RegisterResponse};
 
 /// Largest map message accepted (compressed or not): a netmap of many
 /// thousands of peers fits comfortably.
 const MAX_MESSAGE: usize = 64 << 20;
+/// How much of an error body is read; only a short excerpt of it is kept.
+const MAX_ERROR_BODY: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -24,10 +28,30 @@ pub enum ClientError {
     Status {
         path: &'static str,
         status: u16,
-        body: String,
+        body: ServerText,
     },
-    #[error("control server sent a malformed {what}: {msg}")]
-    Malformed { what: &'static str, msg: String },
+    #[error("building the HTTP request: {0}")]
+    Request(#[source] http::Error),
+    #[error("encoding the {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("control server sent a malformed {what}: {source}")]
+    Decode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("control server sent a malformed zstd map message: {0}")]
+    Zstd(#[source] std::io::Error),
+    #[error("control server sent a response larger than {limit} bytes")]
+    ResponseTooLarge { limit: usize },
+    #[error("control server sent a zstd map message that inflates past {limit} bytes")]
+    InflatesTooLarge { limit: usize },
+    #[error("control server announced a map frame of {len} bytes")]
+    FrameTooLarge { len: usize },
     #[error("map stream ended")]
     StreamEnded,
 }
@@ -64,18 +88,18 @@ impl ControlConn {
         })
     }
 
+    /// Sends `body` to `path`; `sent` is a secret the body carries, never
+    /// repeated in the error should the server echo it.
     async fn post(
         &mut self,
         path: &'static str,
         body: Vec<u8>,
+        sent: Option<&Secret>,
     ) -> Result<h2::RecvStream, ClientError> {
         let request = Request::post(format!("https://{}{path}", self.authority))
             .header("content-type", "application/json")
             .body(())
-            .map_err(|e| ClientError::Malformed {
-                what: "request",
-                msg: e.to_string(),
-            })?;
+            .map_err(ClientError::Request)?;
         let mut send = self.send.clone().ready().await?;
         let (response, mut stream) = send.send_request(request, false)?;
         stream.send_data(Bytes::from(body), true)?;
@@ -83,11 +107,13 @@ impl ControlConn {
         let status = response.status().as_u16();
         let mut body = response.into_body();
         if status != 200 {
-            let text = read_all(&mut body, 4096).await.unwrap_or_default();
+            let text = read_all(&mut body, MAX_ERROR_BODY)
+                .await
+                .unwrap_or_default();
             return Err(ClientError::Status {
                 path,
                 status,
-                body: String::from_utf8_lossy(&text).trim().to_string(),
+                body: ServerText::redacted(&text, sent),
             });
         }
         Ok(body)
@@ -97,25 +123,23 @@ impl ControlConn {
         &mut self,
         request: &RegisterRequest,
     ) -> Result<RegisterResponse, ClientError> {
-        let body = serde_json::to_vec(request).map_err(|e| ClientError::Malformed {
+        let body = serde_json::to_vec(request).map_err(|source| ClientError::Encode {
             what: "register request",
-            msg: e.to_string(),
+            source,
         })?;
-        let mut stream = self.post("/machine/register", body).await?;
+        let auth_key = request.auth.as_ref().map(|auth| &auth.auth_key);
+        let mut stream = self.post("/machine/register", body, auth_key).await?;
         let bytes = read_all(&mut stream, MAX_MESSAGE).await?;
-        json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
+        json::from_slice(&bytes).map_err(|source| ClientError::Decode {
             what: "register response",
-            msg: e.to_string(),
+            source,
         })
     }
 
     /// Starts the streaming map poll.
     pub async fn map_stream(&mut self, request: &MapRequest) -> Result<MapStream, ClientError> {
-        let body = serde_json::to_vec(request).map_err(|e| ClientError::Malformed {
-            what: "map request",
-            msg: e.to_string(),
-        })?;
-        let stream = self.post("/machine/map", body).await?;
+        let body = encode_map_request(request)?;
+        let stream = self.post("/machine/map", body, None).await?;
         Ok(MapStream {
             stream,
             buffer: Vec::new(),
@@ -126,11 +150,8 @@ impl ControlConn {
     /// A one-shot map request (endpoint or Hostinfo update); the answer is
     /// read and dropped.
     pub async fn update(&mut self, request: &MapRequest) -> Result<(), ClientError> {
-        let body = serde_json::to_vec(request).map_err(|e| ClientError::Malformed {
-            what: "map request",
-            msg: e.to_string(),
-        })?;
-        let mut stream = self.post("/machine/map", body).await?;
+        let body = encode_map_request(request)?;
+        let mut stream = self.post("/machine/map", body, None).await?;
         read_all(&mut stream, MAX_MESSAGE).await?;
         Ok(())
     }
@@ -143,10 +164,7 @@ async fn read_all(stream: &mut h2::RecvStream, limit: usize) -> Result<Vec<u8>, 
         let _ = stream.flow_control().release_capacity(chunk.len());
         out.extend_from_slice(&chunk);
         if out.len() > limit {
-            return Err(ClientError::Malformed {
-                what: "response",
-                msg: format!("larger than {limit} bytes"),
-            });
+            return Err(ClientError::ResponseTooLarge { limit });
         }
     }
     Ok(out)
@@ -193,27 +211,30 @@ pub fn decode_map_message(
     } else {
         body
     };
-    json::from_slice(bytes).map_err(|e| ClientError::Malformed {
+    json::from_slice(bytes).map_err(|source| ClientError::Decode {
         what: "map message",
-        msg: e.to_string(),
+        source,
+    })
+}
+
+fn encode_map_request(request: &MapRequest) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(request).map_err(|source| ClientError::Encode {
+        what: "map request",
+        source,
     })
 }
 
 fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, ClientError> {
     use std::io::Read;
-    let malformed = |msg: String| ClientError::Malformed {
-        what: "zstd map message",
-        msg,
-    };
-    let decoder = zstd::stream::read::Decoder::new(body).map_err(|e| malformed(e.to_string()))?;
+    let decoder = zstd::stream::read::Decoder::new(body).map_err(ClientError::Zstd)?;
     let mut out = Vec::new();
     let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     decoder
         .take(cap)
         .read_to_end(&mut out)
-        .map_err(|e| malformed(e.to_string()))?;
+        .map_err(ClientError::Zstd)?;
     if out.len() > limit {
-        return Err(malformed(format!("inflates past {limit} bytes")));
+        return Err(ClientError::InflatesTooLarge { limit });
     }
     Ok(out)
 }
@@ -225,10 +246,7 @@ pub fn take_frame(buffer: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ClientError> 
     }
     let len = u32::from_le_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
     if len > MAX_MESSAGE {
-        return Err(ClientError::Malformed {
-            what: "map frame",
-            msg: format!("{len} bytes announced"),
-        });
+        return Err(ClientError::FrameTooLarge { len });
     }
     if buffer.len() < 4 + len {
         return Ok(None);
@@ -263,6 +281,10 @@ mod tests {
     fn absurd_lengths_are_refused() {
         let mut buf = u32::MAX.to_le_bytes().to_vec();
         assert!(take_frame(&mut buf).is_err());
+        assert!(matches!(
+            take_frame(&mut buf),
+            Err(ClientError::FrameTooLarge { len }) if len == u32::MAX as usize
+        ));
     }
 
     #[test]
@@ -272,6 +294,10 @@ mod tests {
         let bomb = zstd::stream::encode_all(&vec![b' '; 64 << 20][..], 3).unwrap();
         assert!(bomb.len() < 64 << 10, "bomb is {} bytes", bomb.len());
         let err = decode_map_message(&bomb, true, 1 << 20).unwrap_err();
+        assert!(
+            matches!(err, ClientError::InflatesTooLarge { limit } if limit == 1 << 20),
+            "{err}"
+        );
         assert!(err.to_string().contains("inflates past"), "{err}");
         let packed = zstd::stream::encode_all(&br#"{"KeepAlive":true}"#[..], 3).unwrap();
         assert!(

@@ -8,15 +8,34 @@
 //! `OldNodeKey` set, which servers accept whether or not the first attempt
 //! reached them.
 
+use std::error::Error;
+
 use serde::{Deserialize, Serialize};
 
 use super::keys::{NodePublic, PrivateKey};
 
 /// Saves an identity's keys durably (the daemon: an atomic 0600 file).
 pub trait KeyStore: Send + Sync + 'static {
-    /// Must not return before the keys are on stable storage; the error
-    /// text must not contain key material.
-    fn save(&self, keys: &IdentityKeys) -> Result<(), String>;
+    /// Must not return before the keys are on stable storage.
+    fn save(&self, keys: &IdentityKeys) -> Result<(), KeyStoreError>;
+}
+
+/// Why a [`KeyStore`] could not save keys. Its cause must not contain key
+/// material: it is logged.
+#[derive(Debug, thiserror::Error)]
+#[error("saving identity keys: {source}")]
+pub struct KeyStoreError {
+    #[source]
+    source: Box<dyn Error + Send + Sync>,
+}
+
+impl KeyStoreError {
+    /// Wraps the store's own error (encoding, I/O, ...).
+    pub fn new(source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            source: source.into(),
+        }
+    }
 }
 
 /// One identity's keys: persisted by the daemon (0600), never logged.

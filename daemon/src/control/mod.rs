@@ -4,12 +4,15 @@
 //! - [`identity`]: one identity's keys, two-phase node-key rotation, where
 //!   they are kept.
 //! - [`rotation`]: when to replace a node key (sans-IO).
+//! - [`registration`]: what a registration answer means, what comes next
+//!   (sans-IO).
 //! - [`json`], [`tailcfg`]: wire types, decoded the way Go decodes them.
 //! - [`noise`]: the sans-IO Noise IK handshake and record layer.
 //! - [`conn`]: `/key`, the `/ts2021` upgrade, the Noise byte stream.
 //! - [`client`]: HTTP/2 requests over it: register, map poll, updates.
 //! - [`netmap`]: a netmap kept current from deltas; shared peer records.
 //! - [`session`]: the per-identity supervisor the pod manager drives.
+//! - [`server_text`]: a control server's error text, bounded and redacted.
 //! - [`tls`]: trusted roots and certificate errors in plain words.
 
 pub mod client;
@@ -19,15 +22,17 @@ pub mod json;
 pub mod keys;
 pub mod netmap;
 pub mod noise;
+pub mod registration;
 pub mod rotation;
+pub mod server_text;
 pub mod session;
 pub mod tailcfg;
 pub mod tls;
 
-pub use identity::{IdentityKeys, KeyStore};
+pub use identity::{IdentityKeys, KeyStore, KeyStoreError};
 pub use netmap::{NetMap, SelfNode};
 pub use rotation::RotationPolicy;
 pub use session::{
     AuthKeySource, ControlClient, ControlConfig, ControlError, EndpointReporter, IdentityHandle,
-    IdentityOptions, SessionState,
+    IdentityOptions, MintError, SessionError, SessionState, Stall,
 };

@@ -75,7 +75,10 @@ pub enum Verdict {
     Rotate(Reason),
     /// The key was just replaced for this very expiry and the server still
     /// calls it expired: another rotation would loop.
-    Stuck(String),
+    Stuck {
+        /// `Node.KeyExpiry` as the server still sends it.
+        key_expiry: String,
+    },
 }
 
 /// The self node's key state as a netmap reports it.
@@ -141,10 +144,9 @@ impl Rotator {
         let expired = state.expired || expiry.is_some_and(|at| at <= now);
         if expired {
             if self.rotated_for.as_ref() == Some(&(state.expired, state.key_expiry.to_string())) {
-                return Verdict::Stuck(format!(
-                    "the control server still reports the node key expired (expiry {:?}) right after it was replaced",
-                    state.key_expiry
-                ));
+                return Verdict::Stuck {
+                    key_expiry: state.key_expiry.to_string(),
+                };
             }
             return Verdict::Rotate(Reason::Expired);
         }
@@ -359,7 +361,10 @@ mod tests {
         );
         r.rotating(expired.expired, expired.key_expiry);
         r.registered(at(11));
-        assert!(matches!(r.assess(&expired, KEY, at(12)), Verdict::Stuck(_)));
+        assert!(matches!(
+            r.assess(&expired, KEY, at(12)),
+            Verdict::Stuck { .. }
+        ));
         // A different expiry is a new event and rotates again.
         let later = format_time(at(11));
         assert_eq!(

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tailnet_auth::Secret;
 
 use super::json::null_as_default;
 
@@ -52,8 +53,13 @@ pub struct NetInfo {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthInfo {
-    #[serde(rename = "AuthKey")]
-    pub auth_key: String,
+    /// Redacted in `Debug`; sent as is.
+    #[serde(rename = "AuthKey", serialize_with = "expose_secret")]
+    pub auth_key: Secret,
+}
+
+fn expose_secret<S: serde::Serializer>(secret: &Secret, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -349,7 +355,7 @@ mod tests {
             node_key: "nodekey:00".into(),
             old_node_key: "nodekey:00".into(),
             auth: Some(AuthInfo {
-                auth_key: "k".into(),
+                auth_key: Secret::new("k"),
             }),
             expiry: ZERO_TIME.into(),
             followup: String::new(),
@@ -367,6 +373,11 @@ mod tests {
         };
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(json["Auth"]["AuthKey"], "k");
+        let shown = format!("{req:?}");
+        assert!(
+            !shown.contains("\"k\""),
+            "the auth key leaked into Debug: {shown}"
+        );
         assert_eq!(json["Hostinfo"]["OS"], "linux");
         assert!(json["NodeKeySignature"].is_null());
         assert!(json.get("Ephemeral").is_none());

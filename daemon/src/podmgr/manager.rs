@@ -19,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::control::{
     AuthKeySource, ControlClient, ControlConfig, IdentityHandle, IdentityKeys, IdentityOptions,
-    SessionState,
+    MintError, SessionState,
 };
-use tailnet_auth::{AuthBackend, KeyRequest, NodeRef};
+use tailnet_auth::{AuthBackend, KeyRequest, NodeRef, Secret};
 use tailnet_cni_proto::cni_code;
 use tailnet_cni_proto::v1::{
     AddRequest, AddResponse, CheckRequest, DelRequest, GcRequest, IpConfig, ListPodsResponse,
@@ -928,7 +928,7 @@ impl PodManager {
 /// later" (code 11), as is running out of time while still reconnecting; a
 /// server that answers and refuses is a control failure.
 async fn wait_registered(identity: &IdentityHandle, hostname: &str) -> Result<(), CniError> {
-    let unreachable = |error: &str| {
+    let unreachable = |error: &dyn std::fmt::Display| {
         CniError::new(
             cni_code::TRY_AGAIN_LATER,
             format!("control server unreachable while registering {hostname}: {error}"),
@@ -979,12 +979,12 @@ struct MintKey {
 
 #[tonic::async_trait]
 impl AuthKeySource for MintKey {
-    async fn auth_key(&self) -> Result<String, String> {
+    async fn auth_key(&self) -> Result<Secret, MintError> {
         self.auth
             .mint_key(&self.request)
             .await
-            .map(|key| key.key.expose().to_string())
-            .map_err(|e| e.to_string())
+            .map(|key| key.key)
+            .map_err(MintError::new)
     }
 }
 

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::state::write_private_atomic;
 use super::tun::open_tun;
 use crate::control::keys::NodePublic;
-use crate::control::{EndpointReporter, IdentityKeys, KeyStore, NetMap};
+use crate::control::{EndpointReporter, IdentityKeys, KeyStore, KeyStoreError, NetMap};
 use crate::wg::{Engine, EngineError, PodDataConfig, PodHandle, PodStats};
 
 /// How long a re-attach waits for the engine to release the old one.
@@ -29,9 +29,9 @@ const REATTACH_STEP: Duration = Duration::from_millis(20);
 pub struct IdentityFile(pub PathBuf);
 
 impl KeyStore for IdentityFile {
-    fn save(&self, keys: &IdentityKeys) -> Result<(), String> {
-        let bytes = serde_json::to_vec(keys).map_err(|e| format!("encoding keys: {e}"))?;
-        write_private_atomic(&self.0, &bytes).map_err(|e| e.to_string())
+    fn save(&self, keys: &IdentityKeys) -> Result<(), KeyStoreError> {
+        let bytes = serde_json::to_vec(keys).map_err(KeyStoreError::new)?;
+        write_private_atomic(&self.0, &bytes).map_err(KeyStoreError::new)
     }
 }
 

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use tailnet_cnid::control::AuthKeySource;
+use tailnet_auth::Secret;
+use tailnet_cnid::control::{AuthKeySource, MintError};
 
 /// The admin API's base URL and bearer token.
 #[derive(Debug, Clone)]
@@ -75,9 +76,8 @@ impl MintKeys {
     }
 }
 
-#[tonic::async_trait]
-impl AuthKeySource for MintKeys {
-    async fn auth_key(&self) -> Result<String, String> {
+impl MintKeys {
+    async fn mint(&self) -> Result<String, String> {
         self.minted.fetch_add(1, Ordering::SeqCst);
         let mut body = json!({
             "description": self.description, "tags": [], "reusable": false,
@@ -113,5 +113,12 @@ impl AuthKeySource for MintKeys {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| "no key".into())
+    }
+}
+
+#[tonic::async_trait]
+impl AuthKeySource for MintKeys {
+    async fn auth_key(&self) -> Result<Secret, MintError> {
+        self.mint().await.map(Secret::new).map_err(MintError::new)
     }
 }

@@ -1,0 +1,232 @@
+//! The pod manager's side of a session: waiting for registration, the
+//! netmap, state and confirmed keys as watch channels, endpoint reports,
+//! logout and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::super::identity::IdentityKeys;
+use super::super::netmap::{NetMap, SelfNode};
+use super::errors::{ControlError, Stall};
+use super::state::SessionState;
+use super::supervisor::Session;
+
+/// How long a logout waits for the server's answer.
+const LOGOUT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The endpoints last reported by the data plane, sent with every map
+/// request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Reported {
+    pub endpoints: Vec<SocketAddr>,
+    pub preferred_derp: Option<u16>,
+}
+
+/// What the handle asks of its session.
+pub(super) enum Command {
+    EndpointsChanged,
+    Logout(oneshot::Sender<Result<(), ControlError>>),
+}
+
+/// The session's side of the channels to its handle.
+pub(super) struct Published {
+    pub netmap: watch::Sender<Option<Arc<NetMap>>>,
+    pub state: watch::Sender<SessionState>,
+    /// The keys the server confirmed, for the data plane.
+    pub keys: watch::Sender<IdentityKeys>,
+    pub endpoints: Arc<Mutex<Reported>>,
+}
+
+impl Published {
+    /// A snapshot of the endpoints to report.
+    pub fn endpoints(&self) -> Reported {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The handle's side of the channels, before its session runs.
+pub(super) struct Pending {
+    netmap: watch::Receiver<Option<Arc<NetMap>>>,
+    state: watch::Receiver<SessionState>,
+    keys: watch::Receiver<IdentityKeys>,
+    commands: (mpsc::Sender<Command>, mpsc::Receiver<Command>),
+    endpoints: Arc<Mutex<Reported>>,
+}
+
+impl Pending {
+    /// Spawns `session` and hands back its handle.
+    pub fn run(self, session: Session) -> IdentityHandle {
+        let (commands, commands_rx) = self.commands;
+        IdentityHandle {
+            netmap: self.netmap,
+            state: self.state,
+            keys: self.keys,
+            commands,
+            endpoints: self.endpoints,
+            task: tokio::spawn(session.run(commands_rx)),
+        }
+    }
+}
+
+/// The channels between a session starting with `keys` and its handle.
+pub(super) fn channels(keys: IdentityKeys) -> (Published, Pending) {
+    let (netmap_tx, netmap_rx) = watch::channel(None);
+    let (state_tx, state_rx) = watch::channel(SessionState::Registering);
+    let (keys_tx, keys_rx) = watch::channel(keys);
+    let endpoints = Arc::new(Mutex::new(Reported::default()));
+    let published = Published {
+        netmap: netmap_tx,
+        state: state_tx,
+        keys: keys_tx,
+        endpoints: endpoints.clone(),
+    };
+    let pending = Pending {
+        netmap: netmap_rx,
+        state: state_rx,
+        keys: keys_rx,
+        commands: mpsc::channel(8),
+        endpoints,
+    };
+    (published, pending)
+}
+
+/// The daemon's handle on one identity's session.
+pub struct IdentityHandle {
+    netmap: watch::Receiver<Option<Arc<NetMap>>>,
+    state: watch::Receiver<SessionState>,
+    keys: watch::Receiver<IdentityKeys>,
+    commands: mpsc::Sender<Command>,
+    endpoints: Arc<Mutex<Reported>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl IdentityHandle {
+    /// Waits until the identity is registered and has its first netmap.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Arc<NetMap>, ControlError> {
+        let mut netmap = self.netmap.clone();
+        let mut state = self.state.clone();
+        let wait = async {
+            loop {
+                if let Some(map) = netmap.borrow_and_update().clone() {
+                    if map.self_node.is_some() {
+                        return Ok(map);
+                    }
+                }
+                match &*state.borrow_and_update() {
+                    SessionState::NeedsAuth { error } => {
+                        return Err(ControlError::Refused(error.clone()))
+                    }
+                    SessionState::Stopped | SessionState::LoggedOut => {
+                        return Err(ControlError::Stopped)
+                    }
+                    _ => {}
+                }
+                tokio::select! {
+                    changed = netmap.changed() => if changed.is_err() { return Err(ControlError::Stopped) },
+                    changed = state.changed() => if changed.is_err() { return Err(ControlError::Stopped) },
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => {
+                let stall = match &*self.state.borrow() {
+                    SessionState::Reconnecting { error, .. } => Stall::Reconnecting(error.clone()),
+                    other => Stall::In(other.name()),
+                };
+                Err(ControlError::Timeout(timeout, stall))
+            }
+        }
+    }
+
+    pub fn netmap(&self) -> watch::Receiver<Option<Arc<NetMap>>> {
+        self.netmap.clone()
+    }
+
+    pub fn state(&self) -> watch::Receiver<SessionState> {
+        self.state.clone()
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        self.state.borrow().name()
+    }
+
+    /// The identity's keys as the server last confirmed them: changes when
+    /// the node key is rotated, so the data plane can follow.
+    pub fn keys(&self) -> watch::Receiver<IdentityKeys> {
+        self.keys.clone()
+    }
+
+    pub fn self_node(&self) -> Option<SelfNode> {
+        let map = self.netmap.borrow();
+        let node = map.as_ref()?.self_node.as_ref()?;
+        Some(SelfNode::from_node(node))
+    }
+
+    /// Reports where the data plane can be reached; sent to the server now
+    /// and with every later map request.
+    pub fn set_endpoints(&self, endpoints: Vec<SocketAddr>, preferred_derp: Option<u16>) {
+        self.reporter().report(endpoints, preferred_derp);
+    }
+
+    /// A cloneable way to report endpoints, for the task that watches the
+    /// data plane.
+    pub fn reporter(&self) -> EndpointReporter {
+        EndpointReporter {
+            endpoints: self.endpoints.clone(),
+            commands: self.commands.clone(),
+        }
+    }
+
+    /// Expires the node key at the server and ends the session.
+    pub async fn logout(self) -> Result<(), ControlError> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Logout(tx)).await.is_err() {
+            return Err(ControlError::Stopped);
+        }
+        let result = tokio::time::timeout(LOGOUT_TIMEOUT, rx)
+            .await
+            .map_err(|_| ControlError::LogoutTimeout(LOGOUT_TIMEOUT))?
+            .unwrap_or(Err(ControlError::Stopped));
+        self.task.abort();
+        result
+    }
+
+    /// Ends the session and keeps the node registered (daemon shutdown).
+    pub fn shutdown(self) {
+        self.task.abort();
+    }
+}
+
+/// Sends the data plane's endpoints to the identity's session.
+#[derive(Clone)]
+pub struct EndpointReporter {
+    endpoints: Arc<Mutex<Reported>>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl EndpointReporter {
+    pub fn report(&self, endpoints: Vec<SocketAddr>, preferred_derp: Option<u16>) {
+        let new = Reported {
+            endpoints,
+            preferred_derp,
+        };
+        {
+            let mut current = self
+                .endpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *current == new {
+                return;
+            }
+            *current = new;
+        }
+        let _ = self.commands.try_send(Command::EndpointsChanged);
+    }
+}

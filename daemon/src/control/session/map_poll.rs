@@ -1,0 +1,119 @@
+//! The map long poll: publish each netmap, keep the watchdog, send endpoint
+//! updates, and stop for a logout or a due node-key rotation.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::super::client::ControlConn;
+use super::super::netmap::NetMap;
+use super::super::rotation::{Reason, Verdict};
+use super::super::tailcfg::LOGOUT_EXPIRY;
+use super::backoff::Backoff;
+use super::errors::{ControlError, SessionError};
+use super::handle::Command;
+use super::state::SessionState;
+use super::supervisor::Session;
+
+/// The Go client gives up on a silent map poll after two minutes; servers
+/// send keep-alives well within that.
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// Why a map poll ended without an error.
+pub(super) enum Polled {
+    LoggedOut,
+    Rotate(Reason),
+}
+
+impl Session {
+    pub(super) async fn poll(
+        &mut self,
+        conn: &mut ControlConn,
+        commands: &mut mpsc::Receiver<Command>,
+        backoff: &mut Backoff,
+    ) -> Result<Polled, SessionError> {
+        let mut stream = conn.map_stream(&self.map_request(true)).await?;
+        let mut netmap = NetMap::default();
+        // When the key enters its renewal window, if it has an expiry.
+        let mut renew_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let renew_due = async {
+                match renew_timer.as_mut() {
+                    Some(timer) => timer.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut check_key = false;
+            tokio::select! {
+                message = tokio::time::timeout(WATCHDOG, stream.next()) => {
+                    let message = message.map_err(|_| SessionError::Silent(WATCHDOG))??;
+                    if message.is_keep_alive_only() {
+                        continue;
+                    }
+                    let change = netmap.apply(message, &self.client.inner.interner);
+                    self.publish(&netmap, change.any(), backoff);
+                    check_key = change.self_node;
+                }
+                () = renew_due => check_key = true,
+                command = commands.recv() => match command {
+                    None => return Err(SessionError::HandleDropped),
+                    Some(Command::EndpointsChanged) => {
+                        // The new set is recorded already and would not be
+                        // reported again: reconnect, and the next poll
+                        // carries it.
+                        conn.update(&self.map_request(false))
+                            .await
+                            .map_err(SessionError::EndpointUpdate)?;
+                    }
+                    Some(Command::Logout(reply)) => {
+                        let result = conn
+                            .register(&self.register_request(None, LOGOUT_EXPIRY))
+                            .await
+                            .map(|_| ())
+                            .map_err(ControlError::from);
+                        let _ = reply.send(result);
+                        return Ok(Polled::LoggedOut);
+                    }
+                },
+            }
+            if !check_key {
+                continue;
+            }
+            match self.assess(&netmap) {
+                Verdict::Keep { recheck_in } => {
+                    renew_timer = recheck_in.map(|wait| Box::pin(tokio::time::sleep(wait)));
+                }
+                Verdict::Rotate(reason) => {
+                    if let Some(node) = &netmap.self_node {
+                        self.rotator.rotating(node.expired, &node.keyexpiry);
+                    }
+                    return Ok(Polled::Rotate(reason));
+                }
+                Verdict::Stuck { key_expiry } => {
+                    return Err(SessionError::KeyStillExpired { key_expiry })
+                }
+            }
+        }
+    }
+
+    /// Hands `netmap` to the data plane when it `changed` (or is the first)
+    /// and reports the session connected.
+    fn publish(&self, netmap: &NetMap, changed: bool, backoff: &mut Backoff) {
+        let first = self.published.netmap.borrow().is_none();
+        if changed || first {
+            self.published
+                .netmap
+                .send_replace(Some(Arc::new(netmap.clone())));
+            if first || backoff.attempt() > 0 {
+                info!(hostname = %self.options.hostname, peers = netmap.peers.len(), "netmap received");
+            }
+        }
+        backoff.connected();
+        if *self.published.state.borrow() != SessionState::Connected {
+            let _ = self.published.state.send(SessionState::Connected);
+        }
+    }
+}

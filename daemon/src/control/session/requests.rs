@@ -1,0 +1,64 @@
+//! The requests a session sends, built from its keys, options and the
+//! endpoints last reported.
+
+use tailnet_auth::Secret;
+
+use super::super::keys::DiscoPublic;
+use super::super::tailcfg::{
+    AuthInfo, Hostinfo, MapRequest, NetInfo, RegisterRequest, CAPABILITY_VERSION, ENDPOINT_LOCAL,
+};
+use super::handle::Reported;
+use super::supervisor::Session;
+
+impl Session {
+    fn hostinfo(&self, reported: &Reported) -> Hostinfo {
+        Hostinfo {
+            ipn_version: self.client.inner.version.clone(),
+            backend_log_id: self.backend_log_id.clone(),
+            os: "linux".into(),
+            hostname: self.options.hostname.clone(),
+            app: "tailnet-cni".into(),
+            request_tags: self.options.tags.clone(),
+            net_info: reported.preferred_derp.map(|region| NetInfo {
+                preferred_derp: i64::from(region),
+            }),
+        }
+    }
+
+    /// The streaming map poll (`stream`) or a one-shot endpoint update.
+    pub(super) fn map_request(&self, stream: bool) -> MapRequest {
+        let reported = self.published.endpoints();
+        MapRequest {
+            version: CAPABILITY_VERSION,
+            compress: if stream { "zstd".into() } else { String::new() },
+            keep_alive: stream,
+            node_key: self.keys.node_public().to_string(),
+            disco_key: DiscoPublic(self.keys.disco.public()).to_string(),
+            endpoint_types: vec![ENDPOINT_LOCAL; reported.endpoints.len()],
+            endpoints: reported.endpoints.iter().map(ToString::to_string).collect(),
+            stream,
+            hostinfo: self.hostinfo(&reported),
+            omit_peers: !stream,
+        }
+    }
+
+    /// A registration of the current node key; `expiry` in the past logs
+    /// out.
+    pub(super) fn register_request(
+        &self,
+        auth_key: Option<Secret>,
+        expiry: &str,
+    ) -> RegisterRequest {
+        RegisterRequest {
+            version: CAPABILITY_VERSION,
+            node_key: self.keys.node_public().to_string(),
+            old_node_key: self.keys.old_node_public().to_string(),
+            auth: auth_key.map(|auth_key| AuthInfo { auth_key }),
+            expiry: expiry.into(),
+            followup: String::new(),
+            hostinfo: self.hostinfo(&self.published.endpoints()),
+            ephemeral: false,
+            node_key_signature: None,
+        }
+    }
+}
