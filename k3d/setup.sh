@@ -23,7 +23,7 @@ IMAGE_NAME=${IMAGE_NAME:-ghcr.io/tailnet-cni/tailnet-cni}
 TIMEOUT=${K3D_TIMEOUT:-180s}
 SECRET=tailnet-cni-auth
 
-for tool in docker k3d kubectl git python3; do need "$tool"; done
+for tool in docker k3d kubectl python3; do need "$tool"; done
 
 if ! k3d cluster list "$CLUSTER" >/dev/null 2>&1; then
   k3d cluster create --config k3d/cluster.yaml "$CLUSTER"

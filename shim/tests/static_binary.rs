@@ -6,13 +6,17 @@
 //! `<target dir>/static/tailnet-cni`). Without them the tests skip, saying
 //! why; under `CI=true` or `TAILNET_TEST_REQUIRE=1` they fail instead.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use common::stdout_json;
+use serde_json::json;
 use tailnet_cni::client::CONNECT_TIMEOUT;
 use tailnet_cni::error::TRY_AGAIN_LATER;
 use tailnet_cni::CniVersion;
@@ -79,6 +83,15 @@ fn chroot_tool() -> Result<&'static Path, String> {
         .ok_or_else(|| format!("chroot(8) is not at {}", CHROOT_PATHS.join(" or ")))
 }
 
+/// Held while a copy of the shim is open for writing and while a child is
+/// forked: a child forked by another test while the copy is still open
+/// would hold its descriptor and make exec fail with ETXTBSY.
+static WRITE_OR_FORK: Mutex<()> = Mutex::new(());
+
+fn write_or_fork() -> MutexGuard<'static, ()> {
+    WRITE_OR_FORK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A directory holding only the shim, as `/tailnet-cni`.
 struct EmptyRoot {
     dir: tempfile::TempDir,
@@ -89,26 +102,31 @@ impl EmptyRoot {
     fn new(shim: &Path, chroot: &'static Path) -> Self {
         // Under the target dir rather than /tmp, which may be mounted noexec.
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-        std::fs::copy(shim, dir.path().join("tailnet-cni")).expect("copy the shim");
+        let path = dir.path().join("tailnet-cni");
+        // A hard link opens nothing for writing; copy across file systems.
+        if std::fs::hard_link(shim, &path).is_err() {
+            let _guard = write_or_fork();
+            std::fs::copy(shim, &path).expect("copy the shim");
+        }
         Self { dir, chroot }
     }
 
     /// Runs the shim inside the root with only `env` and `stdin`.
     fn run(&self, env: &HashMap<&str, &str>, stdin: &[u8]) -> Output {
-        let mut child = Command::new(self.chroot)
-            .arg(self.dir.path())
-            .arg("/tailnet-cni")
-            .env_clear()
-            .envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn chroot");
-        let mut input = child.stdin.take().expect("stdin");
+        let mut input = tempfile::tempfile().expect("stdin file");
         input.write_all(stdin).expect("write stdin");
-        drop(input);
-        let output = child.wait_with_output().expect("wait for the shim");
+        input.rewind().expect("rewind stdin");
+        let output = {
+            let _guard = write_or_fork();
+            Command::new(self.chroot)
+                .arg(self.dir.path())
+                .arg("/tailnet-cni")
+                .env_clear()
+                .envs(env)
+                .stdin(input)
+                .output()
+        }
+        .expect("run the shim through chroot");
         // chroot(8) exits 125 when it fails itself, 126 when the shim cannot
         // be executed and 127 when exec finds no such file, which is how a
         // missing dynamic loader shows; the shim only exits 0 or 1.
@@ -120,16 +138,6 @@ impl EmptyRoot {
         );
         output
     }
-}
-
-fn stdout_json(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not JSON ({err}): {:?}; stderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }
 
 /// What a runtime passes for a pod that did not opt in to the tailnet.
