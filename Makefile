@@ -8,10 +8,10 @@ CARGO ?= cargo
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
-build: ## Build the daemon (release) and the shim (small `shim` profile)
+build: ## Build the daemon (release) and the static shim (target/static/tailnet-cni)
 	$(CARGO) build --release -p tailnet-cnid
-	$(CARGO) build --profile shim -p tailnet-cni
-	@ls -l target/release/tailnet-cnid target/shim/tailnet-cni
+	CARGO=$(CARGO) scripts/build-shim.sh
+	@ls -l "$${CARGO_TARGET_DIR:-target}/release/tailnet-cnid" "$${CARGO_TARGET_DIR:-target}/static/tailnet-cni"
 
 test: ## Every test: unit, then integration against the real test bed (root)
 	scripts/test.sh
@@ -49,14 +49,14 @@ testbed-down: ## Stop the test bed (caches stay)
 podman-check: ## Prove the podman CNI runtime works here (bridge + host-local, isolated namespace)
 	tests/e2e/podman-env.sh check
 
-k3d-setup: ## k3d cluster with tailnet-cni installed (needs docker, k3d, kubectl)
+k3d-setup: ## k3d cluster with this tree's build installed; re-run to deploy changes (docker, k3d, kubectl)
 	k3d/setup.sh
 
-k3d-delete: ## Delete the k3d cluster
+k3d-delete: ## Delete the tailnet pods, then the k3d cluster
 	k3d/delete.sh
 
 logs: ## Follow the daemon's logs in the k3d cluster
 	kubectl -n tailnet-cni logs -f -l app.kubernetes.io/component=daemon -c daemon --max-log-requests 10
 
-test-nginx: ## An annotated nginx, fetched at its tailnet address
+test-nginx: ## An annotated nginx, fetched at its tailnet address (this machine on the tailnet)
 	k3d/test-nginx.sh
