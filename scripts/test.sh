@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 scripts/testbed.sh install
 echo "test: building"
 cargo build --workspace --all-targets --quiet
+scripts/build-shim.sh --quiet
 scripts/lint-manifests.sh
 echo "test: fuzzing every parser hostile input reaches (bounded: FUZZ_SECONDS each)"
 scripts/fuzz.sh
