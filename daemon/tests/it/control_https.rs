@@ -4,15 +4,13 @@
 //! The tests fetch that certificate once, untrusted, and hand it to the
 //! client as its `ca_file`, the way an operator pins a self-hosted server.
 //!
-//! Needs `source <(scripts/testbed.sh env)`; skips, saying why, otherwise.
-
-mod common;
+//! Needs `source <(scripts/testbed.sh env)`; skips, saying why, otherwise
+//! (fails under `CI=true` or `TAILNET_TEST_REQUIRE=1`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::mint::{AdminCurl, MintKeys};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -22,33 +20,13 @@ use tailnet_cnid::control::{
 use tailnet_cnid::podmgr::sync::derp_regions;
 use tailnet_cnid::wg::derp_client;
 
-struct Bed {
-    port: u16,
-    admin: AdminCurl,
-}
-
-fn bed() -> Option<Bed> {
-    let admin = AdminCurl::from_env()?;
-    let port = url::Url::parse(&admin.url).ok()?.port()?;
-    Some(Bed { port, admin })
-}
-
-macro_rules! bed_or_skip {
-    () => {
-        match bed() {
-            Some(bed) => bed,
-            None => {
-                eprintln!("skipped: TAILNET_TEST_CONTROL_URL / TAILNET_TEST_ADMIN_TOKEN_FILE not set (scripts/testbed.sh env)");
-                return;
-            }
-        }
-    };
-}
+use crate::common::keys::MintKeys;
+use crate::common::{self, require, run, Bed, Needs};
 
 /// Mints single-use keys through rscale's admin API (plain HTTP: the admin
 /// API is not what is under test).
 fn mint(bed: &Bed) -> Arc<MintKeys> {
-    Arc::new(MintKeys::new(&bed.admin, "https test"))
+    Arc::new(MintKeys::new(bed.admin(), "https test"))
 }
 
 /// Accepts any certificate and keeps the server's, to pin it afterwards.
@@ -143,7 +121,7 @@ async fn server_certificate_pem(port: u16) -> String {
 /// A CA that signed nothing the server has, made with openssl.
 fn unrelated_ca(dir: &std::path::Path) -> std::path::PathBuf {
     let cert = dir.join("other-ca.pem");
-    let out = std::process::Command::new("openssl")
+    let out = run(std::process::Command::new("openssl")
         .args([
             "req",
             "-x509",
@@ -162,9 +140,7 @@ fn unrelated_ca(dir: &std::path::Path) -> std::path::PathBuf {
         ])
         .arg(dir.join("other-ca.key"))
         .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
+        .arg(&cert));
     assert!(
         out.status.success(),
         "{}",
@@ -193,12 +169,12 @@ async fn failure_with(config: ControlConfig, bed: &Bed) -> String {
 
 #[tokio::test]
 async fn registration_netmap_and_derp_over_tls_with_the_ca_file() {
-    let bed = bed_or_skip!();
+    let bed = require!(common::bed());
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("server.pem");
-    std::fs::write(&ca, server_certificate_pem(bed.port).await).unwrap();
+    std::fs::write(&ca, server_certificate_pem(bed.control_addr.port()).await).unwrap();
 
-    let url = format!("https://localhost:{}", bed.port);
+    let url = format!("https://localhost:{}", bed.control_addr.port());
     let client = ControlClient::new(ControlConfig::new(&url, Some(ca)).unwrap()).unwrap();
     let keys = IdentityKeys::generate();
     let handle = client.spawn_identity(
@@ -252,8 +228,8 @@ async fn registration_netmap_and_derp_over_tls_with_the_ca_file() {
 
 #[tokio::test]
 async fn without_the_ca_the_error_names_an_unknown_ca() {
-    let bed = bed_or_skip!();
-    let url = format!("https://localhost:{}", bed.port);
+    let bed = require!(common::bed());
+    let url = format!("https://localhost:{}", bed.control_addr.port());
     let text = failure_with(ControlConfig::new(&url, None).unwrap(), &bed).await;
     assert!(
         text.contains("TLS") && text.contains("unknown CA") && text.contains("no ca_file"),
@@ -263,10 +239,10 @@ async fn without_the_ca_the_error_names_an_unknown_ca() {
 
 #[tokio::test]
 async fn a_ca_file_that_did_not_sign_the_server_is_named() {
-    let bed = bed_or_skip!();
+    let bed = require!(Needs::new().tools(&["openssl"]).bed());
     let dir = tempfile::tempdir().unwrap();
     let other = unrelated_ca(dir.path());
-    let url = format!("https://localhost:{}", bed.port);
+    let url = format!("https://localhost:{}", bed.control_addr.port());
     let text = failure_with(ControlConfig::new(&url, Some(other.clone())).unwrap(), &bed).await;
     assert!(
         text.contains("unknown CA") && text.contains(&other.display().to_string()),
@@ -276,12 +252,12 @@ async fn a_ca_file_that_did_not_sign_the_server_is_named() {
 
 #[tokio::test]
 async fn a_certificate_for_another_name_is_named() {
-    let bed = bed_or_skip!();
+    let bed = require!(common::bed());
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("server.pem");
-    std::fs::write(&ca, server_certificate_pem(bed.port).await).unwrap();
+    std::fs::write(&ca, server_certificate_pem(bed.control_addr.port()).await).unwrap();
     // Trusted certificate, but it names localhost, not this address.
-    let url = format!("https://127.0.0.1:{}", bed.port);
+    let url = format!("https://127.0.0.1:{}", bed.control_addr.port());
     let text = failure_with(ControlConfig::new(&url, Some(ca)).unwrap(), &bed).await;
     assert!(text.contains("not valid for the name 127.0.0.1"), "{text}");
 }

@@ -4,9 +4,11 @@
 use std::net::TcpListener;
 use std::process::Command;
 
+use super::process::run;
+
 /// Runs `ip` with `args`; panics with its stderr when it fails.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
+    let out = run(Command::new("ip").args(args));
     assert!(
         out.status.success(),
         "ip {args:?}: {}",

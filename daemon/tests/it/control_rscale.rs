@@ -1,39 +1,21 @@
 //! The control client against the real control server of the test bed
 //! (rscale, plain http on loopback), with the official tailscaled peer
 //! registered there. Needs `source <(scripts/testbed.sh env)`; skips,
-//! saying why, otherwise.
-
-mod common;
+//! saying why, otherwise (fails under `CI=true` or `TAILNET_TEST_REQUIRE=1`).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mint::{AdminCurl, MintKeys};
 use tailnet_cnid::control::keys::NodePublic;
 use tailnet_cnid::control::{
     AuthKeySource, ControlClient, ControlConfig, ControlError, IdentityKeys, IdentityOptions,
 };
 
-/// The shared test bed's admin API.
-type Bed = AdminCurl;
-
-fn bed() -> Option<Bed> {
-    AdminCurl::from_env()
-}
-
-macro_rules! bed_or_skip {
-    () => {
-        match bed() {
-            Some(bed) => bed,
-            None => {
-                eprintln!("skipped: TAILNET_TEST_CONTROL_URL / TAILNET_TEST_ADMIN_TOKEN_FILE not set (scripts/testbed.sh env)");
-                return;
-            }
-        }
-    };
-}
+use crate::common::keys::{admin_call, MintKeys};
+use crate::common::peer::peer_status;
+use crate::common::{self, require, Bed};
 
 struct BadKey;
 
@@ -45,13 +27,13 @@ impl AuthKeySource for BadKey {
 }
 
 fn keys_source(bed: &Bed) -> Arc<MintKeys> {
-    Arc::new(MintKeys::new(bed, "control test"))
+    Arc::new(MintKeys::new(bed.admin(), "control test"))
 }
 
 /// Nodes whose name starts with `prefix`: other tests register nodes of
 /// their own against the same server at the same time.
 async fn node_count(bed: &Bed, prefix: &str) -> usize {
-    bed.nodes()
+    admin_call(&bed.admin(), |admin| admin.nodes())
         .await
         .iter()
         .filter(|n| n.to_string().contains(&format!("\"{prefix}")))
@@ -60,8 +42,8 @@ async fn node_count(bed: &Bed, prefix: &str) -> usize {
 
 #[tokio::test]
 async fn one_identity_registers_and_sees_the_peer() {
-    let bed = bed_or_skip!();
-    let client = ControlClient::new(ControlConfig::new(&bed.url, None).unwrap()).unwrap();
+    let bed = require!(common::bed());
+    let client = ControlClient::new(ControlConfig::new(&bed.control_url, None).unwrap()).unwrap();
     let keys = IdentityKeys::generate();
     let handle = client.spawn_identity(
         keys.clone(),
@@ -80,7 +62,7 @@ async fn one_identity_registers_and_sees_the_peer() {
         Some(keys.node_public().to_string())
     );
     // The official tailscaled peer is in our netmap with its keys and home.
-    let peer_ip = std::env::var("TAILNET_TEST_PEER_IPV4").unwrap_or_default();
+    let peer_ip = bed.peer_ipv4;
     let peer = netmap
         .peers
         .values()
@@ -100,8 +82,8 @@ async fn one_identity_registers_and_sees_the_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_identities_register_concurrently_and_come_back_unchanged() {
-    let bed = bed_or_skip!();
-    let client = ControlClient::new(ControlConfig::new(&bed.url, None).unwrap()).unwrap();
+    let bed = require!(common::bed());
+    let client = ControlClient::new(ControlConfig::new(&bed.control_url, None).unwrap()).unwrap();
     let source = keys_source(&bed);
     let keys: Vec<IdentityKeys> = (0..50).map(|_| IdentityKeys::generate()).collect();
     let handles: Vec<_> = keys
@@ -143,47 +125,38 @@ async fn fifty_identities_register_concurrently_and_come_back_unchanged() {
     }
 
     // The official tailscaled peer lists every one of them.
-    if let (Ok(cli), Ok(socket)) = (
-        std::env::var("TAILNET_TEST_TAILSCALE_BIN"),
-        std::env::var("TAILNET_TEST_PEER_SOCKET"),
-    ) {
-        let wanted: Vec<String> = first
-            .iter()
-            .filter_map(|n| n.ipv4)
-            .map(|a| a.to_string())
+    let wanted: Vec<String> = first
+        .iter()
+        .filter_map(|n| n.ipv4)
+        .map(|a| a.to_string())
+        .collect();
+    let mut missing = wanted.clone();
+    for _ in 0..60 {
+        let peer = bed.clone();
+        let status = tokio::task::spawn_blocking(move || peer_status(&peer))
+            .await
+            .expect("tailscale status");
+        let listed: HashSet<String> = status["Peer"]
+            .as_object()
+            .into_iter()
+            .flat_map(|peers| peers.values())
+            .flat_map(|p| p["TailscaleIPs"].as_array().cloned().unwrap_or_default())
+            .filter_map(|ip| ip.as_str().map(str::to_string))
             .collect();
-        let mut missing = wanted.clone();
-        for _ in 0..60 {
-            let out = tokio::process::Command::new(&cli)
-                .arg(format!("--socket={socket}"))
-                .args(["status", "--json"])
-                .output()
-                .await
-                .expect("tailscale status");
-            let status: serde_json::Value =
-                serde_json::from_slice(&out.stdout).expect("status json");
-            let listed: HashSet<String> = status["Peer"]
-                .as_object()
-                .into_iter()
-                .flat_map(|peers| peers.values())
-                .flat_map(|p| p["TailscaleIPs"].as_array().cloned().unwrap_or_default())
-                .filter_map(|ip| ip.as_str().map(str::to_string))
-                .collect();
-            missing = wanted
-                .iter()
-                .filter(|ip| !listed.contains(*ip))
-                .cloned()
-                .collect();
-            if missing.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        missing = wanted
+            .iter()
+            .filter(|ip| !listed.contains(*ip))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            break;
         }
-        assert!(
-            missing.is_empty(),
-            "the tailscaled peer does not list {missing:?}"
-        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    assert!(
+        missing.is_empty(),
+        "the tailscaled peer does not list {missing:?}"
+    );
 
     // A restart: same keys, no new key minted, same addresses, no new node.
     let nodes_before = node_count(&bed, "ctl-par-").await;
@@ -228,8 +201,8 @@ async fn fifty_identities_register_concurrently_and_come_back_unchanged() {
 
 #[tokio::test]
 async fn a_wrong_auth_key_is_reported_with_the_servers_reason() {
-    let bed = bed_or_skip!();
-    let client = ControlClient::new(ControlConfig::new(&bed.url, None).unwrap()).unwrap();
+    let bed = require!(common::bed());
+    let client = ControlClient::new(ControlConfig::new(&bed.control_url, None).unwrap()).unwrap();
     let handle = client.spawn_identity(
         IdentityKeys::generate(),
         IdentityOptions::new("ctl-bad", vec![]),

@@ -7,20 +7,17 @@
 //! moves both ways over DERP: ICMP echo from the engine's pod to the peer,
 //! and `tailscale ping --icmp` from the peer to the pod, answered in-process.
 //!
-//! Needs the variables written by `scripts/testbed.sh env` (source
-//! /tmp/testbed.env); skips when they are absent.
-
-mod common;
+//! Needs the variables written by `scripts/testbed.sh env`; skips, saying
+//! why, when they are absent (fails under `CI=true` or
+//! `TAILNET_TEST_REQUIRE=1`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::admin_http::{control_addr, AdminApi, NodeCleanup};
-use common::netns::{ip, serve_hello, Netns};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tailnet_cnid::wg::packet_fd::PacketFd;
 use tailnet_cnid::wg::{
@@ -28,33 +25,10 @@ use tailnet_cnid::wg::{
     PodHandle,
 };
 
-struct Bed {
-    control_url: String,
-    admin: AdminApi,
-    tailscaled: PathBuf,
-    tailscale: PathBuf,
-    peer_socket: PathBuf,
-    derp_region: u16,
-}
-
-fn bed() -> Result<Bed, String> {
-    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} not set"));
-    let control_url = var("TAILNET_TEST_CONTROL_URL")?;
-    Ok(Bed {
-        admin: AdminApi {
-            control_url: control_url.clone(),
-            token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?.into(),
-        },
-        control_url,
-        tailscaled: var("TAILNET_TEST_TAILSCALED_BIN")?.into(),
-        tailscale: var("TAILNET_TEST_TAILSCALE_BIN")?.into(),
-        peer_socket: var("TAILNET_TEST_PEER_SOCKET")?.into(),
-        derp_region: var("TAILNET_TEST_DERP_REGION")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(900),
-    })
-}
+use crate::common::keys::NodeCleanup;
+use crate::common::netns::{ip, serve_hello, Netns};
+use crate::common::peer::tailscale;
+use crate::common::{self, require, run, Bed, KeySpec};
 
 /// A tailscaled we started; killed (by its own pid) when dropped.
 struct Daemon(Child);
@@ -67,11 +41,7 @@ impl Drop for Daemon {
 }
 
 fn cli(bed: &Bed, socket: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(&bed.tailscale)
-        .arg(format!("--socket={}", socket.display()))
-        .args(args)
-        .output()
-        .expect("run tailscale")
+    tailscale(bed, socket, args)
 }
 
 fn status_self(bed: &Bed, socket: &Path) -> serde_json::Value {
@@ -115,7 +85,7 @@ fn register_identity(bed: &Bed, dir: &Path) -> Registered {
     let state = dir.join("state");
     let socket = dir.join("sock");
     let daemon = Daemon(
-        Command::new(&bed.tailscaled)
+        Command::new(&bed.tailscaled_bin)
             .env("TS_NO_LOGS_NO_SUPPORT", "true")
             .args([
                 "--tun=userspace-networking",
@@ -138,9 +108,9 @@ fn register_identity(bed: &Bed, dir: &Path) -> Registered {
         std::thread::sleep(Duration::from_millis(100));
     }
     let key = bed
-        .admin
-        .mint_single_use("dataplane test")
-        .expect("key field");
+        .admin()
+        .mint(&KeySpec::single_use("dataplane test").expiring_in(3600))
+        .expect("admin API");
     let hostname = format!("tncni-dp-{}", std::process::id());
     let out = cli(
         bed,
@@ -226,13 +196,13 @@ fn icmp_v4(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, id: u16, seq: u16, data:
 
 /// Everything a test needs to put a registered identity on the engine
 /// next to the test bed's peer.
-struct Setup<'a> {
+struct Setup {
     me: Registered,
     my_v4: Ipv4Addr,
     peer_v4: Ipv4Addr,
     peer: PeerConfig,
     derp_map: Arc<Vec<DerpRegionConfig>>,
-    _cleanup: NodeCleanup<'a>,
+    _cleanup: NodeCleanup,
 }
 
 fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
@@ -242,11 +212,11 @@ fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
     })
 }
 
-fn setup<'a>(bed: &'a Bed, dir: &Path) -> Setup<'a> {
+fn setup(bed: &Bed, dir: &Path) -> Setup {
     let me = register_identity(bed, dir);
     let my_v4 = first_v4(&me.addresses).expect("an IPv4 tailnet address");
     let cleanup = NodeCleanup {
-        api: &bed.admin,
+        admin: bed.admin(),
         ipv4: my_v4,
     };
     let peer = status_self(bed, &bed.peer_socket);
@@ -262,7 +232,7 @@ fn setup<'a>(bed: &'a Bed, dir: &Path) -> Setup<'a> {
         endpoints: vec![],
         home_derp: Some(bed.derp_region),
     };
-    let control = control_addr(&bed.control_url);
+    let control = bed.control_addr;
     let IpAddr::V4(control_ip) = control.ip() else {
         panic!("IPv4 control address")
     };
@@ -291,7 +261,7 @@ fn setup<'a>(bed: &'a Bed, dir: &Path) -> Setup<'a> {
     }
 }
 
-async fn attach(engine: &Engine, setup: &Setup<'_>, pod_id: &str, device: OwnedFd) -> PodHandle {
+async fn attach(engine: &Engine, setup: &Setup, pod_id: &str, device: OwnedFd) -> PodHandle {
     let pod = engine
         .attach_pod(PodDataConfig {
             pod_id: pod_id.into(),
@@ -306,19 +276,9 @@ async fn attach(engine: &Engine, setup: &Setup<'_>, pod_id: &str, device: OwnedF
     pod
 }
 
-fn testbed_or_skip() -> Option<Bed> {
-    match bed() {
-        Ok(bed) => Some(bed),
-        Err(why) => {
-            eprintln!("skipping: {why} (source /tmp/testbed.env after scripts/testbed.sh up)");
-            None
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_tailscaled_exchanges_traffic_with_the_engine_over_derp() {
-    let Some(bed) = testbed_or_skip() else { return };
+    let bed = require!(common::bed());
     let dir = tempfile::tempdir().unwrap();
     let setup = setup(&bed, dir.path());
     let (my_v4, peer_v4) = (setup.my_v4, setup.peer_v4);
@@ -369,21 +329,20 @@ async fn official_tailscaled_exchanges_traffic_with_the_engine_over_derp() {
     // 2. Peer → pod: `tailscale ping --icmp`, answered here.
     let target = my_v4.to_string();
     let ping = {
-        let tailscale = bed.tailscale.clone();
-        let socket = bed.peer_socket.clone();
+        let bed = bed.clone();
         std::thread::spawn(move || {
-            Command::new(tailscale)
-                .arg(format!("--socket={}", socket.display()))
-                .args([
+            cli(
+                &bed,
+                &bed.peer_socket,
+                &[
                     "ping",
                     "--icmp",
                     "--c=5",
                     "--timeout=5s",
                     "--until-direct=false",
                     &target,
-                ])
-                .output()
-                .expect("tailscale ping")
+                ],
+            )
         })
     };
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -424,15 +383,12 @@ async fn official_tailscaled_exchanges_traffic_with_the_engine_over_derp() {
 /// HTTP by the tailscaled peer through its SOCKS5 proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_tailscaled_fetches_http_from_a_pod_behind_a_real_tun() {
-    let Some(bed) = testbed_or_skip() else { return };
-    let Ok(socks) = std::env::var("TAILNET_TEST_PEER_SOCKS5") else {
-        eprintln!("skipping: TAILNET_TEST_PEER_SOCKS5 not set");
-        return;
-    };
-    if !nix::unistd::geteuid().is_root() || !Path::new("/dev/net/tun").exists() {
-        eprintln!("skipping: needs root and /dev/net/tun for the pod namespace");
-        return;
-    }
+    let bed = require!(common::Needs::new()
+        .root()
+        .tun()
+        .tools(&["ip", "curl"])
+        .bed());
+    let socks = bed.peer_socks5.clone();
     let dir = tempfile::tempdir().unwrap();
     let setup = setup(&bed, dir.path());
     let my_v4 = setup.my_v4;
@@ -464,10 +420,14 @@ async fn official_tailscaled_fetches_http_from_a_pod_behind_a_real_tun() {
     let fetched = tokio::task::spawn_blocking(move || {
         let mut last = String::new();
         for _ in 0..10 {
-            let out = Command::new("curl")
-                .args(["-sS", "--max-time", "10", "--socks5", &socks, &url])
-                .output()
-                .expect("run curl");
+            let out = run(Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--socks5",
+                &socks,
+                &url,
+            ]));
             if out.status.success() {
                 return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
             }

@@ -8,9 +8,10 @@
 //!     traffic keeps flowing through DERP, and once the rules are gone the
 //!     path becomes direct again by itself.
 //!
-//! Needs `source <(scripts/testbed.sh env)` (skips otherwise); part (b)
-//! needs root and runs only inside `scripts/isolated.sh`, never touching
-//! the host's firewall. The nft table is removed however the test ends.
+//! Needs `source <(scripts/testbed.sh env)`; part (b) needs root and `nft`
+//! and runs only inside `scripts/isolated.sh`, never touching the host's
+//! firewall. Either skips, saying why, when that is missing (fails under
+//! `CI=true` or `TAILNET_TEST_REQUIRE=1`). The nft table is removed however the test ends.
 //! Part (b) drops all UDP on `lo` in the test namespace for a few seconds:
 //! it takes the turn lock of the daemon-driving tests, so those do not run
 //! meanwhile.
@@ -18,63 +19,18 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-use tailnet_cnid::control::{
-    AuthKeySource, ControlClient, ControlConfig, IdentityKeys, IdentityOptions,
-};
+use tailnet_cnid::control::{ControlClient, ControlConfig, IdentityKeys, IdentityOptions};
 use tailnet_cnid::wg::packet_fd::PacketFd;
 use tailnet_cnid::wg::{Engine, EngineConfig, PathKind, PeerStats, PodDataConfig, PodHandle};
 
-mod common;
-
-use common::admin_http::{AdminApi, NodeCleanup};
-
-struct Bed {
-    control_url: String,
-    admin: AdminApi,
-    tailscale: PathBuf,
-    peer_socket: PathBuf,
-    peer_v4: Ipv4Addr,
-    stun_port: u16,
-}
-
-fn bed() -> Result<Bed, String> {
-    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} not set"));
-    let control_url = var("TAILNET_TEST_CONTROL_URL")?;
-    Ok(Bed {
-        admin: AdminApi {
-            control_url: control_url.clone(),
-            token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?.into(),
-        },
-        control_url,
-        tailscale: var("TAILNET_TEST_TAILSCALE_BIN")?.into(),
-        peer_socket: var("TAILNET_TEST_PEER_SOCKET")?.into(),
-        peer_v4: var("TAILNET_TEST_PEER_IPV4")?
-            .parse()
-            .map_err(|e| format!("TAILNET_TEST_PEER_IPV4: {e}"))?,
-        stun_port: var("TAILNET_TEST_STUN_PORT")?
-            .parse()
-            .map_err(|e| format!("TAILNET_TEST_STUN_PORT: {e}"))?,
-    })
-}
-
-/// Single-use auth keys from rscale's admin API.
-struct AdminKeys(AdminApi);
-
-#[tonic::async_trait]
-impl AuthKeySource for AdminKeys {
-    async fn auth_key(&self) -> Result<String, String> {
-        let api = self.0.clone();
-        tokio::task::spawn_blocking(move || api.mint_single_use("direct path test"))
-            .await
-            .map_err(|e| e.to_string())?
-    }
-}
+use crate::common::keys::{MintKeys, NodeCleanup};
+use crate::common::peer::{peer_status, tailscale};
+use crate::common::{self, require, run, Bed, Missing};
 
 /// Drops UDP on `lo` except to and from the STUN port, in this network
 /// namespace only. The table is deleted on drop.
@@ -118,7 +74,7 @@ impl Drop for UdpBlock {
 }
 
 fn nft(args: &[&str]) {
-    let out = Command::new("nft").args(args).output().expect("run nft");
+    let out = run(Command::new("nft").args(args));
     assert!(
         out.status.success(),
         "nft {args:?}: {}",
@@ -126,35 +82,35 @@ fn nft(args: &[&str]) {
     );
 }
 
-/// True only inside the namespace `scripts/isolated.sh` makes (its marker
-/// variable and its `tb0` veth, looked up over netlink in this namespace):
-/// firewall rules made here vanish with it and cannot touch the host.
-fn in_isolated_netns() -> bool {
+/// Inside the namespace `scripts/isolated.sh` makes (its marker variable
+/// and its `tb0` veth, looked up over netlink in this namespace): firewall
+/// rules made here vanish with it and cannot touch the host.
+fn in_isolated_netns() -> Result<(), Missing> {
     let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino());
     // Where init's namespace is readable, it must differ from ours.
     let not_init = match (ino("/proc/self/ns/net"), ino("/proc/1/ns/net")) {
         (Ok(a), Ok(b)) => a != b,
         _ => true,
     };
-    let has_tb0 = Command::new("ip")
-        .args(["-o", "link", "show", "tb0"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    std::env::var("TAILNET_ISOLATED").as_deref() == Ok("1") && not_init && has_tb0
+    let has_tb0 = run(Command::new("ip").args(["-o", "link", "show", "tb0"]))
+        .status
+        .success();
+    (std::env::var("TAILNET_ISOLATED").as_deref() == Ok("1") && not_init && has_tb0)
+        .then_some(())
+        .ok_or_else(|| {
+            Missing::new(
+                "this network namespace is not the one scripts/isolated.sh makes (no tb0)",
+                "run the test through `scripts/isolated.sh scripts/test-in-netns.sh`",
+            )
+        })
 }
 
 fn cli(bed: &Bed, args: &[&str]) -> std::process::Output {
-    Command::new(&bed.tailscale)
-        .arg(format!("--socket={}", bed.peer_socket.display()))
-        .args(args)
-        .output()
-        .expect("run tailscale")
+    tailscale(bed, &bed.peer_socket, args)
 }
 
 fn peer_node_key(bed: &Bed) -> [u8; 32] {
-    let out = cli(bed, &["status", "--json"]);
-    assert!(out.status.success(), "tailscale status");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let v = peer_status(bed);
     let key = v["Self"]["PublicKey"].as_str().expect("PublicKey");
     hex::decode(key.strip_prefix("nodekey:").expect("nodekey prefix"))
         .expect("hex")
@@ -182,20 +138,18 @@ fn node_in_peer_netmap(bed: &Bed, ip: Ipv4Addr) -> serde_json::Value {
 
 /// `tailscale ping` (disco) from the peer; returns its output.
 async fn peer_ping(bed: &Bed, target: Ipv4Addr, until_direct: bool) -> String {
-    let tailscale = bed.tailscale.clone();
-    let socket = bed.peer_socket.clone();
+    let bed = bed.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(tailscale)
-            .arg(format!("--socket={}", socket.display()))
-            .args([
+        cli(
+            &bed,
+            &[
                 "ping",
                 "--c=5",
                 "--timeout=3s",
                 &format!("--until-direct={until_direct}"),
                 &target.to_string(),
-            ])
-            .output()
-            .expect("tailscale ping")
+            ],
+        )
     })
     .await
     .unwrap();
@@ -308,20 +262,14 @@ impl Traffic<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_tailscaled_reaches_the_pod_directly_and_falls_back_to_derp_when_udp_is_blocked() {
-    let bed = match bed() {
-        Ok(bed) => bed,
-        Err(why) => {
-            eprintln!("skipping: {why} (source <(scripts/testbed.sh env))");
-            return;
-        }
-    };
+    let bed = require!(common::bed());
     let _turn = common::take_turn();
     let client = ControlClient::new(ControlConfig::new(&bed.control_url, None).unwrap()).unwrap();
     let keys = IdentityKeys::generate();
     let identity = client.spawn_identity(
         keys.clone(),
         IdentityOptions::new(&format!("tncni-direct-{}", std::process::id()), vec![]),
-        Arc::new(AdminKeys(bed.admin.clone())),
+        Arc::new(MintKeys::new(bed.admin(), "direct path test").expiring_in(3600)),
     );
     identity
         .wait_ready(Duration::from_secs(60))
@@ -330,7 +278,7 @@ async fn official_tailscaled_reaches_the_pod_directly_and_falls_back_to_derp_whe
     let me = identity.self_node().expect("self node");
     let my_v4 = me.ipv4.expect("IPv4 tailnet address");
     let _cleanup = NodeCleanup {
-        api: &bed.admin,
+        admin: bed.admin(),
         ipv4: my_v4,
     };
     let addresses: Vec<IpAddr> = [me.ipv4.map(IpAddr::V4), me.ipv6.map(IpAddr::V6)]
@@ -407,7 +355,7 @@ async fn official_tailscaled_reaches_the_pod_directly_and_falls_back_to_derp_whe
         device: &device,
         pod: &pod,
         me: my_v4,
-        peer: bed.peer_v4,
+        peer: bed.peer_ipv4,
         peer_key,
         seq: 0,
     };
@@ -440,9 +388,10 @@ async fn official_tailscaled_reaches_the_pod_directly_and_falls_back_to_derp_whe
     assert!(replies > 0, "no echo replies from the peer");
     eprintln!("pod → peer: direct via {endpoint}, {replies} echo replies");
 
-    if !in_isolated_netns() || !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping the blocked-UDP part: needs root inside scripts/isolated.sh");
-    } else {
+    let blocking = common::isolated_root()
+        .tools(&["nft", "ip"])
+        .with(in_isolated_netns());
+    if common::settle(blocking).is_some() {
         // (b) Block UDP between them: DERP carries the traffic.
         let block = UdpBlock::new(bed.stun_port);
         let (_, stats) = traffic

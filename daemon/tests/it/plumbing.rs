@@ -1,6 +1,6 @@
 //! Per-pod plumbing against the real kernel, in throwaway network
 //! namespaces. Needs root and /dev/net/tun; skips (with the reason printed)
-//! otherwise.
+//! otherwise, or fails under `CI=true` or `TAILNET_TEST_REQUIRE=1`.
 //!
 //! Each test makes a named netns that plays the host: a dedicated thread
 //! enters it and runs a tokio runtime there, so the plumber's netlink socket,
@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -26,17 +26,11 @@ use tailnet_cnid::podmgr::plumbing::{
 use tailnet_cnid::podmgr::tables::TableAllocator;
 use tailnet_cnid::podmgr::tun::open_tun;
 
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root".into());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("/dev/net/tun missing".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("iproute2 `ip` not installed".into());
-    }
-    None
+use crate::common::{require, Needs, Unmet};
+
+/// Root, a TUN device and iproute2.
+fn requirements() -> Result<(), Unmet> {
+    Needs::new().root().tun().tools(&["ip"]).met()
 }
 
 /// A named netns; the one made by `new` is removed on drop, views made by
@@ -403,10 +397,7 @@ fn assert_host_clean(host: &NamedNetns, tables: &[u32]) {
 
 #[test]
 fn two_pods_isolated_end_to_end() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
-        return;
-    }
+    require!(requirements());
     let host = NamedNetns::new("host");
     let pod_a = NamedNetns::new("a");
     let pod_b = NamedNetns::new("b");
@@ -626,10 +617,7 @@ fn two_pods_isolated_end_to_end() {
 
 #[test]
 fn twenty_pods_in_parallel() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
-        return;
-    }
+    require!(requirements());
     const PODS: u8 = 20;
     let host = NamedNetns::new("host20");
     let pods: Vec<NamedNetns> = (0..PODS)
@@ -715,10 +703,7 @@ fn twenty_pods_in_parallel() {
 
 #[test]
 fn host_name_collisions_and_leftovers() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
-        return;
-    }
+    require!(requirements());
     let host = NamedNetns::new("hostcoll");
     let pod_x = NamedNetns::new("x");
     let pod_y = NamedNetns::new("y");

@@ -2,33 +2,25 @@
 //! identity in each, relayed through a local DERP relay on loopback. UDP
 //! datagrams sent by the kernel stack in one namespace arrive in the other.
 //!
-//! Needs root, /dev/net/tun and `ip` (iproute2); skips otherwise.
-
-mod common;
+//! Needs root, /dev/net/tun and `ip` (iproute2); skips otherwise (fails
+//! under `CI=true` or `TAILNET_TEST_REQUIRE=1`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::netns::{ip, Netns};
 use tailnet_cnid::podmgr::tun::open_tun;
 use tailnet_cnid::wg::local_relay::LocalRelay;
 use tailnet_cnid::wg::{
     DerpNodeConfig, DerpRegionConfig, Engine, EngineConfig, PathKind, PeerConfig, PodDataConfig,
 };
 
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root for network namespaces and TUN".into());
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun".into());
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        return Some("no `ip` binary".into());
-    }
-    None
+use crate::common::netns::{ip, Netns};
+use crate::common::{require, Needs, Unmet};
+
+/// Root, a TUN device and iproute2.
+fn requirements() -> Result<(), Unmet> {
+    Needs::new().root().tun().tools(&["ip"]).met()
 }
 
 struct Side {
@@ -119,10 +111,7 @@ fn exchange(tx: &UdpSocket, rx: &UdpSocket, to: SocketAddr, payload: &[u8]) -> S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_traffic_crosses_between_namespaces_over_relay() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping: {why}");
-        return;
-    }
+    require!(requirements());
     let pid = std::process::id();
     let a = Side {
         ns: Netns::new(format!("tndp-a-{pid}")),

@@ -16,9 +16,8 @@
 //!
 //! Runs under `scripts/isolated.sh` (TAILNET_ISOLATED=1) as root with the
 //! test bed's environment (`scripts/test-in-netns.sh` provides all of it);
-//! skips, saying why, otherwise.
-
-mod common;
+//! skips, saying why, otherwise (fails under `CI=true` or
+//! `TAILNET_TEST_REQUIRE=1`).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -27,98 +26,33 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::podman::{self, BUSYBOX};
-use common::{
-    isolated_root_with, peer_fetch_within, run, run_ok, take_turn, wait_until, Daemon,
-    DaemonOptions,
-};
 use serde_json::{json, Value};
 
+use crate::common::podman::{self, BUSYBOX};
+use crate::common::{
+    self, peer_fetch_within, require, run, run_ok, run_within, take_turn, wait_until, Bed, Daemon,
+    DaemonOptions, PrivateBed,
+};
+
 const MIB: u64 = 1 << 20;
+/// How long a bulk transfer may make no progress at all.
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one direction of the bulk transfer may take.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(1800);
 
-/// What a test needs of a test bed (the shared one or a private one).
-#[derive(Clone)]
-struct Bed {
-    control_url: String,
-    admin_token_file: String,
-    peer_socks5: String,
-    peer_ipv4: String,
-}
-
-impl Bed {
-    fn from_env(vars: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let var = |name: &str| vars(name).ok_or_else(|| format!("{name} is not set"));
-        Ok(Bed {
-            control_url: var("TAILNET_TEST_CONTROL_URL")?,
-            admin_token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?,
-            peer_socks5: var("TAILNET_TEST_PEER_SOCKS5")?,
-            peer_ipv4: var("TAILNET_TEST_PEER_IPV4")?,
-        })
-    }
-}
-
-fn prerequisites() -> Result<Bed, String> {
-    isolated_root_with(&["/usr/bin/podman", BUSYBOX, "/usr/bin/curl"])?;
-    Bed::from_env(|name| std::env::var(name).ok())
-}
-
-macro_rules! bed_or_skip {
-    () => {
-        match prerequisites() {
-            Ok(bed) => bed,
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                return;
-            }
-        }
-    };
-}
-
-/// A private test bed (its own PostgreSQL, rscale and tailscaled peer) for
-/// a test that changes tailnet-wide settings; brought down on drop.
-struct PrivateBed {
-    _bed: common::PrivateBed,
-    bed: Bed,
-}
-
-impl PrivateBed {
-    fn up() -> Self {
-        let private = common::PrivateBed::up();
-        let env = private.run("env");
-        let vars: Vec<(String, String)> = env
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-            .collect();
-        let bed = Bed::from_env(|name| {
-            vars.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .filter(|v| !v.is_empty())
-        })
-        .expect("private test bed environment");
-        Self { _bed: private, bed }
-    }
+fn prerequisites() -> Result<Bed, common::Unmet> {
+    common::daemon_bed(&["podman", BUSYBOX, "curl", "nsenter", "sha256sum"])
 }
 
 fn admin(bed: &Bed, method: &str, path: &str, body: Option<&Value>) -> Value {
-    let token = fs::read_to_string(&bed.admin_token_file).expect("admin token");
-    let mut cmd = Command::new("curl");
-    cmd.args(["-fsS", "-X", method, "-H"])
-        .arg(format!("Authorization: Bearer {}", token.trim()))
-        .args(["-H", "Content-Type: application/json"]);
-    if let Some(body) = body {
-        cmd.args(["-d", &body.to_string()]);
-    }
-    let out = run_ok(cmd.arg(format!("{}{path}", bed.control_url)));
-    serde_json::from_str(&out).unwrap_or(Value::Null)
+    bed.admin()
+        .call(method, path, body)
+        .unwrap_or_else(|e| panic!("admin API: {e}"))
 }
 
 /// A daemon with its own state dir and socket, stopped on drop.
 fn start_daemon(dir: &Path, bed: &Bed) -> Daemon {
-    let options =
-        DaemonOptions::default_reconcile(&bed.control_url, Path::new(&bed.admin_token_file), "dp");
+    let options = DaemonOptions::default_reconcile(&bed.control_url, &bed.admin_token_file, "dp");
     Daemon::start(dir, options)
 }
 
@@ -288,7 +222,9 @@ fn peer_connect(bed: &Bed, ip: &str, port: u16) -> std::io::Result<TcpStream> {
             reply[1]
         )));
     }
-    s.set_read_timeout(None)?;
+    // Bounded: a stalled tunnel fails the write that waits on it.
+    s.set_read_timeout(Some(STALL_TIMEOUT))?;
+    s.set_write_timeout(Some(STALL_TIMEOUT))?;
     Ok(s)
 }
 
@@ -317,13 +253,13 @@ fn loopback_http(body: &'static str) -> u16 {
 
 #[test]
 fn tailnet_policy_filters_the_peers_connections_but_not_the_pods_replies() {
-    let _shared = bed_or_skip!();
+    require!(prerequisites());
     let _turn = take_turn();
     // The policy is tailnet-wide: change it only on a bed of our own.
     let t0 = Instant::now();
     let progress = |what: &str| eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
     let private = PrivateBed::up();
-    let bed = &private.bed;
+    let bed = &private.bed();
     let work = tempfile::tempdir().expect("tempdir");
     progress("private test bed up");
     let daemon = start_daemon(work.path(), bed);
@@ -409,7 +345,7 @@ fn tailnet_policy_filters_the_peers_connections_but_not_the_pods_replies() {
     // The pod's own connections to the peer work: their replies pass the
     // pod's filter although no rule lets the peer in on those ports.
     let port = loopback_http("hello from the peer\n");
-    let script = http_get(&bed.peer_ipv4, port);
+    let script = http_get(&bed.peer_ipv4.to_string(), port);
     let reply = wait_until(
         Duration::from_secs(30),
         "the pod to fetch from the peer",
@@ -460,7 +396,7 @@ fn two_pods(bed: &Bed, bridge: &str, subnet: &str, names: [&str; 2]) -> TwoPods 
 
 #[test]
 fn two_pods_on_one_node_reach_each_other_across_a_1280_mtu() {
-    let bed = bed_or_skip!();
+    let bed = require!(prerequisites());
     let _turn = take_turn();
     let pods = two_pods(&bed, "cni-tndp2", "10.89.42.0/24", ["pa", "pb"]);
     let (a, b) = (&pods.a, &pods.b);
@@ -514,7 +450,7 @@ fn two_pods_on_one_node_reach_each_other_across_a_1280_mtu() {
 
 #[test]
 fn a_pod_forging_its_source_address_gets_nothing_through() {
-    let bed = bed_or_skip!();
+    let bed = require!(prerequisites());
     let _turn = take_turn();
     let pods = two_pods(&bed, "cni-tndp3", "10.89.43.0/24", ["fa", "fb"]);
     let (a, b) = (&pods.a, &pods.b);
@@ -636,13 +572,25 @@ fn expected_digest(chunk: &[u8], chunks: u64) -> String {
     h.finish()
 }
 
+/// The first connection to `listener`; panics after `timeout`.
+fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let conn = wait_until(timeout, "the pod to connect to the sink", || {
+        listener.accept().ok().map(|(conn, _)| conn)
+    });
+    conn.set_nonblocking(false).expect("blocking connection");
+    conn
+}
+
 fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / MIB as f64 / elapsed.as_secs_f64()
 }
 
 #[test]
 fn bulk_transfer_between_a_pod_and_the_peer_arrives_intact_both_ways() {
-    let bed = bed_or_skip!();
+    let bed = require!(prerequisites());
     let _turn = take_turn();
     let total = transfer_bytes();
     let chunks = total / MIB;
@@ -692,7 +640,7 @@ fn bulk_transfer_between_a_pod_and_the_peer_arrives_intact_both_ways() {
         conn.write_all(&data)
             .unwrap_or_else(|e| panic!("send to the pod after {sent} MiB: {e}"));
     }
-    let (got, count) = wait_until(Duration::from_secs(1800), "the pod's digest", || {
+    let (got, count) = wait_until(TRANSFER_TIMEOUT, "the pod's digest", || {
         let out = podman.exec("bulk", "cat /tmp/count && cat /tmp/sum");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut words = text.split_whitespace();
@@ -715,7 +663,9 @@ fn bulk_transfer_between_a_pod_and_the_peer_arrives_intact_both_ways() {
     let sink = TcpListener::bind("127.0.0.1:0").expect("sink");
     let sink_port = sink.local_addr().expect("addr").port();
     let hasher = std::thread::spawn(move || {
-        let (mut conn, _) = sink.accept().expect("accept");
+        let mut conn = accept_within(&sink, STALL_TIMEOUT);
+        conn.set_read_timeout(Some(STALL_TIMEOUT))
+            .expect("read timeout");
         let mut h = Sha256::new();
         let mut left = total;
         let mut buf = vec![0u8; 256 * 1024];
@@ -731,12 +681,18 @@ fn bulk_transfer_between_a_pod_and_the_peer_arrives_intact_both_ways() {
         (total - left, h.finish())
     });
     let started = Instant::now();
-    let sender = podman.exec(
-        "bulk",
-        &format!(
-            "for i in $(seq {chunks}); do cat /data/chunk; done | nc {} {sink_port}",
-            bed.peer_ipv4
-        ),
+    let sender = run_within(
+        podman.cmd().args([
+            "exec",
+            "bulk",
+            "/bin/sh",
+            "-c",
+            &format!(
+                "for i in $(seq {chunks}); do cat /data/chunk; done | nc {} {sink_port}",
+                bed.peer_ipv4
+            ),
+        ]),
+        TRANSFER_TIMEOUT,
     );
     let (received, digest) = hasher.join().expect("sink thread");
     let outbound = started.elapsed();

@@ -2,43 +2,29 @@
 //! netmaps resume by themselves. Runs its own test bed instance (its own
 //! rscale and PostgreSQL in a temporary directory) so stopping that rscale
 //! disturbs no other test. Needs root and `scripts/isolated.sh`
-//! (TAILNET_ISOLATED=1); skips, saying why, otherwise.
-
-mod common;
+//! (TAILNET_ISOLATED=1); skips, saying why, otherwise (fails under
+//! `CI=true` or `TAILNET_TEST_REQUIRE=1`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mint::{AdminCurl, MintKeys};
-use common::PrivateBed;
 use tailnet_cnid::control::{
     ControlClient, ControlConfig, IdentityKeys, IdentityOptions, SessionState,
 };
 
+use crate::common::keys::MintKeys;
+use crate::common::{self, require, PrivateBed};
+
 #[tokio::test]
 async fn sessions_reconnect_after_a_control_server_restart() {
-    if std::env::var("TAILNET_ISOLATED").as_deref() != Ok("1") {
-        eprintln!("skipped: not inside scripts/isolated.sh");
-        return;
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(common::isolated_root().met());
     let bed = PrivateBed::up();
     let url = format!("http://127.0.0.1:{}", bed.read("rscale.port"));
     let client = ControlClient::new(ControlConfig::new(&url, None).unwrap()).unwrap();
     let handle = client.spawn_identity(
         IdentityKeys::generate(),
         IdentityOptions::new("restart-test", vec![]),
-        Arc::new(MintKeys::new(
-            &AdminCurl {
-                url: url.clone(),
-                token: bed.read("admin-token"),
-            },
-            "restart test",
-        )),
+        Arc::new(MintKeys::new(bed.bed().admin(), "restart test")),
     );
     let before = handle
         .wait_ready(Duration::from_secs(30))

@@ -7,46 +7,28 @@
 //! `scripts/isolated.sh` (as `make test` does), which sets
 //! `TAILNET_ISOLATED=1`; the test bed's environment must be exported
 //! (`source <(scripts/testbed.sh env)`). Otherwise these tests say why and
-//! skip.
-
-mod common;
+//! skip (fail under `CI=true` or `TAILNET_TEST_REQUIRE=1`).
 
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::podman::{self, BUSYBOX};
-use common::{
-    isolated_root_with, links_named, our_rules, peer_fetch_within, run, run_ok, run_with_stdin,
-    shim_binary, take_turn, wait_until, Admin, Daemon, DaemonOptions, CNI_PATH,
-};
 use serde_json::{json, Value};
 
-struct Bed {
-    control_url: String,
-    admin_token_file: String,
-    tailscale: String,
-    peer_socket: String,
-    peer_socks5: String,
-}
+use crate::common::podman::{self, BUSYBOX};
+use crate::common::{
+    self, links_named, our_rules, peer_fetch_within, require, run, run_ok, run_with_stdin,
+    shim_binary, take_turn, wait_until, Bed, Daemon, DaemonOptions, CNI_PATH,
+};
 
-fn prerequisites() -> Result<Bed, String> {
-    isolated_root_with(&["/usr/bin/podman", BUSYBOX, "/usr/bin/curl"])?;
-    let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
-    Ok(Bed {
-        control_url: var("TAILNET_TEST_CONTROL_URL")?,
-        admin_token_file: var("TAILNET_TEST_ADMIN_TOKEN_FILE")?,
-        tailscale: var("TAILNET_TEST_TAILSCALE_BIN")?,
-        peer_socket: var("TAILNET_TEST_PEER_SOCKET")?,
-        peer_socks5: var("TAILNET_TEST_PEER_SOCKS5")?,
-    })
+fn prerequisites() -> Result<Bed, common::Unmet> {
+    common::daemon_bed(&["podman", BUSYBOX, "curl", "nsenter", "ip"])
 }
 
 /// A daemon with its own state dir and socket, stopped on drop.
 fn start_daemon(dir: &Path, bed: &Bed) -> Daemon {
-    let options =
-        DaemonOptions::default_reconcile(&bed.control_url, Path::new(&bed.admin_token_file), "e2e");
+    let options = DaemonOptions::default_reconcile(&bed.control_url, &bed.admin_token_file, "e2e");
     Daemon::start(dir, options)
 }
 
@@ -109,15 +91,8 @@ impl Podman {
     }
 }
 
-fn admin(bed: &Bed) -> Admin {
-    Admin {
-        url: bed.control_url.clone(),
-        token_file: bed.admin_token_file.clone().into(),
-    }
-}
-
 fn admin_nodes(bed: &Bed) -> Value {
-    admin(bed).get("/api/v1/admin/nodes")
+    bed.admin().get("/api/v1/admin/nodes").expect("admin API")
 }
 
 fn peer_fetch(bed: &Bed, url: &str) -> Output {
@@ -146,13 +121,7 @@ fn shim_check(socket: &Path, container_id: &str, netns: &str, cached: &Value) ->
 
 #[test]
 fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
-    let bed = match prerequisites() {
-        Ok(bed) => bed,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
+    let bed = require!(prerequisites());
     let _turn = take_turn();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
@@ -323,20 +292,16 @@ fn a_podman_container_joins_the_tailnet_and_leaves_nothing_behind() {
     let status = daemon.status();
     assert_eq!(status["pods"], json!([]), "{status}");
     // ...and the pod's node is disabled in the tailnet.
-    let node = admin(&bed).get(&format!("/api/v1/admin/nodes/{node_id}"));
+    let node = bed
+        .admin()
+        .get(&format!("/api/v1/admin/nodes/{node_id}"))
+        .expect("admin API");
     assert_eq!(node["status"], json!("disabled"), "{node}");
-    let _ = (&bed.tailscale, &bed.peer_socket);
 }
 
 #[test]
 fn twenty_containers_start_in_parallel_with_distinct_addresses() {
-    let bed = match prerequisites() {
-        Ok(bed) => bed,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
+    let bed = require!(prerequisites());
     let _turn = take_turn();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();

@@ -9,19 +9,15 @@
 //! `NOTIFY` it listens for, exactly what a second rscale instance would do.
 //!
 //! Needs `source <(scripts/testbed.sh env)` (run through
-//! `scripts/isolated.sh scripts/test-in-netns.sh`); skips, saying why,
-//! otherwise. The data-plane test also needs root for its TUN.
-
-mod common;
+//! `scripts/isolated.sh scripts/test-in-netns.sh`) and `psql`; skips,
+//! saying why, otherwise (fails under `CI=true` or `TAILNET_TEST_REQUIRE=1`).
+//! The data-plane test also needs root for its TUN.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::mint::{AdminCurl, MintKeys};
-use common::netns::{ip, serve_hello};
 use tailnet_cnid::control::keys::NodePublic;
 use tailnet_cnid::control::{
     ControlClient, ControlConfig, ControlError, IdentityHandle, IdentityKeys, IdentityOptions,
@@ -31,47 +27,35 @@ use tailnet_cnid::podmgr::rekey::{self, IdentityFile, Reattach};
 use tailnet_cnid::podmgr::tun::{create_persistent_tun, open_tun, release_persistent_tun};
 use tailnet_cnid::wg::{Engine, EngineConfig, PodDataConfig};
 
-struct Bed {
-    admin: AdminCurl,
-    pg_port: String,
-}
+use crate::common::keys::{admin_call, MintKeys};
+use crate::common::netns::{ip, serve_hello};
+use crate::common::{self, require, Bed, Needs, Unmet};
 
-fn bed() -> Option<Bed> {
-    let admin = AdminCurl::from_env()?;
-    let dir = PathBuf::from(std::env::var("TAILNET_TESTBED_DIR").ok()?);
-    let pg_port = std::fs::read_to_string(dir.join("pg.port"))
-        .ok()?
-        .trim()
-        .to_string();
-    Some(Bed { admin, pg_port })
-}
-
-macro_rules! bed_or_skip {
-    () => {
-        match bed() {
-            Some(bed) => bed,
-            None => {
-                eprintln!("skipped: test bed not up (scripts/testbed.sh env; TAILNET_TESTBED_DIR/pg.port)");
-                return;
-            }
-        }
-    };
+/// The shared bed with its database reachable through `psql`.
+fn bed_with_database(needs: Needs) -> Result<Bed, Unmet> {
+    let bed = needs.tools(&["psql"]).bed()?;
+    bed.database_port()?;
+    Ok(bed)
 }
 
 /// Single-use keys expiring `expires_in` seconds from now (< 0: already
 /// expired).
 fn auth_keys(bed: &Bed, expires_in: i64) -> Arc<MintKeys> {
-    Arc::new(MintKeys::new(&bed.admin, "expiry test").expiring_in(expires_in))
+    Arc::new(MintKeys::new(bed.admin(), "expiry test").expiring_in(expires_in))
 }
 
 /// Runs SQL on rscale's database.
 async fn psql(bed: &Bed, sql: &str) -> String {
+    let port = bed
+        .database_port()
+        .expect("checked when the test started")
+        .to_string();
     let out = tokio::process::Command::new("psql")
         .args([
             "-h",
             "127.0.0.1",
             "-p",
-            &bed.pg_port,
+            &port,
             "-U",
             "postgres",
             "-d",
@@ -105,8 +89,7 @@ async fn expire_on_server(bed: &Bed, id: i64) {
 
 /// Nodes rscale lists under `hostname`.
 async fn nodes_named(bed: &Bed, hostname: &str) -> Vec<serde_json::Value> {
-    bed.admin
-        .nodes()
+    admin_call(&bed.admin(), |admin| admin.nodes())
         .await
         .into_iter()
         .filter(|n| n["hostname"].as_str() == Some(hostname))
@@ -149,14 +132,11 @@ async fn netmap_for(handle: &IdentityHandle, key: NodePublic, within: Duration) 
 }
 
 /// The node keys the official tailscaled peer lists for `ipv4`.
-async fn peer_sees_key(ipv4: &str, key: NodePublic, within: Duration) -> bool {
-    let (Ok(cli), Ok(socket)) = (
-        std::env::var("TAILNET_TEST_TAILSCALE_BIN"),
-        std::env::var("TAILNET_TEST_PEER_SOCKET"),
-    ) else {
-        eprintln!("no tailscaled peer in the environment; not checked");
-        return true;
-    };
+async fn peer_sees_key(bed: &Bed, ipv4: &str, key: NodePublic, within: Duration) -> bool {
+    let (cli, socket) = (
+        bed.tailscale_bin.clone(),
+        bed.peer_socket.display().to_string(),
+    );
     let deadline = Instant::now() + within;
     let want = key.to_string();
     loop {
@@ -189,10 +169,10 @@ async fn peer_sees_key(ipv4: &str, key: NodePublic, within: Duration) -> bool {
 
 #[tokio::test]
 async fn a_key_the_server_expires_is_rotated_and_the_node_kept() {
-    let bed = bed_or_skip!();
+    let bed = require!(bed_with_database(Needs::new()));
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("identity.json");
-    let client = ControlClient::new(ControlConfig::new(&bed.admin.url, None).unwrap()).unwrap();
+    let client = ControlClient::new(ControlConfig::new(&bed.control_url, None).unwrap()).unwrap();
     let keys = IdentityKeys::generate();
     std::fs::write(&key_file, serde_json::to_vec(&keys).unwrap()).unwrap();
     let hostname = unique("ctl-exp");
@@ -256,7 +236,7 @@ async fn a_key_the_server_expires_is_rotated_and_the_node_kept() {
     // Peers learn the new key.
     let ipv4 = before.ipv4.expect("ipv4").to_string();
     assert!(
-        peer_sees_key(&ipv4, rotated.node_public(), Duration::from_secs(30)).await,
+        peer_sees_key(&bed, &ipv4, rotated.node_public(), Duration::from_secs(30)).await,
         "the tailscaled peer does not list {ipv4} with the rotated key"
     );
     handle.logout().await.expect("logout");
@@ -264,8 +244,8 @@ async fn a_key_the_server_expires_is_rotated_and_the_node_kept() {
 
 #[tokio::test]
 async fn a_crash_in_the_middle_of_a_rotation_keeps_the_identity() {
-    let bed = bed_or_skip!();
-    let client = ControlClient::new(ControlConfig::new(&bed.admin.url, None).unwrap()).unwrap();
+    let bed = require!(bed_with_database(Needs::new()));
+    let client = ControlClient::new(ControlConfig::new(&bed.control_url, None).unwrap()).unwrap();
     let keys = IdentityKeys::generate();
     let hostname = unique("ctl-crash");
     let source = auth_keys(&bed, 3600);
@@ -307,7 +287,7 @@ async fn a_crash_in_the_middle_of_a_rotation_keeps_the_identity() {
 
 #[tokio::test]
 async fn keys_are_renewed_before_they_expire() {
-    let bed = bed_or_skip!();
+    let bed = require!(bed_with_database(Needs::new()));
     // Ask for 20 s keys and renew with half the lifetime left: rscale keeps
     // the requested expiry, so the session must renew on its own, early.
     let policy = RotationPolicy {
@@ -317,7 +297,7 @@ async fn keys_are_renewed_before_they_expire() {
         requested_lifetime: Some(Duration::from_secs(20)),
     };
     let client = ControlClient::new(
-        ControlConfig::new(&bed.admin.url, None)
+        ControlConfig::new(&bed.control_url, None)
             .unwrap()
             .with_rotation(policy),
     )
@@ -351,8 +331,8 @@ async fn keys_are_renewed_before_they_expire() {
 
 #[tokio::test]
 async fn an_expired_auth_key_is_named_as_the_cause() {
-    let bed = bed_or_skip!();
-    let client = ControlClient::new(ControlConfig::new(&bed.admin.url, None).unwrap()).unwrap();
+    let bed = require!(bed_with_database(Needs::new()));
+    let client = ControlClient::new(ControlConfig::new(&bed.control_url, None).unwrap()).unwrap();
     let handle = client.spawn_identity(
         IdentityKeys::generate(),
         IdentityOptions::new(&unique("ctl-oldkey"), vec![]),
@@ -377,15 +357,15 @@ async fn an_expired_auth_key_is_named_as_the_cause() {
 
 #[tokio::test]
 async fn the_data_plane_follows_a_rotated_key() {
-    let bed = bed_or_skip!();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || std::env::var("TAILNET_ISOLATED").as_deref() != Ok("1") {
-        eprintln!("skipped: needs root inside scripts/isolated.sh (creates a TUN)");
-        return;
-    }
-    let tun_name = format!("tntx{:05x}", rand::random::<u32>() & 0xfffff);
+    // Root inside scripts/isolated.sh: it creates a TUN and routing rules.
+    let bed = require!(bed_with_database(
+        common::isolated_root().tun().tools(&["ip", "curl"])
+    ));
+    // Not a `tnt` name: daemons of other tests in this namespace sweep
+    // links of theirs no record owns, and leak checks count them.
+    let tun_name = format!("tcx{:05x}", rand::random::<u32>() & 0xfffff);
     create_persistent_tun(&tun_name).expect("TUN");
-    let client = ControlClient::new(ControlConfig::new(&bed.admin.url, None).unwrap()).unwrap();
+    let client = ControlClient::new(ControlConfig::new(&bed.control_url, None).unwrap()).unwrap();
     let keys = IdentityKeys::generate();
     let handle = client.spawn_identity(
         keys.clone(),
@@ -447,14 +427,12 @@ async fn the_data_plane_follows_a_rotated_key() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let socks = std::env::var("TAILNET_TEST_PEER_SOCKS5").ok();
-    if let Some(socks) = &socks {
-        assert_eq!(
-            fetch_through_peer(socks, v4).await,
-            Ok("hello from the pod\n".into()),
-            "the peer cannot reach the pod before the rotation"
-        );
-    }
+    let socks = &bed.peer_socks5;
+    assert_eq!(
+        fetch_through_peer(socks, v4).await,
+        Ok("hello from the pod\n".into()),
+        "the peer cannot reach the pod before the rotation"
+    );
 
     expire_on_server(&bed, me.id).await;
     let rotated = rotated_key(&handle, keys.node_public(), Duration::from_secs(30)).await;
@@ -479,14 +457,11 @@ async fn the_data_plane_follows_a_rotated_key() {
     }
     assert_eq!(engine.pod_count(), 1);
     // The tailscaled peer reaches the pod again, now under the new key.
-    match &socks {
-        Some(socks) => assert_eq!(
-            fetch_through_peer(socks, v4).await,
-            Ok("hello from the pod\n".into()),
-            "the peer cannot reach the pod after the rotation"
-        ),
-        None => eprintln!("TAILNET_TEST_PEER_SOCKS5 not set: traffic not checked"),
-    }
+    assert_eq!(
+        fetch_through_peer(socks, v4).await,
+        Ok("hello from the pod\n".into()),
+        "the peer cannot reach the pod after the rotation"
+    );
 
     task.abort();
     let _ = data.detach().await;
