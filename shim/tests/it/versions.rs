@@ -1,13 +1,12 @@
 //! Every command in every supported spec version, through the real gRPC
 //! client against a fake daemon, both in process and through the binary.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
 use serde_json::{json, Value};
 use tailnet_cni_proto::v1::{Attachment, IpConfig, PodRef};
+
+use crate::common::*;
 
 /// What the runtime sees: success or not, and stdout as JSON.
 #[derive(Debug, PartialEq)]

@@ -1,8 +1,6 @@
 //! A scriptable HTTP double on 127.0.0.1 that records every request and the peak number of
 //! requests it was serving at once.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;

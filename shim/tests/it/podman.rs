@@ -1,41 +1,39 @@
 //! The binary driven by a real CNI runtime: podman 4 with its CNI backend
 //! chains `bridge` + `host-local` and then `tailnet-cni`, against the fake
-//! daemon. Runs only as root with `TAILNET_CNI_TEST_PODMAN=1`, podman, the
-//! reference plugins in /usr/lib/cni and a static busybox; everything podman
-//! creates lives in throwaway network and mount namespaces.
-
-mod common;
+//! daemon. Needs root, podman, the reference plugins in /usr/lib/cni and a
+//! static busybox; skips, saying why, without them (fails under `CI=true` or
+//! `TAILNET_TEST_REQUIRE=1`). Everything podman creates lives in throwaway
+//! network and mount namespaces.
 
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use serde_json::{json, Value};
+use tailnet_testbed::{require, Needs, Unmet};
+
+use crate::common::*;
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
 const BUSYBOX: &str = "/usr/bin/busybox";
 
-fn prerequisites_missing() -> Option<String> {
-    if std::env::var_os("TAILNET_CNI_TEST_PODMAN").is_none() {
-        return Some("TAILNET_CNI_TEST_PODMAN is not set".into());
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root".into());
-    }
-    for path in ["/usr/bin/podman", "/usr/bin/unshare", BUSYBOX] {
-        if !Path::new(path).exists() {
-            return Some(format!("{path} is missing"));
-        }
-    }
-    for plugin in ["bridge", "host-local", "loopback"] {
-        if !Path::new(PLUGIN_DIR).join(plugin).exists() {
-            return Some(format!("{PLUGIN_DIR}/{plugin} is missing"));
-        }
-    }
-    None
+/// Root, podman with the reference CNI plugins, and a static busybox.
+fn requirements() -> Result<(), Unmet> {
+    let plugins =
+        ["bridge", "host-local", "loopback"].map(|plugin| Path::new(PLUGIN_DIR).join(plugin));
+    plugins
+        .iter()
+        .fold(
+            Needs::new().root().tools(&["podman", "unshare", BUSYBOX]),
+            |needs, plugin| {
+                needs.file(
+                    plugin,
+                    "`scripts/testbed.sh install` installs containernetworking-plugins",
+                )
+            },
+        )
+        .met()
 }
 
 /// What one podman run showed.
@@ -172,10 +170,7 @@ echo '--- done'
 
 #[test]
 fn podman_chains_the_shim_and_keeps_the_bridge_address_as_pod_address() {
-    if let Some(why) = prerequisites_missing() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    require!(requirements());
     let run = run_podman(Script::default());
     let result = &run.cached_result;
     // The bridge's entries first, ours appended inside the container.
@@ -221,10 +216,7 @@ fn podman_chains_the_shim_and_keeps_the_bridge_address_as_pod_address() {
 
 #[test]
 fn podman_accepts_an_interface_without_mac() {
-    if let Some(why) = prerequisites_missing() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    require!(requirements());
     let mut script = Script::default();
     script.add.as_mut().expect("ok").mac.clear();
     let run = run_podman(script);

@@ -1,16 +1,16 @@
 //! `ca_file` makes a self-hosted control server's private CA trusted, and without it the same
 //! server is refused. Certificates come from the `openssl` CLI at test time; the test skips
-//! when it is missing.
-
-mod common;
+//! when it is missing (fails under `CI=true` or `TAILNET_TEST_REQUIRE=1`).
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::SecretDir;
 use tailnet_auth::{AuthBackend, AuthConfig, AuthError, KeyRequest};
+use tailnet_testbed::{require, Needs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::SecretDir;
 
 fn openssl(dir: &Path, args: &[&str]) -> bool {
     Command::new("openssl")
@@ -134,18 +134,19 @@ fn backend(port: u16, token_file: &Path, ca_file: Option<&Path>) -> AuthBackend 
         token_file.display()
     ))
     .unwrap();
-    let mut options = common::fast_options();
+    let mut options = crate::common::fast_options();
     options.retry.max_attempts = 1;
     AuthBackend::with_options(&config, options).unwrap()
 }
 
 #[tokio::test]
 async fn private_ca_is_trusted_only_when_configured() {
+    require!(Needs::new().tools(&["openssl"]).met());
     let secrets = SecretDir::new();
-    if !make_certificates(secrets.dir.path()) {
-        eprintln!("skipping: the openssl CLI is not available to make test certificates");
-        return;
-    }
+    assert!(
+        make_certificates(secrets.dir.path()),
+        "openssl could not make the test certificates"
+    );
     let token_file = secrets.write("token", "admin-token-over-tls-000000");
     let port = serve_tls(secrets.dir.path()).await;
 

@@ -6,17 +6,16 @@
 //! retries and error paths can be exercised; `rscale_live.rs` runs against the real server
 //! when the test bed is up.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_bearer, backend_from_toml, bearer_backend, failing_first, Double, Recorded, Reply,
-    SecretDir,
-};
 use serde_json::json;
 use tailnet_auth::{AuthBackend, AuthError, KeyRequest, NodeRef};
 use time::OffsetDateTime;
+
+use crate::common::{
+    assert_bearer, backend_from_toml, bearer_backend, failing_first, Double, Recorded, Reply,
+    SecretDir,
+};
 
 const ADMIN_TOKEN: &str = "break-glass-token-0123456789abcdef";
 const AUTH_KEYS_PATH: &str = "/api/v1/admin/auth-keys";

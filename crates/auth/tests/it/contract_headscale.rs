@@ -6,15 +6,16 @@
 //! `Authorization: Bearer <API key>`, answering with the documented response shapes and with
 //! 429/500/401/404 where a test needs them.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{assert_bearer, bearer_backend, failing_first, Double, Recorded, Reply, SecretDir};
 use serde_json::json;
 use tailnet_auth::{AuthBackend, AuthError, KeyRequest, NodeRef};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use crate::common::{
+    assert_bearer, bearer_backend, failing_first, Double, Recorded, Reply, SecretDir,
+};
 
 const API_KEY: &str = "hskey-api-AbCdEf123456-0123456789abcdefghij";
 const PREAUTHKEY_PATH: &str = "/api/v1/preauthkey";

@@ -1,8 +1,6 @@
 //! A scripted `tailnet-cnid` stand-in: the real generated gRPC service on a
 //! Unix socket in a temporary directory, recording every request.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
@@ -168,7 +166,8 @@ impl CniDaemon for FakeService {
 
 /// The fake daemon, serving on its own thread until dropped.
 pub struct FakeDaemon {
-    pub dir: tempfile::TempDir,
+    /// Holds the socket; removed with the fake.
+    _dir: tempfile::TempDir,
     pub socket: PathBuf,
     calls: Arc<Mutex<Vec<Call>>>,
     stop: Option<oneshot::Sender<()>>,
@@ -207,9 +206,11 @@ impl FakeDaemon {
                 }
             });
         });
-        ready_rx.recv().expect("server ready");
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the fake daemon's socket within 30 s");
         Self {
-            dir,
+            _dir: dir,
             socket,
             calls,
             stop: Some(stop),

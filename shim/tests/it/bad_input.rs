@@ -1,14 +1,13 @@
 //! What the runtime sees when something is wrong: the right CNI code, a
 //! message naming the problem, one stderr line, and never a hang.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{json, Value};
+
+use crate::common::*;
 
 const ABSENT_SOCKET: &str = "/nonexistent/tailnet-cni-test/daemon.sock";
 

@@ -1,37 +1,17 @@
 //! The rscale backend against a real rscale server (the test bed).
 //!
-//! Runs when `TAILNET_TEST_CONTROL_URL` (rscale's base URL, e.g. `http://127.0.0.1:18080`)
-//! and `TAILNET_TEST_ADMIN_TOKEN_FILE` (a file holding its admin token) are set; otherwise it
-//! prints why and passes without doing anything.
+//! Needs the test bed's environment (`source <(scripts/testbed.sh env)`, as
+//! `scripts/test-in-netns.sh` provides it); skips, saying why, without it
+//! (fails under `CI=true` or `TAILNET_TEST_REQUIRE=1`).
+
+use std::path::Path;
 
 use tailnet_auth::{AuthBackend, AuthConfig, AuthError, KeyRequest, NodeRef};
+use tailnet_testbed::{require, Bed};
 use time::OffsetDateTime;
 
-struct TestBed {
-    control_url: String,
-    token_file: String,
-}
-
-fn test_bed() -> Option<TestBed> {
-    match (
-        std::env::var("TAILNET_TEST_CONTROL_URL"),
-        std::env::var("TAILNET_TEST_ADMIN_TOKEN_FILE"),
-    ) {
-        (Ok(control_url), Ok(token_file)) => Some(TestBed {
-            control_url,
-            token_file,
-        }),
-        _ => {
-            eprintln!(
-                "skipping: TAILNET_TEST_CONTROL_URL and TAILNET_TEST_ADMIN_TOKEN_FILE are not set \
-                 (start the test bed with scripts/testbed.sh)"
-            );
-            None
-        }
-    }
-}
-
-fn backend(control_url: &str, token_file: &str) -> AuthBackend {
+fn backend(control_url: &str, token_file: &Path) -> AuthBackend {
+    let token_file = token_file.display();
     let config: AuthConfig = toml::from_str(&format!(
         "kind = \"rscale\"\napi_url = \"{control_url}\"\ntoken_file = \"{token_file}\"\n\
          tags = [\"tag:k8s-pod\"]\nkey_ttl_secs = 300\n"
@@ -42,8 +22,8 @@ fn backend(control_url: &str, token_file: &str) -> AuthBackend {
 
 #[tokio::test]
 async fn mints_keys_and_disables_nodes_on_real_rscale() {
-    let Some(bed) = test_bed() else { return };
-    let backend = backend(&bed.control_url, &bed.token_file);
+    let bed = require!(Bed::from_env());
+    let backend = backend(&bed.control_url, &bed.admin_token_file);
 
     let before = OffsetDateTime::now_utc();
     let first = backend
@@ -77,11 +57,11 @@ async fn mints_keys_and_disables_nodes_on_real_rscale() {
 
 #[tokio::test]
 async fn wrong_admin_token_is_unauthorized_on_real_rscale() {
-    let Some(bed) = test_bed() else { return };
+    let bed = require!(Bed::from_env());
     let dir = tempfile::tempdir().unwrap();
     let wrong = dir.path().join("wrong-token");
     std::fs::write(&wrong, "not-the-admin-token-0000000000\n").unwrap();
-    let backend = backend(&bed.control_url, &wrong.display().to_string());
+    let backend = backend(&bed.control_url, &wrong);
     let err = backend
         .mint_key(&KeyRequest::for_hostname("auth-live-c"))
         .await
@@ -121,8 +101,8 @@ async fn register_node(
 
 #[tokio::test]
 async fn minted_key_registers_one_node_which_removal_disables() {
-    let Some(bed) = test_bed() else { return };
-    let backend = backend(&bed.control_url, &bed.token_file);
+    let bed = require!(Bed::from_env());
+    let backend = backend(&bed.control_url, &bed.admin_token_file);
     // rscale refuses a hostname it already knows; the test bed may outlive one run.
     let run = OffsetDateTime::now_utc().unix_timestamp_nanos();
     let hostname = format!("auth-live-{run:x}");
@@ -151,18 +131,9 @@ async fn minted_key_registers_one_node_which_removal_disables() {
     };
     backend.remove_node(&node_ref).await.unwrap();
 
-    let token = std::fs::read_to_string(&bed.token_file).unwrap();
-    let after: serde_json::Value = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/admin/nodes/{}",
-            bed.control_url, node_ref.node_id
-        ))
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
+    let after = bed
+        .admin()
+        .get(&format!("/api/v1/admin/nodes/{}", node_ref.node_id))
         .unwrap();
     assert_eq!(after["status"], serde_json::json!("disabled"), "{after}");
     // Removing again is idempotent.
