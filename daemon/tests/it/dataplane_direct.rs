@@ -29,6 +29,7 @@ use tailnet_cnid::wg::packet_fd::PacketFd;
 use tailnet_cnid::wg::{Engine, EngineConfig, PathKind, PeerStats, PodDataConfig, PodHandle};
 
 use crate::common::keys::{MintKeys, NodeCleanup};
+use crate::common::packet::icmp_v4;
 use crate::common::peer::{peer_status, tailscale};
 use crate::common::{self, require, run, Bed, Missing};
 
@@ -171,38 +172,9 @@ fn direct_via(output: &str) -> Option<SocketAddr> {
         .find_map(|addr| addr.parse().ok())
 }
 
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// IPv4 ICMP echo request.
 fn echo(src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> Vec<u8> {
-    let data = b"tailnet-cni direct path";
-    let total = 20 + 8 + data.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 1;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let c = checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p[20] = 8;
-    p[24..26].copy_from_slice(&0x5d5du16.to_be_bytes());
-    p[26..28].copy_from_slice(&seq.to_be_bytes());
-    p[28..].copy_from_slice(data);
-    let c = checksum(&p[20..]);
-    p[22..24].copy_from_slice(&c.to_be_bytes());
-    p
+    icmp_v4(src, dst, 8, 0x5d5d, seq, b"tailnet-cni direct path")
 }
 
 /// The pod pings the peer's 100.x (its netstack answers) every 200 ms;

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod host;
 pub mod keys;
 pub mod netns;
+pub mod packet;
 pub mod peer;
 pub mod pod;
 pub mod podman;
