@@ -1,0 +1,8 @@
+//! The shim's integration tests, one binary. Run one module with
+//! `cargo test -p tailnet-cni --test it -- <module>::`.
+
+mod common;
+
+mod bad_input;
+mod podman;
+mod versions;
