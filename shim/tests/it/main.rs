@@ -5,4 +5,5 @@ mod common;
 
 mod bad_input;
 mod podman;
+mod static_binary;
 mod versions;

@@ -6,8 +6,6 @@
 //! `<target dir>/static/tailnet-cni`). Without them the tests skip, saying
 //! why; under `CI=true` or `TAILNET_TEST_REQUIRE=1` they fail instead.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
@@ -15,11 +13,12 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use common::stdout_json;
+use crate::common::stdout_json;
 use serde_json::json;
 use tailnet_cni::client::CONNECT_TIMEOUT;
 use tailnet_cni::error::TRY_AGAIN_LATER;
 use tailnet_cni::CniVersion;
+use tailnet_testbed::{require, Missing, Needs};
 
 /// Overrides where the static shim is looked for.
 const SHIM_VAR: &str = "TAILNET_CNI_STATIC_SHIM";
@@ -30,57 +29,44 @@ const DEFAULT_SOCKET: &str = "/run/tailnet-cni/daemon.sock";
 /// ELF program header type of the dynamic loader's path.
 const PT_INTERP: u32 = 3;
 
-/// Whether a missing prerequisite fails the test rather than skipping it.
-fn required() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-        || std::env::var("TAILNET_TEST_REQUIRE").as_deref() == Ok("1")
-}
-
-/// Skips the calling test (returning from it), or fails it when required.
-macro_rules! or_skip {
-    ($prerequisite:expr) => {
-        match $prerequisite {
-            Ok(value) => value,
-            Err(why) if required() => panic!("static shim test cannot run: {why}"),
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                return;
-            }
-        }
-    };
-}
-
 /// The static shim `scripts/build-shim.sh` installed.
-fn static_shim() -> Result<PathBuf, String> {
+fn static_shim() -> Result<PathBuf, Missing> {
     let path = match std::env::var_os(SHIM_VAR) {
         Some(path) => PathBuf::from(path),
         // CARGO_TARGET_TMPDIR is `<target dir>/tmp`.
         None => Path::new(env!("CARGO_TARGET_TMPDIR"))
             .parent()
-            .ok_or("CARGO_TARGET_TMPDIR has no parent")?
+            .ok_or_else(|| {
+                Missing::new(
+                    "CARGO_TARGET_TMPDIR has no parent",
+                    "set TAILNET_CNI_STATIC_SHIM",
+                )
+            })?
             .join("static/tailnet-cni"),
     };
     if path.is_file() {
         Ok(path)
     } else {
-        Err(format!(
-            "no static shim at {} (build it with scripts/build-shim.sh, or set {SHIM_VAR})",
-            path.display()
+        Err(Missing::new(
+            format!("no static shim at {}", path.display()),
+            format!("build it with scripts/build-shim.sh, or set {SHIM_VAR}"),
         ))
     }
 }
 
 /// Root and `chroot(8)`, as needed to enter an empty root.
-fn chroot_tool() -> Result<&'static Path, String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("entering an empty root with chroot needs root".into());
-    }
-    CHROOT_PATHS
+fn chroot_tool() -> Result<&'static Path, tailnet_testbed::Unmet> {
+    let found = CHROOT_PATHS
         .into_iter()
         .map(Path::new)
         .find(|path| path.is_file())
-        .ok_or_else(|| format!("chroot(8) is not at {}", CHROOT_PATHS.join(" or ")))
+        .ok_or_else(|| {
+            Missing::new(
+                format!("chroot(8) is not at {}", CHROOT_PATHS.join(" or ")),
+                "install coreutils",
+            )
+        });
+    Needs::new().root().with(found)
 }
 
 /// Held while a copy of the shim is open for writing and while a child is
@@ -204,7 +190,7 @@ fn program_header_types(elf: &[u8]) -> Result<Vec<u32>, String> {
 
 #[test]
 fn static_shim_has_no_program_interpreter() {
-    let shim = or_skip!(static_shim());
+    let shim = require!(static_shim());
     let elf = std::fs::read(&shim).expect("read the static shim");
     let types = program_header_types(&elf).expect("parse the static shim's ELF headers");
     assert!(!types.is_empty(), "{}: no program headers", shim.display());
@@ -217,8 +203,8 @@ fn static_shim_has_no_program_interpreter() {
 
 #[test]
 fn version_is_answered_in_an_empty_root() {
-    let shim = or_skip!(static_shim());
-    let root = EmptyRoot::new(&shim, or_skip!(chroot_tool()));
+    let shim = require!(static_shim());
+    let root = EmptyRoot::new(&shim, require!(chroot_tool()));
     let supported: Vec<&str> = CniVersion::SUPPORTED
         .iter()
         .map(|version| version.as_str())
@@ -252,8 +238,8 @@ fn version_is_answered_in_an_empty_root() {
 /// which the runtime retries.
 #[test]
 fn add_without_a_daemon_fails_at_once_with_try_again_later() {
-    let shim = or_skip!(static_shim());
-    let root = EmptyRoot::new(&shim, or_skip!(chroot_tool()));
+    let shim = require!(static_shim());
+    let root = EmptyRoot::new(&shim, require!(chroot_tool()));
 
     let started = Instant::now();
     let output = root.run(&unannotated_pod_env("ADD"), &chained_config());
@@ -282,8 +268,8 @@ fn add_without_a_daemon_fails_at_once_with_try_again_later() {
 /// prints nothing and warns on stderr.
 #[test]
 fn del_without_a_daemon_succeeds_in_an_empty_root() {
-    let shim = or_skip!(static_shim());
-    let root = EmptyRoot::new(&shim, or_skip!(chroot_tool()));
+    let shim = require!(static_shim());
+    let root = EmptyRoot::new(&shim, require!(chroot_tool()));
 
     let output = root.run(&unannotated_pod_env("DEL"), &chained_config());
 
