@@ -35,12 +35,7 @@ async fn add_brings_the_pod_up() {
     let routes: Vec<&str> = response.routes.iter().map(|r| r.dst.as_str()).collect();
     assert_eq!(routes, ["100.64.0.0/10", "fd7a:115c:a1e0::/48"]);
 
-    let record = bed
-        .records
-        .store()
-        .load(POD)
-        .expect("record readable")
-        .expect("record saved");
+    let record = bed.record(POD).expect("record saved");
     assert_eq!(record.state, PodPhase::Running);
     assert_eq!(record.node_id, Some(1));
     assert!(bed.has_key_file(POD));

@@ -43,12 +43,7 @@ async fn del_fails_and_keeps_the_record_while_plumbing_is_left() {
     bed.plumbing.fail_teardown.store(true, Ordering::SeqCst);
     let error = bed.del(POD).await.expect_err("DEL must fail");
     assert_eq!(error.code, cni_code::PLUMBING_FAILURE, "{error}");
-    let record = bed
-        .records
-        .store()
-        .load(POD)
-        .expect("record readable")
-        .expect("record kept for the retry");
+    let record = bed.record(POD).expect("record kept for the retry");
     assert_eq!(record.state, PodPhase::Deleting);
     assert!(bed.plumbing.built().contains(POD));
     assert!(bed.is_listed(POD), "status shows the pod and its error");

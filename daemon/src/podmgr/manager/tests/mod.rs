@@ -17,7 +17,7 @@ use self::fakes::{FakeControl, FakeEngine, FakePlumbing, FakeRecords, Fakes};
 use super::{Parts, PodManager};
 use crate::config::{Config, Selection};
 use crate::metrics::Metrics;
-use crate::podmgr::state::StateStore;
+use crate::podmgr::state::{PodRecord, StateStore};
 use crate::rpc::{CniError, CniHandler};
 use crate::selection::Selector;
 
@@ -163,12 +163,15 @@ impl Bed {
             .await
     }
 
-    fn has_record(&self, container_id: &str) -> bool {
+    fn record(&self, container_id: &str) -> Option<PodRecord> {
         self.records
             .store()
             .load(container_id)
             .expect("record readable")
-            .is_some()
+    }
+
+    fn has_record(&self, container_id: &str) -> bool {
+        self.record(container_id).is_some()
     }
 
     fn has_key_file(&self, container_id: &str) -> bool {

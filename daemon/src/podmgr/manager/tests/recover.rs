@@ -20,12 +20,7 @@ async fn a_running_pod_is_resumed_after_a_restart() {
     assert!(bed.engine.attached().contains(POD), "re-attached");
     assert_eq!(bed.control.running_sessions().len(), 1, "session resumed");
     assert_eq!(bed.control.nodes().len(), 1, "no new node");
-    let record = bed
-        .records
-        .store()
-        .load(POD)
-        .expect("record readable")
-        .expect("record kept");
+    let record = bed.record(POD).expect("record kept");
     assert_eq!(record.state, PodPhase::Running);
     bed.manager
         .check(CheckRequest {
