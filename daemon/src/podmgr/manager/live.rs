@@ -29,7 +29,7 @@ use crate::podmgr::plumbing::{
 use crate::podmgr::state::{LoadedRecords, PodRecord, StateError, StateStore};
 use crate::wg::{Engine, EngineError, HomeRelay, PodStats};
 
-/// The backends `tailnetcnid` runs on.
+/// The backends `tailnet-cnid` runs on.
 pub struct Live;
 
 impl Backends for Live {

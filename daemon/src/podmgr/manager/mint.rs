@@ -13,6 +13,7 @@ pub struct MintKey {
 }
 
 impl MintKey {
+    /// Mints keys for `request` through `auth`.
     pub fn new(auth: Arc<AuthBackend>, request: KeyRequest) -> Self {
         Self { auth, request }
     }

@@ -3,11 +3,11 @@
 //!
 //! ADD for one pod: select → keys → register with control → plumb (TUN,
 //! veth, addresses, rules) → attach to the engine → keep its netmap flowing
-//! ([`add`]). Every step is recorded in the pod's state file before the next
+//! (`add.rs`). Every step is recorded in the pod's state file before the next
 //! begins, so a crash at any point leaves enough on disk to finish or undo
-//! it. A failed ADD, DEL ([`del`]), GC ([`gc`]), reconcile ([`reconcile`])
-//! and recovery ([`recover`]) all undo a pod through one release
-//! ([`release`]), which keeps going after errors and reports them all.
+//! it. A failed ADD, DEL (`del.rs`), GC (`gc.rs`), reconcile (`reconcile.rs`)
+//! and recovery (`recover.rs`) all undo a pod through one release
+//! (`release.rs`), which keeps going after errors and reports them all.
 //!
 //! The manager reaches plumbing, control, engine and disk only through the
 //! traits of [`seams`]; [`live`] adapts them to the daemon's components.
@@ -64,9 +64,13 @@ type AttachmentOf<B> = <<B as Backends>::Engine as DataPlane>::Attachment;
 
 /// The backends of one pod manager, built by the caller.
 pub struct Parts<B: Backends> {
+    /// Builds and removes each pod's devices, addresses, routes and rules.
     pub plumbing: B::Plumbing,
+    /// Starts identities' control sessions; removes nodes.
     pub control: B::Control,
+    /// The shared data plane.
     pub engine: B::Engine,
+    /// Pod records and key files.
     pub records: B::Records,
 }
 

@@ -54,16 +54,14 @@ pub enum ReleaseError {
 pub struct ReleaseErrors(Vec<ReleaseError>);
 
 impl ReleaseErrors {
+    /// Notes one more error; the release goes on.
     pub fn push(&mut self, error: ReleaseError) {
         self.0.push(error);
     }
 
+    /// Whether the release met no error.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &ReleaseError> {
-        self.0.iter()
     }
 
     /// Whether part of the pod's plumbing is left behind.

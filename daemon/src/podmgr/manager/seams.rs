@@ -117,16 +117,22 @@ pub trait PodAttachment: Send + Sync + 'static {
 
 /// Pod records and identity files on disk.
 pub trait Records: Send + Sync + 'static {
+    /// Replaces a pod's record atomically.
     fn save(&self, record: &PodRecord) -> Result<(), StateError>;
+    /// A pod's record; `None` if there is none.
     fn load(&self, container_id: &str) -> Result<Option<PodRecord>, StateError>;
+    /// Every record; unreadable ones are listed apart.
     fn load_all(&self) -> Result<LoadedRecords, StateError>;
     /// Deletes a record; `false` if there was none.
     fn remove(&self, container_id: &str) -> Result<bool, StateError>;
+    /// Where a pod's key file goes.
     fn identity_path(&self, container_id: &str) -> Result<PathBuf, StateError>;
     /// Ids with a record file, whether or not it parses.
     fn container_ids(&self) -> Result<HashSet<String>, StateError>;
     /// Ids with an identity file.
     fn identity_ids(&self) -> Result<HashSet<String>, StateError>;
+    /// Deletes a pod's key file; absent is fine.
     fn remove_identity(&self, container_id: &str) -> Result<(), StateError>;
+    /// Deletes what interrupted writes of an earlier process left.
     fn remove_stray_temp_files(&self) -> Result<usize, StateError>;
 }
