@@ -20,8 +20,8 @@ use serde_json::Value;
 use tailnet_cnid::podmgr::naming::{host_veth_name, tun_name};
 use tailnet_cnid::podmgr::netns::Netns;
 use tailnet_cnid::podmgr::plumbing::{
-    PlumbError, Plumber, PodNet, PodNetSpec, DEFAULT_MTU, DEFAULT_POD_IF_NAME,
-    DEFAULT_RULE_PRIORITY, POD_GATEWAY_V4, POD_GATEWAY_V6,
+    Ipv6Unavailable, Place, PlumbError, Plumber, PodNet, PodNetSpec, DEFAULT_MTU,
+    DEFAULT_POD_IF_NAME, DEFAULT_RULE_PRIORITY, POD_GATEWAY_V4, POD_GATEWAY_V6,
 };
 use tailnet_cnid::podmgr::tables::TableAllocator;
 use tailnet_cnid::podmgr::tun::open_tun;
@@ -275,9 +275,23 @@ fn has(list: &Value, pred: impl Fn(&Value) -> bool) -> bool {
     list.as_array().is_some_and(|items| items.iter().any(pred))
 }
 
+/// The record holds the spec's addresses, less an IPv6 address it says was
+/// left out.
+fn assert_recorded_addresses(spec: &PodNetSpec, net: &PodNet) {
+    assert_eq!(net.ipv4, spec.ipv4);
+    match &net.ipv6_omitted {
+        None => assert_eq!(net.ipv6, spec.ipv6),
+        Some(_) => assert_eq!(net.ipv6, None),
+    }
+}
+
+fn is_global_v6(a: &Value) -> bool {
+    a["family"] == "inet6" && a["scope"] != "link"
+}
+
 fn assert_pod_view(ns: &NamedNetns, spec: &PodNetSpec, net: &PodNet) {
+    assert_recorded_addresses(spec, net);
     let v4 = spec.ipv4.unwrap().to_string();
-    let v6 = spec.ipv6.unwrap().to_string();
     let link = ns.json(&["link", "show", "dev", "ts0"]);
     assert_eq!(link[0]["address"], net.pod_mac.as_str());
     assert_eq!(link[0]["mtu"], DEFAULT_MTU);
@@ -293,12 +307,6 @@ fn assert_pod_view(ns: &NamedNetns, spec: &PodNetSpec, net: &PodNet) {
         has(infos, |a| a["local"] == v4.as_str() && a["prefixlen"] == 32),
         "{addrs}"
     );
-    assert!(
-        has(infos, |a| a["local"] == v6.as_str()
-            && a["prefixlen"] == 128),
-        "{addrs}"
-    );
-
     let r4 = ns.json(&["-4", "route", "show"]);
     assert!(
         has(&r4, |r| r["dst"] == "100.64.0.0/10"
@@ -307,15 +315,32 @@ fn assert_pod_view(ns: &NamedNetns, spec: &PodNetSpec, net: &PodNet) {
             && r["prefsrc"] == v4.as_str()),
         "{r4}"
     );
-    let r6 = ns.json(&["-6", "route", "show"]);
-    assert!(
-        has(&r6, |r| r["dst"] == "fd7a:115c:a1e0::/48"
-            && r["gateway"] == POD_GATEWAY_V6.to_string().as_str()
-            && r["prefsrc"] == v6.as_str()),
-        "{r6}"
-    );
+    let mut gateways = vec![POD_GATEWAY_V4.to_string()];
+    match net.ipv6 {
+        Some(v6) => {
+            let v6 = v6.to_string();
+            assert!(
+                has(infos, |a| a["local"] == v6.as_str()
+                    && a["prefixlen"] == 128),
+                "{addrs}"
+            );
+            let r6 = ns.json(&["-6", "route", "show"]);
+            assert!(
+                has(&r6, |r| r["dst"] == "fd7a:115c:a1e0::/48"
+                    && r["gateway"] == POD_GATEWAY_V6.to_string().as_str()
+                    && r["prefsrc"] == v6.as_str()),
+                "{r6}"
+            );
+            gateways.push(POD_GATEWAY_V6.to_string());
+        }
+        None => {
+            assert!(!has(infos, is_global_v6), "no fd7a address: {addrs}");
+            let r6 = ns.json(&["-6", "route", "show"]);
+            assert!(!has(&r6, |r| r["dst"] == "fd7a:115c:a1e0::/48"), "{r6}");
+        }
+    }
     let neigh = ns.json(&["neigh", "show", "dev", "ts0"]);
-    for gw in [POD_GATEWAY_V4.to_string(), POD_GATEWAY_V6.to_string()] {
+    for gw in &gateways {
         assert!(
             has(&neigh, |n| n["dst"] == gw.as_str()
                 && n["lladdr"] == net.host_veth_mac.as_str()
@@ -325,12 +350,28 @@ fn assert_pod_view(ns: &NamedNetns, spec: &PodNetSpec, net: &PodNet) {
             "{neigh}"
         );
     }
+    if net.ipv6.is_none() {
+        let gw6 = POD_GATEWAY_V6.to_string();
+        assert!(!has(&neigh, |n| n["dst"] == gw6.as_str()), "{neigh}");
+    }
 }
 
 fn assert_host_view(host: &NamedNetns, spec: &PodNetSpec, net: &PodNet) {
+    assert_recorded_addresses(spec, net);
     let table = net.table.to_string();
-    for family in ["-4", "-6"] {
+    let families = [
+        ("-4", spec.ipv4.map(|a| a.to_string())),
+        ("-6", net.ipv6.map(|a| a.to_string())),
+    ];
+    for (family, pod_ip) in &families {
         let rules = host.json(&[family, "rule", "show"]);
+        let Some(pod_ip) = pod_ip else {
+            assert!(
+                !has(&rules, |r| r["table"] == table.as_str()),
+                "no {family} rules for an address left out: {rules}"
+            );
+            continue;
+        };
         for iif in [&net.host_veth, &net.tun_name] {
             assert!(
                 has(&rules, |r| r["iif"] == iif.as_str()
@@ -345,11 +386,6 @@ fn assert_host_view(host: &NamedNetns, spec: &PodNetSpec, net: &PodNet) {
                 && r["dev"] == net.tun_name.as_str()),
             "{routes}"
         );
-        let pod_ip = if family == "-4" {
-            spec.ipv4.unwrap().to_string()
-        } else {
-            spec.ipv6.unwrap().to_string()
-        };
         assert!(
             has(&routes, |r| r["dst"] == pod_ip.as_str()
                 && r["dev"] == net.host_veth.as_str()),
@@ -357,16 +393,27 @@ fn assert_host_view(host: &NamedNetns, spec: &PodNetSpec, net: &PodNet) {
         );
     }
     let neigh = host.json(&["neigh", "show", "dev", &net.host_veth]);
-    for ip in [
-        spec.ipv4.unwrap().to_string(),
-        spec.ipv6.unwrap().to_string(),
-    ] {
+    for ip in families.iter().filter_map(|(_, ip)| ip.as_ref()) {
         assert!(
             has(&neigh, |n| n["dst"] == ip.as_str()
                 && n["lladdr"] == net.pod_mac.as_str()),
             "{neigh}"
         );
     }
+    if let Some(left_out) = spec.ipv6.filter(|_| net.ipv6.is_none()) {
+        let left_out = left_out.to_string();
+        assert!(!has(&neigh, |n| n["dst"] == left_out.as_str()), "{neigh}");
+    }
+}
+
+/// Nothing of ours is left in (or was ever moved into) a pod.
+fn assert_no_pod_interface(pod: &NamedNetns) {
+    assert!(pod
+        .json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["ifname"] != "ts0"));
 }
 
 fn assert_host_clean(host: &NamedNetns, tables: &[u32]) {
@@ -420,8 +467,20 @@ fn two_pods_isolated_end_to_end() {
             "link", "add", "ts0", "type", "veth", "peer", "name", "ts0peer",
         ])
         .unwrap();
-    // Pod D cannot take IPv6 addresses: setup fails midway and rolls back.
-    pod_d.exec_sh("echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6");
+    // Pod D already routes the tailnet range elsewhere: setup fails midway,
+    // after the devices and addresses exist, and rolls back. (A pod without
+    // IPv6 no longer fails: see `ipv4_only_where_ipv6_is_disabled`.)
+    pod_d
+        .run(&[
+            "link", "add", "other0", "type", "veth", "peer", "name", "other1",
+        ])
+        .unwrap();
+    for link in ["other0", "other1"] {
+        pod_d.run(&["link", "set", link, "up"]).unwrap();
+    }
+    pod_d
+        .run(&["route", "add", "100.64.0.0/10", "dev", "other0"])
+        .unwrap();
 
     let spec_a = spec("pod-a-0123456789abcdef", &pod_a, 1);
     let spec_b = spec("pod-b-0123456789abcdef", &pod_b, 2);
@@ -460,6 +519,7 @@ fn two_pods_isolated_end_to_end() {
                 .await
                 .unwrap_err();
             assert!(!matches!(err, PlumbError::InterfaceExists { .. }), "{err}");
+            assert!(matches!(err, PlumbError::Netlink { .. }), "{err}");
 
             plumber.check(&net_a, &spec_a).await.unwrap();
             plumber.check(&net_b, &spec_b).await.unwrap();
@@ -481,12 +541,7 @@ fn two_pods_isolated_end_to_end() {
     assert_pod_view(&pod_b, &spec_b, &net_b);
     assert_host_view(&host, &spec_a, &net_a);
     assert_host_view(&host, &spec_b, &net_b);
-    assert!(pod_d
-        .json(&["link", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|l| l["ifname"] != "ts0"));
+    assert_no_pod_interface(&pod_d);
     assert_eq!(
         pod_c
             .json(&["link", "show", "dev", "ts0"])
@@ -773,12 +828,7 @@ fn host_name_collisions_and_leftovers() {
     // The other container's device is untouched; X's pod got nothing.
     let link = host.json(&["link", "show", "dev", &taken]);
     assert_eq!(link[0]["ifalias"], "tailnet-cni:someone-else", "{link}");
-    assert!(pod_x
-        .json(&["link", "show"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|l| l["ifname"] != "ts0"));
+    assert_no_pod_interface(&pod_x);
     // Y's leftover rule is gone, its fresh plumbing is in place.
     let rules = host.json(&["rule", "show"]);
     assert!(!has(&rules, |r| r["table"] == "4242"), "{rules}");
@@ -800,4 +850,161 @@ fn host_name_collisions_and_leftovers() {
     }
     host.run(&["link", "del", &taken]).unwrap();
     assert_host_clean(&host, &[net_y.table]);
+}
+
+const DISABLE_IPV6: &str = "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; \
+                            echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6";
+
+fn is_disabled_by_all(reason: Option<&Ipv6Unavailable>, at: Place) -> bool {
+    matches!(
+        reason,
+        Some(Ipv6Unavailable::Disabled { place, sysctl, value })
+            if *place == at && sysctl == "net.ipv6.conf.all.disable_ipv6" && value == "1"
+    )
+}
+
+/// A pod on a node (or in a netns) without IPv6 gets its IPv4 address and
+/// routes and no fd7a address; CHECK expects exactly that, teardown leaves
+/// nothing behind, and an IPv6-only pod there is refused cleanly.
+#[test]
+fn ipv4_only_where_ipv6_is_disabled() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    // A node with IPv6 switched off, as many homelab installs are.
+    let node_off = NamedNetns::new("v6off");
+    node_off.run(&["link", "set", "lo", "up"]).unwrap();
+    node_off.exec_sh(DISABLE_IPV6);
+    let pod_e = NamedNetns::new("e");
+    let pod_f = NamedNetns::new("f");
+    let spec_e = spec("v4only-e-0123456789", &pod_e, 40);
+    let mut spec_f = spec("v6only-f-0123456789", &pod_f, 41);
+    spec_f.ipv4 = None;
+    // A node with IPv6 whose pod has it switched off.
+    let node_on = NamedNetns::new("v6on");
+    node_on.run(&["link", "set", "lo", "up"]).unwrap();
+    let pod_g = NamedNetns::new("g");
+    pod_g.exec_sh(DISABLE_IPV6);
+    let spec_g = spec("v4only-g-0123456789", &pod_g, 42);
+
+    let (tx, rx) = std::sync::mpsc::channel::<(PodNet, u32)>();
+    {
+        let (spec_e, spec_f, pe) = (spec_e.clone(), spec_f.clone(), pod_e.view());
+        in_host_netns(&node_off, move || async move {
+            let plumber = Plumber::new().unwrap();
+            let tables = TableAllocator::with_default_range([]);
+            let net_e = plumber
+                .setup(&spec_e, tables.allocate().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(net_e.ipv4, spec_e.ipv4);
+            assert_eq!(net_e.ipv6, None);
+            assert!(
+                is_disabled_by_all(net_e.ipv6_omitted.as_ref(), Place::Node),
+                "{:?}",
+                net_e.ipv6_omitted
+            );
+            plumber.check(&net_e, &spec_e).await.unwrap();
+
+            // IPv4 works end to end: the pod's packet reaches its TUN.
+            let tun_e = nonblocking_tun(&net_e.tun_name);
+            let peer = Ipv4Addr::new(100, 100, 9, 9);
+            let sock = udp_in(&pe, SocketAddr::from((spec_e.ipv4.unwrap(), 0)));
+            let pkt = send_until_seen(&sock, b"v4-only", (peer, 4250).into(), &tun_e, |p| {
+                is_udp_to_v4(p, peer, 4250)
+            })
+            .expect("the IPv4-only pod's packet on its TUN");
+            assert_eq!(&pkt[12..16], &spec_e.ipv4.unwrap().octets());
+            drop(tun_e);
+
+            let table_f = tables.allocate().unwrap();
+            let err = plumber.setup(&spec_f, table_f).await.unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    PlumbError::Ipv6OnlyWithoutIpv6(reason)
+                        if is_disabled_by_all(Some(reason), Place::Node)
+                ),
+                "{err}"
+            );
+            assert_eq!(
+                plumber.list_owned_links().await.unwrap(),
+                {
+                    let mut links = net_e.host_links().map(String::from).to_vec();
+                    links.sort();
+                    links
+                },
+                "the refused IPv6-only pod left nothing behind"
+            );
+            tx.send((net_e, table_f)).unwrap();
+        });
+    }
+    let (net_e, table_f) = rx.recv().unwrap();
+    assert_pod_view(&pod_e, &spec_e, &net_e);
+    assert_host_view(&node_off, &spec_e, &net_e);
+    assert_no_pod_interface(&pod_f);
+
+    {
+        let (spec_e, net_e, pe) = (spec_e.clone(), net_e.clone(), pod_e.view());
+        in_host_netns(&node_off, move || async move {
+            let plumber = Plumber::new().unwrap();
+            // An fd7a address the record says was left out is drift.
+            let stray = format!("{}/128", spec_e.ipv6.unwrap());
+            pe.run(&["addr", "add", &stray, "dev", "ts0", "nodad"])
+                .unwrap();
+            let err = plumber.check(&net_e, &spec_e).await.unwrap_err();
+            assert!(matches!(err, PlumbError::Drift(_)), "{err}");
+
+            plumber
+                .teardown(&net_e, Some(&spec_e.netns_path))
+                .await
+                .unwrap();
+            plumber
+                .teardown(&net_e, Some(&spec_e.netns_path))
+                .await
+                .unwrap();
+            assert!(plumber.list_owned_links().await.unwrap().is_empty());
+        });
+    }
+    assert_host_clean(&node_off, &[net_e.table, table_f]);
+
+    let (tx, rx) = std::sync::mpsc::channel::<PodNet>();
+    {
+        let spec_g = spec_g.clone();
+        in_host_netns(&node_on, move || async move {
+            let plumber = Plumber::new().unwrap();
+            let tables = TableAllocator::with_default_range([]);
+            let net_g = plumber
+                .setup(&spec_g, tables.allocate().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(net_g.ipv6, None);
+            assert!(
+                is_disabled_by_all(net_g.ipv6_omitted.as_ref(), Place::Pod),
+                "{:?}",
+                net_g.ipv6_omitted
+            );
+            plumber.check(&net_g, &spec_g).await.unwrap();
+            tx.send(net_g).unwrap();
+        });
+    }
+    let net_g = rx.recv().unwrap();
+    assert_pod_view(&pod_g, &spec_g, &net_g);
+    assert_host_view(&node_on, &spec_g, &net_g);
+    {
+        let (spec_g, net_g) = (spec_g.clone(), net_g.clone());
+        in_host_netns(&node_on, move || async move {
+            let plumber = Plumber::new().unwrap();
+            plumber.check(&net_g, &spec_g).await.unwrap();
+            plumber
+                .teardown(&net_g, Some(&spec_g.netns_path))
+                .await
+                .unwrap();
+            assert!(plumber.list_owned_links().await.unwrap().is_empty());
+        });
+    }
+    assert_host_clean(&node_on, &[net_g.table]);
+    assert_no_pod_interface(&pod_g);
+    drop((pod_e, pod_f, pod_g));
 }

@@ -1,5 +1,12 @@
 //! The gRPC contract between the `tailnet-cni` shim and the `tailnet-cnid`
 //! daemon. See `proto/tailnetcni/v1/cni.proto` for the compatibility rules.
+//! Also what both sides must agree on outside the wire: how container ids and
+//! interface names are validated, and how files are replaced atomically.
+
+pub mod atomic_file;
+pub mod validate;
+
+pub use atomic_file::{atomic_write, AtomicWriteError};
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

@@ -6,6 +6,11 @@
 use std::ffi::OsString;
 use std::fmt;
 
+/// The rules shared with the daemon, used here on what the runtime passes.
+pub use tailnet_cni_proto::validate::{
+    container_id as validate_container_id, interface_name as validate_interface_name,
+};
+
 use crate::error::CniError;
 
 pub const CNI_COMMAND: &str = "CNI_COMMAND";
@@ -142,45 +147,6 @@ fn required(lookup: EnvLookup<'_>, variable: &str) -> Result<String, CniError> {
         Some(value) if !value.is_empty() => Ok(value),
         _ => Err(CniError::invalid_env(variable, "required but not set")),
     }
-}
-
-/// Container IDs: an alphanumeric, then alphanumerics,
-/// `_`, `.` or `-`.
-pub fn validate_container_id(id: &str) -> Result<(), String> {
-    let mut chars = id.chars();
-    match chars.next() {
-        None => return Err("must not be empty".into()),
-        Some(first) if !first.is_ascii_alphanumeric() => {
-            return Err(format!("{id:?} must start with a letter or digit"))
-        }
-        Some(_) => {}
-    }
-    match chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
-        Some(bad) => Err(format!(
-            "{id:?} contains {bad:?}; only letters, digits, '_', '.' and '-' are allowed"
-        )),
-        None => Ok(()),
-    }
-}
-
-/// Linux interface names: 1-15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
-pub fn validate_interface_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("interface name must not be empty".into());
-    }
-    if name.len() > 15 {
-        return Err(format!("interface name {name:?} is longer than 15 bytes"));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a valid interface name"));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
-    {
-        return Err(format!("interface name {name:?} must not contain {bad:?}"));
-    }
-    Ok(())
 }
 
 /// Parses `K=V;K=V`. Unknown keys are refused unless `IgnoreUnknown` is true,

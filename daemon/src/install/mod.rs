@@ -9,11 +9,11 @@
 pub mod conflist;
 pub mod containerd;
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name, AtomicWriteError};
 use tracing::{info, warn};
 
 use self::conflist::{ChainOutcome, PluginEntry};
@@ -69,6 +69,8 @@ pub enum InstallError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Write(#[from] AtomicWriteError),
     #[error(transparent)]
     Conflist(#[from] conflist::ConflistError),
     #[error("no CNI network config in {0} yet: is the primary CNI installed?")]
@@ -152,28 +154,53 @@ fn shim_source(args: &InstallArgs) -> Result<PathBuf, InstallError> {
     Ok(exe.with_file_name(conflist::PLUGIN_TYPE))
 }
 
-/// Writes `bytes` to `path` through a temp file and a rename, so the runtime
-/// never sees a half-written binary or config.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A leading dot and a non-config suffix keep libcni from loading it.
-    let tmp = dir.join(format!(".{name}.tailnet-cni-tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err("creating", &tmp))?;
-    file.write_all(bytes).map_err(io_err("writing", &tmp))?;
-    file.sync_all().map_err(io_err("syncing", &tmp))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting mode of", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("renaming into", path))
+/// Removes temporary files that an earlier installer left beside `target`
+/// when it died between creating and renaming them. Returns how many. Only
+/// called before this process writes anything: every such file is stale,
+/// whatever pid it names (in a container, each run may be pid 1).
+fn remove_stale_temp_files(target: &Path) -> Result<usize, InstallError> {
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Ok(0);
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("listing", dir)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let ours = parse_temp_file_name(&file_name).is_some_and(|temp| temp.target == name);
+        if !ours {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &entry.path())(e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes what an interrupted earlier run left beside the files we write.
+/// A leftover is only clutter (CNI loaders skip it), so failing to remove
+/// one is reported, not fatal.
+fn remove_leftovers(layout: &Layout) {
+    let conflist = conflist::primary_config(&layout.conf_dir).ok().flatten();
+    let shims = layout
+        .bin_dirs
+        .iter()
+        .map(|dir| dir.join(conflist::PLUGIN_TYPE));
+    for target in shims.chain(conflist) {
+        match remove_stale_temp_files(&target) {
+            Ok(0) => {}
+            Ok(removed) => {
+                info!(target = %target.display(), removed, "removed leftover temporary files")
+            }
+            Err(error) => warn!(%error, "cannot remove leftover temporary files"),
+        }
+    }
 }
 
 /// Copies the shim into every bin dir (skipping identical copies).
@@ -185,7 +212,7 @@ pub fn install_shim(source: &Path, bin_dirs: &[PathBuf]) -> Result<(), InstallEr
         if std::fs::read(&target).ok().as_deref() == Some(bytes.as_slice()) {
             continue;
         }
-        write_atomic(&target, &bytes, 0o755)?;
+        atomic_write(&target, &bytes, 0o755)?;
         info!(target = %target.display(), "installed shim");
     }
     Ok(())
@@ -202,7 +229,7 @@ pub fn apply_conflist(conf_dir: &Path, entry: &PluginEntry) -> Result<ChainOutco
         let mode = std::fs::metadata(&path)
             .map(|m| m.permissions().mode() & 0o777)
             .unwrap_or(0o644);
-        write_atomic(&path, out.as_bytes(), mode)?;
+        atomic_write(&path, out.as_bytes(), mode)?;
         info!(path = %path.display(), ?outcome, "chained tailnet-cni into the primary CNI config");
     }
     Ok(outcome)
@@ -212,6 +239,7 @@ pub fn apply_conflist(conf_dir: &Path, entry: &PluginEntry) -> Result<ChainOutco
 pub async fn install(args: &InstallArgs) -> Result<(), InstallError> {
     let layout = Layout::resolve(args)?;
     let source = shim_source(args)?;
+    remove_leftovers(&layout);
     install_shim(&source, &layout.bin_dirs)?;
     let entry = entry(args);
     if !args.watch {
@@ -259,7 +287,7 @@ pub fn uninstall(args: &InstallArgs) -> Result<(), InstallError> {
             let mode = std::fs::metadata(&path)
                 .map(|m| m.permissions().mode() & 0o777)
                 .unwrap_or(0o644);
-            write_atomic(&path, out.as_bytes(), mode)?;
+            atomic_write(&path, out.as_bytes(), mode)?;
             info!(path = %path.display(), "removed tailnet-cni from the primary CNI config");
         }
     }
@@ -348,6 +376,50 @@ mod tests {
         let b: serde_json::Value = serde_json::from_str(&restored).unwrap();
         assert_eq!(a, b);
         assert!(!root.join("bin-a/tailnet-cni").exists());
+    }
+
+    #[tokio::test]
+    async fn install_removes_only_its_own_leftover_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        setup(root);
+        std::fs::create_dir_all(root.join("bin-a")).unwrap();
+        let leftovers = [
+            root.join("bin-a/.tailnet-cni.tmp.1.0"),
+            root.join("net.d/.10-flannel.conflist.tmp.1.3"),
+        ];
+        let foreign = [
+            root.join("bin-a/.flannel.tmp.1.0"),
+            root.join("net.d/.10-flannel.conflist.swp"),
+            root.join("bin-a/.tailnet-cni.tmp.x.0"),
+            root.join("bin-a/.tailnet-cni.old.tmp.1.0"),
+        ];
+        for path in leftovers.iter().chain(&foreign) {
+            std::fs::write(path, b"partial").unwrap();
+        }
+        install(&args(root)).await.unwrap();
+        for path in &leftovers {
+            assert!(!path.exists(), "{} was left", path.display());
+        }
+        for path in &foreign {
+            assert!(path.exists(), "{} was removed", path.display());
+        }
+    }
+
+    #[test]
+    fn conflist_rewrite_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        setup(root);
+        let path = root.join("net.d/10-flannel.conflist");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let entry = entry(&args(root));
+        assert_eq!(
+            apply_conflist(&root.join("net.d"), &entry).unwrap(),
+            ChainOutcome::Appended
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -1,8 +1,13 @@
-//! Deterministic host-side names for a pod's devices, and validation of the
-//! identifiers that end up in device names and file paths.
+//! Deterministic host-side names for a pod's devices, and (shared with the
+//! shim) validation of the identifiers that end up in device names and file
+//! paths.
 //!
 //! Names are derived from the container id alone, so a restarted daemon (or a
 //! garbage collector that lost its records) finds the same devices again.
+
+pub use tailnet_cni_proto::validate::{
+    container_id as validate_container_id, interface_name as validate_if_name,
+};
 
 /// Prefix of the per-pod TUN device in the host netns.
 pub const TUN_PREFIX: &str = "tnt";
@@ -11,10 +16,6 @@ pub const HOST_VETH_PREFIX: &str = "tnv";
 /// Hex digits of the container-id hash in a device name: prefix (3) + 10
 /// stays within IFNAMSIZ - 1 = 15.
 const HASH_HEX_DIGITS: usize = 10;
-/// Longest interface name Linux accepts (IFNAMSIZ minus the NUL).
-pub const MAX_IFNAME_LEN: usize = 15;
-/// Longest container id accepted; runtimes use 64 hex digits.
-pub const MAX_CONTAINER_ID_LEN: usize = 128;
 
 /// Stable 64-bit FNV-1a: the same input gives the same hash on every build
 /// and architecture, unlike `std`'s randomised hasher.
@@ -56,55 +57,10 @@ pub fn is_owned_link_name(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidName {
-    #[error("container id is empty")]
-    EmptyContainerId,
-    #[error("container id is longer than {MAX_CONTAINER_ID_LEN} characters")]
-    ContainerIdTooLong,
-    #[error("container id must start with a letter or digit and contain only [A-Za-z0-9_.-]")]
-    ContainerIdCharacters,
-    #[error("interface name {0:?} is empty, longer than {MAX_IFNAME_LEN} bytes, or contains '/', ':', whitespace or is '.'/'..'")]
-    InterfaceName(String),
-}
-
-/// Checks a container id against the CNI rule (alphanumeric start, then
-/// `[A-Za-z0-9_.-]`). Ids that pass are safe as file names: no '/', never
-/// `.` or `..`.
-pub fn validate_container_id(container_id: &str) -> Result<(), InvalidName> {
-    let bytes = container_id.as_bytes();
-    let Some(first) = bytes.first() else {
-        return Err(InvalidName::EmptyContainerId);
-    };
-    if bytes.len() > MAX_CONTAINER_ID_LEN {
-        return Err(InvalidName::ContainerIdTooLong);
-    }
-    let valid_rest = bytes[1..]
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if !first.is_ascii_alphanumeric() || !valid_rest {
-        return Err(InvalidName::ContainerIdCharacters);
-    }
-    Ok(())
-}
-
-/// Checks an interface name the way the kernel's `dev_valid_name` does.
-pub fn validate_if_name(name: &str) -> Result<(), InvalidName> {
-    let bad = name.is_empty()
-        || name.len() > MAX_IFNAME_LEN
-        || name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
-    if bad {
-        return Err(InvalidName::InterfaceName(name.to_string()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use tailnet_cni_proto::validate::MAX_INTERFACE_NAME_LEN;
+
     use super::*;
 
     #[test]
@@ -121,8 +77,8 @@ mod tests {
         let tun = tun_name(id);
         let veth = host_veth_name(id);
         assert_eq!(tun, tun_name(id));
-        assert_eq!(tun.len(), MAX_IFNAME_LEN - 2);
-        assert!(tun.len() <= MAX_IFNAME_LEN);
+        assert_eq!(tun.len(), MAX_INTERFACE_NAME_LEN - 2);
+        assert!(tun.len() <= MAX_INTERFACE_NAME_LEN);
         assert!(tun.starts_with("tnt") && veth.starts_with("tnv"));
         assert_eq!(tun[3..], veth[3..], "both names carry the same hash");
         assert_ne!(tun_name("pod-a"), tun_name("pod-b"));
@@ -139,43 +95,5 @@ mod tests {
         assert!(!is_owned_link_name("tntABCDEF0123")); // upper case is not ours
         assert!(!is_owned_link_name("tailscale0"));
         assert!(!is_owned_link_name("eth0"));
-    }
-
-    #[test]
-    fn container_ids_follow_the_cni_rule() {
-        validate_container_id("abc123").unwrap();
-        validate_container_id("a_b.c-d").unwrap();
-        assert_eq!(
-            validate_container_id(""),
-            Err(InvalidName::EmptyContainerId)
-        );
-        assert_eq!(
-            validate_container_id(".hidden"),
-            Err(InvalidName::ContainerIdCharacters)
-        );
-        assert_eq!(
-            validate_container_id("../etc/passwd"),
-            Err(InvalidName::ContainerIdCharacters)
-        );
-        assert_eq!(
-            validate_container_id("a/b"),
-            Err(InvalidName::ContainerIdCharacters)
-        );
-        assert_eq!(
-            validate_container_id(&"a".repeat(MAX_CONTAINER_ID_LEN + 1)),
-            Err(InvalidName::ContainerIdTooLong)
-        );
-    }
-
-    #[test]
-    fn interface_names_follow_the_kernel_rule() {
-        validate_if_name("ts0").unwrap();
-        validate_if_name("a23456789012345").unwrap();
-        assert!(validate_if_name("a234567890123456").is_err());
-        assert!(validate_if_name("").is_err());
-        assert!(validate_if_name("..").is_err());
-        assert!(validate_if_name("eth0:1").is_err());
-        assert!(validate_if_name("a b").is_err());
-        assert!(validate_if_name("a/b").is_err());
     }
 }

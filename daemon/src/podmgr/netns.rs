@@ -55,29 +55,41 @@ impl Netns {
             .map_err(|_| io::Error::other("netns worker thread panicked"))?
     }
 
+    /// Runs `work` on a fresh thread that has entered this namespace and
+    /// awaits its answer without blocking the runtime. For short reads of
+    /// namespace-scoped state (its `/proc/sys/net`, a new socket).
+    pub async fn query<T, F>(&self, work: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> io::Result<T> + Send + 'static,
+    {
+        let ns = self.file.try_clone()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("netns-query".into())
+            .spawn(move || {
+                let answer = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)
+                    .and_then(|()| work());
+                let _ = tx.send(answer);
+            })?;
+        rx.await
+            .map_err(|_| io::Error::other("netns worker thread exited without an answer"))?
+    }
+
     /// Opens an rtnetlink connection bound to this namespace and spawns its
     /// driver on the current tokio runtime. The connection ends when the
     /// returned handle (and its clones) are dropped.
     pub async fn netlink(&self) -> io::Result<rtnetlink::Handle> {
         let runtime = tokio::runtime::Handle::current();
-        let ns = self.file.try_clone()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("netns-netlink".into())
-            .spawn(move || {
-                let opened = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(io::Error::from)
-                    .and_then(|()| {
-                        // The socket registers with the runtime's reactor;
-                        // which thread does that does not matter.
-                        let _entered = runtime.enter();
-                        rtnetlink::new_connection()
-                    });
-                let _ = tx.send(opened);
-            })?;
-        let (connection, handle, _) = rx
-            .await
-            .map_err(|_| io::Error::other("netns netlink thread exited without an answer"))??;
+        let (connection, handle, _) = self
+            .query(move || {
+                // The socket registers with the runtime's reactor; which
+                // thread does that does not matter.
+                let _entered = runtime.enter();
+                rtnetlink::new_connection()
+            })
+            .await?;
         tokio::spawn(connection);
         Ok(handle)
     }

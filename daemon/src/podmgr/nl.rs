@@ -1,16 +1,24 @@
-//! Small queries and classifications over rtnetlink shared by setup, check
-//! and teardown.
+//! The plumbing's only door to rtnetlink: the queries and every change it
+//! makes (links, addresses, neighbours, routes, rules), and how kernel
+//! errors are told apart.
 
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
-use rtnetlink::{Handle, IpVersion};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth};
 
 const ENOENT: i32 = libc::ENOENT;
 const ENODEV: i32 = libc::ENODEV;
@@ -217,6 +225,185 @@ pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(IpAddr, u8)>,
         .collect())
 }
 
+/// Sets a link's alias (how the plumbing marks its devices) and, when
+/// given, its MTU.
+pub async fn set_link_alias(
+    handle: &Handle,
+    index: u32,
+    alias: &str,
+    mtu: Option<u32>,
+) -> Result<(), rtnetlink::Error> {
+    let mut change = LinkUnspec::new_with_index(index).alias(alias.to_string());
+    if let Some(mtu) = mtu {
+        change = change.mtu(mtu);
+    }
+    handle.link().set(change.build()).execute().await
+}
+
+pub async fn set_link_up(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+}
+
+/// Creates a veth pair whose peer is born inside `peer_netns` under its
+/// final name, so it never appears in the caller's namespace.
+pub async fn add_veth(
+    handle: &Handle,
+    name: &str,
+    peer_name: &str,
+    mtu: u32,
+    peer_netns: BorrowedFd<'_>,
+) -> Result<(), rtnetlink::Error> {
+    let peer = LinkUnspec::new_with_name(peer_name)
+        .mtu(mtu)
+        .setns_by_fd(peer_netns.as_raw_fd())
+        .build();
+    let veth = LinkVeth::new(name, peer_name)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .mtu(mtu)
+        .build();
+    handle.link().add(veth).execute().await
+}
+
+/// Deletes a link; one already gone counts as deleted.
+pub async fn delete_link(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    forgive_not_found(handle.link().del(index).execute().await)
+}
+
+/// Adds `ip/prefix_len` to a link. `skip_dad` leaves out IPv6 duplicate
+/// address detection, so the address is usable as a source at once.
+pub async fn add_address(
+    handle: &Handle,
+    index: u32,
+    ip: IpAddr,
+    prefix_len: u8,
+    skip_dad: bool,
+) -> Result<(), rtnetlink::Error> {
+    let mut request = handle.address().add(index, ip, prefix_len);
+    if skip_dad {
+        request.message_mut().header.flags = AddressHeaderFlags::Nodad;
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    request.execute().await
+}
+
+/// Adds (or replaces, so a retry is idempotent) a permanent neighbour entry.
+pub async fn add_permanent_neighbour(
+    handle: &Handle,
+    index: u32,
+    ip: IpAddr,
+    mac: &[u8; 6],
+) -> Result<(), rtnetlink::Error> {
+    // Permanent is the request's default state.
+    handle
+        .neighbours()
+        .add(index, ip)
+        .link_layer_address(mac)
+        .replace()
+        .execute()
+        .await
+}
+
+/// A unicast route as the plumbing writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub table: u32,
+    /// Destination prefix; a zero length makes it the family's default route.
+    pub destination: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+    pub oif: u32,
+    pub pref_source: Option<IpAddr>,
+    pub scope: RouteScope,
+    /// The gateway is reachable on the link without a covering prefix.
+    pub onlink: bool,
+}
+
+impl Route {
+    fn message(&self) -> RouteMessage {
+        let mut message = RouteMessage::default();
+        message.header.address_family = match self.destination {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        message.header.destination_prefix_length = self.prefix_len;
+        message.header.protocol = RouteProtocol::Static;
+        message.header.scope = self.scope;
+        message.header.kind = RouteType::Unicast;
+        if self.onlink {
+            message.header.flags.insert(RouteFlags::Onlink);
+        }
+        // Table numbers above 255 only fit the attribute.
+        message.header.table = u8::try_from(self.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        message.attributes.push(RouteAttribute::Table(self.table));
+        if self.prefix_len > 0 {
+            message
+                .attributes
+                .push(RouteAttribute::Destination(self.destination.into()));
+        }
+        if let Some(gateway) = self.gateway {
+            message
+                .attributes
+                .push(RouteAttribute::Gateway(gateway.into()));
+        }
+        message.attributes.push(RouteAttribute::Oif(self.oif));
+        if let Some(source) = self.pref_source {
+            message
+                .attributes
+                .push(RouteAttribute::PrefSource(source.into()));
+        }
+        message
+    }
+}
+
+pub async fn add_route(handle: &Handle, route: &Route) -> Result<(), rtnetlink::Error> {
+    handle.route().add(route.message()).execute().await
+}
+
+/// Deletes a route as a dump reported it; one already gone counts as deleted.
+pub async fn delete_route(handle: &Handle, route: RouteMessage) -> Result<(), rtnetlink::Error> {
+    forgive_not_found(handle.route().del(route).execute().await)
+}
+
+/// Adds `iif <iif> lookup <table>` at `priority`.
+pub async fn add_rule(
+    handle: &Handle,
+    version: IpVersion,
+    iif: &str,
+    table: u32,
+    priority: u32,
+) -> Result<(), rtnetlink::Error> {
+    let request = handle
+        .rule()
+        .add()
+        .input_interface(iif)
+        .table_id(table)
+        .priority(priority)
+        .action(RuleAction::ToTable);
+    match version {
+        IpVersion::V4 => request.v4().execute().await,
+        IpVersion::V6 => request.v6().execute().await,
+    }
+}
+
+/// Deletes a rule as a dump reported it; one already gone counts as deleted.
+pub async fn delete_rule(handle: &Handle, rule: RuleMessage) -> Result<(), rtnetlink::Error> {
+    forgive_not_found(handle.rule().del(rule).execute().await)
+}
+
+fn forgive_not_found(result: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(e) if is_not_found(&e) => Ok(()),
+        other => other,
+    }
+}
+
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -225,62 +412,4 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rtnetlink::packet_core::ErrorMessage;
-    use std::num::NonZeroI32;
-
-    fn nl_error(code: i32) -> rtnetlink::Error {
-        let mut msg = ErrorMessage::default();
-        msg.code = NonZeroI32::new(-code);
-        rtnetlink::Error::NetlinkError(msg)
-    }
-
-    #[test]
-    fn classifies_kernel_errors() {
-        assert!(is_not_found(&nl_error(libc::ENODEV)));
-        assert!(is_not_found(&nl_error(libc::ENOENT)));
-        assert!(!is_not_found(&nl_error(libc::EPERM)));
-        assert!(is_exists(&nl_error(libc::EEXIST)));
-        assert!(!is_exists(&nl_error(libc::ENOENT)));
-        assert!(!is_not_found(&rtnetlink::Error::RequestFailed));
-    }
-
-    #[test]
-    fn link_view_reads_the_attributes_we_use() {
-        let mut msg = LinkMessage::default();
-        msg.header.index = 7;
-        msg.header.flags = LinkFlags::Up;
-        msg.attributes = vec![
-            LinkAttribute::IfName("tnt0123456789".into()),
-            LinkAttribute::IfAlias("tailnet-cni:abc".into()),
-            LinkAttribute::Address(vec![2, 0, 0, 0, 0, 9]),
-            LinkAttribute::Mtu(1280),
-            LinkAttribute::OperState(State::Up),
-            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Tun)]),
-        ];
-        let view = LinkInfoView::from(&msg);
-        assert_eq!(view.index, 7);
-        assert_eq!(view.name, "tnt0123456789");
-        assert_eq!(view.alias.as_deref(), Some("tailnet-cni:abc"));
-        assert_eq!(view.mac, Some([2, 0, 0, 0, 0, 9]));
-        assert_eq!(view.mtu, Some(1280));
-        assert!(view.up && view.oper_up);
-        assert_eq!(view.kind, Some(InfoKind::Tun));
-
-        msg.header.flags = LinkFlags::empty();
-        msg.attributes = vec![
-            LinkAttribute::Address(vec![1, 2, 3]),
-            LinkAttribute::OperState(State::LowerLayerDown),
-        ];
-        let view = LinkInfoView::from(&msg);
-        assert!(!view.up && !view.oper_up);
-        assert_eq!(view.mac, None, "a non-Ethernet address is not a MAC");
-    }
-
-    #[test]
-    fn mac_is_formatted_lowercase_colon_separated() {
-        let mac = [0x02, 0xab, 0x00, 0x10, 0xfe, 0x7f];
-        assert_eq!(format_mac(&mac), "02:ab:00:10:fe:7f");
-    }
-}
+mod tests;

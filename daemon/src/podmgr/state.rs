@@ -6,16 +6,17 @@
 //! renamed over the old one, and the directory is synced.
 
 use std::collections::HashSet;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, DirBuilder, File};
+use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name};
+use tailnet_cni_proto::validate::InvalidContainerId;
 
-use super::naming::{validate_container_id, InvalidName};
+use super::naming::validate_container_id;
 use super::plumbing::PodNet;
 
 const PODS_DIR: &str = "pods";
@@ -27,7 +28,7 @@ pub enum StateError {
     #[error("invalid container id {container_id:?}: {source}")]
     InvalidContainerId {
         container_id: String,
-        source: InvalidName,
+        source: InvalidContainerId,
     },
     #[error("{op} {path}: {source}")]
     Io {
@@ -259,7 +260,7 @@ impl StateStore {
             let entries = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                let Some(pid) = name.to_str().and_then(temp_file_pid) else {
+                let Some(pid) = parse_temp_file_name(&name).map(|temp| temp.writer_pid) else {
                     continue;
                 };
                 if pid == std::process::id() {
@@ -306,16 +307,6 @@ fn ids_in(dir: &Path) -> Result<HashSet<String>, StateError> {
     Ok(ids)
 }
 
-/// The writer's pid, if `name` is a temporary file of
-/// [`write_private_atomic`]: `.<name>.tmp.<pid>.<counter>`.
-fn temp_file_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix('.')?;
-    let (_, tail) = rest.rsplit_once(".tmp.")?;
-    let (pid, counter) = tail.split_once('.')?;
-    counter.parse::<u64>().ok()?;
-    pid.parse().ok()
-}
-
 fn check_id(container_id: &str) -> Result<(), StateError> {
     validate_container_id(container_id).map_err(|source| StateError::InvalidContainerId {
         container_id: container_id.to_string(),
@@ -349,44 +340,11 @@ fn parse_record(
 /// moment it exists (it may hold private keys). The parent directory must
 /// exist.
 pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| {
-            io_err("writing", path)(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "path has no file name",
-            ))
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(
-        ".{file_name}.tmp.{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-
-    let written = (|| -> Result<(), StateError> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("creating", &tmp))?;
-        file.write_all(bytes).map_err(io_err("writing", &tmp))?;
-        file.sync_all().map_err(io_err("syncing", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("renaming into place", path))
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_dir(dir)
+    atomic_write(path, bytes, 0o600).map_err(|e| StateError::Io {
+        op: e.step.as_str(),
+        path: e.path,
+        source: e.source,
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StateError> {

@@ -26,6 +26,21 @@ pub fn read(key: &str) -> Result<String, SysctlError> {
         .map_err(|source| SysctlError { path, source })
 }
 
+/// Reads a sysctl that may legitimately be absent (a family the kernel was
+/// built or booted without, a link that has no such setting): `None` then.
+pub fn read_optional(key: &str) -> Result<Option<String>, SysctlError> {
+    match read(key) {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether a sysctl or a directory of them (`net.ipv6`) exists.
+pub fn exists(key: &str) -> bool {
+    path_of(key).exists()
+}
+
 /// Writes `value` unless the sysctl already holds it. Returns whether it
 /// changed anything.
 pub fn ensure(key: &str, value: &str) -> Result<bool, SysctlError> {
@@ -47,6 +62,15 @@ mod tests {
             path_of("net.ipv4.conf.tnt0123456789.rp_filter"),
             PathBuf::from("/proc/sys/net/ipv4/conf/tnt0123456789/rp_filter")
         );
+    }
+
+    #[test]
+    fn a_missing_key_is_absent_not_an_error_when_optional() {
+        assert_eq!(
+            read_optional("net.ipv4.conf.does-not-exist-xyz.rp_filter").unwrap(),
+            None
+        );
+        assert!(!exists("net.ipv4.conf.does-not-exist-xyz"));
     }
 
     #[test]

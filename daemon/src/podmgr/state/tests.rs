@@ -105,14 +105,6 @@ fn container_ids_include_unparsable_records() {
 }
 
 #[test]
-fn temp_file_names_are_recognised() {
-    assert_eq!(temp_file_pid(".abc.json.tmp.42.0"), Some(42));
-    assert_eq!(temp_file_pid("abc.json"), None);
-    assert_eq!(temp_file_pid(".abc.json.tmp.x.0"), None);
-    assert_eq!(temp_file_pid(".abc.json.tmp.42"), None);
-}
-
-#[test]
 fn write_private_atomic_tightens_mode_of_replaced_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("key.json");

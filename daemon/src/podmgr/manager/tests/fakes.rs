@@ -72,6 +72,7 @@ pub fn pod_net_of(container_id: &str, table: u32, mtu: u32) -> PodNet {
         mtu,
         ipv4: None,
         ipv6: None,
+        ipv6_omitted: None,
     }
 }
 
