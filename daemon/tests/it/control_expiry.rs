@@ -23,7 +23,8 @@ use tailnet_cnid::control::{
     ControlClient, ControlConfig, ControlError, IdentityHandle, IdentityKeys, IdentityOptions,
     NetMap, RotationPolicy,
 };
-use tailnet_cnid::podmgr::rekey::{self, IdentityFile, Reattach};
+use tailnet_cnid::podmgr::dataplane::{self, AttachTarget};
+use tailnet_cnid::podmgr::keyfile::IdentityFile;
 use tailnet_cnid::podmgr::tun::{create_persistent_tun, open_tun, release_persistent_tun};
 use tailnet_cnid::wg::{Engine, EngineConfig, PodDataConfig};
 
@@ -401,10 +402,10 @@ async fn the_data_plane_follows_a_rotated_key() {
             addresses: addresses.clone(),
         })
         .expect("attach");
-    let (data, task) = rekey::start(
+    let (data, task) = dataplane::supervise(
         first.clone(),
         keys.node_public(),
-        Reattach {
+        AttachTarget {
             engine: engine.clone(),
             pod_id: "dp".into(),
             tun_name: tun_name.clone(),

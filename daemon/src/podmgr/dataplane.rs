@@ -1,6 +1,6 @@
-//! Follows a pod identity's node key when the control session rotates it:
-//! on disk (the identity file, written before the server sees the key) and
-//! in the data plane.
+//! A pod's data plane for as long as it is served: its engine attachment,
+//! made again when the control session rotates the node key, and the netmap
+//! sync that feeds it.
 //!
 //! WireGuard sessions and DERP connections are bound to the node key, so a
 //! new key means a new engine attachment: the pod is detached and attached
@@ -8,86 +8,98 @@
 //! starts over (it sends peers, DERP map and filter afresh). Packets the
 //! pod sends in that instant are dropped, as on any re-handshake.
 
+use std::io;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::state::write_private_atomic;
 use super::tun::open_tun;
 use crate::control::keys::NodePublic;
-use crate::control::{EndpointReporter, IdentityKeys, KeyStore, KeyStoreError, NetMap};
+use crate::control::{EndpointReporter, IdentityKeys, NetMap};
 use crate::wg::{Engine, EngineError, PodDataConfig, PodHandle, PodStats};
 
 /// How long a re-attach waits for the engine to release the old one.
 const REATTACH_PATIENCE: Duration = Duration::from_secs(5);
 const REATTACH_STEP: Duration = Duration::from_millis(20);
 
-/// The pod's identity file as the session's key store.
-pub struct IdentityFile(pub PathBuf);
-
-impl KeyStore for IdentityFile {
-    fn save(&self, keys: &IdentityKeys) -> Result<(), KeyStoreError> {
-        let bytes = serde_json::to_vec(keys).map_err(KeyStoreError::new)?;
-        write_private_atomic(&self.0, &bytes).map_err(KeyStoreError::new)
-    }
+/// Why a pod could not be attached to the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("opening TUN {tun}: {source}")]
+    OpenTun {
+        tun: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting data plane: {0}")]
+    Engine(#[from] EngineError),
 }
 
 /// The pod's current engine attachment; replaced when the key rotates.
 #[derive(Clone)]
-pub struct PodData {
+pub struct PodDataPlane {
     current: watch::Receiver<PodHandle>,
 }
 
-impl PodData {
+impl PodDataPlane {
+    /// The attachment in use right now.
     pub fn current(&self) -> PodHandle {
         self.current.borrow().clone()
     }
 
+    /// Detaches the current attachment from the engine.
     pub async fn detach(self) -> Result<(), EngineError> {
         self.current().detach().await
     }
 
+    /// The current attachment's counters and peers.
     pub async fn stats(&self) -> Result<PodStats, EngineError> {
         self.current().stats().await
     }
 
+    /// The counters without waiting for the pod's task.
     pub fn stats_now(&self) -> PodStats {
         self.current().stats_now()
     }
 }
 
-/// What it takes to attach the pod again with another key.
-pub struct Reattach {
+/// Where and how a pod is attached: enough to attach it again with
+/// another key.
+#[derive(Clone)]
+pub struct AttachTarget {
     pub engine: Engine,
     pub pod_id: String,
     pub tun_name: String,
     pub addresses: Vec<IpAddr>,
 }
 
-impl Reattach {
+impl AttachTarget {
+    /// Opens the pod's TUN and attaches it to the engine with `keys`.
+    pub fn attach(&self, keys: &IdentityKeys) -> Result<PodHandle, AttachError> {
+        let tun_fd = open_tun(&self.tun_name).map_err(|source| AttachError::OpenTun {
+            tun: self.tun_name.clone(),
+            source,
+        })?;
+        let handle = self.engine.attach_pod(PodDataConfig {
+            pod_id: self.pod_id.clone(),
+            tun_fd,
+            node_private: keys.node_private_bytes(),
+            disco_private: keys.disco_private_bytes(),
+            addresses: self.addresses.clone(),
+        })?;
+        Ok(handle)
+    }
+
     /// Attaches with `keys`, waiting for the engine to let go of the
     /// previous attachment (its task releases the id and the TUN just after
     /// acknowledging the detach).
-    async fn attach(&self, keys: &IdentityKeys) -> Result<PodHandle, String> {
+    async fn reattach(&self, keys: &IdentityKeys) -> Result<PodHandle, AttachError> {
         let deadline = tokio::time::Instant::now() + REATTACH_PATIENCE;
         loop {
-            let attempt = open_tun(&self.tun_name)
-                .map_err(|e| format!("opening TUN {}: {e}", self.tun_name))
-                .and_then(|tun_fd| {
-                    self.engine
-                        .attach_pod(PodDataConfig {
-                            pod_id: self.pod_id.clone(),
-                            tun_fd,
-                            node_private: keys.node_private_bytes(),
-                            disco_private: keys.disco_private_bytes(),
-                            addresses: self.addresses.clone(),
-                        })
-                        .map_err(|e| e.to_string())
-                });
-            match attempt {
+            match self.attach(keys) {
                 Ok(handle) => return Ok(handle),
                 Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
                 Err(_) => tokio::time::sleep(REATTACH_STEP).await,
@@ -99,28 +111,28 @@ impl Reattach {
 /// Wraps the first attachment; the returned future keeps the data plane on
 /// the session's current key and its netmap in sync, until the session or
 /// the data plane ends.
-pub fn start(
+pub fn supervise(
     first: PodHandle,
     attached_key: NodePublic,
-    reattach: Reattach,
+    target: AttachTarget,
     keys: watch::Receiver<IdentityKeys>,
-    netmap: watch::Receiver<Option<std::sync::Arc<NetMap>>>,
+    netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
 ) -> (
-    PodData,
+    PodDataPlane,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (slot, current) = watch::channel(first);
-    let task = follow(slot, attached_key, reattach, keys, netmap, reporter);
-    (PodData { current }, task)
+    let task = follow(slot, attached_key, target, keys, netmap, reporter);
+    (PodDataPlane { current }, task)
 }
 
 async fn follow(
     slot: watch::Sender<PodHandle>,
     mut attached_key: NodePublic,
-    reattach: Reattach,
+    target: AttachTarget,
     mut keys: watch::Receiver<IdentityKeys>,
-    netmap: watch::Receiver<Option<std::sync::Arc<NetMap>>>,
+    netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
 ) {
     loop {
@@ -130,7 +142,7 @@ async fn follow(
             if let Err(error) = old.detach().await {
                 warn!(%error, "old data-plane attachment already gone");
             }
-            match reattach.attach(&wanted).await {
+            match target.reattach(&wanted).await {
                 Ok(handle) => {
                     slot.send_replace(handle);
                     attached_key = wanted.node_public();

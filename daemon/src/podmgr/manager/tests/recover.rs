@@ -1,0 +1,48 @@
+//! Restart recovery.
+
+use tailnet_cni_proto::v1::CheckRequest;
+
+use super::Bed;
+use crate::podmgr::state::PodPhase;
+use crate::rpc::CniHandler;
+
+const POD: &str = "7e7e7e7e00000001";
+
+#[tokio::test]
+async fn a_running_pod_is_resumed_after_a_restart() {
+    let bed = Bed::start().await;
+    bed.add(POD).await.expect("ADD");
+    let world = bed.stop().await;
+    assert!(world.control.running_sessions().is_empty());
+    assert_eq!(world.control.nodes().len(), 1, "shutdown keeps the node");
+
+    let bed = Bed::start_in(world).await;
+    assert!(bed.engine.attached().contains(POD), "re-attached");
+    assert_eq!(bed.control.running_sessions().len(), 1, "session resumed");
+    assert_eq!(bed.control.nodes().len(), 1, "no new node");
+    let record = bed.record(POD).expect("record kept");
+    assert_eq!(record.state, PodPhase::Running);
+    bed.manager
+        .check(CheckRequest {
+            pod: Some(bed.pod(POD)),
+            ..CheckRequest::default()
+        })
+        .await
+        .expect("CHECK after resuming");
+
+    bed.del(POD).await.expect("DEL of a resumed pod");
+    bed.assert_gone(POD);
+}
+
+#[tokio::test]
+async fn a_pod_whose_netns_is_gone_is_released_at_start() {
+    let bed = Bed::start().await;
+    bed.add(POD).await.expect("ADD");
+    let netns = bed.netns(POD);
+    let world = bed.stop().await;
+    std::fs::remove_file(netns).expect("netns removed");
+
+    let bed = Bed::start_in(world).await;
+    bed.assert_gone(POD);
+    assert!(bed.manager.tables.in_use().is_empty());
+}
