@@ -1,7 +1,7 @@
 //! CNI ADD: the steps that put a pod on the tailnet, each recorded before
 //! the next begins, and the undo of all of them when one fails.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -293,11 +293,12 @@ impl<B: Backends> PodManager<B> {
         keys: &IdentityKeys,
         session: &SessionOf<B>,
     ) -> Result<AttachmentOf<B>, AttachError> {
-        let addresses: Vec<IpAddr> = record
+        // What was plumbed: without IPv6 on the node the pod has no fd7a address.
+        let addresses: Vec<IpAddr> = pod_net
             .ipv4
             .map(IpAddr::V4)
             .into_iter()
-            .chain(record.ipv6.map(IpAddr::V6))
+            .chain(pod_net.ipv6.map(IpAddr::V6))
             .collect();
         let spec = AttachSpec {
             pod_id: record.container_id.clone(),
@@ -322,17 +323,17 @@ pub(super) fn spec_of(record: &PodRecord, mtu: u32) -> PodNetSpec {
 }
 
 /// The pod's addresses as CIDR strings, as the runtime sees them.
-pub(super) fn record_ips(record: &PodRecord) -> Vec<String> {
-    record
-        .ipv4
-        .map(|a| format!("{a}/32"))
+pub(super) fn host_cidrs(ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>) -> Vec<String> {
+    ipv4.map(|a| format!("{a}/32"))
         .into_iter()
-        .chain(record.ipv6.map(|a| format!("{a}/128")))
+        .chain(ipv6.map(|a| format!("{a}/128")))
         .collect()
 }
 
+/// The CNI result: the addresses and routes that were plumbed, so a pod on
+/// a node without IPv6 is not told it has an fd7a address.
 fn add_response(record: &PodRecord, pod_net: &PodNet) -> AddResponse {
-    let ips = record_ips(record)
+    let ips = host_cidrs(pod_net.ipv4, pod_net.ipv6)
         .into_iter()
         .map(|address| IpConfig {
             address,
@@ -343,9 +344,9 @@ fn add_response(record: &PodRecord, pod_net: &PodNet) -> AddResponse {
         .iter()
         .filter(|dst| {
             if dst.contains(':') {
-                record.ipv6.is_some()
+                pod_net.ipv6.is_some()
             } else {
-                record.ipv4.is_some()
+                pod_net.ipv4.is_some()
             }
         })
         .map(|dst| Route {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use tailnet_cni_proto::cni_code;
 use tailnet_cni_proto::v1::CheckRequest;
 
-use super::add::{record_ips, spec_of};
+use super::add::{host_cidrs, spec_of};
 use super::seams::{Backends, Plumbing, Records};
 use super::{lock, PodManager};
 use crate::podmgr::state::PodPhase;
@@ -37,7 +37,7 @@ impl<B: Backends> PodManager<B> {
         let pod_net = record.pod_net.as_ref().ok_or_else(|| {
             CniError::new(cni_code::CHECK_FAILED, "pod has no interfaces recorded")
         })?;
-        let ours: HashSet<String> = record_ips(&record).into_iter().collect();
+        let ours: HashSet<String> = host_cidrs(record.ipv4, record.ipv6).into_iter().collect();
         for expected in &req.expected_ips {
             if !ours.contains(&expected.address) {
                 return Err(CniError::new(

@@ -61,6 +61,28 @@ async fn add_brings_the_pod_up() {
 }
 
 #[tokio::test]
+async fn add_on_a_node_without_ipv6_reports_only_what_was_plumbed() {
+    let bed = Bed::start().await;
+    bed.plumbing.without_ipv6.store(true, Ordering::SeqCst);
+    let response = bed.add(POD).await.expect("ADD");
+    let ips: Vec<&str> = response.ips.iter().map(|ip| ip.address.as_str()).collect();
+    assert_eq!(ips, ["100.64.0.1/32"]);
+    let routes: Vec<&str> = response.routes.iter().map(|r| r.dst.as_str()).collect();
+    assert_eq!(routes, ["100.64.0.0/10"]);
+    bed.manager
+        .check(CheckRequest {
+            pod: Some(bed.pod(POD)),
+            expected_ips: vec![IpConfig {
+                address: "100.64.0.1/32".into(),
+                gateway: String::new(),
+            }],
+            ..CheckRequest::default()
+        })
+        .await
+        .expect("CHECK of an IPv4-only pod");
+}
+
+#[tokio::test]
 async fn add_undoes_everything_when_the_first_record_cannot_be_saved() {
     let bed = Bed::start().await;
     *bed.records.fail_save_in.lock().expect("flag") = Some(PodPhase::Pending);

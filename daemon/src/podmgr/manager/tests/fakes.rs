@@ -19,7 +19,9 @@ use crate::podmgr::manager::seams::{
     SessionSpec,
 };
 use crate::podmgr::naming::{host_veth_name, tun_name};
-use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec, StaleCleanup, TeardownErrors};
+use crate::podmgr::plumbing::{
+    Ipv6Unavailable, Place, PlumbError, PodNet, PodNetSpec, StaleCleanup, TeardownErrors,
+};
 use crate::podmgr::state::{LoadedRecords, PodPhase, PodRecord, StateError, StateStore};
 use crate::wg::{EngineError, HomeRelay, PodStats};
 
@@ -44,6 +46,8 @@ pub struct FakePlumbing {
     pub fail_setup_with_existing_interface: AtomicBool,
     pub fail_setup: AtomicBool,
     pub fail_teardown: AtomicBool,
+    /// Plumb as on a node whose kernel has no IPv6.
+    pub without_ipv6: AtomicBool,
 }
 
 impl FakePlumbing {
@@ -94,6 +98,10 @@ impl Plumbing for Arc<FakePlumbing> {
         let mut pod_net = pod_net_of(&spec.container_id, table, spec.mtu);
         pod_net.ipv4 = spec.ipv4;
         pod_net.ipv6 = spec.ipv6;
+        if self.without_ipv6.load(Ordering::SeqCst) && spec.ipv6.is_some() {
+            pod_net.ipv6 = None;
+            pod_net.ipv6_omitted = Some(Ipv6Unavailable::NoStack { place: Place::Node });
+        }
         self.build(pod_net.clone());
         Ok(pod_net)
     }
