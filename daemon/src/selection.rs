@@ -3,9 +3,14 @@
 //! In `annotated` mode (the default) a pod joins when it carries the
 //! annotation `tailnet-cni.io/enabled: "true"`, or when its namespace has the
 //! label `tailnet-cni.io/enabled: "true"` and the pod does not opt out with
-//! `"false"`. In `all` mode every pod joins unless it opts out. The decision
-//! is made from the Kubernetes API, and the pod's UID is checked so a
-//! recreated pod of the same name is never mistaken for the one being set up.
+//! `"false"`. In `all` mode every pod joins unless it opts out.
+//!
+//! When the runtime passed the pod's annotations with ADD (containerd 1.6+
+//! and CRI-O, through the shim), they decide and the API is read only for the
+//! namespace label, when that can still matter: an API outage then only
+//! affects unannotated pods of labelled namespaces. Otherwise the decision is
+//! made from the Kubernetes API, and the pod's UID is checked so a recreated
+//! pod of the same name is never mistaken for the one being set up.
 
 use std::collections::BTreeMap;
 
@@ -53,6 +58,12 @@ pub enum SelectionError {
         name: String,
         tag: String,
     },
+    #[error("pod {namespace}/{name} requests hostname {hostname:?}, which is not a DNS label (1-63 letters, digits or inner hyphens)")]
+    InvalidHostname {
+        namespace: String,
+        name: String,
+        hostname: String,
+    },
     #[error("reading pod {namespace}/{name} from the Kubernetes API: {source}")]
     Api {
         namespace: String,
@@ -61,6 +72,21 @@ pub enum SelectionError {
     },
     #[error("no Kubernetes API client: {0}")]
     NoClient(String),
+}
+
+impl SelectionError {
+    /// Whether retrying cannot help: the pod asks for something refused, or
+    /// is no longer the pod being set up. Such errors map to CNI code 7
+    /// (invalid configuration); the others (the API unreachable or refusing,
+    /// no API client) to 11 (try again later).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::UidMismatch { .. }
+            | Self::TagNotAllowed { .. }
+            | Self::InvalidHostname { .. } => true,
+            Self::Api { .. } | Self::NoClient(_) => false,
+        }
+    }
 }
 
 fn flag(map: &BTreeMap<String, String>) -> Option<bool> {
@@ -100,6 +126,15 @@ pub fn decide(
         .get(HOSTNAME)
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty());
+    if let Some(hostname) = &hostname {
+        if !is_dns_label(hostname) {
+            return Err(SelectionError::InvalidHostname {
+                namespace: namespace.into(),
+                name: name.into(),
+                hostname: hostname.clone(),
+            });
+        }
+    }
     let mut tags = Vec::new();
     for tag in meta
         .annotations
@@ -120,6 +155,41 @@ pub fn decide(
         tags.push(tag.to_string());
     }
     Ok(Decision::Join { hostname, tags })
+}
+
+/// Whether `text` can name a node: one DNS label.
+fn is_dns_label(text: &str) -> bool {
+    (1..=63).contains(&text.len())
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
+
+/// Whether a decision from the runtime's `annotations` depends on the
+/// namespace label: only in `annotated` mode, for a pod without the flag.
+pub fn needs_namespace_labels(mode: Selection, annotations: &BTreeMap<String, String>) -> bool {
+    mode == Selection::Annotated && flag(annotations).is_none()
+}
+
+/// Decides from the annotations the runtime passed for this very sandbox
+/// (so no UID check is needed) and, when [`needs_namespace_labels`], the
+/// namespace's labels. Pure: unit-tested without an API server.
+pub fn decide_from_runtime(
+    mode: Selection,
+    allowed_tags: &[String],
+    namespace: &str,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+    namespace_labels: BTreeMap<String, String>,
+) -> Result<Decision, SelectionError> {
+    let meta = PodMeta {
+        uid: None,
+        annotations: annotations.clone(),
+        namespace_labels,
+    };
+    decide(mode, allowed_tags, namespace, name, "", &meta)
 }
 
 /// Reads pod metadata from the Kubernetes API.
@@ -184,6 +254,46 @@ impl Selector {
         };
         decide(self.mode, &self.allowed_tags, namespace, name, uid, &meta)
     }
+
+    /// Decides for a pod whose annotations the runtime passed with ADD. The
+    /// API is read only for the namespace label, and only when it matters;
+    /// if it cannot be read the label counts as absent.
+    pub async fn select_from_runtime(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Decision, SelectionError> {
+        let namespace_labels = match &self.client {
+            Some(client)
+                if !namespace.is_empty() && needs_namespace_labels(self.mode, annotations) =>
+            {
+                namespace_labels(client, namespace).await
+            }
+            _ => BTreeMap::new(),
+        };
+        decide_from_runtime(
+            self.mode,
+            &self.allowed_tags,
+            namespace,
+            name,
+            annotations,
+            namespace_labels,
+        )
+    }
+}
+
+/// The namespace's labels. The label is a convenience: if it cannot be
+/// read, the pod's own annotation still decides.
+async fn namespace_labels(client: &kube::Client, namespace: &str) -> BTreeMap<String, String> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.get(namespace).await {
+        Ok(ns) => ns.metadata.labels.unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(%error, namespace, "cannot read namespace labels");
+            BTreeMap::new()
+        }
+    }
 }
 
 async fn fetch(
@@ -198,20 +308,10 @@ async fn fetch(
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod = pods.get(name).await.map_err(api_err)?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    // The namespace label is a convenience: if it cannot be read, the pod's
-    // own annotation still decides.
-    let namespace_labels = match namespaces.get(namespace).await {
-        Ok(ns) => ns.metadata.labels.unwrap_or_default(),
-        Err(error) => {
-            tracing::warn!(%error, namespace, "cannot read namespace labels");
-            BTreeMap::new()
-        }
-    };
     Ok(PodMeta {
         uid: pod.metadata.uid,
         annotations: pod.metadata.annotations.unwrap_or_default(),
-        namespace_labels,
+        namespace_labels: namespace_labels(client, namespace).await,
     })
 }
 
@@ -313,6 +413,137 @@ mod tests {
         m.uid = Some("uid-2".into());
         let err = run(Selection::Annotated, &m).unwrap_err();
         assert!(matches!(err, SelectionError::UidMismatch { .. }));
+    }
+
+    #[test]
+    fn hostnames_must_be_dns_labels() {
+        for bad in ["web_1", "-web", "web-", "a.b", &"a".repeat(64)] {
+            let m = meta(&[(ENABLED, "true"), (HOSTNAME, bad)], &[]);
+            let err = run(Selection::Annotated, &m).unwrap_err();
+            assert!(
+                matches!(err, SelectionError::InvalidHostname { ref hostname, .. } if hostname == bad),
+                "{bad}: {err}"
+            );
+        }
+        for good in ["web-1", "Nginx", &"a".repeat(63)] {
+            let m = meta(&[(ENABLED, "true"), (HOSTNAME, good)], &[]);
+            assert!(
+                matches!(run(Selection::Annotated, &m), Ok(Decision::Join { .. })),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_of_the_pod_are_permanent_and_outages_are_not() {
+        let tag = run(
+            Selection::Annotated,
+            &meta(&[(ENABLED, "true"), (TAGS, "tag:admin")], &[]),
+        )
+        .unwrap_err();
+        let hostname = run(
+            Selection::Annotated,
+            &meta(&[(ENABLED, "true"), (HOSTNAME, "a b")], &[]),
+        )
+        .unwrap_err();
+        let mut replaced = meta(&[(ENABLED, "true")], &[]);
+        replaced.uid = Some("uid-2".into());
+        let replaced = run(Selection::Annotated, &replaced).unwrap_err();
+        for err in [tag, hostname, replaced] {
+            assert!(err.is_permanent(), "{err}");
+        }
+        assert!(!SelectionError::NoClient("none".into()).is_permanent());
+        let api = SelectionError::Api {
+            namespace: "default".into(),
+            name: "web".into(),
+            source: Box::new(kube::Error::LinesCodecMaxLineLengthExceeded),
+        };
+        assert!(!api.is_permanent());
+    }
+
+    fn runtime(
+        mode: Selection,
+        annotations: &[(&str, &str)],
+        ns_labels: &[(&str, &str)],
+    ) -> Result<Decision, SelectionError> {
+        let m = meta(annotations, ns_labels);
+        decide_from_runtime(
+            mode,
+            &["tag:web".into()],
+            "default",
+            "web",
+            &m.annotations,
+            m.namespace_labels,
+        )
+    }
+
+    #[test]
+    fn runtime_annotations_decide_without_a_uid() {
+        assert_eq!(
+            runtime(
+                Selection::Annotated,
+                &[(ENABLED, "true"), (HOSTNAME, "web"), (TAGS, "tag:web")],
+                &[]
+            )
+            .unwrap(),
+            Decision::Join {
+                hostname: Some("web".into()),
+                tags: vec!["tag:web".into()],
+            }
+        );
+        assert_eq!(
+            runtime(Selection::All, &[(ENABLED, "false")], &[]).unwrap(),
+            Decision::Skip
+        );
+        assert_eq!(
+            runtime(Selection::Annotated, &[], &[]).unwrap(),
+            Decision::Skip
+        );
+        assert!(matches!(
+            runtime(Selection::Annotated, &[], &[(ENABLED, "true")]).unwrap(),
+            Decision::Join { .. }
+        ));
+        assert!(matches!(
+            runtime(Selection::All, &[], &[]).unwrap(),
+            Decision::Join { .. }
+        ));
+        assert!(matches!(
+            runtime(
+                Selection::Annotated,
+                &[(ENABLED, "true"), (TAGS, "tag:admin")],
+                &[]
+            ),
+            Err(SelectionError::TagNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn namespace_labels_matter_only_for_unflagged_pods_in_annotated_mode() {
+        let none = BTreeMap::new();
+        let flagged = meta(&[(ENABLED, "false")], &[]).annotations;
+        assert!(needs_namespace_labels(Selection::Annotated, &none));
+        assert!(!needs_namespace_labels(Selection::Annotated, &flagged));
+        assert!(!needs_namespace_labels(Selection::All, &none));
+    }
+
+    #[tokio::test]
+    async fn runtime_annotations_need_no_api_client() {
+        let selector = Selector::without_api(Selection::Annotated, vec![]);
+        let opted_in = meta(&[(ENABLED, "true")], &[]).annotations;
+        assert!(matches!(
+            selector
+                .select_from_runtime("default", "web", &opted_in)
+                .await
+                .unwrap(),
+            Decision::Join { .. }
+        ));
+        assert_eq!(
+            selector
+                .select_from_runtime("default", "web", &BTreeMap::new())
+                .await
+                .unwrap(),
+            Decision::Skip
+        );
     }
 
     #[tokio::test]
