@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
+use tailnet_cni_proto::v1::AddRequest;
 
 /// No daemon listens here: the directory does not exist.
 const ABSENT_SOCKET: &str = "/nonexistent/tailnet-cni-test/daemon.sock";
@@ -31,6 +32,26 @@ fn with_annotations(annotations: Value, selection: Option<&str>) -> Value {
         extra["selection"] = json!(selection);
     }
     extra
+}
+
+/// Runs ADD with `extra` keys against a fake daemon that attaches the pod;
+/// checks the result and returns the one request the daemon received.
+fn add_through_fake_daemon(extra: Value) -> AddRequest {
+    let daemon = FakeDaemon::start(Script::default());
+    let output = run_binary(
+        &container_env("ADD"),
+        &add_config(&daemon.socket, "1.1.0", extra),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout_json(&output), expected_add_result("1.1.0"));
+    match daemon.calls().as_slice() {
+        [Call::Add(request)] => request.clone(),
+        calls => panic!("{calls:?}"),
+    }
 }
 
 #[test]
@@ -119,45 +140,16 @@ fn without_annotations_every_pod_is_forwarded_as_before() {
     assert!(!output.status.success());
     assert_eq!(stdout_json(&output)["code"], json!(11));
 
-    let daemon = FakeDaemon::start(Script::default());
-    let output = run_binary(
-        &container_env("ADD"),
-        &add_config(&daemon.socket, "1.1.0", extra),
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(stdout_json(&output), expected_add_result("1.1.0"));
-    let calls = daemon.calls();
-    let [Call::Add(request)] = calls.as_slice() else {
-        panic!("{calls:?}")
-    };
-    assert_eq!(request.annotations, None);
+    assert_eq!(add_through_fake_daemon(extra).annotations, None);
 }
 
 #[test]
 fn opted_in_pods_carry_their_annotations_to_the_daemon() {
-    let daemon = FakeDaemon::start(Script::default());
     let extra = with_annotations(
         json!({"tailnet-cni.io/enabled": "true", "tailnet-cni.io/hostname": "web", "team": "x"}),
         Some("annotated"),
     );
-    let output = run_binary(
-        &container_env("ADD"),
-        &add_config(&daemon.socket, "1.1.0", extra),
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(stdout_json(&output), expected_add_result("1.1.0"));
-    let calls = daemon.calls();
-    let [Call::Add(request)] = calls.as_slice() else {
-        panic!("{calls:?}")
-    };
+    let request = add_through_fake_daemon(extra);
     let entries = &request.annotations.as_ref().expect("annotations").entries;
     assert_eq!(entries.len(), 2, "{entries:?}");
     assert_eq!(entries["tailnet-cni.io/hostname"], "web");

@@ -10,14 +10,17 @@ fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Every `selection` an entry can have, none included.
+const MODES: [Option<SelectionMode>; 4] = [
+    None,
+    Some(SelectionMode::Annotated),
+    Some(SelectionMode::Namespace),
+    Some(SelectionMode::All),
+];
+
 #[test]
 fn an_explicit_flag_decides_in_every_mode() {
-    for mode in [
-        None,
-        Some(SelectionMode::Annotated),
-        Some(SelectionMode::Namespace),
-        Some(SelectionMode::All),
-    ] {
+    for mode in MODES {
         let opted_in = annotations(&[(ENABLED_ANNOTATION, " True ")]);
         assert_eq!(
             decide_locally(mode, Some(&opted_in)),
@@ -57,12 +60,7 @@ fn without_the_flag_only_annotated_mode_skips() {
 
 #[test]
 fn without_annotations_everything_is_forwarded() {
-    for mode in [
-        None,
-        Some(SelectionMode::Annotated),
-        Some(SelectionMode::Namespace),
-        Some(SelectionMode::All),
-    ] {
+    for mode in MODES {
         assert_eq!(
             decide_locally(mode, None),
             LocalDecision::Forward,
