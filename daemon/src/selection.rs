@@ -3,9 +3,14 @@
 //! In `annotated` mode (the default) a pod joins when it carries the
 //! annotation `tailnet-cni.io/enabled: "true"`, or when its namespace has the
 //! label `tailnet-cni.io/enabled: "true"` and the pod does not opt out with
-//! `"false"`. In `all` mode every pod joins unless it opts out. The decision
-//! is made from the Kubernetes API, and the pod's UID is checked so a
-//! recreated pod of the same name is never mistaken for the one being set up.
+//! `"false"`. In `all` mode every pod joins unless it opts out.
+//!
+//! When the runtime passed the pod's annotations with ADD (containerd 1.6+
+//! and CRI-O, through the shim), they decide and the API is read only for the
+//! namespace label, when that can still matter: an API outage then only
+//! affects unannotated pods of labelled namespaces. Otherwise the decision is
+//! made from the Kubernetes API, and the pod's UID is checked so a recreated
+//! pod of the same name is never mistaken for the one being set up.
 
 use std::collections::BTreeMap;
 
@@ -53,6 +58,12 @@ pub enum SelectionError {
         name: String,
         tag: String,
     },
+    #[error("pod {namespace}/{name} requests hostname {hostname:?}, which is not a DNS label (1-63 letters, digits or inner hyphens)")]
+    InvalidHostname {
+        namespace: String,
+        name: String,
+        hostname: String,
+    },
     #[error("reading pod {namespace}/{name} from the Kubernetes API: {source}")]
     Api {
         namespace: String,
@@ -61,6 +72,21 @@ pub enum SelectionError {
     },
     #[error("no Kubernetes API client: {0}")]
     NoClient(String),
+}
+
+impl SelectionError {
+    /// Whether retrying cannot help: the pod asks for something refused, or
+    /// is no longer the pod being set up. Such errors map to CNI code 7
+    /// (invalid configuration); the others (the API unreachable or refusing,
+    /// no API client) to 11 (try again later).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::UidMismatch { .. }
+            | Self::TagNotAllowed { .. }
+            | Self::InvalidHostname { .. } => true,
+            Self::Api { .. } | Self::NoClient(_) => false,
+        }
+    }
 }
 
 fn flag(map: &BTreeMap<String, String>) -> Option<bool> {
@@ -100,6 +126,15 @@ pub fn decide(
         .get(HOSTNAME)
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty());
+    if let Some(hostname) = &hostname {
+        if !is_dns_label(hostname) {
+            return Err(SelectionError::InvalidHostname {
+                namespace: namespace.into(),
+                name: name.into(),
+                hostname: hostname.clone(),
+            });
+        }
+    }
     let mut tags = Vec::new();
     for tag in meta
         .annotations
@@ -120,6 +155,41 @@ pub fn decide(
         tags.push(tag.to_string());
     }
     Ok(Decision::Join { hostname, tags })
+}
+
+/// Whether `text` can name a node: one DNS label.
+fn is_dns_label(text: &str) -> bool {
+    (1..=63).contains(&text.len())
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
+
+/// Whether a decision from the runtime's `annotations` depends on the
+/// namespace label: only in `annotated` mode, for a pod without the flag.
+pub fn needs_namespace_labels(mode: Selection, annotations: &BTreeMap<String, String>) -> bool {
+    mode == Selection::Annotated && flag(annotations).is_none()
+}
+
+/// Decides from the annotations the runtime passed for this very sandbox
+/// (so no UID check is needed) and, when [`needs_namespace_labels`], the
+/// namespace's labels. Pure: unit-tested without an API server.
+pub fn decide_from_runtime(
+    mode: Selection,
+    allowed_tags: &[String],
+    namespace: &str,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+    namespace_labels: BTreeMap<String, String>,
+) -> Result<Decision, SelectionError> {
+    let meta = PodMeta {
+        uid: None,
+        annotations: annotations.clone(),
+        namespace_labels,
+    };
+    decide(mode, allowed_tags, namespace, name, "", &meta)
 }
 
 /// Reads pod metadata from the Kubernetes API.
@@ -184,6 +254,46 @@ impl Selector {
         };
         decide(self.mode, &self.allowed_tags, namespace, name, uid, &meta)
     }
+
+    /// Decides for a pod whose annotations the runtime passed with ADD. The
+    /// API is read only for the namespace label, and only when it matters;
+    /// if it cannot be read the label counts as absent.
+    pub async fn select_from_runtime(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Decision, SelectionError> {
+        let namespace_labels = match &self.client {
+            Some(client)
+                if !namespace.is_empty() && needs_namespace_labels(self.mode, annotations) =>
+            {
+                namespace_labels(client, namespace).await
+            }
+            _ => BTreeMap::new(),
+        };
+        decide_from_runtime(
+            self.mode,
+            &self.allowed_tags,
+            namespace,
+            name,
+            annotations,
+            namespace_labels,
+        )
+    }
+}
+
+/// The namespace's labels. The label is a convenience: if it cannot be
+/// read, the pod's own annotation still decides.
+async fn namespace_labels(client: &kube::Client, namespace: &str) -> BTreeMap<String, String> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.get(namespace).await {
+        Ok(ns) => ns.metadata.labels.unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(%error, namespace, "cannot read namespace labels");
+            BTreeMap::new()
+        }
+    }
 }
 
 async fn fetch(
@@ -198,138 +308,12 @@ async fn fetch(
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod = pods.get(name).await.map_err(api_err)?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    // The namespace label is a convenience: if it cannot be read, the pod's
-    // own annotation still decides.
-    let namespace_labels = match namespaces.get(namespace).await {
-        Ok(ns) => ns.metadata.labels.unwrap_or_default(),
-        Err(error) => {
-            tracing::warn!(%error, namespace, "cannot read namespace labels");
-            BTreeMap::new()
-        }
-    };
     Ok(PodMeta {
         uid: pod.metadata.uid,
         annotations: pod.metadata.annotations.unwrap_or_default(),
-        namespace_labels,
+        namespace_labels: namespace_labels(client, namespace).await,
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn meta(annotations: &[(&str, &str)], ns_labels: &[(&str, &str)]) -> PodMeta {
-        PodMeta {
-            uid: Some("uid-1".into()),
-            annotations: annotations
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            namespace_labels: ns_labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    fn run(mode: Selection, m: &PodMeta) -> Result<Decision, SelectionError> {
-        decide(
-            mode,
-            &["tag:k8s-pod".into(), "tag:web".into()],
-            "default",
-            "web",
-            "uid-1",
-            m,
-        )
-    }
-
-    #[test]
-    fn annotated_mode_needs_an_annotation_or_namespace_label() {
-        assert_eq!(
-            run(Selection::Annotated, &meta(&[], &[])).unwrap(),
-            Decision::Skip
-        );
-        assert!(matches!(
-            run(Selection::Annotated, &meta(&[(ENABLED, "true")], &[])).unwrap(),
-            Decision::Join { .. }
-        ));
-        assert!(matches!(
-            run(Selection::Annotated, &meta(&[], &[(ENABLED, "true")])).unwrap(),
-            Decision::Join { .. }
-        ));
-        // A pod can opt out of a labelled namespace.
-        assert_eq!(
-            run(
-                Selection::Annotated,
-                &meta(&[(ENABLED, "false")], &[(ENABLED, "true")])
-            )
-            .unwrap(),
-            Decision::Skip
-        );
-    }
-
-    #[test]
-    fn all_mode_takes_every_pod_but_the_opted_out() {
-        assert!(matches!(
-            run(Selection::All, &meta(&[], &[])).unwrap(),
-            Decision::Join { .. }
-        ));
-        assert_eq!(
-            run(Selection::All, &meta(&[(ENABLED, "false")], &[])).unwrap(),
-            Decision::Skip
-        );
-    }
-
-    #[test]
-    fn hostname_and_allowed_tags_come_from_annotations() {
-        let m = meta(
-            &[
-                (ENABLED, "true"),
-                (HOSTNAME, " nginx "),
-                (TAGS, "tag:web, tag:k8s-pod"),
-            ],
-            &[],
-        );
-        assert_eq!(
-            run(Selection::Annotated, &m).unwrap(),
-            Decision::Join {
-                hostname: Some("nginx".into()),
-                tags: vec!["tag:web".into(), "tag:k8s-pod".into()],
-            }
-        );
-    }
-
-    #[test]
-    fn tags_outside_the_allowlist_are_refused_by_name() {
-        let m = meta(&[(ENABLED, "true"), (TAGS, "tag:admin")], &[]);
-        let err = run(Selection::Annotated, &m).unwrap_err();
-        assert!(err.to_string().contains("tag:admin"), "{err}");
-    }
-
-    #[test]
-    fn a_replaced_pod_is_detected_by_uid() {
-        let mut m = meta(&[(ENABLED, "true")], &[]);
-        m.uid = Some("uid-2".into());
-        let err = run(Selection::Annotated, &m).unwrap_err();
-        assert!(matches!(err, SelectionError::UidMismatch { .. }));
-    }
-
-    #[tokio::test]
-    async fn pods_outside_kubernetes_follow_the_mode() {
-        let all = Selector::without_api(Selection::All, vec![]);
-        assert!(matches!(
-            all.select("", "podman-ctr", "").await.unwrap(),
-            Decision::Join { .. }
-        ));
-        let annotated = Selector::without_api(Selection::Annotated, vec![]);
-        assert_eq!(
-            annotated.select("", "podman-ctr", "").await.unwrap(),
-            Decision::Skip
-        );
-        assert!(matches!(
-            annotated.select("default", "web", "u").await,
-            Err(SelectionError::NoClient(_))
-        ));
-    }
-}
+mod tests;

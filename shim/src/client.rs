@@ -49,6 +49,20 @@ pub enum DaemonError {
     },
 }
 
+impl DaemonError {
+    /// The daemon could not be reached or did not answer in time, as opposed
+    /// to answering with an error.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::NotRunning { .. }
+            | Self::Connect { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::CallTimeout { .. } => true,
+            Self::Rpc { .. } => false,
+        }
+    }
+}
+
 /// The daemon's CNI operations, as the commands need them.
 #[allow(async_fn_in_trait)]
 pub trait Daemon {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tailnet_cni_proto::v1::{
     AddRequest, AddResponse, Attachment as ProtoAttachment, CheckRequest, DelRequest, GcRequest,
-    IpConfig as ProtoIpConfig, PodRef, StatusRequest,
+    IpConfig as ProtoIpConfig, PodAnnotations, PodRef, StatusRequest,
 };
 use tailnet_cni_proto::API_VERSION;
 
@@ -19,6 +19,7 @@ use crate::env::{require_cni_path, Command, ContainerEnv, EnvLookup};
 use crate::error::*;
 use crate::netconf::{parse_json, peek_version, NetConf};
 use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::selection::{decide_locally, forwarded_annotations, LocalDecision};
 use crate::version::CniVersion;
 
 /// Largest network configuration accepted on stdin.
@@ -226,6 +227,11 @@ fn pod_ref(conf: &NetConf, container: &ContainerEnv) -> PodRef {
     }
 }
 
+/// Whether the runtime's annotations already say the pod does not join.
+fn skipped_locally(conf: &NetConf) -> bool {
+    decide_locally(conf.selection, conf.pod_annotations.as_ref()) == LocalDecision::Skip
+}
+
 fn required_prev_result(conf: &NetConf, command: Command) -> Result<CniResult, CniError> {
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::invalid_config(
@@ -263,6 +269,17 @@ async fn add<D: Daemon>(
             ),
         ));
     }
+    if skipped_locally(conf) {
+        // Decided without the daemon, so a daemon outage never blocks a pod
+        // that does not want the tailnet.
+        return Ok(Success::printing(result.into_version(conf.cni_version)?));
+    }
+    let annotations = conf
+        .pod_annotations
+        .as_ref()
+        .map(|annotations| PodAnnotations {
+            entries: forwarded_annotations(annotations).into_iter().collect(),
+        });
     let response = daemon
         .add(
             target,
@@ -270,6 +287,7 @@ async fn add<D: Daemon>(
                 api_version: API_VERSION,
                 pod: Some(pod_ref(conf, container)),
                 mtu: conf.mtu.unwrap_or(0),
+                annotations,
             },
         )
         .await
@@ -341,8 +359,12 @@ async fn del<D: Daemon>(
         api_version: API_VERSION,
         pod: Some(pod_ref(conf, container)),
     };
+    // A pod ADD skipped was never the daemon's; it is still asked, in case
+    // the pod joined under an earlier `selection`, but only if it answers.
+    let skipped = skipped_locally(conf);
     match daemon.del(target, request).await {
         Ok(_) => Ok(Success::silent()),
+        Err(err) if skipped && err.is_unreachable() => Ok(Success::silent()),
         // A DEL that fails only makes the runtime retry forever and blocks
         // pod removal. With no daemon running there is nothing to release
         // now: on start the daemon recovers its state and releases pods the
@@ -370,6 +392,11 @@ async fn check<D: Daemon>(
     container: &ContainerEnv,
 ) -> Result<Success, CniError> {
     let result = required_prev_result(conf, Command::Check)?;
+    // A skipped pod has nothing of ours to check, unless it joined under an
+    // earlier `selection`: then the daemon checks it.
+    if skipped_locally(conf) && !result.names_interface(&conf.if_name) {
+        return Ok(Success::silent());
+    }
     // No interface of ours in the result means ADD left the pod unattached;
     // the daemon knows whether that is still right, so ask it with no
     // addresses rather than deciding here.

@@ -9,6 +9,7 @@ pub mod env;
 pub mod error;
 pub mod netconf;
 pub mod result;
+pub mod selection;
 pub mod version;
 
 pub use client::{Daemon, DaemonError, DaemonTarget, UdsDaemon};

@@ -3,6 +3,7 @@
 //! Fields are read one by one from the JSON object rather than through a
 //! derived struct, so every error names the field at fault.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::env::validate_interface_name;
 use crate::error::{CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION};
+use crate::selection::{pod_annotations, SelectionMode};
 use crate::version::CniVersion;
 
 pub const DEFAULT_DAEMON_SOCKET: &str = "/run/tailnet-cni/daemon.sock";
@@ -48,6 +50,11 @@ pub struct NetConf {
     /// The previous plugin's result, kept as JSON so nothing in it is lost.
     pub prev_result: Option<Value>,
     pub runtime_config: Option<Map<String, Value>>,
+    /// How the daemon selects pods (`selection`); `None` forwards every pod.
+    pub selection: Option<SelectionMode>,
+    /// The pod's annotations from runtimeConfig; `None` when the runtime
+    /// passed none.
+    pub pod_annotations: Option<BTreeMap<String, String>>,
     pub args: Option<Map<String, Value>>,
     /// GC's list of attachments to keep; `None` when the key is absent.
     pub valid_attachments: Option<Vec<Attachment>>,
@@ -150,6 +157,16 @@ impl NetConf {
             }
         };
         let runtime_config = object_field(config, "runtimeConfig")?;
+        let selection = match string_field(config, "selection")? {
+            None => None,
+            Some(text) => Some(SelectionMode::parse(text).ok_or_else(|| {
+                CniError::invalid_config(
+                    "selection",
+                    format!("{text:?} is not one of \"annotated\", \"namespace\", \"all\""),
+                )
+            })?),
+        };
+        let pod_annotations = pod_annotations(runtime_config.as_ref())?;
         let args = object_field(config, "args")?;
         let valid_attachments = match attachments_field(config, VALID_ATTACHMENTS_KEY)? {
             Some(list) => Some(list),
@@ -166,6 +183,8 @@ impl NetConf {
             timeout,
             prev_result,
             runtime_config,
+            selection,
+            pod_annotations,
             args,
             valid_attachments,
         })
@@ -264,6 +283,26 @@ mod tests {
         assert_eq!(conf.timeout, None);
         assert_eq!(conf.prev_result, None);
         assert_eq!(conf.valid_attachments, None);
+        assert_eq!(conf.selection, None);
+        assert_eq!(conf.pod_annotations, None);
+    }
+
+    #[test]
+    fn selection_and_pod_annotations_are_read() {
+        let conf = parse(json!({
+            "cniVersion": "1.0.0", "name": "net", "type": "tailnet-cni",
+            "selection": "annotated",
+            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": {"tailnet-cni.io/enabled": "true"}}
+        }))
+        .unwrap();
+        assert_eq!(conf.selection, Some(SelectionMode::Annotated));
+        assert_eq!(
+            conf.pod_annotations,
+            Some(BTreeMap::from([(
+                "tailnet-cni.io/enabled".to_string(),
+                "true".to_string()
+            )]))
+        );
     }
 
     #[test]
@@ -359,6 +398,13 @@ mod tests {
             ("timeoutSeconds", json!(1.5), "`timeoutSeconds`"),
             ("prevResult", json!([]), "`prevResult`"),
             ("runtimeConfig", json!("x"), "`runtimeConfig`"),
+            (
+                "runtimeConfig",
+                json!({"io.kubernetes.cri.pod-annotations": ["x"]}),
+                "io.kubernetes.cri.pod-annotations",
+            ),
+            ("selection", json!("namespaces"), "`selection`"),
+            ("selection", json!(true), "`selection`"),
             ("args", json!(1), "`args`"),
             (
                 "cni.dev/valid-attachments",

@@ -107,6 +107,14 @@ impl CniResult {
         })
     }
 
+    /// Whether any interface is called `name`, in a sandbox or host-side.
+    pub fn names_interface(&self, name: &str) -> bool {
+        self.interfaces
+            .iter()
+            .flatten()
+            .any(|interface| interface.name == name)
+    }
+
     /// The addresses recorded for the interface `name` in `sandbox`; `None`
     /// when the result does not list that interface at all.
     pub fn addresses_of(&self, name: &str, sandbox: &str) -> Option<Vec<&IpConfig>> {

@@ -13,25 +13,63 @@ use serde_json::{json, Map, Value};
 /// The `type` our plugin entry carries: the shim's binary name.
 pub const PLUGIN_TYPE: &str = "tailnet-cni";
 
+/// The capability that makes containerd (1.6+) and CRI-O pass the pod's
+/// annotations in `runtimeConfig`, so the shim can skip pods that did not
+/// opt in without asking the daemon.
+pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
+
+/// How the daemon selects pods, as the shim needs to know it: the entry's
+/// `selection` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntrySelection {
+    /// Only the pod annotation opts in: the shim skips unannotated pods.
+    Annotated,
+    /// Namespace labels may opt pods in: only the daemon can tell.
+    Namespace,
+    /// Every pod that does not opt out joins.
+    All,
+}
+
+impl EntrySelection {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Annotated => "annotated",
+            Self::Namespace => "namespace",
+            Self::All => "all",
+        }
+    }
+}
+
 /// Plugin keys we write into our entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginEntry {
     pub daemon_socket: PathBuf,
     pub if_name: String,
     pub mtu: Option<u32>,
+    /// Written as `selection`; without it the shim forwards every pod.
+    pub selection: Option<EntrySelection>,
 }
 
 impl PluginEntry {
     fn to_json(&self) -> Value {
-        let mut entry = json!({
-            "type": PLUGIN_TYPE,
-            "daemonSocket": self.daemon_socket.to_string_lossy(),
-            "ifName": self.if_name,
-        });
-        if let (Some(mtu), Some(obj)) = (self.mtu, entry.as_object_mut()) {
-            obj.insert("mtu".into(), json!(mtu));
+        let mut entry = Map::new();
+        entry.insert("type".into(), json!(PLUGIN_TYPE));
+        entry.insert(
+            "capabilities".into(),
+            json!({ POD_ANNOTATIONS_CAPABILITY: true }),
+        );
+        entry.insert(
+            "daemonSocket".into(),
+            json!(self.daemon_socket.to_string_lossy()),
+        );
+        entry.insert("ifName".into(), json!(self.if_name));
+        if let Some(mtu) = self.mtu {
+            entry.insert("mtu".into(), json!(mtu));
         }
-        entry
+        if let Some(selection) = self.selection {
+            entry.insert("selection".into(), json!(selection.as_str()));
+        }
+        Value::Object(entry)
     }
 }
 
@@ -207,6 +245,7 @@ mod tests {
             daemon_socket: PathBuf::from("/run/tailnet-cni/daemon.sock"),
             if_name: "ts0".into(),
             mtu: Some(1280),
+            selection: None,
         }
     }
 
@@ -238,6 +277,31 @@ mod tests {
             assert_eq!(ours["daemonSocket"], "/run/tailnet-cni/daemon.sock");
             assert_eq!(ours["ifName"], "ts0");
             assert_eq!(ours["mtu"], 1280);
+            assert_eq!(
+                ours["capabilities"],
+                json!({POD_ANNOTATIONS_CAPABILITY: true})
+            );
+            assert_eq!(ours.get("selection"), None);
+        }
+    }
+
+    #[test]
+    fn selection_is_written_when_known() {
+        let path = Path::new("10-flannel.conflist");
+        for (selection, text) in [
+            (EntrySelection::Annotated, "annotated"),
+            (EntrySelection::Namespace, "namespace"),
+            (EntrySelection::All, "all"),
+        ] {
+            let mut with_selection = entry();
+            with_selection.selection = Some(selection);
+            let (out, _) = chain(path, K3S_FLANNEL, &with_selection).unwrap();
+            let v: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["plugins"][3]["selection"], text);
+            assert_eq!(
+                v["plugins"][3]["capabilities"][POD_ANNOTATIONS_CAPABILITY],
+                true
+            );
         }
     }
 

@@ -143,6 +143,7 @@ fn entry(args: &InstallArgs) -> PluginEntry {
         daemon_socket: args.daemon_socket.clone(),
         if_name: args.if_name.clone(),
         mtu: args.mtu,
+        selection: None,
     }
 }
 

@@ -537,3 +537,152 @@ fn failure_log_line_is_one_structured_line() {
     );
     assert_eq!(failure.to_json()["cniVersion"], "1.0.0");
 }
+
+fn unreachable_daemon() -> DaemonError {
+    DaemonError::ConnectTimeout {
+        socket: "/tmp/fake.sock".into(),
+        after: Duration::from_secs(2),
+    }
+}
+
+fn annotated(pairs: Value) -> Value {
+    json!({"runtimeConfig": {"io.kubernetes.cri.pod-annotations": pairs}})
+}
+
+fn with_prev(mut extra: Value, prev_result: Value) -> Value {
+    extra["prevResult"] = prev_result;
+    extra
+}
+
+#[tokio::test]
+async fn pods_that_did_not_opt_in_are_answered_without_the_daemon() {
+    let daemon = FakeDaemon {
+        failure: Some(unreachable_daemon),
+        ..Default::default()
+    };
+    let mut unannotated = annotated(json!({"other.io/x": "1"}));
+    unannotated["selection"] = json!("annotated");
+    let opted_out = annotated(json!({"tailnet-cni.io/enabled": "false"}));
+    for extra in [unannotated, opted_out] {
+        let out = invoke(
+            &daemon,
+            &env_for("ADD"),
+            config("1.1.0", with_prev(extra.clone(), prev("1.0.0"))),
+        )
+        .await
+        .unwrap();
+        // Converted to the requested version, otherwise unchanged.
+        let mut expected = prev("1.0.0");
+        expected["cniVersion"] = json!("1.1.0");
+        assert_eq!(out.output, Some(expected), "{extra}");
+
+        let out = invoke(
+            &daemon,
+            &env_for("CHECK"),
+            config("1.1.0", with_prev(extra.clone(), prev("1.1.0"))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, Success::silent(), "{extra}");
+
+        let out = invoke(&daemon, &env_for("DEL"), config("1.1.0", extra.clone()))
+            .await
+            .unwrap();
+        assert_eq!(out, Success::silent(), "{extra}");
+    }
+    // DEL still asks, in case the pod joined under another selection;
+    // ADD and CHECK never do.
+    let seen = daemon.seen.borrow();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|call| matches!(call, Seen::Del(_))),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_skipped_pod_with_our_interface_is_still_checked_by_the_daemon() {
+    let daemon = FakeDaemon::default();
+    let mut result = prev("1.1.0");
+    result["interfaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "ts0", "sandbox": "/run/netns/t"}));
+    let extra = with_prev(
+        annotated(json!({"tailnet-cni.io/enabled": "false"})),
+        result,
+    );
+    invoke(&daemon, &env_for("CHECK"), config("1.1.0", extra))
+        .await
+        .unwrap();
+    assert!(matches!(daemon.seen.borrow()[0], Seen::Check(_)));
+}
+
+#[tokio::test]
+async fn del_of_a_skipped_pod_still_reports_the_daemon_refusing() {
+    let daemon = FakeDaemon {
+        failure: Some(|| rpc_error(tonic::Code::Internal, None)),
+        ..Default::default()
+    };
+    let extra = annotated(json!({"tailnet-cni.io/enabled": "false"}));
+    let err = invoke(&daemon, &env_for("DEL"), config("1.1.0", extra))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error.code, INTERNAL);
+}
+
+#[tokio::test]
+async fn opted_in_pods_forward_only_our_annotations() {
+    let daemon = FakeDaemon::default();
+    let mut extra = annotated(json!({
+        "tailnet-cni.io/enabled": "true",
+        "tailnet-cni.io/tags": "tag:web",
+        "kubectl.kubernetes.io/last-applied-configuration": "{}"
+    }));
+    extra["selection"] = json!("annotated");
+    invoke(
+        &daemon,
+        &env_for("ADD"),
+        config("1.1.0", with_prev(extra, prev("1.1.0"))),
+    )
+    .await
+    .unwrap();
+    let seen = daemon.seen.borrow();
+    let Seen::Add(request, _) = &seen[0] else {
+        panic!("{seen:?}")
+    };
+    let entries = &request.annotations.as_ref().unwrap().entries;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries["tailnet-cni.io/enabled"], "true");
+    assert_eq!(entries["tailnet-cni.io/tags"], "tag:web");
+}
+
+#[tokio::test]
+async fn without_annotations_or_selection_every_pod_is_forwarded() {
+    // No annotations from the runtime: forwarded whatever `selection` says.
+    let daemon = FakeDaemon::default();
+    invoke(
+        &daemon,
+        &env_for("ADD"),
+        config(
+            "1.1.0",
+            json!({"selection": "annotated", "prevResult": prev("1.1.0")}),
+        ),
+    )
+    .await
+    .unwrap();
+    // Annotations without the flag and no `selection`: forwarded too.
+    invoke(
+        &daemon,
+        &env_for("ADD"),
+        config("1.1.0", with_prev(annotated(json!({})), prev("1.1.0"))),
+    )
+    .await
+    .unwrap();
+    let seen = daemon.seen.borrow();
+    let [Seen::Add(first, _), Seen::Add(second, _)] = seen.as_slice() else {
+        panic!("{seen:?}")
+    };
+    assert_eq!(first.annotations, None);
+    assert_eq!(second.annotations, Some(PodAnnotations::default()));
+}
