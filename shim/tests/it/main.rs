@@ -3,6 +3,7 @@
 
 mod common;
 
+mod annotations;
 mod bad_input;
 mod podman;
 mod static_binary;

@@ -1,6 +1,7 @@
 //! CNI ADD: the steps that put a pod on the tailnet, each recorded before
 //! the next begins, and the undo of all of them when one fails.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,11 +51,33 @@ impl<B: Backends> PodManager<B> {
         if pod.netns.is_empty() {
             return Err(CniError::new(cni_code::INVALID_ENV, "CNI_NETNS is empty"));
         }
-        let decision = self
-            .selector
-            .select(&pod.namespace, &pod.name, &pod.uid)
-            .await
-            .map_err(|e| CniError::new(cni_code::TRY_AGAIN_LATER, e.to_string()))?;
+        // The runtime's own annotations, when it passed them, are for exactly
+        // this sandbox; otherwise the Kubernetes API says (with a UID check).
+        let selected = match &req.annotations {
+            Some(runtime) => {
+                let annotations: BTreeMap<String, String> = runtime
+                    .entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                self.selector
+                    .select_from_runtime(&pod.namespace, &pod.name, &annotations)
+                    .await
+            }
+            None => {
+                self.selector
+                    .select(&pod.namespace, &pod.name, &pod.uid)
+                    .await
+            }
+        };
+        let decision = selected.map_err(|e| {
+            let code = if e.is_permanent() {
+                cni_code::INVALID_CONFIG
+            } else {
+                cni_code::TRY_AGAIN_LATER
+            };
+            CniError::new(code, e.to_string())
+        })?;
         let Decision::Join { hostname, tags } = decision else {
             debug!("pod not selected for the tailnet");
             return Ok(AddResponse::default());

@@ -2,12 +2,10 @@
 //! pods that did not opt in never need the daemon; the rest are forwarded as
 //! before.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use tailnet_cni_proto::v1::AddRequest;
 
