@@ -8,6 +8,7 @@
 
 pub mod conflist;
 pub mod containerd;
+pub mod elf;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,12 @@ pub enum InstallError {
     NoPrimaryConfig(PathBuf),
     #[error("no CNI bin dir found; pass --bin-dir")]
     NoBinDir,
+    #[error(transparent)]
+    Elf(#[from] elf::ElfError),
+    /// A dynamically linked shim fails every pod on a node without its
+    /// loader (k3s nodes have none): it is never installed.
+    #[error("the shim asks for the program interpreter {interpreter}; install a statically linked build (scripts/build-shim.sh)")]
+    ShimNeedsLoader { interpreter: String },
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
@@ -206,6 +213,9 @@ fn remove_leftovers(layout: &Layout) {
 /// Copies the shim into every bin dir (skipping identical copies).
 pub fn install_shim(source: &Path, bin_dirs: &[PathBuf]) -> Result<(), InstallError> {
     let bytes = std::fs::read(source).map_err(io_err("reading shim", source))?;
+    if let Some(interpreter) = elf::interpreter(source, &bytes)? {
+        return Err(InstallError::ShimNeedsLoader { interpreter });
+    }
     for dir in bin_dirs {
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let target = dir.join(conflist::PLUGIN_TYPE);
@@ -318,168 +328,4 @@ async fn shutdown_signal() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(root: &Path) -> InstallArgs {
-        InstallArgs {
-            shim: Some(root.join("build/tailnet-cni")),
-            bin_dirs: vec![root.join("bin-a"), root.join("bin-b")],
-            containerd_config: root.join("containerd/config.toml"),
-            conf_dir: Some(root.join("net.d")),
-            daemon_socket: PathBuf::from("/run/tailnet-cni/daemon.sock"),
-            if_name: "ts0".into(),
-            mtu: None,
-            watch: false,
-            host_root: PathBuf::from("/"),
-            watch_interval_secs: 1,
-        }
-    }
-
-    fn setup(root: &Path) {
-        std::fs::create_dir_all(root.join("build")).unwrap();
-        std::fs::write(root.join("build/tailnet-cni"), b"\x7fELF shim").unwrap();
-        std::fs::create_dir_all(root.join("net.d")).unwrap();
-        std::fs::write(
-            root.join("net.d/10-flannel.conflist"),
-            r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"},{"type":"portmap"}]}"#,
-        )
-        .unwrap();
-    }
-
-    #[tokio::test]
-    async fn install_then_uninstall_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        setup(root);
-        let original = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
-        install(&args(root)).await.unwrap();
-        for bin in ["bin-a", "bin-b"] {
-            let path = root.join(bin).join("tailnet-cni");
-            assert_eq!(std::fs::read(&path).unwrap(), b"\x7fELF shim");
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o755);
-        }
-        let chained = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
-        assert!(chained.contains("\"tailnet-cni\""));
-        // No temp files are left where libcni would look.
-        let leftovers: Vec<_> = std::fs::read_dir(root.join("net.d"))
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
-            .collect();
-        assert!(leftovers.is_empty());
-
-        uninstall(&args(root)).unwrap();
-        let restored = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
-        let a: serde_json::Value = serde_json::from_str(&original).unwrap();
-        let b: serde_json::Value = serde_json::from_str(&restored).unwrap();
-        assert_eq!(a, b);
-        assert!(!root.join("bin-a/tailnet-cni").exists());
-    }
-
-    #[tokio::test]
-    async fn install_removes_only_its_own_leftover_temporary_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        setup(root);
-        std::fs::create_dir_all(root.join("bin-a")).unwrap();
-        let leftovers = [
-            root.join("bin-a/.tailnet-cni.tmp.1.0"),
-            root.join("net.d/.10-flannel.conflist.tmp.1.3"),
-        ];
-        let foreign = [
-            root.join("bin-a/.flannel.tmp.1.0"),
-            root.join("net.d/.10-flannel.conflist.swp"),
-            root.join("bin-a/.tailnet-cni.tmp.x.0"),
-            root.join("bin-a/.tailnet-cni.old.tmp.1.0"),
-        ];
-        for path in leftovers.iter().chain(&foreign) {
-            std::fs::write(path, b"partial").unwrap();
-        }
-        install(&args(root)).await.unwrap();
-        for path in &leftovers {
-            assert!(!path.exists(), "{} was left", path.display());
-        }
-        for path in &foreign {
-            assert!(path.exists(), "{} was removed", path.display());
-        }
-    }
-
-    #[test]
-    fn conflist_rewrite_keeps_its_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        setup(root);
-        let path = root.join("net.d/10-flannel.conflist");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let entry = entry(&args(root));
-        assert_eq!(
-            apply_conflist(&root.join("net.d"), &entry).unwrap(),
-            ChainOutcome::Appended
-        );
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-    }
-
-    #[test]
-    fn rewritten_conflist_gets_the_entry_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        setup(root);
-        let args = args(root);
-        let entry = entry(&args);
-        let conf = root.join("net.d");
-        assert_eq!(
-            apply_conflist(&conf, &entry).unwrap(),
-            ChainOutcome::Appended
-        );
-        assert_eq!(
-            apply_conflist(&conf, &entry).unwrap(),
-            ChainOutcome::Unchanged
-        );
-        // What k3s does when its agent restarts.
-        std::fs::write(
-            conf.join("10-flannel.conflist"),
-            r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            apply_conflist(&conf, &entry).unwrap(),
-            ChainOutcome::Appended
-        );
-    }
-
-    #[test]
-    fn missing_primary_config_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = apply_conflist(dir.path(), &entry(&args(dir.path()))).unwrap_err();
-        assert!(matches!(err, InstallError::NoPrimaryConfig(_)));
-        assert!(err.to_string().contains("primary CNI"));
-    }
-
-    #[test]
-    fn layout_prefers_containerd_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("containerd")).unwrap();
-        std::fs::write(
-            root.join("containerd/config.toml"),
-            "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.cni]\n  bin_dirs = [\"/var/lib/rancher/k3s/data/cni\"]\n  conf_dir = \"/var/lib/rancher/k3s/agent/etc/cni/net.d\"\n",
-        )
-        .unwrap();
-        let mut a = args(root);
-        a.bin_dirs.clear();
-        a.conf_dir = None;
-        a.containerd_config = PathBuf::from("/containerd/config.toml");
-        a.host_root = root.to_path_buf();
-        let layout = Layout::resolve(&a).unwrap();
-        assert_eq!(
-            layout,
-            Layout {
-                bin_dirs: vec![root.join("var/lib/rancher/k3s/data/cni")],
-                conf_dir: root.join("var/lib/rancher/k3s/agent/etc/cni/net.d"),
-            }
-        );
-    }
-}
+mod tests;
