@@ -9,7 +9,9 @@ fn args(root: &Path) -> InstallArgs {
     InstallArgs {
         shim: Some(root.join("build/tailnet-cni")),
         bin_dirs: vec![root.join("bin-a"), root.join("bin-b")],
+        k3s_data_dir: root.join("k3s"),
         containerd_config: root.join("containerd/config.toml"),
+        crio_config: root.join("crio/crio.conf"),
         conf_dir: Some(root.join("net.d")),
         daemon_socket: PathBuf::from("/run/tailnet-cni/daemon.sock"),
         if_name: "ts0".into(),
@@ -17,11 +19,15 @@ fn args(root: &Path) -> InstallArgs {
         watch: false,
         host_root: PathBuf::from("/"),
         watch_interval_secs: 1,
+        daemon_readyz: None,
     }
 }
 
 fn setup(root: &Path) {
     std::fs::create_dir_all(root.join("build")).unwrap();
+    for bin in ["bin-a", "bin-b"] {
+        std::fs::create_dir_all(root.join(bin)).unwrap();
+    }
     std::fs::write(root.join("build/tailnet-cni"), shim_bytes()).unwrap();
     std::fs::create_dir_all(root.join("net.d")).unwrap();
     std::fs::write(
@@ -54,7 +60,7 @@ async fn install_then_uninstall_round_trips() {
         .collect();
     assert!(leftovers.is_empty());
 
-    uninstall(&args(root)).unwrap();
+    uninstall(&args(root)).await.unwrap();
     let restored = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
     let a: serde_json::Value = serde_json::from_str(&original).unwrap();
     let b: serde_json::Value = serde_json::from_str(&restored).unwrap();
@@ -157,6 +163,7 @@ fn layout_prefers_containerd_config() {
     a.conf_dir = None;
     a.containerd_config = PathBuf::from("/containerd/config.toml");
     a.host_root = root.to_path_buf();
+    std::fs::create_dir_all(root.join("var/lib/rancher/k3s/data/cni")).unwrap();
     let layout = Layout::resolve(&a).unwrap();
     assert_eq!(
         layout,
@@ -197,4 +204,77 @@ fn a_shim_that_needs_a_loader_is_never_installed() {
         std::fs::read(bin.join(conflist::PLUGIN_TYPE)).unwrap(),
         elf::tests::tiny_elf(None)
     );
+}
+
+/// Answers every `/readyz` with `status_line` until the test ends.
+async fn fake_readyz(status_line: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = [0u8; 512];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(format!("{status_line}\r\n\r\n").as_bytes())
+                .await;
+        }
+    });
+    addr
+}
+
+fn is_chained(root: &Path) -> bool {
+    let text = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["type"] == conflist::PLUGIN_TYPE)
+}
+
+#[tokio::test]
+async fn chains_only_once_the_daemon_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup(root);
+    let mut a = args(root);
+    a.daemon_readyz = Some(fake_readyz("HTTP/1.1 503 Service Unavailable").await);
+    let err = install(&a).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InstallError::NotReady(ready::NotReady::Status { status: 503, .. })
+        ),
+        "{err}"
+    );
+    // The shim is staged, the conflist untouched.
+    assert_eq!(
+        std::fs::read(root.join("bin-a/tailnet-cni")).unwrap(),
+        shim_bytes()
+    );
+    assert!(!is_chained(root));
+
+    a.daemon_readyz = Some(fake_readyz("HTTP/1.1 200 OK").await);
+    install(&a).await.unwrap();
+    assert!(is_chained(root));
+}
+
+#[tokio::test]
+async fn chains_only_once_every_bin_dir_has_the_shim() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup(root);
+    std::fs::remove_dir(root.join("bin-b")).unwrap();
+    let err = install(&args(root)).await.unwrap_err();
+    assert!(
+        matches!(&err, InstallError::BinDirMissing(d) if *d == root.join("bin-b")),
+        "{err}"
+    );
+    assert!(!root.join("bin-b").exists());
+    assert!(!is_chained(root));
+    std::fs::create_dir(root.join("bin-b")).unwrap();
+    install(&args(root)).await.unwrap();
+    assert!(is_chained(root));
+    assert!(root.join("bin-b/tailnet-cni").exists());
 }
