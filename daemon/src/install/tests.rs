@@ -278,3 +278,39 @@ async fn chains_only_once_every_bin_dir_has_the_shim() {
     assert!(is_chained(root));
     assert!(root.join("bin-b/tailnet-cni").exists());
 }
+
+#[tokio::test]
+async fn uninstall_leaves_the_primary_config_as_it_was_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup(root);
+    let primary = root.join("net.d/10-flannel.conflist");
+    let other = root.join("net.d/20-other.conflist");
+    let other_text = "{\"name\":\"other\",\"plugins\":[{\"type\":\"tailnet-cni\"}]}";
+    std::fs::write(&other, other_text).unwrap();
+    let original = std::fs::read(&primary).unwrap();
+    let beside = root.join("bin-a/flannel");
+    std::fs::write(&beside, b"primary plugin").unwrap();
+
+    install(&args(root)).await.unwrap();
+    assert!(is_chained(root));
+    for _ in 0..2 {
+        uninstall(&args(root)).await.unwrap();
+        assert_eq!(std::fs::read(&primary).unwrap(), original);
+        for bin in ["bin-a", "bin-b"] {
+            assert!(!root.join(bin).join(conflist::PLUGIN_TYPE).exists());
+        }
+        // Only our entry in the primary config, only our binary.
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), other_text);
+        assert_eq!(std::fs::read(&beside).unwrap(), b"primary plugin");
+    }
+}
+
+#[tokio::test]
+async fn uninstall_with_nothing_installed_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut a = args(root);
+    a.conf_dir = Some(root.join("no-such-net.d"));
+    uninstall(&a).await.unwrap();
+}
