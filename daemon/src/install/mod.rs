@@ -263,18 +263,8 @@ pub async fn install(args: &InstallArgs) -> Result<(), InstallError> {
         apply_once(args, &source, &entry).await?;
         return Ok(());
     }
-    // Polling a small file every few seconds is cheap and, unlike inotify,
-    // survives the directory being replaced or recreated by the primary CNI.
-    let mut tick = tokio::time::interval(Duration::from_secs(args.watch_interval_secs.max(1)));
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut shutdown => {
-                info!("installer stopping; the plugin entry stays in place");
-                return Ok(());
-            }
-        }
+    let mut passes = Passes::new(args);
+    while passes.next().await {
         match apply_once(args, &source, &entry).await {
             Ok(ChainOutcome::Unchanged) => {}
             Ok(outcome) => info!(?outcome, "chained the plugin entry"),
@@ -288,27 +278,24 @@ pub async fn install(args: &InstallArgs) -> Result<(), InstallError> {
             Err(error) => warn!(%error, "not chaining the plugin; will retry"),
         }
     }
+    info!("installer stopping; the plugin entry stays in place");
+    Ok(())
 }
 
 /// Removes the plugin entry and the shim binaries; with `--watch`, keeps
 /// them removed until stopped, so a DaemonSet can run it on every node
 /// (`deploy/uninstall/`). Removing what is already gone is no error.
 pub async fn uninstall(args: &InstallArgs) -> Result<(), InstallError> {
-    remove_installation(args)?;
     if !args.watch {
-        return Ok(());
+        return remove_installation(args);
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(args.watch_interval_secs.max(1)));
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut shutdown => return Ok(()),
-        }
+    let mut passes = Passes::new(args);
+    while passes.next().await {
         if let Err(error) = remove_installation(args) {
             warn!(%error, "cannot remove the plugin; will retry");
         }
     }
+    Ok(())
 }
 
 /// One uninstall pass over the dirs resolved now.
@@ -338,6 +325,32 @@ fn remove_installation(args: &InstallArgs) -> Result<(), InstallError> {
         }
     }
     Ok(())
+}
+
+/// The passes of `--watch`: one at once, then one every interval, until
+/// SIGTERM or Ctrl-C. Polling a small file every few seconds is cheap and,
+/// unlike inotify, survives the directory being replaced or recreated by
+/// the primary CNI.
+struct Passes {
+    tick: tokio::time::Interval,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl Passes {
+    fn new(args: &InstallArgs) -> Self {
+        Self {
+            tick: tokio::time::interval(Duration::from_secs(args.watch_interval_secs.max(1))),
+            shutdown: Box::pin(shutdown_signal()),
+        }
+    }
+
+    /// Waits for the next pass; `false` once asked to stop.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            _ = &mut self.shutdown => false,
+        }
+    }
 }
 
 async fn shutdown_signal() {

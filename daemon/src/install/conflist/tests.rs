@@ -1,4 +1,3 @@
-
 use super::*;
 
 /// k3s' flannel conflist as its agent writes it (pkg/agent/flannel).
