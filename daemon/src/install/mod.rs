@@ -36,6 +36,7 @@ pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 /// CRI-O's config; its drop-ins are in `crio.conf.d` beside it.
 pub const CRIO_CONFIG: &str = "/etc/crio/crio.conf";
 
+/// Arguments of `install` and `uninstall`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InstallArgs {
     /// The shim binary to copy; defaults to `tailnet-cni` beside this binary.
@@ -83,6 +84,7 @@ pub struct InstallArgs {
     pub daemon_readyz: Option<SocketAddr>,
 }
 
+/// Why a pass of the installer (or uninstaller) did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{action} {path}: {source}")]
