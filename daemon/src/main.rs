@@ -37,7 +37,8 @@ enum Command {
     /// Copy the shim into the CNI bin dir(s) and chain it into the primary
     /// conflist; with --watch keep it chained when the file is rewritten.
     Install(tailnet_cnid::install::InstallArgs),
-    /// Remove the shim from the primary conflist and the bin dir(s).
+    /// Remove the shim from the primary conflist and the bin dir(s); with
+    /// --watch keep them removed until stopped.
     Uninstall(tailnet_cnid::install::InstallArgs),
 }
 
@@ -86,7 +87,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Uninstall(args) => {
             init_logging(LogFormat::Text);
-            Ok(tailnet_cnid::install::uninstall(&args)?)
+            Ok(tailnet_cnid::install::uninstall(&args).await?)
         }
     }
 }

@@ -4,7 +4,9 @@
 //! file of its conf dir. We append our plugin to that file's `plugins` list
 //! (after flannel, portmap, bandwidth...) so we run last and see the full
 //! prevResult. k3s rewrites its flannel conflist whenever its agent starts,
-//! which silently drops the entry: [`super::watch`] re-applies it.
+//! which silently drops the entry: the installer's next pass re-applies it.
+
+mod splice;
 
 use std::path::{Path, PathBuf};
 
@@ -114,7 +116,8 @@ pub fn chain(
     let obj = doc
         .as_object_mut()
         .ok_or_else(|| shape("top level is not an object"))?;
-    if !obj.contains_key("plugins") {
+    let was_conflist = obj.contains_key("plugins");
+    if !was_conflist {
         // A single-plugin .conf: move its plugin keys into a plugins list.
         let mut plugin = Map::new();
         for key in obj.keys().cloned().collect::<Vec<_>>() {
@@ -154,10 +157,21 @@ pub fn chain(
             }
         }
         None => {
+            let compact = wanted.to_string();
             plugins.push(wanted);
+            if was_conflist {
+                let appended =
+                    splice::plugins_array(text).map(|array| splice::append(text, &array, &compact));
+                if let Some(out) = appended.filter(|out| same_document(out, &doc)) {
+                    return Ok((out, ChainOutcome::Appended));
+                }
+            }
             ChainOutcome::Appended
         }
     };
+    if outcome == ChainOutcome::Unchanged {
+        return Ok((text.to_string(), outcome));
+    }
     let mut out = serde_json::to_string_pretty(&doc).map_err(|source| ConflistError::Json {
         path: path.to_path_buf(),
         source,
@@ -175,10 +189,17 @@ pub fn unchain(path: &Path, text: &str) -> Result<Option<String>, ConflistError>
     let Some(plugins) = doc.get_mut("plugins").and_then(Value::as_array_mut) else {
         return Ok(None);
     };
-    let before = plugins.len();
-    plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some(PLUGIN_TYPE));
-    if plugins.len() == before {
+    let is_ours = |p: &Value| p.get("type").and_then(Value::as_str) == Some(PLUGIN_TYPE);
+    let ours: Vec<usize> = (0..plugins.len())
+        .filter(|&i| is_ours(&plugins[i]))
+        .collect();
+    if ours.is_empty() {
         return Ok(None);
+    }
+    plugins.retain(|p| !is_ours(p));
+    let removed = splice::plugins_array(text).and_then(|array| splice::remove(text, &array, &ours));
+    if let Some(out) = removed.filter(|out| same_document(out, &doc)) {
+        return Ok(Some(out));
     }
     let mut out = serde_json::to_string_pretty(&doc).map_err(|source| ConflistError::Json {
         path: path.to_path_buf(),
@@ -186,6 +207,11 @@ pub fn unchain(path: &Path, text: &str) -> Result<Option<String>, ConflistError>
     })?;
     out.push('\n');
     Ok(Some(out))
+}
+
+/// Whether `text` parses to `doc`: the check on every edit made as text.
+fn same_document(text: &str, doc: &Value) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|parsed| parsed == *doc)
 }
 
 /// The config file the runtime uses: the first by name among `.conflist`,
@@ -207,162 +233,4 @@ pub fn primary_config(conf_dir: &Path) -> std::io::Result<Option<PathBuf>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// k3s' flannel conflist as its agent writes it (pkg/agent/flannel).
-    const K3S_FLANNEL: &str = r#"{
-  "name":"cbr0",
-  "cniVersion":"1.0.0",
-  "plugins":[
-    {"type":"flannel","delegate":{"hairpinMode":true,"forceAddress":true,"isDefaultGateway":true}},
-    {"type":"portmap","capabilities":{"portMappings":true}},
-    {"type":"bandwidth","capabilities":{"bandwidth":true}}
-  ]
-}"#;
-
-    /// The upstream kube-flannel manifest's cni-conf.json.
-    const KUBE_FLANNEL: &str = r#"{
-  "name": "cbr0",
-  "cniVersion": "0.3.1",
-  "plugins": [
-    {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}"#;
-
-    /// A single-plugin .conf (Debian's bridge example).
-    const BRIDGE_CONF: &str = r#"{
-  "cniVersion": "0.4.0",
-  "name": "mynet",
-  "type": "bridge",
-  "bridge": "cni0",
-  "ipam": {"type": "host-local", "subnet": "10.22.0.0/16"}
-}"#;
-
-    fn entry() -> PluginEntry {
-        PluginEntry {
-            daemon_socket: PathBuf::from("/run/tailnet-cni/daemon.sock"),
-            if_name: "ts0".into(),
-            mtu: Some(1280),
-            selection: None,
-        }
-    }
-
-    fn types(text: &str) -> Vec<String> {
-        let v: Value = serde_json::from_str(text).unwrap();
-        v["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["type"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    #[test]
-    fn appends_after_every_primary_plugin_and_keeps_them_intact() {
-        let path = Path::new("10-flannel.conflist");
-        for original in [K3S_FLANNEL, KUBE_FLANNEL] {
-            let (out, outcome) = chain(path, original, &entry()).unwrap();
-            assert_eq!(outcome, ChainOutcome::Appended);
-            let mut expected = types(original);
-            expected.push(PLUGIN_TYPE.to_string());
-            assert_eq!(types(&out), expected);
-            let before: Value = serde_json::from_str(original).unwrap();
-            let after: Value = serde_json::from_str(&out).unwrap();
-            assert_eq!(before["name"], after["name"]);
-            assert_eq!(before["cniVersion"], after["cniVersion"]);
-            assert_eq!(before["plugins"][0], after["plugins"][0]);
-            let ours = after["plugins"].as_array().unwrap().last().unwrap().clone();
-            assert_eq!(ours["daemonSocket"], "/run/tailnet-cni/daemon.sock");
-            assert_eq!(ours["ifName"], "ts0");
-            assert_eq!(ours["mtu"], 1280);
-            assert_eq!(
-                ours["capabilities"],
-                json!({POD_ANNOTATIONS_CAPABILITY: true})
-            );
-            assert_eq!(ours.get("selection"), None);
-        }
-    }
-
-    #[test]
-    fn selection_is_written_when_known() {
-        let path = Path::new("10-flannel.conflist");
-        for (selection, text) in [
-            (EntrySelection::Annotated, "annotated"),
-            (EntrySelection::Namespace, "namespace"),
-            (EntrySelection::All, "all"),
-        ] {
-            let mut with_selection = entry();
-            with_selection.selection = Some(selection);
-            let (out, _) = chain(path, K3S_FLANNEL, &with_selection).unwrap();
-            let v: Value = serde_json::from_str(&out).unwrap();
-            assert_eq!(v["plugins"][3]["selection"], text);
-            assert_eq!(
-                v["plugins"][3]["capabilities"][POD_ANNOTATIONS_CAPABILITY],
-                true
-            );
-        }
-    }
-
-    #[test]
-    fn chaining_twice_is_a_no_op() {
-        let path = Path::new("10-flannel.conflist");
-        let (once, _) = chain(path, K3S_FLANNEL, &entry()).unwrap();
-        let (twice, outcome) = chain(path, &once, &entry()).unwrap();
-        assert_eq!(outcome, ChainOutcome::Unchanged);
-        assert_eq!(once, twice);
-    }
-
-    #[test]
-    fn changed_settings_update_the_entry_in_place() {
-        let path = Path::new("10-flannel.conflist");
-        let (once, _) = chain(path, K3S_FLANNEL, &entry()).unwrap();
-        let mut other = entry();
-        other.mtu = Some(1400);
-        let (out, outcome) = chain(path, &once, &other).unwrap();
-        assert_eq!(outcome, ChainOutcome::Updated);
-        assert_eq!(types(&out).iter().filter(|t| *t == PLUGIN_TYPE).count(), 1);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["plugins"][3]["mtu"], 1400);
-    }
-
-    #[test]
-    fn single_plugin_conf_becomes_a_chain() {
-        let (out, outcome) = chain(Path::new("10-bridge.conf"), BRIDGE_CONF, &entry()).unwrap();
-        assert_eq!(outcome, ChainOutcome::Appended);
-        assert_eq!(types(&out), vec!["bridge", PLUGIN_TYPE]);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["name"], "mynet");
-        assert_eq!(v["plugins"][0]["ipam"]["subnet"], "10.22.0.0/16");
-    }
-
-    #[test]
-    fn unchain_restores_the_original_plugins() {
-        let path = Path::new("10-flannel.conflist");
-        let (chained, _) = chain(path, K3S_FLANNEL, &entry()).unwrap();
-        let restored = unchain(path, &chained).unwrap().unwrap();
-        let a: Value = serde_json::from_str(K3S_FLANNEL).unwrap();
-        let b: Value = serde_json::from_str(&restored).unwrap();
-        assert_eq!(a, b);
-        assert!(unchain(path, K3S_FLANNEL).unwrap().is_none());
-    }
-
-    #[test]
-    fn broken_files_are_reported_by_name() {
-        let err = chain(Path::new("/etc/cni/net.d/x.conflist"), "{", &entry()).unwrap_err();
-        assert!(err.to_string().contains("/etc/cni/net.d/x.conflist"));
-        let err = chain(Path::new("y.conflist"), r#"{"plugins": 3}"#, &entry()).unwrap_err();
-        assert!(err.to_string().contains("not a list"));
-    }
-
-    #[test]
-    fn primary_config_is_the_first_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["20-other.conflist", "10-flannel.conflist", "05-notes.txt"] {
-            std::fs::write(dir.path().join(name), "{}").unwrap();
-        }
-        let first = primary_config(dir.path()).unwrap().unwrap();
-        assert_eq!(first.file_name().unwrap(), "10-flannel.conflist");
-    }
-}
+mod tests;

@@ -1,14 +1,24 @@
 //! Installs the shim on a node and chains it into the primary CNI config.
 //!
-//! Run by the DaemonSet as `tailnet-cnid install --watch` in a sidecar: it
-//! copies the shim into every CNI bin dir the runtime may use, appends our
-//! plugin to the primary conflist, and re-applies both whenever the file is
-//! rewritten (k3s rewrites its flannel conflist when its agent starts).
-//! `tailnet-cnid uninstall` removes the entry and the binaries again.
+//! Run by the DaemonSet as `tailnet-cnid install --watch` in a sidecar: on
+//! every pass it resolves the CNI bin dirs the runtime reads ([`layout`]),
+//! copies the shim into each, and, once all are in place and the daemon is
+//! ready ([`ready`]), appends our plugin to the primary conflist. Passes
+//! repeat, so a rewritten conflist (k3s rewrites its flannel conflist when
+//! its agent starts) or a moved bin dir (a k3s upgrade) is followed.
+//! Stopping leaves everything in place (a rolling update restarts it at
+//! once); `tailnet-cnid uninstall`, run by `deploy/uninstall/`, removes the
+//! entry and the binaries.
 
 pub mod conflist;
 pub mod containerd;
+pub mod crio;
+pub mod elf;
+pub mod k3s;
+pub mod layout;
+pub mod ready;
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,27 +27,36 @@ use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name, AtomicW
 use tracing::{info, warn};
 
 use self::conflist::{ChainOutcome, PluginEntry};
+pub use self::layout::Layout;
 
-/// Where k3s keeps its containerd config (read for the CNI dirs).
-pub const K3S_CONTAINERD_CONFIG: &str = "/var/lib/rancher/k3s/agent/etc/containerd/config.toml";
-/// CNI bin dirs used when no containerd config names one: k3s' newer and
-/// older locations, and the upstream default.
-pub const FALLBACK_BIN_DIRS: [&str; 3] = ["/var/lib/rancher/k3s/data/cni", "/bin", "/opt/cni/bin"];
+/// k3s' data dir unless started with `--data-dir`.
+pub const K3S_DATA_DIR: &str = "/var/lib/rancher/k3s";
+/// A standalone containerd's config.
+pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+/// CRI-O's config; its drop-ins are in `crio.conf.d` beside it.
+pub const CRIO_CONFIG: &str = "/etc/crio/crio.conf";
 
+/// Arguments of `install` and `uninstall`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InstallArgs {
     /// The shim binary to copy; defaults to `tailnet-cni` beside this binary.
     #[arg(long)]
     pub shim: Option<PathBuf>,
-    /// CNI bin dir to install into (repeatable). Default: those named by the
-    /// containerd config, else k3s' and upstream's usual dirs that exist.
+    /// CNI bin dir to install into (repeatable). Default: every dir named
+    /// by k3s, containerd and CRI-O, else /opt/cni/bin.
     #[arg(long = "bin-dir")]
     pub bin_dirs: Vec<PathBuf>,
-    /// containerd config to read the CNI bin and conf dirs from.
-    #[arg(long, default_value = K3S_CONTAINERD_CONFIG)]
+    /// k3s' data dir (its `--data-dir`): its containerd config and plugins.
+    #[arg(long, default_value = K3S_DATA_DIR)]
+    pub k3s_data_dir: PathBuf,
+    /// A standalone containerd's config, read for the CNI dirs.
+    #[arg(long, default_value = CONTAINERD_CONFIG)]
     pub containerd_config: PathBuf,
+    /// CRI-O's config, read (with its `crio.conf.d`) for the CNI dirs.
+    #[arg(long, default_value = CRIO_CONFIG)]
+    pub crio_config: PathBuf,
     /// CNI conf dir holding the primary conflist. Default: from the
-    /// containerd config, else /etc/cni/net.d.
+    /// runtime's config, else /etc/cni/net.d.
     #[arg(long)]
     pub conf_dir: Option<PathBuf>,
     /// `daemonSocket` written into the plugin entry.
@@ -59,8 +78,13 @@ pub struct InstallArgs {
     /// How often the watcher looks at the conflist.
     #[arg(long, default_value_t = 2)]
     pub watch_interval_secs: u64,
+    /// The daemon's health listener (its `/readyz`); when given, the plugin
+    /// is chained only while the daemon answers ready.
+    #[arg(long)]
+    pub daemon_readyz: Option<SocketAddr>,
 }
 
+/// Why a pass of the installer (or uninstaller) did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{action} {path}: {source}")]
@@ -77,9 +101,28 @@ pub enum InstallError {
     NoPrimaryConfig(PathBuf),
     #[error("no CNI bin dir found; pass --bin-dir")]
     NoBinDir,
+    #[error("CNI bin dir {0} is not there; mount it from the host (it is not created: the runtime would not read a dir it does not have)")]
+    BinDirMissing(PathBuf),
+    #[error("the runtime's CNI bin dir is the system dir {0}; pass --bin-dir with a dedicated dir the runtime reads")]
+    SystemBinDir(PathBuf),
+    #[error(
+        "k3s is installed under {data_dir} but no CNI bin dir with host-local was found there"
+    )]
+    K3sBinDirNotFound { data_dir: PathBuf },
+    #[error(transparent)]
+    NotReady(#[from] ready::NotReady),
+    #[error(transparent)]
+    Elf(#[from] elf::ElfError),
+    /// A dynamically linked shim fails every pod on a node without its
+    /// loader (k3s nodes have none): it is never installed.
+    #[error("the shim asks for the program interpreter {interpreter}; install a statically linked build (scripts/build-shim.sh)")]
+    ShimNeedsLoader { interpreter: String },
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
+pub(crate) fn io_err(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> InstallError {
     let path = path.to_path_buf();
     move |source| InstallError::Io {
         action,
@@ -88,50 +131,8 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> I
     }
 }
 
-/// The dirs the runtime reads, resolved from the arguments and the
-/// containerd config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
-    pub bin_dirs: Vec<PathBuf>,
-    pub conf_dir: PathBuf,
-}
-
-impl Layout {
-    pub fn resolve(args: &InstallArgs) -> Result<Self, InstallError> {
-        let host = |p: &Path| host_path(&args.host_root, p);
-        let containerd_config = host(&args.containerd_config);
-        let from_containerd = match std::fs::read_to_string(&containerd_config) {
-            Ok(text) => containerd::cni_dirs(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => containerd::CniDirs::default(),
-            Err(e) => return Err(io_err("reading", &containerd_config)(e)),
-        };
-        let bin_dirs = if !args.bin_dirs.is_empty() {
-            args.bin_dirs.clone()
-        } else if !from_containerd.bin_dirs.is_empty() {
-            from_containerd.bin_dirs
-        } else {
-            FALLBACK_BIN_DIRS
-                .iter()
-                .map(PathBuf::from)
-                .filter(|d| host(d).is_dir())
-                .collect()
-        };
-        let bin_dirs: Vec<PathBuf> = bin_dirs.iter().map(|d| host(d)).collect();
-        if bin_dirs.is_empty() {
-            return Err(InstallError::NoBinDir);
-        }
-        let conf_dir = args
-            .conf_dir
-            .clone()
-            .or(from_containerd.conf_dir)
-            .unwrap_or_else(|| PathBuf::from("/etc/cni/net.d"));
-        let conf_dir = host(&conf_dir);
-        Ok(Self { bin_dirs, conf_dir })
-    }
-}
-
 /// `path` as seen from inside a container that mounts the host at `root`.
-fn host_path(root: &Path, path: &Path) -> PathBuf {
+pub(crate) fn host_path(root: &Path, path: &Path) -> PathBuf {
     match path.strip_prefix("/") {
         Ok(relative) => root.join(relative),
         Err(_) => root.join(path),
@@ -207,8 +208,10 @@ fn remove_leftovers(layout: &Layout) {
 /// Copies the shim into every bin dir (skipping identical copies).
 pub fn install_shim(source: &Path, bin_dirs: &[PathBuf]) -> Result<(), InstallError> {
     let bytes = std::fs::read(source).map_err(io_err("reading shim", source))?;
+    if let Some(interpreter) = elf::interpreter(source, &bytes)? {
+        return Err(InstallError::ShimNeedsLoader { interpreter });
+    }
     for dir in bin_dirs {
-        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let target = dir.join(conflist::PLUGIN_TYPE);
         if std::fs::read(&target).ok().as_deref() == Some(bytes.as_slice()) {
             continue;
@@ -236,53 +239,77 @@ pub fn apply_conflist(conf_dir: &Path, entry: &PluginEntry) -> Result<ChainOutco
     Ok(outcome)
 }
 
+/// One pass: resolve the dirs, put the shim in each, and chain the plugin
+/// once every copy is in place and the daemon is ready.
+async fn apply_once(
+    args: &InstallArgs,
+    source: &Path,
+    entry: &PluginEntry,
+) -> Result<ChainOutcome, InstallError> {
+    let layout = Layout::resolve(args)?;
+    layout.require_bin_dirs()?;
+    install_shim(source, &layout.bin_dirs)?;
+    if let Some(addr) = args.daemon_readyz {
+        ready::check(addr).await?;
+    }
+    apply_conflist(&layout.conf_dir, entry)
+}
+
 /// Installs once, then (with `--watch`) keeps the entry in place.
 pub async fn install(args: &InstallArgs) -> Result<(), InstallError> {
-    let layout = Layout::resolve(args)?;
     let source = shim_source(args)?;
-    remove_leftovers(&layout);
-    install_shim(&source, &layout.bin_dirs)?;
+    if let Ok(layout) = Layout::resolve(args) {
+        remove_leftovers(&layout);
+    }
     let entry = entry(args);
     if !args.watch {
-        apply_conflist(&layout.conf_dir, &entry)?;
+        apply_once(args, &source, &entry).await?;
         return Ok(());
     }
-    // Polling a small file every few seconds is cheap and, unlike inotify,
-    // survives the directory being replaced or recreated by the primary CNI.
-    let mut tick = tokio::time::interval(Duration::from_secs(args.watch_interval_secs.max(1)));
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut shutdown => {
-                info!("installer stopping; the plugin entry stays in place");
-                return Ok(());
-            }
-        }
-        match apply_conflist(&layout.conf_dir, &entry) {
+    let mut passes = Passes::new(args);
+    while passes.next().await {
+        match apply_once(args, &source, &entry).await {
             Ok(ChainOutcome::Unchanged) => {}
-            Ok(outcome) => info!(
-                ?outcome,
-                "re-applied the plugin entry after the config changed"
-            ),
+            Ok(outcome) => info!(?outcome, "chained the plugin entry"),
             // The primary CNI may not have written its config yet.
             Err(InstallError::NoPrimaryConfig(dir)) => {
                 warn!(dir = %dir.display(), "waiting for the primary CNI config")
             }
-            Err(error) => warn!(%error, "cannot chain the plugin; will retry"),
-        }
-        if let Err(error) = install_shim(&source, &layout.bin_dirs) {
-            warn!(%error, "cannot refresh the shim binary; will retry");
+            Err(InstallError::NotReady(reason)) => {
+                info!(%reason, "waiting for the daemon before chaining")
+            }
+            Err(error) => warn!(%error, "not chaining the plugin; will retry"),
         }
     }
+    info!("installer stopping; the plugin entry stays in place");
+    Ok(())
 }
 
-/// Removes the plugin entry and the shim binaries.
-pub fn uninstall(args: &InstallArgs) -> Result<(), InstallError> {
+/// Removes the plugin entry and the shim binaries; with `--watch`, keeps
+/// them removed until stopped, so a DaemonSet can run it on every node
+/// (`deploy/uninstall/`). Removing what is already gone is no error.
+pub async fn uninstall(args: &InstallArgs) -> Result<(), InstallError> {
+    if !args.watch {
+        return remove_installation(args);
+    }
+    let mut passes = Passes::new(args);
+    while passes.next().await {
+        if let Err(error) = remove_installation(args) {
+            warn!(%error, "cannot remove the plugin; will retry");
+        }
+    }
+    Ok(())
+}
+
+/// One uninstall pass over the dirs resolved now.
+fn remove_installation(args: &InstallArgs) -> Result<(), InstallError> {
     let layout = Layout::resolve(args)?;
-    if let Some(path) =
-        conflist::primary_config(&layout.conf_dir).map_err(io_err("listing", &layout.conf_dir))?
-    {
+    let primary = match conflist::primary_config(&layout.conf_dir) {
+        Ok(primary) => primary,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err("listing", &layout.conf_dir)(e)),
+    };
+    if let Some(path) = primary {
         let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
         if let Some(out) = conflist::unchain(&path, &text)? {
             let mode = std::fs::metadata(&path)
@@ -303,6 +330,32 @@ pub fn uninstall(args: &InstallArgs) -> Result<(), InstallError> {
     Ok(())
 }
 
+/// The passes of `--watch`: one at once, then one every interval, until
+/// SIGTERM or Ctrl-C. Polling a small file every few seconds is cheap and,
+/// unlike inotify, survives the directory being replaced or recreated by
+/// the primary CNI.
+struct Passes {
+    tick: tokio::time::Interval,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl Passes {
+    fn new(args: &InstallArgs) -> Self {
+        Self {
+            tick: tokio::time::interval(Duration::from_secs(args.watch_interval_secs.max(1))),
+            shutdown: Box::pin(shutdown_signal()),
+        }
+    }
+
+    /// Waits for the next pass; `false` once asked to stop.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            _ = &mut self.shutdown => false,
+        }
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
@@ -319,168 +372,4 @@ async fn shutdown_signal() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(root: &Path) -> InstallArgs {
-        InstallArgs {
-            shim: Some(root.join("build/tailnet-cni")),
-            bin_dirs: vec![root.join("bin-a"), root.join("bin-b")],
-            containerd_config: root.join("containerd/config.toml"),
-            conf_dir: Some(root.join("net.d")),
-            daemon_socket: PathBuf::from("/run/tailnet-cni/daemon.sock"),
-            if_name: "ts0".into(),
-            mtu: None,
-            watch: false,
-            host_root: PathBuf::from("/"),
-            watch_interval_secs: 1,
-        }
-    }
-
-    fn setup(root: &Path) {
-        std::fs::create_dir_all(root.join("build")).unwrap();
-        std::fs::write(root.join("build/tailnet-cni"), b"\x7fELF shim").unwrap();
-        std::fs::create_dir_all(root.join("net.d")).unwrap();
-        std::fs::write(
-            root.join("net.d/10-flannel.conflist"),
-            r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"},{"type":"portmap"}]}"#,
-        )
-        .unwrap();
-    }
-
-    #[tokio::test]
-    async fn install_then_uninstall_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        setup(root);
-        let original = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
-        install(&args(root)).await.unwrap();
-        for bin in ["bin-a", "bin-b"] {
-            let path = root.join(bin).join("tailnet-cni");
-            assert_eq!(std::fs::read(&path).unwrap(), b"\x7fELF shim");
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o755);
-        }
-        let chained = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
-        assert!(chained.contains("\"tailnet-cni\""));
-        // No temp files are left where libcni would look.
-        let leftovers: Vec<_> = std::fs::read_dir(root.join("net.d"))
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
-            .collect();
-        assert!(leftovers.is_empty());
-
-        uninstall(&args(root)).unwrap();
-        let restored = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
-        let a: serde_json::Value = serde_json::from_str(&original).unwrap();
-        let b: serde_json::Value = serde_json::from_str(&restored).unwrap();
-        assert_eq!(a, b);
-        assert!(!root.join("bin-a/tailnet-cni").exists());
-    }
-
-    #[tokio::test]
-    async fn install_removes_only_its_own_leftover_temporary_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        setup(root);
-        std::fs::create_dir_all(root.join("bin-a")).unwrap();
-        let leftovers = [
-            root.join("bin-a/.tailnet-cni.tmp.1.0"),
-            root.join("net.d/.10-flannel.conflist.tmp.1.3"),
-        ];
-        let foreign = [
-            root.join("bin-a/.flannel.tmp.1.0"),
-            root.join("net.d/.10-flannel.conflist.swp"),
-            root.join("bin-a/.tailnet-cni.tmp.x.0"),
-            root.join("bin-a/.tailnet-cni.old.tmp.1.0"),
-        ];
-        for path in leftovers.iter().chain(&foreign) {
-            std::fs::write(path, b"partial").unwrap();
-        }
-        install(&args(root)).await.unwrap();
-        for path in &leftovers {
-            assert!(!path.exists(), "{} was left", path.display());
-        }
-        for path in &foreign {
-            assert!(path.exists(), "{} was removed", path.display());
-        }
-    }
-
-    #[test]
-    fn conflist_rewrite_keeps_its_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        setup(root);
-        let path = root.join("net.d/10-flannel.conflist");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let entry = entry(&args(root));
-        assert_eq!(
-            apply_conflist(&root.join("net.d"), &entry).unwrap(),
-            ChainOutcome::Appended
-        );
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-    }
-
-    #[test]
-    fn rewritten_conflist_gets_the_entry_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        setup(root);
-        let args = args(root);
-        let entry = entry(&args);
-        let conf = root.join("net.d");
-        assert_eq!(
-            apply_conflist(&conf, &entry).unwrap(),
-            ChainOutcome::Appended
-        );
-        assert_eq!(
-            apply_conflist(&conf, &entry).unwrap(),
-            ChainOutcome::Unchanged
-        );
-        // What k3s does when its agent restarts.
-        std::fs::write(
-            conf.join("10-flannel.conflist"),
-            r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            apply_conflist(&conf, &entry).unwrap(),
-            ChainOutcome::Appended
-        );
-    }
-
-    #[test]
-    fn missing_primary_config_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = apply_conflist(dir.path(), &entry(&args(dir.path()))).unwrap_err();
-        assert!(matches!(err, InstallError::NoPrimaryConfig(_)));
-        assert!(err.to_string().contains("primary CNI"));
-    }
-
-    #[test]
-    fn layout_prefers_containerd_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("containerd")).unwrap();
-        std::fs::write(
-            root.join("containerd/config.toml"),
-            "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.cni]\n  bin_dirs = [\"/var/lib/rancher/k3s/data/cni\"]\n  conf_dir = \"/var/lib/rancher/k3s/agent/etc/cni/net.d\"\n",
-        )
-        .unwrap();
-        let mut a = args(root);
-        a.bin_dirs.clear();
-        a.conf_dir = None;
-        a.containerd_config = PathBuf::from("/containerd/config.toml");
-        a.host_root = root.to_path_buf();
-        let layout = Layout::resolve(&a).unwrap();
-        assert_eq!(
-            layout,
-            Layout {
-                bin_dirs: vec![root.join("var/lib/rancher/k3s/data/cni")],
-                conf_dir: root.join("var/lib/rancher/k3s/agent/etc/cni/net.d"),
-            }
-        );
-    }
-}
+mod tests;
