@@ -19,9 +19,9 @@ use kube::Api;
 
 use crate::config::Selection;
 
-pub const ENABLED: &str = "tailnet-cni.io/enabled";
-pub const HOSTNAME: &str = "tailnet-cni.io/hostname";
-pub const TAGS: &str = "tailnet-cni.io/tags";
+pub use tailnet_cni_proto::selection::{
+    ENABLED_ANNOTATION as ENABLED, HOSTNAME_ANNOTATION as HOSTNAME, TAGS_ANNOTATION as TAGS,
+};
 
 /// What the API says about a pod and its namespace.
 #[derive(Debug, Clone, Default)]

@@ -4,6 +4,7 @@
 //! interface names are validated, and how files are replaced atomically.
 
 pub mod atomic_file;
+pub mod selection;
 pub mod validate;
 
 pub use atomic_file::{atomic_write, AtomicWriteError};

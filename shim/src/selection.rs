@@ -13,36 +13,9 @@ use serde_json::{Map, Value};
 
 use crate::error::CniError;
 
-/// The runtimeConfig key (and capability) carrying the pod's annotations.
-pub const POD_ANNOTATIONS_KEY: &str = "io.kubernetes.cri.pod-annotations";
-/// Prefix of the annotations the daemon reads; only these are forwarded.
-pub const ANNOTATION_PREFIX: &str = "tailnet-cni.io/";
-/// The opt-in (`"true"`) or opt-out (any other value) annotation.
-pub const ENABLED_ANNOTATION: &str = "tailnet-cni.io/enabled";
-
-/// How the daemon selects pods, as the plugin entry's `selection` key says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SelectionMode {
-    /// Only pods annotated `tailnet-cni.io/enabled: "true"` join.
-    Annotated,
-    /// Pods in a namespace labelled `tailnet-cni.io/enabled: "true"` join
-    /// too, which only the daemon can see.
-    Namespace,
-    /// Every pod joins unless it opts out.
-    All,
-}
-
-impl SelectionMode {
-    /// Parses the `selection` value of the plugin entry.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "annotated" => Some(Self::Annotated),
-            "namespace" => Some(Self::Namespace),
-            "all" => Some(Self::All),
-            _ => None,
-        }
-    }
-}
+pub use tailnet_cni_proto::selection::{
+    SelectionMode, ANNOTATION_PREFIX, ENABLED_ANNOTATION, POD_ANNOTATIONS_CAPABILITY,
+};
 
 /// Whether the shim can answer without the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +53,8 @@ pub fn decide_locally(
 pub fn pod_annotations(
     runtime_config: Option<&Map<String, Value>>,
 ) -> Result<Option<BTreeMap<String, String>>, CniError> {
-    let field = || format!("runtimeConfig.{POD_ANNOTATIONS_KEY}");
-    let entries = match runtime_config.and_then(|config| config.get(POD_ANNOTATIONS_KEY)) {
+    let field = || format!("runtimeConfig.{POD_ANNOTATIONS_CAPABILITY}");
+    let entries = match runtime_config.and_then(|config| config.get(POD_ANNOTATIONS_CAPABILITY)) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(entries)) => entries,
         Some(_) => return Err(CniError::invalid_config(&field(), "must be a JSON object")),

@@ -247,35 +247,24 @@ impl ApiClient {
                 url: shown_url.to_owned(),
                 reason: "backend is shutting down".to_owned(),
             })?;
+        // A transport failure, sending or reading the body, is worth a retry.
+        let unreachable = |err: reqwest::Error| Attempt::Retry {
+            error: AuthError::Unreachable {
+                backend: self.backend,
+                url: shown_url.to_owned(),
+                reason: transport_reason(err),
+            },
+            retry_after: None,
+        };
         let response = match request.build(&self.http).send().await {
             Ok(response) => response,
-            Err(err) => {
-                let error = AuthError::Unreachable {
-                    backend: self.backend,
-                    url: shown_url.to_owned(),
-                    reason: transport_reason(err),
-                };
-                return Ok(Attempt::Retry {
-                    error,
-                    retry_after: None,
-                });
-            }
+            Err(err) => return Ok(unreachable(err)),
         };
         let status = response.status();
         let headers = response.headers().clone();
         let body = match response.bytes().await {
             Ok(body) => body.to_vec(),
-            Err(err) => {
-                let error = AuthError::Unreachable {
-                    backend: self.backend,
-                    url: shown_url.to_owned(),
-                    reason: transport_reason(err),
-                };
-                return Ok(Attempt::Retry {
-                    error,
-                    retry_after: None,
-                });
-            }
+            Err(err) => return Ok(unreachable(err)),
         };
         tracing::debug!(
             backend = self.backend,

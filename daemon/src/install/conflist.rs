@@ -15,41 +15,14 @@ use serde_json::{json, Map, Value};
 /// The `type` our plugin entry carries: the shim's binary name.
 pub const PLUGIN_TYPE: &str = "tailnet-cni";
 
-/// The capability that makes containerd (1.6+) and CRI-O pass the pod's
-/// annotations in `runtimeConfig`, so the shim can skip pods that did not
-/// opt in without asking the daemon.
-pub const POD_ANNOTATIONS_CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
-
-/// How the daemon selects pods, as the shim needs to know it: the entry's
-/// `selection` key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntrySelection {
-    /// Only the pod annotation opts in: the shim skips unannotated pods.
-    Annotated,
-    /// Namespace labels may opt pods in: only the daemon can tell.
-    Namespace,
-    /// Every pod that does not opt out joins.
-    All,
-}
-
-impl EntrySelection {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Annotated => "annotated",
-            Self::Namespace => "namespace",
-            Self::All => "all",
-        }
-    }
-}
-
-/// Plugin keys we write into our entry.
+pub use tailnet_cni_proto::selection::{SelectionMode, POD_ANNOTATIONS_CAPABILITY};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginEntry {
     pub daemon_socket: PathBuf,
     pub if_name: String,
     pub mtu: Option<u32>,
     /// Written as `selection`; without it the shim forwards every pod.
-    pub selection: Option<EntrySelection>,
+    pub selection: Option<SelectionMode>,
 }
 
 impl PluginEntry {

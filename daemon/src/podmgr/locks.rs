@@ -21,14 +21,17 @@ pub struct PodGuard {
 }
 
 impl PodLocks {
+    /// The container's lock, created on first use.
+    fn slot(&self, container_id: &str) -> Arc<AsyncMutex<()>> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .entry(container_id.to_string())
+            .or_insert_with(|| Arc::new(AsyncMutex::new(())))
+            .clone()
+    }
+
     pub async fn lock(&self, container_id: &str) -> PodGuard {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            slots
-                .entry(container_id.to_string())
-                .or_insert_with(|| Arc::new(AsyncMutex::new(())))
-                .clone()
-        };
+        let slot = self.slot(container_id);
         PodGuard {
             _guard: slot.lock_owned().await,
         }
@@ -37,13 +40,7 @@ impl PodLocks {
     /// The lock if nobody holds it now; `None` while an operation on the
     /// container is in progress (background reconcile skips such pods).
     pub fn try_lock(&self, container_id: &str) -> Option<PodGuard> {
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            slots
-                .entry(container_id.to_string())
-                .or_insert_with(|| Arc::new(AsyncMutex::new(())))
-                .clone()
-        };
+        let slot = self.slot(container_id);
         slot.try_lock_owned()
             .ok()
             .map(|guard| PodGuard { _guard: guard })

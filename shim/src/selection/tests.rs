@@ -87,7 +87,7 @@ fn selection_values_parse_exactly() {
 #[test]
 fn annotations_are_read_from_runtime_config() {
     let Value::Object(config) = json!({
-        POD_ANNOTATIONS_KEY: {ENABLED_ANNOTATION: "true", "kubernetes.io/config.seen": "x"},
+        POD_ANNOTATIONS_CAPABILITY: {ENABLED_ANNOTATION: "true", "kubernetes.io/config.seen": "x"},
         "portMappings": []
     }) else {
         unreachable!()
@@ -99,7 +99,8 @@ fn annotations_are_read_from_runtime_config() {
             ("kubernetes.io/config.seen", "x")
         ]))
     );
-    let Value::Object(without) = json!({"portMappings": [], POD_ANNOTATIONS_KEY: null}) else {
+    let Value::Object(without) = json!({"portMappings": [], POD_ANNOTATIONS_CAPABILITY: null})
+    else {
         unreachable!()
     };
     assert_eq!(pod_annotations(Some(&without)).unwrap(), None);
@@ -109,12 +110,12 @@ fn annotations_are_read_from_runtime_config() {
 #[test]
 fn malformed_annotations_name_the_field() {
     for value in [json!("enabled"), json!([]), json!({"a": 1})] {
-        let Value::Object(config) = json!({ POD_ANNOTATIONS_KEY: value }) else {
+        let Value::Object(config) = json!({ POD_ANNOTATIONS_CAPABILITY: value }) else {
             unreachable!()
         };
         let err = pod_annotations(Some(&config)).unwrap_err();
         assert_eq!(err.code, INVALID_CONFIG, "{value}");
-        assert!(err.msg.contains(POD_ANNOTATIONS_KEY), "{}", err.msg);
+        assert!(err.msg.contains(POD_ANNOTATIONS_CAPABILITY), "{}", err.msg);
     }
 }
 

@@ -49,22 +49,7 @@ impl AddrMatch {
             ],
             AddrMatch::Addr(IpAddr::V4(a)) => [Some(AddrRange::V4(a.into(), a.into())), None],
             AddrMatch::Addr(IpAddr::V6(a)) => [Some(AddrRange::V6(a.into(), a.into())), None],
-            AddrMatch::Prefix {
-                addr: IpAddr::V4(a),
-                len,
-            } => {
-                let host_bits = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
-                let first = u32::from(a) & !host_bits;
-                [Some(AddrRange::V4(first, first | host_bits)), None]
-            }
-            AddrMatch::Prefix {
-                addr: IpAddr::V6(a),
-                len,
-            } => {
-                let host_bits = u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
-                let first = u128::from(a) & !host_bits;
-                [Some(AddrRange::V6(first, first | host_bits)), None]
-            }
+            AddrMatch::Prefix { addr, len } => [Some(AddrRange::of_prefix(addr, len)), None],
             AddrMatch::Range {
                 first: IpAddr::V4(f),
                 last: IpAddr::V4(l),
@@ -234,6 +219,23 @@ impl FilterRule {
 pub(super) enum AddrRange {
     V4(u32, u32),
     V6(u128, u128),
+}
+
+impl AddrRange {
+    /// The addresses of `addr/len`, host bits cleared.
+    fn of_prefix(addr: IpAddr, len: u8) -> Self {
+        let shift = u32::from(len);
+        match addr {
+            IpAddr::V4(a) => {
+                let host = u32::MAX.checked_shr(shift).unwrap_or(0);
+                Self::V4(u32::from(a) & !host, u32::from(a) | host)
+            }
+            IpAddr::V6(a) => {
+                let host = u128::MAX.checked_shr(shift).unwrap_or(0);
+                Self::V6(u128::from(a) & !host, u128::from(a) | host)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -167,9 +167,9 @@ fn entry_declares_the_pod_annotations_capability_and_selection_when_known() {
     assert_eq!(ours["capabilities"][POD_ANNOTATIONS_CAPABILITY], true);
     assert_eq!(ours.get("selection"), None);
     for (selection, text) in [
-        (EntrySelection::Annotated, "annotated"),
-        (EntrySelection::Namespace, "namespace"),
-        (EntrySelection::All, "all"),
+        (SelectionMode::Annotated, "annotated"),
+        (SelectionMode::Namespace, "namespace"),
+        (SelectionMode::All, "all"),
     ] {
         let mut with_selection = entry();
         with_selection.selection = Some(selection);
