@@ -3,6 +3,9 @@
 //! Also what both sides must agree on outside the wire: how container ids and
 //! interface names are validated, and how files are replaced atomically.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod atomic_file;
 pub mod selection;
 pub mod validate;

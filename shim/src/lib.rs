@@ -3,6 +3,8 @@
 //! node daemon `tailnet-cnid` over its Unix socket, and extends the primary
 //! plugin's result with the pod's tailnet interface.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod commands;
 pub mod env;

@@ -1,5 +1,7 @@
 //! `tailnet-cni`: invoked by the container runtime once per CNI operation.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::process::ExitCode;
 

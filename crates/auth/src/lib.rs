@@ -11,6 +11,9 @@
 //! | `headscale` | `POST /api/v1/preauthkey` | `DELETE /api/v1/node/{id}` |
 //! | `tailscale` | OAuth token, then `POST /api/v2/tailnet/{tailnet}/keys` | `DELETE /api/v2/device/{id}` |
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 mod backend;
 mod config;
 mod error;

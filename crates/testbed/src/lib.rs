@@ -10,6 +10,8 @@
 //! fails with the same message, so a run that is meant to exercise
 //! everything cannot pass by skipping.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod bed;
 mod needs;

@@ -1,4 +1,7 @@
 //! Sans-IO data-plane protocol cores.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 pub mod demux;
 pub mod derp;
 pub mod disco;
