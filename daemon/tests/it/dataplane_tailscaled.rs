@@ -36,8 +36,9 @@ struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // Both fail only when it has already exited.
+        self.0.kill().ok();
+        self.0.wait().ok();
     }
 }
 
