@@ -36,7 +36,7 @@ struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // Both fail only when it has already exited.
+        // Cleanup: nothing is left to do for a child that is already gone.
         self.0.kill().ok();
         self.0.wait().ok();
     }

@@ -133,7 +133,7 @@ impl Daemon {
 
     /// SIGKILL: no shutdown path runs, the socket file stays behind.
     pub fn kill9(&mut self) {
-        // Both fail only when the daemon has already exited.
+        // Nothing is left to do for a child that is already gone.
         self.child.kill().ok();
         self.child.wait().ok();
     }
@@ -292,7 +292,7 @@ pub fn stop(child: &mut Child) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Both fail only when the daemon has already exited.
+    // Nothing is left to do for a child that exited meanwhile.
     child.kill().ok();
     child.wait().ok();
 }

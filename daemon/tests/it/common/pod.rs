@@ -137,7 +137,7 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // Both fail only when the server has already exited.
+        // Cleanup: nothing is left to do for a child that is already gone.
         self.child.kill().ok();
         self.child.wait().ok();
     }

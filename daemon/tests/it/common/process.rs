@@ -63,7 +63,7 @@ fn finish_within(mut child: Child, timeout: Duration, what: &str) -> Output {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Ok(None) => {
-                // Both fail only when it exited meanwhile; the panic below reports the timeout.
+                // A child that exited meanwhile needs nothing more; the panic reports the timeout.
                 child.kill().ok();
                 child.wait().ok();
                 panic!("timed out after {timeout:?} waiting for {what} to exit");
