@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
@@ -31,7 +31,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+        // A dropped sender means the daemon is going away: stop as well.
+        rx.wait_for(|stop| *stop).await.ok();
     };
 
     let health = config.health_addr.map(|addr| {
@@ -56,21 +57,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     wait_for_signal().await;
     info!("shutting down; pods keep their interfaces and come back on restart");
-    let _ = stop_tx.send(true);
+    // Fails only when every service has already stopped.
+    stop_tx.send(true).ok();
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = %e, "CNI service stopped with an error"),
         Err(e) => error!(error = %e, "CNI service task failed"),
     }
     if let Some(health) = health {
-        let _ = health.await;
+        // The server logs its own error when it stops with one.
+        if let Err(error) = health.await {
+            error!(%error, "health server task failed");
+        }
     }
     if let Some(reconcile) = reconcile {
         // A pass in progress runs to its end; no new one starts.
-        let _ = reconcile.await;
+        if let Err(error) = reconcile.await {
+            error!(%error, "reconcile task failed");
+        }
     }
     manager.shutdown().await;
-    let _ = std::fs::remove_file(&config.socket);
+    // Best effort: the next start replaces a stale socket anyway.
+    if let Err(error) = std::fs::remove_file(&config.socket) {
+        debug!(%error, socket = %config.socket.display(), "cannot remove the CNI socket");
+    }
     Ok(())
 }
 
@@ -80,7 +90,9 @@ async fn wait_for_signal() {
         Ok(term) => term,
         Err(e) => {
             error!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                error!(%error, "cannot watch Ctrl-C either; stopping now");
+            }
             return;
         }
     };

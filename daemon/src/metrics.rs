@@ -365,7 +365,9 @@ mod tests {
             Arc::new(Fixed { ready: false }),
         );
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            axum::serve(listener, app)
+                .await
+                .expect("serving the test router");
         });
         let (status, body) = http_get(addr, "/readyz").await;
         assert_eq!(status, 503);

@@ -66,9 +66,11 @@ impl fmt::Display for WriteStep {
 #[derive(Debug, thiserror::Error)]
 #[error("{step} {}: {source}", path.display())]
 pub struct AtomicWriteError {
+    /// The step that failed.
     pub step: WriteStep,
     /// The file or directory the step acted on.
     pub path: PathBuf,
+    /// The I/O error the step returned.
     #[source]
     pub source: io::Error,
 }
@@ -104,7 +106,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AtomicWr
     });
     if let Err(error) = written {
         // Best effort: the error that matters is the one being returned.
-        let _ = fs::remove_file(&tmp);
+        fs::remove_file(&tmp).ok();
         return Err(error);
     }
     File::open(dir)

@@ -28,15 +28,25 @@ pub const CNI_CODE_METADATA: &str = "tailnet-cni-code";
 
 /// CNI error codes (spec 1.1.0, "Error" section), shared by shim and daemon.
 pub mod cni_code {
+    /// The runtime and plugin disagree on the CNI version.
     pub const INCOMPATIBLE_VERSION: u32 = 1;
+    /// The network configuration has a field the plugin does not support.
     pub const UNSUPPORTED_FIELD: u32 = 2;
+    /// The container is unknown or does not exist.
     pub const UNKNOWN_CONTAINER: u32 = 3;
+    /// A required environment variable is missing or invalid.
     pub const INVALID_ENV: u32 = 4;
+    /// An I/O operation failed, such as reading the network configuration.
     pub const IO_FAILURE: u32 = 5;
+    /// The network configuration or another input could not be decoded.
     pub const DECODE_FAILURE: u32 = 6;
+    /// The network configuration is invalid.
     pub const INVALID_CONFIG: u32 = 7;
+    /// A transient failure; the runtime should retry the call later.
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// The plugin cannot serve ADD requests now.
     pub const NOT_AVAILABLE: u32 = 50;
+    /// The plugin cannot serve ADD requests now, and existing pods may have limited connectivity.
     pub const LIMITED_CONNECTIVITY: u32 = 51;
     /// Plugin-specific: the control server refused or failed registration.
     pub const CONTROL_FAILURE: u32 = 100;

@@ -11,12 +11,16 @@ pub const MAX_INTERFACE_NAME_LEN: usize = 15;
 /// Why a container id was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidContainerId {
+    /// The id is empty.
     #[error("container id is empty")]
     Empty,
+    /// The id is longer than [`MAX_CONTAINER_ID_LEN`] bytes; holds its length.
     #[error("container id is {0} bytes long, more than {MAX_CONTAINER_ID_LEN}")]
     TooLong(usize),
+    /// The id starts with something other than an ASCII letter or digit.
     #[error("container id must start with a letter or digit, not {0:?}")]
     BadFirstCharacter(char),
+    /// The id contains a character other than ASCII letters, digits, `_`, `.` and `-`.
     #[error("container id contains {0:?}; only letters, digits, '_', '.' and '-' are allowed")]
     BadCharacter(char),
 }
@@ -24,12 +28,16 @@ pub enum InvalidContainerId {
 /// Why an interface name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidInterfaceName {
+    /// The name is empty.
     #[error("interface name is empty")]
     Empty,
+    /// The name is longer than [`MAX_INTERFACE_NAME_LEN`] bytes; holds its length.
     #[error("interface name is {0} bytes long, more than {MAX_INTERFACE_NAME_LEN}")]
     TooLong(usize),
+    /// The name is `.` or `..`.
     #[error("interface name must not be '.' or '..'")]
     DotName,
+    /// The name contains `/`, `:`, whitespace or NUL.
     #[error("interface name must not contain {0:?}")]
     BadCharacter(char),
 }

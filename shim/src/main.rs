@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Err(failure) => {
             // Nothing more can be reported if stdout is gone; the exit code
             // still tells the runtime.
-            let _ = writeln!(stdout, "{}", failure.to_json());
+            writeln!(stdout, "{}", failure.to_json()).ok();
             eprintln!("{}", failure.log_line());
             ExitCode::FAILURE
         }

@@ -33,21 +33,35 @@ const MAX_KEY_TTL_SECS: u64 = 90 * 24 * 3600;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     /// One pre-made (reusable) auth key read from a file on every mint.
-    Static { key_file: PathBuf },
+    Static {
+        /// File holding the key.
+        key_file: PathBuf,
+    },
     /// rscale's admin API, with its admin (break-glass) token.
-    Rscale { api_url: Url, token_file: PathBuf },
+    Rscale {
+        /// Base URL of the admin API.
+        api_url: Url,
+        /// File holding the admin token.
+        token_file: PathBuf,
+    },
     /// Headscale's REST API, with an API key.
     Headscale {
+        /// Base URL of the REST API.
         api_url: Url,
+        /// File holding the API key.
         token_file: PathBuf,
         /// Headscale user ID (a user name on releases before April 2025); optional for tagged keys.
         user: Option<String>,
     },
     /// The Tailscale API, through an OAuth client (client credentials grant).
     Tailscale {
+        /// Base URL of the API.
         api_url: Url,
+        /// File holding the OAuth client ID.
         client_id_file: PathBuf,
+        /// File holding the OAuth client secret.
         client_secret_file: PathBuf,
+        /// The tailnet keys are minted in; [`DEFAULT_TAILNET`] is the OAuth client's own.
         tailnet: String,
     },
 }
@@ -68,6 +82,7 @@ impl BackendConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawAuthConfig", into = "RawAuthConfig")]
 pub struct AuthConfig {
+    /// The control server that mints keys.
     pub backend: BackendConfig,
     /// Tags for minted keys when a request names none.
     pub tags: Vec<String>,

@@ -13,22 +13,31 @@ pub enum AuthError {
     /// The API rejected our credentials (HTTP 401/403).
     #[error("{backend} rejected the credentials at {url} (HTTP {status})")]
     Unauthorized {
+        /// The backend, by its `kind` name.
         backend: &'static str,
+        /// The URL called, shown without user info or query.
         url: String,
+        /// The HTTP status, 401 or 403.
         status: u16,
     },
     /// The API could not be reached (connect error, timeout, TLS failure) after all retries.
     #[error("{backend} API at {url} is unreachable: {reason}")]
     Unreachable {
+        /// The backend, by its `kind` name.
         backend: &'static str,
+        /// The URL called, shown without user info or query.
         url: String,
+        /// The last attempt's connect, timeout or TLS error.
         reason: String,
     },
     /// The API answered with an error status.
     #[error("{backend} API at {url} answered HTTP {status}: {body}")]
     Api {
+        /// The backend, by its `kind` name.
         backend: &'static str,
+        /// The URL called, shown without user info or query.
         url: String,
+        /// The HTTP status.
         status: u16,
         /// A short excerpt of the response body with anything key-like removed.
         body: String,
@@ -36,14 +45,19 @@ pub enum AuthError {
     /// The API answered success but the body was not what its documentation promises.
     #[error("{backend} API at {url} sent an unexpected response: {reason}")]
     Response {
+        /// The backend, by its `kind` name.
         backend: &'static str,
+        /// The URL called, shown without user info or query.
         url: String,
+        /// What the body lacked or got wrong.
         reason: String,
     },
     /// The key request cannot be served by this backend (for example no tags with OAuth).
     #[error("{backend} cannot mint this key: {reason}")]
     Request {
+        /// The backend, by its `kind` name.
         backend: &'static str,
+        /// What the backend cannot do for this request.
         reason: String,
     },
     /// The `[auth]` configuration is invalid.
@@ -52,7 +66,9 @@ pub enum AuthError {
     /// A configured file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Io {
+        /// The file that could not be read.
         path: PathBuf,
+        /// The I/O error reading it.
         #[source]
         source: std::io::Error,
     },
@@ -62,8 +78,10 @@ pub enum AuthError {
 pub(crate) fn display_url(url: &Url) -> String {
     let mut shown = url.clone();
     // Credentials could be embedded as user info; queries could carry tokens.
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
+    // Both fail only for URLs that cannot have a host, and those carry no
+    // user info to strip.
+    shown.set_username("").ok();
+    shown.set_password(None).ok();
     shown.set_query(None);
     shown.set_fragment(None);
     shown.to_string()

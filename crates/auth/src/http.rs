@@ -16,10 +16,12 @@ use crate::secret::Secret;
 /// Tuning of an API backend's HTTP behaviour.
 #[derive(Debug, Clone)]
 pub struct BackendOptions {
+    /// When and how often a failed request is tried again.
     pub retry: RetryPolicy,
     /// Requests in flight at once to one backend. Bounds the load a burst of pod creations
     /// puts on the control server without serialising them.
     pub max_in_flight: usize,
+    /// Timeout of the TCP (and TLS) connect of one attempt.
     pub connect_timeout: Duration,
     /// Whole-request timeout of one attempt.
     pub request_timeout: Duration,

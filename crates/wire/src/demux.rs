@@ -7,9 +7,13 @@ use crate::stun::is_stun;
 /// What kind of datagram arrived on the shared UDP socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketKind {
+    /// A STUN Binding request or success response.
     Stun,
+    /// A disco message (starts with the disco magic).
     Disco,
+    /// A WireGuard message (see [`looks_like_wireguard`]).
     WireGuard,
+    /// None of these; dropped by the caller.
     Other,
 }
 

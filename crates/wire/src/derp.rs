@@ -29,18 +29,31 @@ pub const NONCE_LEN: usize = 24;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameType {
+    /// Server to client, first: the magic and the server's public key.
     ServerKey = 0x01,
+    /// Client to server: its public key and its sealed [`ClientInfo`].
     ClientInfo = 0x02,
+    /// Server to client: the sealed [`ServerInfo`], ending the handshake.
     ServerInfo = 0x03,
+    /// Client to server: a packet for another node.
     SendPacket = 0x04,
+    /// Server to client: a packet from another node.
     RecvPacket = 0x05,
+    /// Server to client: nothing to say, the stream is alive.
     KeepAlive = 0x06,
+    /// Client to server: whether this is the client's home relay.
     NotePreferred = 0x07,
+    /// Server to client: a peer that sent to this client has left.
     PeerGone = 0x08,
+    /// Server to client: a peer has connected.
     PeerPresent = 0x09,
+    /// Either way: asks for a [`FrameType::Pong`] with the same data.
     Ping = 0x12,
+    /// Either way: the answer to a ping.
     Pong = 0x13,
+    /// Server to client: a problem on the server, or that it cleared.
     Health = 0x14,
+    /// Server to client: the server is restarting; when to reconnect.
     Restarting = 0x15,
 }
 
@@ -68,24 +81,52 @@ impl FrameType {
 /// Errors decoding or opening DERP frames.
 #[derive(Debug, thiserror::Error)]
 pub enum DerpError {
+    /// A frame header states a length above the limit.
     #[error("DERP frame of {len} bytes exceeds the {max}-byte limit")]
-    FrameTooLarge { len: usize, max: usize },
+    FrameTooLarge {
+        /// The stated length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A packet to frame is larger than [`MAX_PACKET_SIZE`].
     #[error("DERP packet of {len} bytes exceeds the {MAX_PACKET_SIZE}-byte limit")]
-    PacketTooLarge { len: usize },
+    PacketTooLarge {
+        /// The packet's length.
+        len: usize,
+    },
+    /// A frame's payload is shorter than its type requires.
     #[error("DERP {frame:?} frame too short: {len} bytes")]
-    Truncated { frame: FrameType, len: usize },
+    Truncated {
+        /// The frame's type.
+        frame: FrameType,
+        /// The payload's length.
+        len: usize,
+    },
+    /// The ServerKey frame does not start with [`MAGIC`].
     #[error("DERP ServerKey frame lacks the protocol magic")]
     BadMagic,
+    /// A sealed handshake frame did not open: wrong key or corrupted.
     #[error("DERP {frame:?} box could not be opened (wrong key or corrupted)")]
-    BoxOpen { frame: FrameType },
+    BoxOpen {
+        /// The frame's type.
+        frame: FrameType,
+    },
+    /// An opened handshake frame does not hold the JSON expected.
     #[error("DERP {frame:?} JSON invalid: {source}")]
     Json {
+        /// The frame that held it.
         frame: FrameType,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },
+    /// Sealing a handshake frame failed.
     #[error("DERP {frame:?} box could not be sealed")]
-    BoxSeal { frame: FrameType },
+    BoxSeal {
+        /// The frame's type.
+        frame: FrameType,
+    },
 }
 
 /// A 32-byte node public key as carried in DERP frames.
@@ -94,62 +135,94 @@ pub type NodeKey = [u8; KEY_LEN];
 /// Why the server says a peer is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerGoneReason {
+    /// The peer disconnected from the server.
     Disconnected,
+    /// The server does not know the peer.
     NotHere,
+    /// A reason code this implementation does not know.
     Other(u8),
 }
 
 /// A decoded frame borrowing from the input buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame<'a> {
+    /// The server's first frame.
     ServerKey {
+        /// The server's public key.
         server_key: NodeKey,
     },
     /// Sealed ClientInfo; servers open it with [`open_client_info`].
     ClientInfo {
+        /// The client's public key.
         client_key: NodeKey,
+        /// The sealed [`ClientInfo`].
         sealed: &'a [u8],
     },
     /// Sealed ServerInfo; clients open it with [`open_server_info`].
     ServerInfo {
+        /// The sealed [`ServerInfo`].
         sealed: &'a [u8],
     },
+    /// A packet for another node.
     SendPacket {
+        /// The node to relay it to.
         dst: NodeKey,
+        /// The packet.
         packet: &'a [u8],
     },
+    /// A packet from another node.
     RecvPacket {
+        /// The node that sent it.
         src: NodeKey,
+        /// The packet.
         packet: &'a [u8],
     },
+    /// Nothing to say; the stream is alive.
     KeepAlive,
+    /// Whether the sender's relay is its home.
     NotePreferred {
+        /// True when this is the client's home relay.
         preferred: bool,
     },
+    /// A peer this client talked to has left.
     PeerGone {
+        /// The peer.
         peer: NodeKey,
+        /// Why the server says it is gone.
         reason: PeerGoneReason,
     },
+    /// A peer has connected.
     PeerPresent {
+        /// The peer.
         peer: NodeKey,
     },
+    /// Asks for a pong with the same data.
     Ping {
+        /// Opaque bytes to echo.
         data: [u8; 8],
     },
+    /// The answer to a ping.
     Pong {
+        /// The ping's data.
         data: [u8; 8],
     },
     /// Empty text clears a previously reported problem.
     Health {
+        /// The problem, as text.
         problem: &'a str,
     },
+    /// The server is restarting.
     Restarting {
+        /// How long to wait before the first reconnect.
         reconnect_in_ms: u32,
+        /// How long to keep trying to reconnect.
         try_for_ms: u32,
     },
     /// A type this implementation does not handle (mesh frames, future ones).
     Unknown {
+        /// The type byte.
         frame_type: u8,
+        /// The undecoded payload.
         payload: &'a [u8],
     },
 }
@@ -376,10 +449,13 @@ pub fn encode_peer_gone(out: &mut Vec<u8>, peer: &NodeKey, reason: PeerGoneReaso
 /// JSON sealed inside ClientInfo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ClientInfo {
+    /// The protocol version the client speaks.
     #[serde(default)]
     pub version: u32,
+    /// True when the client answers server pings.
     #[serde(rename = "CanAckPings", default)]
     pub can_ack_pings: bool,
+    /// True when the client is a prober, connecting only to check the server.
     #[serde(
         rename = "IsProber",
         default,
@@ -391,14 +467,17 @@ pub struct ClientInfo {
 /// JSON sealed inside ServerInfo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ServerInfo {
+    /// The protocol version the server speaks.
     #[serde(default)]
     pub version: u32,
+    /// The rate, in bytes per second, the server says it accepts; zero when it states none.
     #[serde(
         rename = "TokenBucketBytesPerSecond",
         default,
         skip_serializing_if = "is_zero"
     )]
     pub token_bucket_bytes_per_second: u64,
+    /// The burst, in bytes, the server allows above that rate; zero when it states none.
     #[serde(
         rename = "TokenBucketBytesBurst",
         default,

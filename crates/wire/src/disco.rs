@@ -40,14 +40,24 @@ pub type DiscoPublic = [u8; KEY_LEN];
 /// Why a disco packet or message was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiscoError {
+    /// The datagram lacks the disco magic or is too short to hold a sealed message.
     #[error("not a disco packet (no magic or shorter than {MIN_PACKET_LEN} bytes)")]
     NotDisco,
+    /// The sealed box did not open: wrong key, or tampered with.
     #[error("disco box did not open (wrong key, or tampered)")]
     Decrypt,
+    /// The sender's key in the packet is not the peer this shared key is for.
     #[error("disco packet is from a different sender than this shared key's peer")]
     UnexpectedSender,
+    /// A message is shorter than its type requires.
     #[error("disco {message} message too short: {len} bytes")]
-    Short { message: &'static str, len: usize },
+    Short {
+        /// What was being decoded: the `header`, or a message by its type.
+        message: &'static str,
+        /// How many bytes it had.
+        len: usize,
+    },
+    /// The message type byte is not one this codec knows.
     #[error("unknown disco message type {0:#04x}")]
     UnknownType(u8),
 }
@@ -58,14 +68,18 @@ pub type TxId = [u8; TX_ID_LEN];
 /// A disco message in plaintext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
+    /// A path probe.
     Ping(Ping),
+    /// The answer to a ping.
     Pong(Pong),
+    /// A request to ping the sender's endpoints.
     CallMeMaybe(CallMeMaybe),
 }
 
 /// Probes a path; the receiver answers with a [`Pong`] on the same path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ping {
+    /// Pairs this ping with its pong.
     pub tx_id: TxId,
     /// The sender's node (WireGuard) public key; all zero when the sender
     /// did not include it (very old clients).
@@ -77,13 +91,16 @@ pub struct Ping {
 /// The answer to a [`Ping`]: where the ping appeared to come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pong {
+    /// The ping's transaction ID.
     pub tx_id: TxId,
+    /// The address the ping came from, as the receiver saw it.
     pub src: SocketAddr,
 }
 
 /// Asks the receiver to ping these endpoints of the sender (sent via DERP).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CallMeMaybe {
+    /// The sender's candidate addresses.
     pub endpoints: Vec<SocketAddr>,
 }
 
@@ -241,6 +258,7 @@ impl std::fmt::Debug for SharedKey {
 }
 
 impl SharedKey {
+    /// Derives the key shared by `local_private` and `peer_public`.
     pub fn new(local_private: &[u8; KEY_LEN], peer_public: &DiscoPublic) -> Self {
         let secret = SecretKey::from_bytes(*local_private);
         let local_public = *secret.public_key().as_bytes();
@@ -251,10 +269,12 @@ impl SharedKey {
         }
     }
 
+    /// The local public key.
     pub fn local_public(&self) -> &DiscoPublic {
         &self.local_public
     }
 
+    /// The peer's public key.
     pub fn peer_public(&self) -> &DiscoPublic {
         &self.peer_public
     }

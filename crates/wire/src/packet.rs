@@ -49,19 +49,28 @@ const MAX_EXTENSION_HEADERS: usize = 8;
 /// Why a buffer is not a parseable IP packet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
+    /// The buffer is empty.
     #[error("empty packet")]
     Empty,
+    /// The version nibble is neither 4 nor 6; holds it.
     #[error("unsupported IP version {0}")]
     UnknownVersion(u8),
+    /// The buffer ends before a header does, or before the length the IP header states.
     #[error("{layer} header truncated: need {needed} bytes, have {available}")]
     Truncated {
+        /// Which header: `IPv4`, `IPv6`, an extension header, `TCP`, ...
         layer: &'static str,
+        /// Bytes the header needs.
         needed: usize,
+        /// Bytes the buffer has for it.
         available: usize,
     },
+    /// A length field below its header's minimum, or too many IPv6 extension headers.
     #[error("{layer} header malformed: {detail}")]
     Malformed {
+        /// Which header.
         layer: &'static str,
+        /// What is wrong with it.
         detail: &'static str,
     },
 }
@@ -69,7 +78,9 @@ pub enum PacketError {
 /// IP version of a parsed packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IpVersion {
+    /// IPv4.
     V4,
+    /// IPv6.
     V6,
 }
 
@@ -78,21 +89,30 @@ pub enum IpVersion {
 pub struct TcpFlags(pub u8);
 
 impl TcpFlags {
+    /// FIN: the sender is done sending.
     pub const FIN: u8 = 0x01;
+    /// SYN: synchronise sequence numbers (opens a connection).
     pub const SYN: u8 = 0x02;
+    /// RST: reset the connection.
     pub const RST: u8 = 0x04;
+    /// PSH: push buffered data to the application.
     pub const PSH: u8 = 0x08;
+    /// ACK: the acknowledgment number is valid.
     pub const ACK: u8 = 0x10;
 
+    /// True when FIN is set.
     pub fn fin(self) -> bool {
         self.0 & Self::FIN != 0
     }
+    /// True when SYN is set.
     pub fn syn(self) -> bool {
         self.0 & Self::SYN != 0
     }
+    /// True when RST is set.
     pub fn rst(self) -> bool {
         self.0 & Self::RST != 0
     }
+    /// True when ACK is set.
     pub fn ack(self) -> bool {
         self.0 & Self::ACK != 0
     }
@@ -129,12 +149,18 @@ impl std::fmt::Debug for TcpFlags {
 /// What an ICMP (v4 or v6) message is, as far as routing and filtering care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IcmpKind {
+    /// An echo request (ping).
     EchoRequest {
+        /// Identifier pairing requests and replies.
         id: u16,
+        /// Sequence number within the identifier.
         seq: u16,
     },
+    /// An echo reply (pong).
     EchoReply {
+        /// The identifier of the request answered.
         id: u16,
+        /// The sequence number of the request answered.
         seq: u16,
     },
     /// An error report about another packet (unreachable, time exceeded,
@@ -147,21 +173,34 @@ pub enum IcmpKind {
 /// The upper-layer header of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
+    /// TCP, with its ports and flags.
     Tcp {
+        /// Source port.
         src_port: u16,
+        /// Destination port.
         dst_port: u16,
+        /// The segment's control flags.
         flags: TcpFlags,
     },
+    /// UDP, with its ports.
     Udp {
+        /// Source port.
         src_port: u16,
+        /// Destination port.
         dst_port: u16,
     },
+    /// SCTP, with the ports of its common header.
     Sctp {
+        /// Source port.
         src_port: u16,
+        /// Destination port.
         dst_port: u16,
     },
+    /// ICMPv4 or ICMPv6.
     Icmp {
+        /// What the message is.
         kind: IcmpKind,
+        /// The ICMP code field.
         code: u8,
     },
     /// A fragment other than the first: it carries no upper-layer header.

@@ -37,16 +37,22 @@ const FAMILY_V6: u8 = 0x02;
 /// Why a datagram is not the STUN message expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StunError {
+    /// The datagram has no STUN header: too short, top bits set, or no magic cookie.
     #[error("not a STUN message")]
     NotStun,
+    /// A STUN message, but not the Binding request or success response expected; holds its type.
     #[error("STUN message type {0:#06x} is not the expected one")]
     UnexpectedType(u16),
+    /// The attributes are truncated, or an address attribute is malformed; says what.
     #[error("STUN attributes malformed: {0}")]
     MalformedAttributes(&'static str),
+    /// A Binding response with neither XOR-MAPPED-ADDRESS nor MAPPED-ADDRESS.
     #[error("STUN response has no mapped address")]
     NoMappedAddress,
+    /// A Binding request whose SOFTWARE attribute is missing or not "tailnode".
     #[error("STUN binding request lacks SOFTWARE \"tailnode\"")]
     WrongSoftware,
+    /// A Binding request whose last attribute is not a FINGERPRINT matching the message.
     #[error("STUN binding request lacks a valid trailing FINGERPRINT")]
     BadFingerprint,
 }

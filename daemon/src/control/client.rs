@@ -161,7 +161,7 @@ async fn read_all(stream: &mut h2::RecvStream, limit: usize) -> Result<Vec<u8>, 
     let mut out = Vec::new();
     while let Some(chunk) = stream.data().await {
         let chunk = chunk?;
-        let _ = stream.flow_control().release_capacity(chunk.len());
+        stream.flow_control().release_capacity(chunk.len())?;
         out.extend_from_slice(&chunk);
         if out.len() > limit {
             return Err(ClientError::ResponseTooLarge { limit });
@@ -187,7 +187,7 @@ impl MapStream {
             match self.stream.data().await {
                 Some(chunk) => {
                     let chunk = chunk?;
-                    let _ = self.stream.flow_control().release_capacity(chunk.len());
+                    self.stream.flow_control().release_capacity(chunk.len())?;
                     self.buffer.extend_from_slice(&chunk);
                 }
                 None => return Err(ClientError::StreamEnded),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tracing::debug;
 use url::Url;
 
 use super::json;
@@ -99,7 +100,9 @@ impl Endpoint {
         .await
         .map_err(|_| unreachable(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
         .map_err(unreachable)?;
-        let _ = tcp.set_nodelay(true);
+        if let Err(error) = tcp.set_nodelay(true) {
+            debug!(%error, "cannot disable Nagle on the control connection; it still works");
+        }
         if !self.https() {
             return Ok(Box::new(tcp));
         }
@@ -165,7 +168,13 @@ impl Endpoint {
         if status != 200 {
             return Err(self.protocol(format!("/key answered HTTP {status}")));
         }
-        let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, io.read_to_end(&mut body)).await;
+        // The server closes after the body. A body cut short by a timeout or a
+        // failed read does not decode, and decoding below says so.
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, io.read_to_end(&mut body)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => debug!(%error, "reading the /key body failed"),
+            Err(_) => debug!("timed out reading the /key body"),
+        }
         let body = if head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked")

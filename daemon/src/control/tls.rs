@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::{CertificateError, RootCertStore};
+use tracing::debug;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -29,7 +30,9 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
     // A store with unreadable or odd entries must not keep the daemon from
     // starting: skip what does not parse.
     for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
+        if let Err(error) = roots.add(cert) {
+            debug!(%error, "skipping a system CA certificate that does not parse");
+        }
     }
     if let Some(path) = ca_file {
         add_bundle(&mut roots, path)?;

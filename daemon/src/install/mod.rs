@@ -366,7 +366,9 @@ async fn shutdown_signal() {
             }
         }
         Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                warn!(%error, "cannot watch Ctrl-C either; stopping now");
+            }
         }
     }
 }

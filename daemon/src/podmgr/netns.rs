@@ -71,7 +71,8 @@ impl Netns {
                 let answer = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
                     .map_err(io::Error::from)
                     .and_then(|()| work());
-                let _ = tx.send(answer);
+                // The caller may have stopped waiting; nothing is left to do.
+                tx.send(answer).ok();
             })?;
         rx.await
             .map_err(|_| io::Error::other("netns worker thread exited without an answer"))?

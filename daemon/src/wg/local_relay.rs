@@ -74,7 +74,9 @@ impl LocalRelay {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
-                let _ = sock.set_nodelay(true);
+                if let Err(error) = sock.set_nodelay(true) {
+                    debug!(%error, "cannot disable Nagle on a relay client; it still works");
+                }
                 let (c, p) = (c.clone(), p.clone());
                 match tls.clone() {
                     None => {
@@ -134,9 +136,11 @@ async fn serve_client<S: AsyncRead + AsyncWrite + Send + 'static>(
         return;
     };
     if !request_line.starts_with("GET /derp ") {
-        let _ = write
+        // The connection closes either way; a client gone already misses nothing.
+        write
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-            .await;
+            .await
+            .ok();
         return;
     }
     let mut out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: 2\r\n\r\n".to_vec();
@@ -193,7 +197,7 @@ async fn serve_client<S: AsyncRead + AsyncWrite + Send + 'static>(
                 let peer = clients.lock().ok().and_then(|c| c.get(&dst).cloned());
                 if let Some(peer) = peer {
                     // Like a real relay: drop rather than stall the sender.
-                    let _ = peer.try_send(frame);
+                    peer.try_send(frame).ok();
                 }
             }
             Ok(Frame::Pong {

@@ -56,10 +56,14 @@ pub fn bind_pod_socket(port: u16) -> io::Result<tokio::net::UdpSocket> {
 /// the socket still works, only slower under load.
 fn size_buffers(fd: &impl AsFd) {
     if socket::setsockopt(fd, sockopt::RcvBufForce, &SOCKET_BUFFER_BYTES).is_err() {
-        let _ = socket::setsockopt(fd, sockopt::RcvBuf, &SOCKET_BUFFER_BYTES);
+        if let Err(error) = socket::setsockopt(fd, sockopt::RcvBuf, &SOCKET_BUFFER_BYTES) {
+            debug!(%error, "cannot enlarge the UDP receive buffer");
+        }
     }
     if socket::setsockopt(fd, sockopt::SndBufForce, &SOCKET_BUFFER_BYTES).is_err() {
-        let _ = socket::setsockopt(fd, sockopt::SndBuf, &SOCKET_BUFFER_BYTES);
+        if let Err(error) = socket::setsockopt(fd, sockopt::SndBuf, &SOCKET_BUFFER_BYTES) {
+            debug!(%error, "cannot enlarge the UDP send buffer");
+        }
     }
 }
 

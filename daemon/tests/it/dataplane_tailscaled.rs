@@ -36,8 +36,9 @@ struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        // Cleanup: nothing is left to do for a child that is already gone.
+        self.0.kill().ok();
+        self.0.wait().ok();
     }
 }
 

@@ -49,9 +49,11 @@ impl KeyRequest {
 /// A freshly minted auth key.
 #[derive(Debug, Clone)]
 pub struct AuthKey {
+    /// The key itself, to hand to the node that registers with it.
     pub key: Secret,
     /// The control server's ID for the key (for revocation or audit), when it reports one.
     pub id: Option<String>,
+    /// When the key stops being accepted, when the control server reports it.
     pub expires: Option<OffsetDateTime>,
 }
 

@@ -117,8 +117,9 @@ async fn serve_tls(dir: &Path) -> u16 {
                     "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
-                let _ = tls.write_all(response.as_bytes()).await;
-                let _ = tls.shutdown().await;
+                // A client that hung up early fails its own assertions.
+                tls.write_all(response.as_bytes()).await.ok();
+                tls.shutdown().await.ok();
             });
         }
     });

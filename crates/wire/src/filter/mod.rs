@@ -43,7 +43,9 @@ pub use self::rules::{
 /// What to do with an inbound packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Deliver the packet.
     Accept,
+    /// Drop the packet, for this reason.
     Drop(DropReason),
 }
 
@@ -81,6 +83,7 @@ impl FilterState {
         self.local_addrs = local_addrs.into_iter().collect();
     }
 
+    /// The node's own tailnet addresses.
     pub fn local_addrs(&self) -> &[IpAddr] {
         &self.local_addrs
     }
@@ -210,6 +213,7 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// A filter for a node with `local_addrs`, matching against `rules`.
     pub fn new(
         rules: Arc<CompiledRules>,
         local_addrs: impl IntoIterator<Item = IpAddr>,
@@ -227,14 +231,17 @@ impl Filter {
         self.rules = rules;
     }
 
+    /// The compiled rules this filter matches against.
     pub fn rules(&self) -> &Arc<CompiledRules> {
         &self.rules
     }
 
+    /// The node's half: its addresses and tracked flows.
     pub fn state(&self) -> &FilterState {
         &self.state
     }
 
+    /// The node's half, to update its addresses or flows.
     pub fn state_mut(&mut self) -> &mut FilterState {
         &mut self.state
     }

@@ -11,8 +11,15 @@ pub const DEFAULT_PROTOCOLS: [u8; 4] = [proto::TCP, proto::UDP, proto::ICMPV4, p
 /// Why a filter rule string could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterParseError {
+    /// An address entry is not `*`, an IP, a prefix or a same-family range.
     #[error("filter address {entry:?} is invalid: {reason}")]
-    BadAddress { entry: String, reason: &'static str },
+    BadAddress {
+        /// The entry as control sent it.
+        entry: String,
+        /// Which part of it is wrong.
+        reason: &'static str,
+    },
+    /// A protocol number does not fit a byte.
     #[error("filter IP protocol {0} is outside 0-255")]
     BadProtocol(i64),
 }
@@ -21,10 +28,24 @@ pub enum FilterParseError {
 /// inclusive range `first-last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddrMatch {
+    /// `*`: every address of both families.
     Any,
+    /// One address.
     Addr(IpAddr),
-    Prefix { addr: IpAddr, len: u8 },
-    Range { first: IpAddr, last: IpAddr },
+    /// A CIDR prefix.
+    Prefix {
+        /// The prefix's address, as written.
+        addr: IpAddr,
+        /// Its length in bits.
+        len: u8,
+    },
+    /// An inclusive range of one family.
+    Range {
+        /// The lowest address in the range.
+        first: IpAddr,
+        /// The highest address in the range.
+        last: IpAddr,
+    },
 }
 
 /// Source entries use the same forms as destinations.
@@ -107,16 +128,20 @@ impl FromStr for AddrMatch {
 /// An inclusive port range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
+    /// The lowest port in the range.
     pub first: u16,
+    /// The highest port in the range.
     pub last: u16,
 }
 
 impl PortRange {
+    /// Every port, 0 to 65535.
     pub const ALL: PortRange = PortRange {
         first: 0,
         last: u16::MAX,
     };
 
+    /// True when `port` is in the range.
     pub fn contains(&self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
     }
@@ -125,14 +150,18 @@ impl PortRange {
 /// A destination entry: addresses and the ports allowed on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DstMatch {
+    /// The destination addresses.
     pub net: AddrMatch,
+    /// The ports allowed on them.
     pub ports: PortRange,
 }
 
 /// One rule of a node's packet filter.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FilterRule {
+    /// Sources the rule accepts packets from; any entry may match.
     pub src_ips: Vec<SrcMatch>,
+    /// Destinations and ports the rule opens; any entry may match.
     pub dst_ports: Vec<DstMatch>,
     /// IP protocol numbers; empty means [`DEFAULT_PROTOCOLS`].
     pub ip_proto: Vec<u8>,

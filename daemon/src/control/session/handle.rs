@@ -227,6 +227,8 @@ impl EndpointReporter {
             }
             *current = new;
         }
-        let _ = self.commands.try_send(Command::EndpointsChanged);
+        // A full queue already holds a wake-up, after which the session reads
+        // the current endpoints; a closed one means the session has ended.
+        self.commands.try_send(Command::EndpointsChanged).ok();
     }
 }

@@ -74,7 +74,8 @@ impl Session {
                             .await
                             .map(|_| ())
                             .map_err(ControlError::from);
-                        let _ = reply.send(result);
+                        // The caller may have stopped waiting; the logout stands.
+                        reply.send(result).ok();
                         return Ok(Polled::LoggedOut);
                     }
                 },
@@ -113,7 +114,8 @@ impl Session {
         }
         backoff.connected();
         if *self.published.state.borrow() != SessionState::Connected {
-            let _ = self.published.state.send(SessionState::Connected);
+            // Fails only when nobody watches the state, which is fine.
+            self.published.state.send(SessionState::Connected).ok();
         }
     }
 }

@@ -44,7 +44,8 @@ impl Session {
         loop {
             let error = match self.connect_and_poll(&mut commands, &mut backoff).await {
                 Ok(()) => {
-                    let _ = self.published.state.send(SessionState::LoggedOut);
+                    // Fails only when nobody watches the state, which is fine.
+                    self.published.state.send(SessionState::LoggedOut).ok();
                     return;
                 }
                 Err(error) => Arc::new(error),
@@ -58,11 +59,13 @@ impl Session {
                     warn!(hostname = %self.options.hostname, %error, "control server refused the identity")
                 }
             }
-            let _ = self.published.state.send(state);
+            // Fails only when nobody watches the state, which is fine.
+            self.published.state.send(state).ok();
             match self.wait_out(delay, &mut commands).await {
                 None => {}
                 Some(Exit::LoggedOut) => {
-                    let _ = self.published.state.send(SessionState::LoggedOut);
+                    // Fails only when nobody watches the state, which is fine.
+                    self.published.state.send(SessionState::LoggedOut).ok();
                     return;
                 }
                 Some(Exit::Abandoned) => return,
@@ -85,7 +88,8 @@ impl Session {
                     None => return Some(Exit::Abandoned),
                     Some(Command::EndpointsChanged) => {}
                     Some(Command::Logout(reply)) => {
-                        let _ = reply.send(self.logout_once().await);
+                        // The caller may have stopped waiting; the logout stands.
+                        reply.send(self.logout_once().await).ok();
                         return Some(Exit::LoggedOut);
                     }
                 },
@@ -118,7 +122,11 @@ impl Session {
             Ok(ok) => ok,
             Err(e) => {
                 // The server may have a new key: fetch it again next time.
-                let _ = self.client.server_key(true).await;
+                // The upgrade error is the one to report; a failed refetch is
+                // tried again on the next attempt.
+                if let Err(error) = self.client.server_key(true).await {
+                    debug!(%error, "refetching the control server key failed");
+                }
                 return Err(e.into());
             }
         };

@@ -217,7 +217,7 @@ async fn serve(
                 }
                 Frame::Ping { data } => {
                     // Only the latest pings matter; dropping one on overload is fine.
-                    let _ = pong_tx.try_send(data);
+                    pong_tx.try_send(data).ok();
                 }
                 Frame::KeepAlive | Frame::Pong { .. } | Frame::PeerPresent { .. } => {}
                 Frame::PeerGone { peer, reason } => {

@@ -110,7 +110,9 @@ async fn dial(node: &DerpNodeConfig) -> Result<Box<dyn DerpStream>, DerpClientEr
         match TcpStream::connect(addr).await {
             Ok(tcp) => {
                 // Relay traffic is latency-sensitive and already batched by us.
-                let _ = tcp.set_nodelay(true);
+                if let Err(error) = tcp.set_nodelay(true) {
+                    debug!(%error, "cannot disable Nagle on the DERP connection; it still works");
+                }
                 if node.plain_http {
                     return Ok(Box::new(tcp));
                 }

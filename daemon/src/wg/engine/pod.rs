@@ -112,7 +112,8 @@ impl PodState {
                 debug!(pod = %self.identity.pod_id, "packet filter updated");
             }
             Command::Stats(reply) => {
-                let _ = reply.send(self.snapshot_stats(PeerSelection::All));
+                // The caller may have stopped waiting for the numbers.
+                reply.send(self.snapshot_stats(PeerSelection::All)).ok();
             }
             Command::Detach(_) => {}
         }
@@ -146,7 +147,8 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
         tokio::select! {
             cmd = commands.recv() => match cmd {
                 Some(Command::Detach(done)) => {
-                    let _ = done.send(());
+                    // The caller may have stopped waiting; the pod detaches anyway.
+                    done.send(()).ok();
                     break;
                 }
                 Some(cmd) => state.handle_command(cmd),

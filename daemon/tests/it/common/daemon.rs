@@ -133,8 +133,9 @@ impl Daemon {
 
     /// SIGKILL: no shutdown path runs, the socket file stays behind.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Nothing is left to do for a child that is already gone.
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 
     /// Starts again with the same config and state, without a crash step.
@@ -250,7 +251,8 @@ impl Daemon {
 
 fn spawn(config: &Path, log: &Path, socket: &Path, options: &DaemonOptions) -> Child {
     // A killed daemon leaves its socket; readiness is the new one appearing.
-    let _ = fs::remove_file(socket);
+    // Absent unless an earlier daemon was killed.
+    fs::remove_file(socket).ok();
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -276,10 +278,12 @@ pub fn stop(child: &mut Child) {
         return;
     }
     if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
+        // Fails only when the daemon has already exited.
+        nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGTERM,
-        );
+        )
+        .ok();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -288,8 +292,9 @@ pub fn stop(child: &mut Child) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    // Nothing is left to do for a child that exited meanwhile.
+    child.kill().ok();
+    child.wait().ok();
 }
 
 impl Drop for Daemon {

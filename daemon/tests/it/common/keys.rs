@@ -74,7 +74,8 @@ impl Drop for NodeCleanup {
     fn drop(&mut self) {
         if let Ok(Some(node)) = self.admin.node_with_ipv4(self.ipv4) {
             if let Some(id) = node["id"].as_u64() {
-                let _ = self.admin.disable_node(id);
+                // Cleanup: a node left enabled only clutters the shared control server.
+                self.admin.disable_node(id).ok();
             }
         }
     }

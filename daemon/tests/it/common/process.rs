@@ -63,8 +63,9 @@ fn finish_within(mut child: Child, timeout: Duration, what: &str) -> Output {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                // A child that exited meanwhile needs nothing more; the panic reports the timeout.
+                child.kill().ok();
+                child.wait().ok();
                 panic!("timed out after {timeout:?} waiting for {what} to exit");
             }
             Err(e) => panic!("waiting for {what}: {e}"),
@@ -82,7 +83,8 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
         if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
+            // Whatever was read before a failure is still worth showing.
+            pipe.read_to_end(&mut bytes).ok();
         }
         bytes
     })

@@ -135,9 +135,10 @@ async fn stun_server() -> u16 {
         let mut buf = [0u8; 1500];
         while let Ok((n, from)) = sock.recv_from(&mut buf).await {
             if let Ok(tx) = tailnet_wire::stun::parse_binding_request(&buf[..n]) {
-                let _ = sock
-                    .send_to(&tailnet_wire::stun::binding_response(tx, from), from)
-                    .await;
+                // Like a real STUN server: a lost answer is retried by the client.
+                sock.send_to(&tailnet_wire::stun::binding_response(tx, from), from)
+                    .await
+                    .ok();
             }
         }
     });
