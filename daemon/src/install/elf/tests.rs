@@ -37,10 +37,8 @@ pub(crate) fn tiny_elf(interp: Option<&str>) -> Vec<u8> {
 #[test]
 fn a_dynamically_linked_system_binary_names_its_loader() {
     let path = Path::new("/bin/true");
-    let Ok(bytes) = std::fs::read(path) else {
-        eprintln!("skipped: no /bin/true");
-        return;
-    };
+    let bytes = tailnet_testbed::require!(std::fs::read(path)
+        .map_err(|_| { tailnet_testbed::Missing::new("no /bin/true", "install coreutils") }));
     let interp = interpreter(path, &bytes).unwrap();
     let interp = interp.expect("/bin/true is dynamically linked");
     assert!(interp.starts_with('/'), "{interp}");
@@ -64,10 +62,12 @@ fn the_static_shim_build_has_no_interpreter() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let shim = target.join("static/tailnet-cni");
-    let Ok(bytes) = std::fs::read(&shim) else {
-        eprintln!("skipped: no static shim at {}", shim.display());
-        return;
-    };
+    let bytes = tailnet_testbed::require!(std::fs::read(&shim).map_err(|_| {
+        tailnet_testbed::Missing::new(
+            format!("no static shim at {}", shim.display()),
+            "build it with scripts/build-shim.sh",
+        )
+    }));
     assert_eq!(interpreter(&shim, &bytes).unwrap(), None);
 }
 

@@ -121,10 +121,12 @@ fn self_signed_localhost() -> Option<(Vec<rustls::pki_types::CertificateDer<'sta
 
 #[tokio::test]
 async fn tls_relay_accepted_only_when_node_is_insecure_for_tests() {
-    let Some((chain, key)) = self_signed_localhost() else {
-        eprintln!("skipping: openssl CLI unavailable");
-        return;
-    };
+    let (chain, key) = tailnet_testbed::require!(self_signed_localhost().ok_or_else(|| {
+        tailnet_testbed::Missing::new(
+            "the openssl CLI could not make a certificate",
+            "apt-get install openssl",
+        )
+    }));
     let relay =
         crate::wg::local_relay::LocalRelay::start_tls("127.0.0.1:0".parse().unwrap(), chain, key)
             .await

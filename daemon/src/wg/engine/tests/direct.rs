@@ -112,18 +112,20 @@ async fn direct_udp_datagrams_reach_the_right_session() {
 
 /// Moves the calling thread (a `#[tokio::test]` runs its runtime on it)
 /// into a fresh network namespace with only `lo` up, so the pods' local
-/// endpoint candidates and every ping stay on loopback. False (and the
-/// test skips) without the privilege to do so.
-fn private_netns() -> bool {
+/// endpoint candidates and every ping stay on loopback. Missing without
+/// the privilege to do so (the test then skips, or fails under CI).
+fn private_netns() -> Result<(), tailnet_testbed::Missing> {
     if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
-        eprintln!("skipping: needs CAP_SYS_ADMIN for a private network namespace");
-        return false;
+        return Err(tailnet_testbed::Missing::new(
+            "no privilege to make a private network namespace",
+            "run as root (CAP_SYS_ADMIN)",
+        ));
     }
     let up = std::process::Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status();
     assert!(up.is_ok_and(|s| s.success()), "ip link set lo up");
-    true
+    Ok(())
 }
 
 /// A STUN server on loopback answering every binding request with the
@@ -260,9 +262,7 @@ async fn direct_pair(base: u8) -> DirectPair {
 /// their pongs, traffic flows with the relay gone.
 #[tokio::test]
 async fn pods_upgrade_to_a_direct_path_after_disco_and_survive_the_relay() {
-    if !private_netns() {
-        return;
-    }
+    tailnet_testbed::require!(private_netns());
     let DirectPair {
         relay,
         a,
@@ -326,9 +326,7 @@ async fn pods_upgrade_to_a_direct_path_after_disco_and_survive_the_relay() {
 /// relay again, and a new endpoint is found and used without help.
 #[tokio::test]
 async fn a_dead_direct_path_gives_way_to_the_peers_new_endpoint() {
-    if !private_netns() {
-        return;
-    }
+    tailnet_testbed::require!(private_netns());
     let DirectPair {
         map,
         e2,
@@ -405,9 +403,7 @@ async fn a_dead_direct_path_gives_way_to_the_peers_new_endpoint() {
 fn direct_path_throughput() {
     // The runtime's workers must share the namespace: enter it first, on
     // this thread, and build a runtime of our own inside it.
-    if !private_netns() {
-        return;
-    }
+    tailnet_testbed::require!(private_netns());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
