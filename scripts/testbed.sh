@@ -23,6 +23,10 @@ TS_DIR="$CACHE/tailscale-1.96.4"
 TAILSCALED_SHA256=7be67cf6c8b23fd39d2e5c01120729cd9f85ce59efffae3576df81ef8ef21618
 TAILSCALE_SHA256=3c35175b09f36f8db182107856bebdfebb91b9f125c3701a46fd412fb6cc1a8b
 PG_BIN=${PG_BIN:-}
+# The image containerd's CRI runs as sandbox and container: static busybox,
+# built here as an OCI archive (no registry is reachable).
+CRI_IMAGE_NAME=localhost/tailnet-cni/busybox:1
+CRI_IMAGE="$CACHE/cri/busybox-oci.tar"
 
 log() { echo "testbed: $*" >&2; }
 die() { echo "testbed: error: $*" >&2; exit 1; }
@@ -93,14 +97,57 @@ install_tailscale() {
   rm -rf "$TS_DIR" "$work" && mv "$TS_DIR.tmp" "$TS_DIR"
 }
 
+# Writes one content-addressed blob under $1/blobs/sha256 from stdin and
+# prints its digest and size.
+oci_blob() { # layout-dir
+  local tmp digest
+  tmp=$(mktemp "$1/blob.XXXXXX")
+  cat >"$tmp"
+  digest=$(sha256sum "$tmp" | cut -d' ' -f1)
+  mv "$tmp" "$1/blobs/sha256/$digest"
+  echo "$digest $(stat -c %s "$1/blobs/sha256/$digest")"
+}
+
+# An OCI image archive around static busybox (/bin/<applet> links), for
+# `ctr images import`: the CRI tests' sandbox ("pause") and container image.
+# Rebuilt only when busybox changes.
+install_cri_image() {
+  local busybox=/bin/busybox stamp
+  stamp="$(sha256sum "$busybox" | cut -d' ' -f1) $CRI_IMAGE_NAME"
+  [[ -f "$CRI_IMAGE" && "$(cat "$CRI_IMAGE.stamp" 2>/dev/null)" == "$stamp" ]] && return 0
+  log "building the CRI test image $CRI_IMAGE_NAME (static busybox)"
+  local work layer config manifest
+  work=$(mktemp -d)
+  mkdir -p "$work/rootfs/bin" "$work/rootfs/www" "$work/oci/blobs/sha256"
+  install -m 0755 "$busybox" "$work/rootfs/bin/busybox"
+  for applet in sh sleep ip cat echo httpd wget ls; do ln -s busybox "$work/rootfs/bin/$applet"; done
+  echo "hello from a CRI pod on the tailnet" >"$work/rootfs/www/index.html"
+  local tar_flags=(--sort=name --owner=0 --group=0 --numeric-owner --mtime=@0)
+  read -r layer layer_size < <(tar "${tar_flags[@]}" -C "$work/rootfs" -cf - . | oci_blob "$work/oci")
+  read -r config config_size < <(printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/bin/sleep","infinity"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+    "$layer" | oci_blob "$work/oci")
+  read -r manifest manifest_size < <(printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+    "$config" "$config_size" "$layer" "$layer_size" | oci_blob "$work/oci")
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+    "$manifest" "$manifest_size" "$CRI_IMAGE_NAME" "${CRI_IMAGE_NAME##*:}" >"$work/oci/index.json"
+  echo '{"imageLayoutVersion":"1.0.0"}' >"$work/oci/oci-layout"
+  mkdir -p "$(dirname "$CRI_IMAGE")"
+  tar "${tar_flags[@]}" -C "$work/oci" -cf "$CRI_IMAGE.tmp" .
+  mv "$CRI_IMAGE.tmp" "$CRI_IMAGE"
+  echo "$stamp" >"$CRI_IMAGE.stamp"
+  rm -rf "$work"
+}
+
 cmd_install() {
   [[ $EUID -eq 0 ]] || die "must run as root"
   # build-essential, pkg-config, libssl-dev: rscale is built from source.
+  # containerd + runc: kubelet's path (containerd's CRI) in the tests.
   apt_install postgresql containernetworking-plugins podman busybox-static nftables iproute2 \
     curl iperf3 python3-pip openssl ca-certificates procps util-linux \
-    build-essential pkg-config libssl-dev
+    build-essential pkg-config libssl-dev containerd runc
   install_rscale
   install_tailscale
+  install_cri_image
 }
 
 # --------------------------------------------------------------------- up --
@@ -293,6 +340,8 @@ export TAILNET_TEST_PEER_IPV4="$(peer_cli ip -4 2>/dev/null)"
 export TAILNET_TEST_PEER_IPV6="$(peer_cli ip -6 2>/dev/null)"
 export TAILNET_TEST_STUN_PORT="$(cat "$DIR/stun.port")"
 export TAILNET_TEST_DERP_REGION=900
+export TAILNET_TEST_CRI_IMAGE="$CRI_IMAGE"
+export TAILNET_TEST_CRI_IMAGE_NAME="$CRI_IMAGE_NAME"
 EOF
 }
 

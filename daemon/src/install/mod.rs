@@ -26,7 +26,7 @@ use std::time::Duration;
 use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name, AtomicWriteError};
 use tracing::{info, warn};
 
-use self::conflist::{ChainOutcome, PluginEntry};
+use self::conflist::{ChainOutcome, PluginEntry, SelectionMode};
 pub use self::layout::Layout;
 
 /// k3s' data dir unless started with `--data-dir`.
@@ -82,6 +82,15 @@ pub struct InstallArgs {
     /// is chained only while the daemon answers ready.
     #[arg(long)]
     pub daemon_readyz: Option<SocketAddr>,
+    /// `selection` written into the plugin entry (annotated, namespace or
+    /// all): with `annotated`, the shim answers a pod that did not opt in
+    /// from the runtime's pod annotations, without the daemon.
+    #[arg(long, value_parser = parse_selection)]
+    pub selection: Option<SelectionMode>,
+}
+
+fn parse_selection(text: &str) -> Result<SelectionMode, String> {
+    SelectionMode::parse(text).ok_or_else(|| format!("{text:?} is not annotated, namespace or all"))
 }
 
 /// Why a pass of the installer (or uninstaller) did not complete.
@@ -144,7 +153,7 @@ fn entry(args: &InstallArgs) -> PluginEntry {
         daemon_socket: args.daemon_socket.clone(),
         if_name: args.if_name.clone(),
         mtu: args.mtu,
-        selection: None,
+        selection: args.selection,
     }
 }
 

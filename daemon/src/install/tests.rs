@@ -20,6 +20,7 @@ fn args(root: &Path) -> InstallArgs {
         host_root: PathBuf::from("/"),
         watch_interval_secs: 1,
         daemon_readyz: None,
+        selection: None,
     }
 }
 
@@ -314,4 +315,33 @@ async fn uninstall_with_nothing_installed_succeeds() {
     let mut a = args(root);
     a.conf_dir = Some(root.join("no-such-net.d"));
     uninstall(&a).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_selection_given_is_written_into_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup(root);
+    let mut a = args(root);
+    a.selection = Some(SelectionMode::Annotated);
+    install(&a).await.unwrap();
+    let text = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
+    let chained: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ours = chained["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "tailnet-cni")
+        .unwrap();
+    assert_eq!(ours["selection"], "annotated");
+    assert_eq!(
+        ours["capabilities"][conflist::POD_ANNOTATIONS_CAPABILITY],
+        true
+    );
+}
+
+#[test]
+fn an_unknown_selection_is_refused() {
+    assert_eq!(parse_selection("all"), Ok(SelectionMode::All));
+    assert!(parse_selection("everything").is_err());
 }
