@@ -141,10 +141,11 @@ install_cri_image() {
 cmd_install() {
   [[ $EUID -eq 0 ]] || die "must run as root"
   # build-essential, pkg-config, libssl-dev: rscale is built from source.
-  # containerd + runc: kubelet's path (containerd's CRI) in the tests.
+  # containerd + runc: kubelet's path (containerd's CRI) in the tests; protobuf-compiler:
+  # the CRI client crate (k8s-cri) of those tests generates its code at build time.
   apt_install postgresql containernetworking-plugins podman busybox-static nftables iproute2 \
     curl iperf3 python3-pip openssl ca-certificates procps util-linux \
-    build-essential pkg-config libssl-dev containerd runc
+    build-essential pkg-config libssl-dev containerd runc protobuf-compiler
   install_rscale
   install_tailscale
   install_cri_image

@@ -10,6 +10,8 @@ mod control_expiry;
 mod control_https;
 mod control_restart;
 mod control_rscale;
+mod cri_k3s_node;
+mod cri_kubelet;
 mod dataplane_direct;
 mod dataplane_e2e;
 mod dataplane_tailscaled;

@@ -10,8 +10,11 @@
 
 use std::path::PathBuf;
 
+pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod host;
+pub mod installer;
 pub mod keys;
 pub mod netns;
 pub mod packet;
