@@ -26,7 +26,7 @@ use std::time::Duration;
 use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name, AtomicWriteError};
 use tracing::{info, warn};
 
-use self::conflist::{ChainOutcome, PluginEntry};
+use self::conflist::{ChainOutcome, PluginEntry, SelectionMode};
 pub use self::layout::Layout;
 
 /// k3s' data dir unless started with `--data-dir`.
@@ -82,6 +82,12 @@ pub struct InstallArgs {
     /// is chained only while the daemon answers ready.
     #[arg(long)]
     pub daemon_readyz: Option<SocketAddr>,
+    /// The daemon's selection mode, written as the entry's `selection` so
+    /// the shim answers pods that did not opt in without the daemon. Taken
+    /// from the daemon's config (`--config`); without it the shim forwards
+    /// every pod.
+    #[arg(skip)]
+    pub selection: Option<SelectionMode>,
 }
 
 /// Why a pass of the installer (or uninstaller) did not complete.
@@ -139,12 +145,13 @@ pub(crate) fn host_path(root: &Path, path: &Path) -> PathBuf {
     }
 }
 
-fn entry(args: &InstallArgs) -> PluginEntry {
+/// The plugin entry the installer chains for `args`.
+pub fn entry(args: &InstallArgs) -> PluginEntry {
     PluginEntry {
         daemon_socket: args.daemon_socket.clone(),
         if_name: args.if_name.clone(),
         mtu: args.mtu,
-        selection: None,
+        selection: args.selection,
     }
 }
 
@@ -262,6 +269,9 @@ pub async fn install(args: &InstallArgs) -> Result<(), InstallError> {
         remove_leftovers(&layout);
     }
     let entry = entry(args);
+    if entry.selection.is_none() {
+        warn!("no daemon config (--config): the plugin entry names no selection, so every pod's ADD goes to the daemon");
+    }
     if !args.watch {
         apply_once(args, &source, &entry).await?;
         return Ok(());

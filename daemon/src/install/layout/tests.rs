@@ -18,6 +18,7 @@ fn args(root: &Path) -> InstallArgs {
         host_root: root.to_path_buf(),
         watch_interval_secs: 1,
         daemon_readyz: None,
+        selection: None,
     }
 }
 
