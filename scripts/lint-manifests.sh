@@ -67,7 +67,8 @@ import copy, re, sys, yaml
 
 DIGEST = re.compile(r"^[a-z0-9./-]+@sha256:[0-9a-f]{64}$")
 # The only host paths an installer may write: CNI bin and conf dirs.
-WRITABLE = {"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/rancher/k3s/data/cni"}
+WRITABLE = {"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/rancher/k3s/data/cni",
+            "/var/lib/rancher/k3s/agent/etc/cni/net.d"}
 INSTALLERS = {"installer", "uninstall"}
 # The daemon drops every other capability itself (daemon/src/privileges.rs).
 KEPT_BY_DAEMON = {"NET_ADMIN", "SYS_ADMIN"}
