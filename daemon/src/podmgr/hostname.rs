@@ -149,23 +149,20 @@ mod tests {
 
     #[test]
     fn requested_names_go_under_the_namespace_prefix() {
-        assert_eq!(
-            namespaced_hostname("homelab", "dev", "prod-db"),
-            "homelab-dev-prod-db"
-        );
-        assert_eq!(
-            namespaced_hostname("homelab", "dev", "Homelab-Dev-web"),
-            "homelab-dev-web"
-        );
-        // The bare prefix, or another namespace's, is not kept.
-        assert_eq!(
-            namespaced_hostname("homelab", "dev", "homelab-dev"),
-            "homelab-dev-homelab-dev"
-        );
-        assert_eq!(
-            namespaced_hostname("homelab", "dev", "homelab-prod-db"),
-            "homelab-dev-homelab-prod-db"
-        );
+        for (requested, expected) in [
+            ("prod-db", "homelab-dev-prod-db"),
+            // Already under the prefix: kept.
+            ("Homelab-Dev-web", "homelab-dev-web"),
+            // The bare prefix, or another namespace's, is not kept.
+            ("homelab-dev", "homelab-dev-homelab-dev"),
+            ("homelab-prod-db", "homelab-dev-homelab-prod-db"),
+        ] {
+            assert_eq!(
+                namespaced_hostname("homelab", "dev", requested),
+                expected,
+                "{requested}"
+            );
+        }
         let long = namespaced_hostname("homelab", "dev", &"a".repeat(63));
         assert!(is_dns_label(&long), "{long}");
         assert!(long.starts_with("homelab-dev-"), "{long}");
