@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 
+use tailnet_cnid::podmgr::naming::{host_veth_name, tun_name};
+
 use crate::common::{self, require, run_tag, take_turn, Daemon, DaemonOptions, Pod};
 
 /// `CAP_NET_ADMIN` (12) and `CAP_SYS_ADMIN` (21): the health port of the
@@ -56,10 +58,17 @@ fn the_daemon_keeps_only_net_admin_and_sys_admin_and_still_serves_pods() {
     assert!(threads > 1, "the runtime's threads are checked too");
 
     let pod = Pod::create("privweb", 1);
+    let pod_links = [
+        tun_name(&pod.container_id),
+        host_veth_name(&pod.container_id),
+    ];
     let added = pod.add(&daemon.socket);
     added.expect_ok("ADD with reduced capabilities");
     assert!(added.tailnet_ipv4().is_some(), "{}", added.stdout);
+    let links = common::our_links();
+    assert!(pod_links.iter().all(|l| links.contains(l)), "{links:?}");
     pod.del(&daemon.socket)
         .expect_ok("DEL with reduced capabilities");
-    assert!(common::our_links().is_empty(), "DEL left links behind");
+    let links = common::our_links();
+    assert!(!pod_links.iter().any(|l| links.contains(l)), "{links:?}");
 }
