@@ -47,8 +47,9 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// A policy with `allowed_tags` for every namespace and no other
-    /// guardrail.
+    /// A policy for a cluster without a name (outside Kubernetes, tests):
+    /// `allowed_tags` for every namespace, every namespace may opt in, and
+    /// requested hostnames go under `{namespace}-`.
     pub fn new(mode: Selection, allowed_tags: Vec<String>) -> Self {
         Self {
             mode,
