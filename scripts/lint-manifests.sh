@@ -2,8 +2,10 @@
 # Offline checks of what cannot run here (no Kubernetes, no Docker engine):
 # Kubernetes schema validation of every manifest and of what kustomize
 # renders from deploy/ and from the k3d overlay for each auth kind, the k3d
-# overlay's config and image tag, yamllint, hadolint on the Dockerfile, and
-# bash -n plus shellcheck on the k3d scripts. The linters come from PyPI into
+# overlay's config and image tag, the deploy hardening (images pinned by
+# digest, dnsPolicy Default, Linux node affinity, installers without
+# privilege, capabilities or a writable host bin dir), yamllint, hadolint on
+# the Dockerfile, and bash -n plus shellcheck on the k3d scripts. The linters come from PyPI into
 # a cached virtualenv; kustomize is kubectl's (skipped, saying so, without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +58,131 @@ if found != kind:
     sys.exit(f"{path}: tailnet-cni.io/auth-kind is {found!r}, not {kind!r}")
 EOF
 done
+
+say "deploy hardening: digests, dnsPolicy, Linux affinity, an unprivileged installer"
+# Checks each rule on the manifests, then on copies that each break one, so
+# a rule that could no longer fail is caught too.
+"$VENV/bin/python" - deploy/daemonset.yaml deploy/uninstall/daemonset.yaml deploy/kustomization.yaml <<'EOF'
+import copy, re, sys, yaml
+
+DIGEST = re.compile(r"^[a-z0-9./-]+@sha256:[0-9a-f]{64}$")
+# The only host paths an installer may write: CNI bin and conf dirs.
+WRITABLE = {"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/rancher/k3s/data/cni",
+            "/var/lib/rancher/k3s/agent/etc/cni/net.d"}
+INSTALLERS = {"installer", "uninstall"}
+# The daemon drops every other capability itself (daemon/src/privileges.rs).
+KEPT_BY_DAEMON = {"NET_ADMIN", "SYS_ADMIN"}
+
+
+def linux_only(spec):
+    terms = (spec.get("affinity", {}).get("nodeAffinity", {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+             .get("nodeSelectorTerms", []))
+    return bool(terms) and all(
+        any(e.get("key") == "kubernetes.io/os" and e.get("operator") == "In"
+            and e.get("values") == ["linux"] for e in term.get("matchExpressions", []))
+        for term in terms)
+
+
+def installer_problems(where, container, host_paths):
+    found = []
+    sc = container.get("securityContext", {})
+    if sc.get("privileged"):
+        found.append(f"{where}: privileged")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        found.append(f"{where}: allowPrivilegeEscalation is not false")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        found.append(f"{where}: root filesystem is writable")
+    caps = sc.get("capabilities", {})
+    if caps.get("drop") != ["ALL"] or caps.get("add"):
+        found.append(f"{where}: capabilities are not exactly drop ALL")
+    for mount in container.get("volumeMounts", []):
+        path = host_paths.get(mount["name"])
+        if path is not None and not mount.get("readOnly") and path not in WRITABLE:
+            found.append(f"{where}: host path {path} is writable")
+    return found
+
+
+def problems(daemonsets, kustomization):
+    found = []
+    for name, ds in daemonsets.items():
+        spec = ds["spec"]["template"]["spec"]
+        if spec.get("dnsPolicy") != "Default":
+            found.append(f"{name}: dnsPolicy is {spec.get('dnsPolicy')!r}, not 'Default'")
+        if not linux_only(spec):
+            found.append(f"{name}: no required node affinity to kubernetes.io/os=linux")
+        host_paths = {v["name"]: v["hostPath"]["path"] for v in spec.get("volumes", []) if "hostPath" in v}
+        for container in spec["containers"]:
+            where = f"{name}/{container['name']}"
+            if not DIGEST.match(container["image"]):
+                found.append(f"{where}: image {container['image']!r} is not pinned by digest")
+            if container["name"] in INSTALLERS:
+                found += installer_problems(where, container, host_paths)
+                continue
+            added = set(container.get("securityContext", {}).get("capabilities", {}).get("add", []))
+            if not added <= KEPT_BY_DAEMON:
+                found.append(f"{where}: adds capabilities {sorted(added - KEPT_BY_DAEMON)}")
+    images = kustomization.get("images", [])
+    pinned = [re.fullmatch(r"sha256:[0-9a-f]{64}", image.get("digest", "")) and "newTag" not in image
+              for image in images]
+    if not images or not all(pinned):
+        found.append("kustomization.yaml: images are not pinned by digest")
+    return found
+
+
+*daemonset_files, kustomization_file = sys.argv[1:]
+daemonsets = {}
+for path in daemonset_files:
+    for doc in yaml.safe_load_all(open(path)):
+        if doc and doc["kind"] == "DaemonSet":
+            daemonsets[doc["metadata"]["name"]] = doc
+kustomization = yaml.safe_load(open(kustomization_file))
+if found := problems(daemonsets, kustomization):
+    sys.exit("\n".join(found))
+
+
+def containers(sets, name):
+    return [c for ds in sets.values() for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+
+
+def pod_spec(sets, name):
+    return sets[name]["spec"]["template"]["spec"]
+
+
+def writable_host_bin(sets, _):
+    pod_spec(sets, "tailnet-cnid")["volumes"].append({"name": "host-bin", "hostPath": {"path": "/usr/bin"}})
+    containers(sets, "installer")[0]["volumeMounts"].append({"name": "host-bin", "mountPath": "/host/usr/bin"})
+
+
+def writable_k3s_data_dir(sets, _):
+    for mount in containers(sets, "installer")[0]["volumeMounts"]:
+        if mount["name"] == "host-k3s":
+            mount.pop("readOnly")
+
+
+regressions = {
+    "a tag instead of a digest": lambda s, k: containers(s, "daemon")[0].update(image="ghcr.io/tailnet-cni/tailnet-cni:0.1.0"),
+    "a kustomize tag": lambda s, k: k["images"][0].update(newTag="0.1.0"),
+    "cluster DNS": lambda s, k: pod_spec(s, "tailnet-cnid").update(dnsPolicy="ClusterFirstWithHostNet"),
+    "no Linux affinity": lambda s, k: pod_spec(s, "tailnet-cni-uninstall").pop("affinity"),
+    "a privileged installer": lambda s, k: containers(s, "installer")[0]["securityContext"].update(privileged=True),
+    "an uninstaller with a capability":
+        lambda s, k: containers(s, "uninstall")[0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+    "an installer that may escalate": lambda s, k: containers(s, "installer")[0]["securityContext"].pop("allowPrivilegeEscalation"),
+    "a writable k3s data dir": writable_k3s_data_dir,
+    "a writable host /usr/bin": writable_host_bin,
+    "a daemon that adds a capability":
+        lambda s, k: containers(s, "daemon")[0]["securityContext"].update(capabilities={"add": ["SYS_MODULE"]}),
+}
+missed = []
+for what, change in regressions.items():
+    broken_sets, broken_kustomization = copy.deepcopy(daemonsets), copy.deepcopy(kustomization)
+    change(broken_sets, broken_kustomization)
+    if not problems(broken_sets, broken_kustomization):
+        missed.append(what)
+if missed:
+    sys.exit(f"the deploy hardening checks miss: {', '.join(missed)}")
+EOF
 
 say "k3d image tag follows the source, never a fixed literal"
 if grep -nE "IMAGE(_NAME)?=.*:[A-Za-z0-9_.-]+\}?$" k3d/setup.sh | grep -v 'image-tag.sh'; then
@@ -119,8 +246,11 @@ fi
 if ! render deploy >"$scratch/deploy.yaml"; then
   say "SKIPPED: kustomize rendering (neither kubectl nor kustomize is installed)"
 else
-  say "kustomize: deploy/ renders and validates"
+  say "kustomize: deploy/ renders, validates and pins its images by digest"
   validate "$scratch/deploy.yaml"
+  if grep -nE '^ +image: ' "$scratch/deploy.yaml" | grep -vE '@sha256:[0-9a-f]{64}$'; then
+    fail "kustomize: deploy/ renders an image without a digest"
+  fi
 
   image="$IMAGE_NAME:$tag"
   for kind in tailscale headscale rscale static; do

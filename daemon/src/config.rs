@@ -16,10 +16,12 @@
 //! The `[auth]` table is the auth crate's `AuthConfig`; see README.md for
 //! every key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tailnet_cni_proto::selection::SelectionMode;
 
 pub const DEFAULT_SOCKET: &str = "/run/tailnet-cni/daemon.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/tailnet-cni";
@@ -32,10 +34,48 @@ pub const DEFAULT_MTU: u32 = 1280;
 pub enum Selection {
     /// Every pod the shim is called for.
     All,
-    /// Only pods annotated `tailnet-cni.io/enabled: "true"` (or in a
-    /// namespace labelled so).
+    /// Only pods annotated `tailnet-cni.io/enabled: "true"`: the shim
+    /// answers every other pod without the daemon.
     #[default]
     Annotated,
+    /// As `annotated`, and every pod of a namespace labelled
+    /// `tailnet-cni.io/enabled: "true"` unless it opts out.
+    Namespace,
+}
+
+impl From<Selection> for SelectionMode {
+    /// The `selection` the installer writes into the plugin entry.
+    fn from(selection: Selection) -> Self {
+        match selection {
+            Selection::All => Self::All,
+            Selection::Annotated => Self::Annotated,
+            Selection::Namespace => Self::Namespace,
+        }
+    }
+}
+
+/// Tenant guardrails, owned by the cluster admin (`[tenancy]`): which
+/// namespaces may put pods on the tailnet, whose pods may choose their
+/// hostname, and which tags each namespace may ask for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenancy {
+    /// Namespaces whose pods may join. Without this and without
+    /// `namespace_label`, every namespace may.
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+    /// A namespace label; a namespace carrying it with the value `"true"`
+    /// may join too (read from the Kubernetes API).
+    #[serde(default)]
+    pub namespace_label: Option<String>,
+    /// Namespaces whose pods may take any hostname. Elsewhere a requested
+    /// hostname is placed under `{cluster}-{namespace}-`.
+    #[serde(default)]
+    pub hostname_namespaces: Vec<String>,
+    /// Per-namespace tag allowlists; a namespace listed here may request
+    /// only its own tags, instead of `allowed_tags`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -65,6 +105,10 @@ pub struct Config {
     /// Tags a pod may request through its annotation; others are refused.
     #[serde(default)]
     pub allowed_tags: Vec<String>,
+    /// Tenant guardrails; the default lets every namespace opt in and puts
+    /// requested hostnames under `{cluster}-{namespace}-`.
+    #[serde(default)]
+    pub tenancy: Tenancy,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[serde(default)]
     pub health_addr: Option<SocketAddr>,
@@ -176,6 +220,34 @@ impl Config {
                 "allowed_tags entry {bad:?} must start with \"tag:\""
             ));
         }
+        self.tenancy.validate()
+    }
+}
+
+impl Tenancy {
+    fn validate(&self) -> Result<(), String> {
+        let listed = self.namespaces.iter().flatten();
+        if let Some(bad) = listed
+            .chain(&self.hostname_namespaces)
+            .chain(self.tags.keys())
+            .find(|ns| ns.trim().is_empty())
+        {
+            return Err(format!("tenancy: namespace {bad:?} must not be empty"));
+        }
+        if self
+            .namespace_label
+            .as_ref()
+            .is_some_and(|label| label.trim().is_empty())
+        {
+            return Err("tenancy.namespace_label must not be empty".into());
+        }
+        for (namespace, tags) in &self.tags {
+            if let Some(bad) = tags.iter().find(|t| !t.starts_with("tag:")) {
+                return Err(format!(
+                    "tenancy.tags.{namespace} entry {bad:?} must start with \"tag:\""
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -208,6 +280,46 @@ mod tests {
         assert_eq!(config.selection, Selection::Annotated);
         assert_eq!(config.allowed_uids, vec![0]);
         assert_eq!(config.reconcile_interval_secs, 60);
+        assert_eq!(config.tenancy, Tenancy::default());
+    }
+
+    #[test]
+    fn tenancy_table_is_read() {
+        let text = format!(
+            "selection = \"namespace\"\n{MINIMAL}\n[tenancy]\nnamespaces = [\"web\"]\n\
+             namespace_label = \"example.com/tailnet\"\nhostname_namespaces = [\"infra\"]\n\
+             [tenancy.tags]\nweb = [\"tag:web\"]\n"
+        );
+        let Ok(config) = Config::parse(&text) else {
+            panic!("tenancy config must parse");
+        };
+        assert_eq!(config.selection, Selection::Namespace);
+        assert_eq!(config.tenancy.namespaces, Some(vec!["web".to_string()]));
+        assert_eq!(
+            config.tenancy.namespace_label.as_deref(),
+            Some("example.com/tailnet")
+        );
+        assert_eq!(
+            config.tenancy.hostname_namespaces,
+            vec!["infra".to_string()]
+        );
+        assert_eq!(config.tenancy.tags["web"], vec!["tag:web".to_string()]);
+    }
+
+    #[test]
+    fn every_mode_maps_to_the_entry_mode_of_the_same_name() {
+        for (selection, text) in [
+            (Selection::All, "all"),
+            (Selection::Annotated, "annotated"),
+            (Selection::Namespace, "namespace"),
+        ] {
+            let config = Config::parse(&format!("selection = \"{text}\"\n{MINIMAL}"));
+            assert!(
+                matches!(config, Ok(ref c) if c.selection == selection),
+                "{text}"
+            );
+            assert_eq!(SelectionMode::from(selection).as_str(), text);
+        }
     }
 
     #[test]
@@ -223,6 +335,18 @@ mod tests {
             (
                 format!("key_renew_fraction = 0.9\n{MINIMAL}"),
                 "key_renew_fraction",
+            ),
+            (
+                format!("{MINIMAL}\n[tenancy.tags]\nweb = [\"web\"]\n"),
+                "tenancy.tags.web",
+            ),
+            (
+                format!("{MINIMAL}\n[tenancy]\nnamespaces = [\" \"]\n"),
+                "tenancy: namespace",
+            ),
+            (
+                format!("{MINIMAL}\n[tenancy]\nnamespace_label = \"\"\n"),
+                "tenancy.namespace_label",
             ),
         ];
         for (text, needle) in cases {

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod install;
 pub mod metrics;
 pub mod podmgr;
+pub mod privileges;
 pub mod rpc;
 pub mod selection;
 pub mod status;

@@ -1,6 +1,6 @@
 //! `tailnet-cnid`: the node daemon and its operator commands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,12 +9,15 @@ use clap::{Parser, Subcommand};
 use tailnet_cni_proto::v1::{ListPodsRequest, StatusRequest};
 use tailnet_cni_proto::API_VERSION;
 use tailnet_cnid::config::{self, Config, LogFormat};
+use tailnet_cnid::privileges::{self, Restricted};
 use tailnet_cnid::status::StatusReport;
 
 #[derive(Debug, Parser)]
 #[command(name = "tailnet-cnid", version, about = "One tailnet identity per pod")]
 struct Cli {
-    /// Daemon configuration (TOML). Used when no subcommand is given.
+    /// Daemon configuration (TOML): `run` (the default) runs with it,
+    /// `install` writes its selection mode into the plugin entry, `status`
+    /// finds the socket in it.
     #[arg(long, global = true, env = "TAILNET_CNID_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -44,17 +47,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tailnet-cnid: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(dispatch(cli)) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tailnet-cnid: {e:#}");
@@ -63,32 +56,65 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => {
-            let path = cli
-                .config
-                .context("--config FILE (or TAILNET_CNID_CONFIG) is required to run the daemon")?;
-            let config = Config::load(&path)?;
-            init_logging(config.log_format);
-            tailnet_cnid::daemon::run(config).await
-        }
+        Command::Run => run_daemon(cli.config.as_deref()),
         Command::Status { socket, json } => {
             let socket = match (socket, cli.config) {
                 (Some(socket), _) => socket,
                 (None, Some(path)) => Config::load(&path)?.socket,
                 (None, None) => PathBuf::from(config::DEFAULT_SOCKET),
             };
-            print_status(socket, json).await
+            runtime()?.block_on(print_status(socket, json))
         }
-        Command::Install(args) => {
+        Command::Install(mut args) => {
             init_logging(LogFormat::Text);
-            Ok(tailnet_cnid::install::install(&args).await?)
+            if let Some(path) = &cli.config {
+                args.selection = Some(Config::load(path)?.selection.into());
+            }
+            Ok(runtime()?.block_on(tailnet_cnid::install::install(&args))?)
         }
         Command::Uninstall(args) => {
             init_logging(LogFormat::Text);
-            Ok(tailnet_cnid::install::uninstall(&args).await?)
+            Ok(runtime()?.block_on(tailnet_cnid::install::uninstall(&args))?)
         }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_daemon(config: Option<&Path>) -> anyhow::Result<()> {
+    let path =
+        config.context("--config FILE (or TAILNET_CNID_CONFIG) is required to run the daemon")?;
+    let config = Config::load(path)?;
+    // Before the async runtime starts a thread: capabilities are per
+    // thread, and every later thread inherits the reduced sets.
+    let restricted = privileges::restrict_to(privileges::needed(&config))?;
+    init_logging(config.log_format);
+    log_privileges(restricted);
+    runtime()?.block_on(tailnet_cnid::daemon::run(config))
+}
+
+fn log_privileges(restricted: Restricted) {
+    let kept = privileges::names(restricted.kept);
+    if !restricted.missing.is_empty() {
+        tracing::warn!(
+            missing = ?privileges::names(restricted.missing),
+            "started without capabilities the daemon needs: pods will fail to set up"
+        );
+    }
+    if restricted.bounding_reduced {
+        tracing::info!(?kept, "capabilities reduced; no_new_privs set");
+    } else {
+        tracing::warn!(
+            ?kept,
+            "no CAP_SETPCAP: the bounding set stays as it was; no_new_privs set"
+        );
     }
 }
 

@@ -1,23 +1,30 @@
 //! Which pods join the tailnet, and with which hostname and tags.
 //!
 //! In `annotated` mode (the default) a pod joins when it carries the
-//! annotation `tailnet-cni.io/enabled: "true"`, or when its namespace has the
-//! label `tailnet-cni.io/enabled: "true"` and the pod does not opt out with
-//! `"false"`. In `all` mode every pod joins unless it opts out.
+//! annotation `tailnet-cni.io/enabled: "true"`. In `namespace` mode, also
+//! when its namespace has the label `tailnet-cni.io/enabled: "true"` and the
+//! pod does not opt out with `"false"`. In `all` mode every pod joins unless
+//! it opts out. The tenant guardrails ([`tenancy`]) then say whether the
+//! pod's namespace may join at all, which hostname it gets and which tags it
+//! may request.
 //!
 //! When the runtime passed the pod's annotations with ADD (containerd 1.6+
 //! and CRI-O, through the shim), they decide and the API is read only for the
-//! namespace label, when that can still matter: an API outage then only
-//! affects unannotated pods of labelled namespaces. Otherwise the decision is
-//! made from the Kubernetes API, and the pod's UID is checked so a recreated
-//! pod of the same name is never mistaken for the one being set up.
+//! namespace's labels, when they can still matter: an API outage then only
+//! affects pods whose decision needs them. Otherwise the decision is made
+//! from the Kubernetes API, and the pod's UID is checked so a recreated pod
+//! of the same name is never mistaken for the one being set up.
+
+pub mod tenancy;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 
-use crate::config::Selection;
+use crate::config::{Config, Selection};
+
+use self::tenancy::{Admission, Guardrails};
 
 pub use tailnet_cni_proto::selection::{
     ENABLED_ANNOTATION as ENABLED, HOSTNAME_ANNOTATION as HOSTNAME, TAGS_ANNOTATION as TAGS,
@@ -28,7 +35,39 @@ pub use tailnet_cni_proto::selection::{
 pub struct PodMeta {
     pub uid: Option<String>,
     pub annotations: BTreeMap<String, String>,
-    pub namespace_labels: BTreeMap<String, String>,
+    /// `None` when they could not be read.
+    pub namespace_labels: Option<BTreeMap<String, String>>,
+}
+
+/// How pods are selected: the mode and the tenant guardrails.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub mode: Selection,
+    pub guardrails: Guardrails,
+}
+
+impl Policy {
+    /// A policy for a cluster without a name (outside Kubernetes, tests):
+    /// `allowed_tags` for every namespace, every namespace may opt in, and
+    /// requested hostnames go under `{namespace}-`.
+    pub fn new(mode: Selection, allowed_tags: Vec<String>) -> Self {
+        Self {
+            mode,
+            guardrails: Guardrails::new("", allowed_tags, Default::default()),
+        }
+    }
+
+    /// The policy the daemon's config sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            mode: config.selection,
+            guardrails: Guardrails::new(
+                &config.cluster_name,
+                config.allowed_tags.clone(),
+                config.tenancy.clone(),
+            ),
+        }
+    }
 }
 
 /// The outcome for one pod.
@@ -36,7 +75,8 @@ pub struct PodMeta {
 pub enum Decision {
     Skip,
     Join {
-        /// Requested hostname (else the daemon's `{cluster}-{ns}-{pod}`).
+        /// Requested hostname, under `{cluster}-{ns}-` unless the namespace
+        /// may choose (else the daemon's `{cluster}-{ns}-{pod}`).
         hostname: Option<String>,
         /// Requested tags, all within the allowlist (else the auth default).
         tags: Vec<String>,
@@ -52,7 +92,7 @@ pub enum SelectionError {
         expected: String,
         found: String,
     },
-    #[error("pod {namespace}/{name} requests tag {tag:?}, which allowed_tags does not allow")]
+    #[error("pod {namespace}/{name} requests tag {tag:?}, which namespace {namespace:?} may not request (tenancy.tags, else allowed_tags)")]
     TagNotAllowed {
         namespace: String,
         name: String,
@@ -64,6 +104,10 @@ pub enum SelectionError {
         name: String,
         hostname: String,
     },
+    #[error("pod {namespace}/{name} opts in to the tailnet, but namespace {namespace:?} may not join it (tenancy.namespaces, tenancy.namespace_label)")]
+    NamespaceNotAllowed { namespace: String, name: String },
+    #[error("pod {namespace}/{name}: whether namespace {namespace:?} may join the tailnet depends on its labels, which cannot be read from the Kubernetes API")]
+    NamespaceLabelsUnknown { namespace: String, name: String },
     #[error("reading pod {namespace}/{name} from the Kubernetes API: {source}")]
     Api {
         namespace: String,
@@ -83,8 +127,9 @@ impl SelectionError {
         match self {
             Self::UidMismatch { .. }
             | Self::TagNotAllowed { .. }
-            | Self::InvalidHostname { .. } => true,
-            Self::Api { .. } | Self::NoClient(_) => false,
+            | Self::InvalidHostname { .. }
+            | Self::NamespaceNotAllowed { .. } => true,
+            Self::NamespaceLabelsUnknown { .. } | Self::Api { .. } | Self::NoClient(_) => false,
         }
     }
 }
@@ -96,8 +141,7 @@ fn flag(map: &BTreeMap<String, String>) -> Option<bool> {
 
 /// Decides for one pod. Pure: unit-tested without an API server.
 pub fn decide(
-    mode: Selection,
-    allowed_tags: &[String],
+    policy: &Policy,
     namespace: &str,
     name: &str,
     expected_uid: &str,
@@ -113,28 +157,60 @@ pub fn decide(
             });
         }
     }
-    let joins = match (flag(&meta.annotations), mode) {
+    let annotation = flag(&meta.annotations);
+    let joins = match (annotation, policy.mode) {
         (Some(explicit), _) => explicit,
         (None, Selection::All) => true,
-        (None, Selection::Annotated) => flag(&meta.namespace_labels).unwrap_or(false),
+        (None, Selection::Annotated) => false,
+        (None, Selection::Namespace) => meta
+            .namespace_labels
+            .as_ref()
+            .and_then(flag)
+            .unwrap_or(false),
     };
     if !joins {
         return Ok(Decision::Skip);
     }
-    let hostname = meta
+    let guardrails = &policy.guardrails;
+    // Guardrails govern Kubernetes namespaces; a container without one
+    // (podman) is the node admin's own.
+    if !namespace.is_empty() {
+        match guardrails.admits(namespace, meta.namespace_labels.as_ref()) {
+            Admission::Allowed => {}
+            // A pod that asked by itself is told why it cannot; one that
+            // only follows the mode or its namespace's label is left alone.
+            Admission::Refused if annotation == Some(true) => {
+                return Err(SelectionError::NamespaceNotAllowed {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })
+            }
+            Admission::Refused => return Ok(Decision::Skip),
+            Admission::LabelsUnknown => {
+                return Err(SelectionError::NamespaceLabelsUnknown {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })
+            }
+        }
+    }
+    let requested = meta
         .annotations
         .get(HOSTNAME)
-        .map(|h| h.trim().to_string())
+        .map(|h| h.trim())
         .filter(|h| !h.is_empty());
-    if let Some(hostname) = &hostname {
-        if !is_dns_label(hostname) {
+    let hostname = match requested {
+        Some(hostname) if !is_dns_label(hostname) => {
             return Err(SelectionError::InvalidHostname {
                 namespace: namespace.into(),
                 name: name.into(),
-                hostname: hostname.clone(),
-            });
+                hostname: hostname.into(),
+            })
         }
-    }
+        Some(hostname) => Some(guardrails.hostname(namespace, hostname)),
+        None => None,
+    };
+    let allowed_tags = guardrails.allowed_tags(namespace);
     let mut tags = Vec::new();
     for tag in meta
         .annotations
@@ -168,34 +244,50 @@ fn is_dns_label(text: &str) -> bool {
 }
 
 /// Whether a decision from the runtime's `annotations` depends on the
-/// namespace label: only in `annotated` mode, for a pod without the flag.
+/// namespace label that opts pods in: only in `namespace` mode, for a pod
+/// without the flag.
 pub fn needs_namespace_labels(mode: Selection, annotations: &BTreeMap<String, String>) -> bool {
-    mode == Selection::Annotated && flag(annotations).is_none()
+    mode == Selection::Namespace && flag(annotations).is_none()
+}
+
+/// Whether a decision from the runtime's `annotations` depends on the
+/// namespace's labels at all: for the opt-in label, or for the guardrail
+/// label of a pod that would join.
+pub fn labels_matter(
+    policy: &Policy,
+    namespace: &str,
+    annotations: &BTreeMap<String, String>,
+) -> bool {
+    let may_join = match flag(annotations) {
+        Some(explicit) => explicit,
+        None => policy.mode != Selection::Annotated,
+    };
+    !namespace.is_empty()
+        && (needs_namespace_labels(policy.mode, annotations)
+            || (may_join && policy.guardrails.needs_labels(namespace)))
 }
 
 /// Decides from the annotations the runtime passed for this very sandbox
-/// (so no UID check is needed) and, when [`needs_namespace_labels`], the
+/// (so no UID check is needed) and, when [`labels_matter`], the
 /// namespace's labels. Pure: unit-tested without an API server.
 pub fn decide_from_runtime(
-    mode: Selection,
-    allowed_tags: &[String],
+    policy: &Policy,
     namespace: &str,
     name: &str,
     annotations: &BTreeMap<String, String>,
-    namespace_labels: BTreeMap<String, String>,
+    namespace_labels: Option<BTreeMap<String, String>>,
 ) -> Result<Decision, SelectionError> {
     let meta = PodMeta {
         uid: None,
         annotations: annotations.clone(),
         namespace_labels,
     };
-    decide(mode, allowed_tags, namespace, name, "", &meta)
+    decide(policy, namespace, name, "", &meta)
 }
 
 /// Reads pod metadata from the Kubernetes API.
 pub struct Selector {
-    mode: Selection,
-    allowed_tags: Vec<String>,
+    policy: Policy,
     client: Option<kube::Client>,
 }
 
@@ -203,7 +295,7 @@ impl Selector {
     /// Connects to the API with the in-cluster (or kubeconfig) credentials.
     /// Outside Kubernetes there is no client: pods without Kubernetes
     /// identity then follow `mode` alone.
-    pub async fn new(mode: Selection, allowed_tags: Vec<String>) -> Self {
+    pub async fn new(policy: Policy) -> Self {
         let client = match kube::Client::try_default().await {
             Ok(client) => Some(client),
             Err(error) => {
@@ -211,17 +303,13 @@ impl Selector {
                 None
             }
         };
-        Self {
-            mode,
-            allowed_tags,
-            client,
-        }
+        Self { policy, client }
     }
 
-    pub fn without_api(mode: Selection, allowed_tags: Vec<String>) -> Self {
+    /// A selector that never reads the API (outside Kubernetes, tests).
+    pub fn without_api(policy: Policy) -> Self {
         Self {
-            mode,
-            allowed_tags,
+            policy,
             client: None,
         }
     }
@@ -235,63 +323,60 @@ impl Selector {
         uid: &str,
     ) -> Result<Decision, SelectionError> {
         if namespace.is_empty() || name.is_empty() {
-            return Ok(match self.mode {
+            return Ok(match self.policy.mode {
                 Selection::All => Decision::Join {
                     hostname: None,
                     tags: Vec::new(),
                 },
-                Selection::Annotated => Decision::Skip,
+                Selection::Annotated | Selection::Namespace => Decision::Skip,
             });
         }
         let meta = match &self.client {
             Some(client) => fetch(client, namespace, name).await?,
-            None if self.mode == Selection::All => PodMeta::default(),
+            None if self.policy.mode == Selection::All => PodMeta::default(),
             None => {
-                return Err(SelectionError::NoClient(
-                    "selection = \"annotated\" needs the Kubernetes API to read annotations".into(),
-                ))
+                return Err(SelectionError::NoClient(format!(
+                    "selection = \"{}\" needs the Kubernetes API to read annotations",
+                    tailnet_cni_proto::selection::SelectionMode::from(self.policy.mode).as_str()
+                )))
             }
         };
-        decide(self.mode, &self.allowed_tags, namespace, name, uid, &meta)
+        decide(&self.policy, namespace, name, uid, &meta)
     }
 
     /// Decides for a pod whose annotations the runtime passed with ADD. The
-    /// API is read only for the namespace label, and only when it matters;
-    /// if it cannot be read the label counts as absent.
+    /// API is read only for the namespace's labels, and only when they
+    /// matter; if they cannot be read the opt-in label counts as absent and
+    /// a guardrail that depends on them answers "try again later".
     pub async fn select_from_runtime(
         &self,
         namespace: &str,
         name: &str,
         annotations: &BTreeMap<String, String>,
     ) -> Result<Decision, SelectionError> {
-        let namespace_labels = match &self.client {
-            Some(client)
-                if !namespace.is_empty() && needs_namespace_labels(self.mode, annotations) =>
-            {
-                namespace_labels(client, namespace).await
+        let namespace_labels = if labels_matter(&self.policy, namespace, annotations) {
+            match &self.client {
+                Some(client) => namespace_labels(client, namespace).await,
+                None => None,
             }
-            _ => BTreeMap::new(),
+        } else {
+            Some(BTreeMap::new())
         };
-        decide_from_runtime(
-            self.mode,
-            &self.allowed_tags,
-            namespace,
-            name,
-            annotations,
-            namespace_labels,
-        )
+        decide_from_runtime(&self.policy, namespace, name, annotations, namespace_labels)
     }
 }
 
-/// The namespace's labels. The label is a convenience: if it cannot be
-/// read, the pod's own annotation still decides.
-async fn namespace_labels(client: &kube::Client, namespace: &str) -> BTreeMap<String, String> {
+/// The namespace's labels; `None` (and a warning) when they cannot be read.
+async fn namespace_labels(
+    client: &kube::Client,
+    namespace: &str,
+) -> Option<BTreeMap<String, String>> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     match namespaces.get(namespace).await {
-        Ok(ns) => ns.metadata.labels.unwrap_or_default(),
+        Ok(ns) => Some(ns.metadata.labels.unwrap_or_default()),
         Err(error) => {
             tracing::warn!(%error, namespace, "cannot read namespace labels");
-            BTreeMap::new()
+            None
         }
     }
 }

@@ -82,15 +82,12 @@ pub struct InstallArgs {
     /// is chained only while the daemon answers ready.
     #[arg(long)]
     pub daemon_readyz: Option<SocketAddr>,
-    /// `selection` written into the plugin entry (annotated, namespace or
-    /// all): with `annotated`, the shim answers a pod that did not opt in
-    /// from the runtime's pod annotations, without the daemon.
-    #[arg(long, value_parser = parse_selection)]
+    /// The daemon's selection mode, written as the entry's `selection` so
+    /// the shim answers pods that did not opt in without the daemon. Taken
+    /// from the daemon's config (`--config`); without it the shim forwards
+    /// every pod.
+    #[arg(skip)]
     pub selection: Option<SelectionMode>,
-}
-
-fn parse_selection(text: &str) -> Result<SelectionMode, String> {
-    SelectionMode::parse(text).ok_or_else(|| format!("{text:?} is not annotated, namespace or all"))
 }
 
 /// Why a pass of the installer (or uninstaller) did not complete.
@@ -148,7 +145,8 @@ pub(crate) fn host_path(root: &Path, path: &Path) -> PathBuf {
     }
 }
 
-fn entry(args: &InstallArgs) -> PluginEntry {
+/// The plugin entry the installer chains for `args`.
+pub fn entry(args: &InstallArgs) -> PluginEntry {
     PluginEntry {
         daemon_socket: args.daemon_socket.clone(),
         if_name: args.if_name.clone(),
@@ -271,6 +269,9 @@ pub async fn install(args: &InstallArgs) -> Result<(), InstallError> {
         remove_leftovers(&layout);
     }
     let entry = entry(args);
+    if entry.selection.is_none() {
+        warn!("no daemon config (--config): the plugin entry names no selection, so every pod's ADD goes to the daemon");
+    }
     if !args.watch {
         apply_once(args, &source, &entry).await?;
         return Ok(());

@@ -69,6 +69,46 @@ async fn install_then_uninstall_round_trips() {
     assert!(!root.join("bin-a/tailnet-cni").exists());
 }
 
+/// Our entry in the primary conflist.
+fn chained_entry(root: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let plugins = doc["plugins"].as_array().unwrap();
+    plugins
+        .iter()
+        .find(|p| p["type"] == conflist::PLUGIN_TYPE)
+        .cloned()
+        .unwrap_or_else(|| panic!("not chained: {text}"))
+}
+
+#[tokio::test]
+async fn the_entry_names_the_daemons_selection_mode_and_asks_for_annotations() {
+    for (mode, text) in [
+        (SelectionMode::Annotated, "annotated"),
+        (SelectionMode::Namespace, "namespace"),
+        (SelectionMode::All, "all"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        setup(root);
+        let mut a = args(root);
+        a.selection = Some(mode);
+        install(&a).await.unwrap();
+        let ours = chained_entry(root);
+        assert_eq!(ours["selection"], text);
+        assert_eq!(
+            ours["capabilities"][conflist::POD_ANNOTATIONS_CAPABILITY],
+            true
+        );
+    }
+    // Without the daemon's config the entry names no mode: the shim then
+    // forwards every pod, never skipping one the daemon would take.
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    install(&args(dir.path())).await.unwrap();
+    assert_eq!(chained_entry(dir.path()).get("selection"), None);
+}
+
 #[tokio::test]
 async fn install_removes_only_its_own_leftover_temporary_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -315,33 +355,4 @@ async fn uninstall_with_nothing_installed_succeeds() {
     let mut a = args(root);
     a.conf_dir = Some(root.join("no-such-net.d"));
     uninstall(&a).await.unwrap();
-}
-
-#[tokio::test]
-async fn the_selection_given_is_written_into_the_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    setup(root);
-    let mut a = args(root);
-    a.selection = Some(SelectionMode::Annotated);
-    install(&a).await.unwrap();
-    let text = std::fs::read_to_string(root.join("net.d/10-flannel.conflist")).unwrap();
-    let chained: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ours = chained["plugins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["type"] == "tailnet-cni")
-        .unwrap();
-    assert_eq!(ours["selection"], "annotated");
-    assert_eq!(
-        ours["capabilities"][conflist::POD_ANNOTATIONS_CAPABILITY],
-        true
-    );
-}
-
-#[test]
-fn an_unknown_selection_is_refused() {
-    assert_eq!(parse_selection("all"), Ok(SelectionMode::All));
-    assert!(parse_selection("everything").is_err());
 }

@@ -41,6 +41,23 @@ pub fn pod_hostname(cluster: &str, namespace: &str, pod: &str) -> String {
     )
 }
 
+/// Places a hostname a pod asked for under its namespace's prefix
+/// `{cluster}-{namespace}-`, so a pod of one namespace can never take a name
+/// of another's. A request already under the prefix is kept as it is; any
+/// other becomes [`pod_hostname`] of the request.
+pub fn namespaced_hostname(cluster: &str, namespace: &str, requested: &str) -> String {
+    let prefix = sanitize_label(&format!("{cluster}-{namespace}"));
+    let requested = sanitize_label(requested);
+    let kept = requested
+        .strip_prefix(prefix.as_str())
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|rest| !rest.is_empty());
+    if kept && !prefix.is_empty() {
+        return requested;
+    }
+    pod_hostname(cluster, namespace, &requested)
+}
+
 fn hash_suffix(input: &str) -> u64 {
     fnv1a64(input.as_bytes()) & ((1u64 << (4 * SUFFIX_HEX_DIGITS)) - 1)
 }
@@ -128,6 +145,27 @@ mod tests {
         let name = pod_hostname("", "", &pod);
         assert!(is_dns_label(&name), "{name}");
         assert!(name.len() <= MAX_LABEL_LEN);
+    }
+
+    #[test]
+    fn requested_names_go_under_the_namespace_prefix() {
+        for (requested, expected) in [
+            ("prod-db", "homelab-dev-prod-db"),
+            // Already under the prefix: kept.
+            ("Homelab-Dev-web", "homelab-dev-web"),
+            // The bare prefix, or another namespace's, is not kept.
+            ("homelab-dev", "homelab-dev-homelab-dev"),
+            ("homelab-prod-db", "homelab-dev-homelab-prod-db"),
+        ] {
+            assert_eq!(
+                namespaced_hostname("homelab", "dev", requested),
+                expected,
+                "{requested}"
+            );
+        }
+        let long = namespaced_hostname("homelab", "dev", &"a".repeat(63));
+        assert!(is_dns_label(&long), "{long}");
+        assert!(long.starts_with("homelab-dev-"), "{long}");
     }
 
     #[test]

@@ -209,7 +209,7 @@ fn node_runs_both_pods(
     let readyz = daemon.health.clone();
     let installed = install(
         shim,
-        &daemon.socket,
+        daemon,
         &[
             "--host-root".as_ref(),
             root.as_os_str(),
@@ -292,7 +292,10 @@ fn every_k3s_layout_starts_a_plain_and_a_tailnet_pod() {
     let dir = work.path();
     let daemon = Daemon::start(
         &dir.join("daemon"),
-        DaemonOptions::default_reconcile(&bed.control_url, &bed.admin_token_file, "k3s"),
+        DaemonOptions {
+            selection: "annotated".into(),
+            ..DaemonOptions::default_reconcile(&bed.control_url, &bed.admin_token_file, "k3s")
+        },
     );
     let layouts = [Layout::HashBin, Layout::DataCni, Layout::CustomDataDir];
     for (index, layout) in layouts.into_iter().enumerate() {

@@ -119,14 +119,17 @@ fn a_cri_pod_joins_through_the_annotation_capability_and_leaves_nothing() {
     let dir = work.path();
     let mut daemon = Daemon::start(
         &dir.join("daemon"),
-        DaemonOptions::default_reconcile(&bed.control_url, &bed.admin_token_file, "cri"),
+        DaemonOptions {
+            selection: "annotated".into(),
+            ..DaemonOptions::default_reconcile(&bed.control_url, &bed.admin_token_file, "cri")
+        },
     );
     let cni = node_cni(dir);
     let readyz = daemon.health.clone();
 
     // The installer chains only once the daemon answers /readyz.
     stop(&mut daemon.child);
-    let refused = install(&shim, &daemon.socket, &install_args(&cni, &readyz));
+    let refused = install(&shim, &daemon, &install_args(&cni, &readyz));
     assert!(
         !refused.status.success(),
         "the installer chained while the daemon was down"
@@ -137,7 +140,7 @@ fn a_cri_pod_joins_through_the_annotation_capability_and_leaves_nothing() {
         "chained while the daemon was down"
     );
     daemon.start_again();
-    let installed = install(&shim, &daemon.socket, &install_args(&cni, &readyz));
+    let installed = install(&shim, &daemon, &install_args(&cni, &readyz));
     assert!(
         installed.status.success(),
         "install failed: {}",

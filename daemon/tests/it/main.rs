@@ -17,6 +17,8 @@ mod dataplane_e2e;
 mod dataplane_tailscaled;
 mod dataplane_tun;
 mod e2e_podman;
+mod installed_entry;
 mod plumbing;
+mod privileges;
 mod reliability;
 mod shim_live;

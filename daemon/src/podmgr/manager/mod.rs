@@ -54,7 +54,7 @@ use crate::config::Config;
 use crate::control::{ControlClient, ControlConfig, RotationPolicy};
 use crate::metrics::{CniCommand, Metrics};
 use crate::rpc::{CniError, CniHandler};
-use crate::selection::Selector;
+use crate::selection::{Policy, Selector};
 use crate::wg::{Engine, EngineConfig};
 
 pub use self::reconcile::ReconcileReport;
@@ -128,7 +128,7 @@ impl PodManager<Live> {
                 },
             ),
         )?;
-        let selector = Selector::new(config.selection, config.allowed_tags.clone()).await;
+        let selector = Selector::new(Policy::from_config(&config)).await;
         let parts = Parts {
             plumbing: Plumber::new()?,
             control: LiveControl { client, auth },

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use tailnet_testbed::Missing;
 
+use super::daemon::Daemon;
 use super::process::run;
 
 /// The static shim `scripts/build-shim.sh` builds (the one the DaemonSet
@@ -28,15 +29,17 @@ pub fn static_shim() -> Result<PathBuf, Missing> {
     }
 }
 
-/// Runs `tailnet-cnid install` once (no `--watch`) with `shim`, chaining
-/// in `selection = annotated` mode, plus `args`.
-pub fn install(shim: &Path, daemon_socket: &Path, args: &[&std::ffi::OsStr]) -> Output {
+/// Runs `tailnet-cnid install` once (no `--watch`) with `shim`, for
+/// `daemon`: its config gives the entry's `selection`, as the DaemonSet's
+/// installer reads the daemon's config. Plus `args`.
+pub fn install(shim: &Path, daemon: &Daemon, args: &[&std::ffi::OsStr]) -> Output {
     run(Command::new(env!("CARGO_BIN_EXE_tailnet-cnid"))
+        .arg("--config")
+        .arg(&daemon.config)
         .arg("install")
         .arg("--shim")
         .arg(shim)
         .arg("--daemon-socket")
-        .arg(daemon_socket)
-        .args(["--selection", "annotated"])
+        .arg(&daemon.socket)
         .args(args))
 }

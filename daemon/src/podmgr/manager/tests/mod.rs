@@ -19,7 +19,7 @@ use crate::config::{Config, Selection};
 use crate::metrics::Metrics;
 use crate::podmgr::state::{PodRecord, StateStore};
 use crate::rpc::{CniError, CniHandler};
-use crate::selection::Selector;
+use crate::selection::{Policy, Selector};
 
 /// A pod manager on fakes, and the fakes, to look into.
 struct Bed {
@@ -85,7 +85,7 @@ impl Bed {
         let manager = PodManager::launch(
             config(world.dir.path().join("state")),
             Arc::new(Metrics::default()),
-            Selector::without_api(Selection::All, Vec::new()),
+            Selector::without_api(Policy::new(Selection::All, Vec::new())),
             parts,
         )
         .await
