@@ -117,6 +117,9 @@ pub struct RuleView {
     pub table: u32,
     pub priority: Option<u32>,
     pub iif: Option<String>,
+    /// Matches every packet and only looks up its table: no selector
+    /// (addresses, interfaces, marks, ports, ...), no inversion, no suppressor.
+    pub matches_all: bool,
     pub message: RuleMessage,
 }
 
@@ -130,14 +133,26 @@ pub async fn rules(handle: &Handle, version: IpVersion) -> Result<Vec<RuleView>,
                 table: u32::from(message.header.table),
                 priority: None,
                 iif: None,
+                matches_all: message.header.src_len == 0
+                    && message.header.dst_len == 0
+                    && message.header.tos == 0
+                    && message.header.flags.is_empty()
+                    && message.header.action == RuleAction::ToTable,
                 message: message.clone(),
             };
             for attr in &message.attributes {
                 match attr {
                     RuleAttribute::Table(table) => view.table = *table,
                     RuleAttribute::Priority(prio) => view.priority = Some(*prio),
-                    RuleAttribute::Iifname(name) => view.iif = Some(name.clone()),
-                    _ => {}
+                    RuleAttribute::Iifname(name) => {
+                        view.iif = Some(name.clone());
+                        view.matches_all = false;
+                    }
+                    // The kernel reports "no suppressor" as all ones.
+                    RuleAttribute::Protocol(_)
+                    | RuleAttribute::SuppressPrefixLen(u32::MAX)
+                    | RuleAttribute::SuppressIfGroup(u32::MAX) => {}
+                    _ => view.matches_all = false,
                 }
             }
             view
@@ -383,6 +398,25 @@ pub async fn add_rule(
         .rule()
         .add()
         .input_interface(iif)
+        .table_id(table)
+        .priority(priority)
+        .action(RuleAction::ToTable);
+    match version {
+        IpVersion::V4 => request.v4().execute().await,
+        IpVersion::V6 => request.v6().execute().await,
+    }
+}
+
+/// Adds `lookup <table>` for every packet at `priority`.
+pub async fn add_lookup_rule(
+    handle: &Handle,
+    version: IpVersion,
+    table: u32,
+    priority: u32,
+) -> Result<(), rtnetlink::Error> {
+    let request = handle
+        .rule()
+        .add()
         .table_id(table)
         .priority(priority)
         .action(RuleAction::ToTable);

@@ -21,6 +21,7 @@
 mod check;
 mod family;
 mod ipv6;
+mod local_rule;
 mod setup;
 mod sweep;
 mod teardown;
@@ -44,9 +45,10 @@ use super::sysctl::SysctlError;
 pub use family::{POD_GATEWAY_V4, POD_GATEWAY_V6, TAILNET_V4, TAILNET_V6};
 pub use ipv6::{Ipv6Unavailable, Place};
 
-/// Ahead of tailscaled's rules (5210..5270) so a node-local tailscaled never
-/// captures a pod's tailnet traffic.
-pub const DEFAULT_RULE_PRIORITY: u32 = 5100;
+/// Ahead of every other rule but the kernel's `local` one, which setup moves
+/// behind it (`local_rule`): a pod's packets are never delivered to the
+/// node, and a node-local tailscaled (5210..5270) never captures them.
+pub const DEFAULT_RULE_PRIORITY: u32 = 1;
 pub const DEFAULT_MTU: u32 = 1280;
 pub const DEFAULT_POD_IF_NAME: &str = "ts0";
 const MIN_MTU: u32 = 1280;
