@@ -95,3 +95,15 @@ impl Netns {
         Ok(handle)
     }
 }
+
+/// Whether a pod's namespace file still exists. Only "no such file"
+/// (`ENOENT`) means the pod is gone; any other failure to look (`EACCES`, a
+/// symlink loop, a mount in transition) is an error, so a caller never
+/// releases a live pod on a hiccup.
+pub fn still_exists(path: &Path) -> io::Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(true),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
