@@ -51,8 +51,6 @@ pub use ipv6::{Ipv6Unavailable, Place};
 pub const DEFAULT_RULE_PRIORITY: u32 = 1;
 pub const DEFAULT_MTU: u32 = 1280;
 pub const DEFAULT_POD_IF_NAME: &str = "ts0";
-const MIN_MTU: u32 = 1280;
-const MAX_MTU: u32 = 65535;
 /// Marks host links as ours and names the container, so a hash collision is
 /// detected instead of deleting another pod's device.
 const ALIAS_PREFIX: &str = "tailnet-cni:";
@@ -259,12 +257,8 @@ fn validate_spec(spec: &PodNetSpec) -> Result<(), PlumbError> {
     validate_container_id(&spec.container_id)
         .map_err(|e| PlumbError::InvalidSpec(e.to_string()))?;
     validate_if_name(&spec.if_name).map_err(|e| PlumbError::InvalidSpec(e.to_string()))?;
-    if !(MIN_MTU..=MAX_MTU).contains(&spec.mtu) {
-        return Err(PlumbError::InvalidSpec(format!(
-            "MTU {} outside {MIN_MTU}..={MAX_MTU}",
-            spec.mtu
-        )));
-    }
+    tailnet_cni_proto::validate::mtu(u64::from(spec.mtu))
+        .map_err(|invalid| PlumbError::InvalidSpec(invalid.to_string()))?;
     if spec.ipv4.is_none() && spec.ipv6.is_none() {
         return Err(PlumbError::InvalidSpec(
             "pod has neither an IPv4 nor an IPv6 address".into(),
