@@ -161,6 +161,10 @@ pub struct FakeControl {
     /// Sessions started and not yet ended, by hostname.
     running: Arc<Mutex<Vec<String>>>,
     pub fail_remove_node: AtomicBool,
+    /// The admin API never answers a removal.
+    pub hang_remove_node: AtomicBool,
+    /// Sessions' logouts never get an answer.
+    pub hang_logout: Arc<AtomicBool>,
 }
 
 impl Default for FakeControl {
@@ -171,6 +175,8 @@ impl Default for FakeControl {
             nodes: Mutex::default(),
             running: Arc::default(),
             fail_remove_node: AtomicBool::new(false),
+            hang_remove_node: AtomicBool::new(false),
+            hang_logout: Arc::default(),
         }
     }
 }
@@ -226,10 +232,14 @@ impl ControlPlane for Arc<FakeControl> {
             node,
             state: watch::channel(state).1,
             running: self.running.clone(),
+            hang_logout: self.hang_logout.clone(),
         }
     }
 
     async fn remove_node(&self, node: &NodeRef) -> Result<(), AuthError> {
+        if self.hang_remove_node.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.fail_remove_node.load(Ordering::SeqCst) {
             return Err(AuthError::Unreachable {
                 backend: "fake",
@@ -249,6 +259,7 @@ pub struct FakeSession {
     node: Option<SelfNode>,
     state: watch::Receiver<SessionState>,
     running: Arc<Mutex<Vec<String>>>,
+    hang_logout: Arc<AtomicBool>,
 }
 
 impl FakeSession {
@@ -278,6 +289,9 @@ impl PodSession for FakeSession {
     }
 
     async fn logout(self) -> Result<(), ControlError> {
+        if self.hang_logout.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.end();
         Ok(())
     }
