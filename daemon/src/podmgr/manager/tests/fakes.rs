@@ -13,7 +13,7 @@ use tailnet_auth::{AuthError, NodeRef};
 use tokio::sync::watch;
 
 use crate::control::{ControlError, IdentityKeys, SelfNode, SessionError, SessionState};
-use crate::podmgr::dataplane::AttachError;
+use crate::podmgr::dataplane::{AttachError, DataPlaneDown};
 use crate::podmgr::manager::seams::{
     AttachSpec, Backends, ControlPlane, DataPlane, Plumbing, PodAttachment, PodSession, Records,
     SessionSpec,
@@ -305,12 +305,19 @@ impl PodSession for FakeSession {
 #[derive(Default)]
 pub struct FakeEngine {
     attached: Arc<Mutex<HashSet<String>>>,
+    /// Pods whose data plane stopped serving them, and why.
+    down: Arc<Mutex<HashMap<String, DataPlaneDown>>>,
     pub fail_attach: AtomicBool,
 }
 
 impl FakeEngine {
     pub fn attached(&self) -> HashSet<String> {
         guard(&self.attached).clone()
+    }
+
+    /// The pod stays attached, but its data plane no longer serves it.
+    pub fn fail_data_plane(&self, pod_id: &str, reason: DataPlaneDown) {
+        guard(&self.down).insert(pod_id.into(), reason);
     }
 }
 
@@ -334,6 +341,7 @@ impl DataPlane for Arc<FakeEngine> {
         Ok(FakeAttachment {
             pod_id: spec.pod_id,
             attached: self.attached.clone(),
+            down: self.down.clone(),
         })
     }
 }
@@ -341,6 +349,7 @@ impl DataPlane for Arc<FakeEngine> {
 pub struct FakeAttachment {
     pod_id: String,
     attached: Arc<Mutex<HashSet<String>>>,
+    down: Arc<Mutex<HashMap<String, DataPlaneDown>>>,
 }
 
 #[tonic::async_trait]
@@ -360,6 +369,12 @@ impl PodAttachment for FakeAttachment {
     async fn detach(&self) -> Result<(), EngineError> {
         guard(&self.attached).remove(&self.pod_id);
         Ok(())
+    }
+
+    fn liveness(&self) -> Result<(), DataPlaneDown> {
+        guard(&self.down)
+            .get(&self.pod_id)
+            .map_or(Ok(()), |reason| Err(*reason))
     }
 }
 
