@@ -18,7 +18,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth, RuleAddRequest};
 
 const ENOENT: i32 = libc::ENOENT;
 const ENODEV: i32 = libc::ENODEV;
@@ -394,17 +394,11 @@ pub async fn add_rule(
     table: u32,
     priority: u32,
 ) -> Result<(), rtnetlink::Error> {
-    let request = handle
-        .rule()
-        .add()
-        .input_interface(iif)
-        .table_id(table)
-        .priority(priority)
-        .action(RuleAction::ToTable);
-    match version {
-        IpVersion::V4 => request.v4().execute().await,
-        IpVersion::V6 => request.v6().execute().await,
-    }
+    execute_rule(
+        lookup_rule(handle, table, priority).input_interface(iif),
+        version,
+    )
+    .await
 }
 
 /// Adds `lookup <table>` for every packet at `priority`.
@@ -414,12 +408,19 @@ pub async fn add_lookup_rule(
     table: u32,
     priority: u32,
 ) -> Result<(), rtnetlink::Error> {
-    let request = handle
+    execute_rule(lookup_rule(handle, table, priority), version).await
+}
+
+fn lookup_rule(handle: &Handle, table: u32, priority: u32) -> RuleAddRequest {
+    handle
         .rule()
         .add()
         .table_id(table)
         .priority(priority)
-        .action(RuleAction::ToTable);
+        .action(RuleAction::ToTable)
+}
+
+async fn execute_rule(request: RuleAddRequest, version: IpVersion) -> Result<(), rtnetlink::Error> {
     match version {
         IpVersion::V4 => request.v4().execute().await,
         IpVersion::V6 => request.v6().execute().await,
