@@ -203,9 +203,8 @@ impl Config {
                 "control_url must start with http:// or https://, got {url:?}"
             ));
         }
-        if !(576..=9000).contains(&self.mtu) {
-            return Err(format!("mtu {} is outside 576..=9000", self.mtu));
-        }
+        tailnet_cni_proto::validate::mtu(u64::from(self.mtu))
+            .map_err(|invalid| format!("mtu: {invalid}"))?;
         if self.max_parallel_adds == 0 {
             return Err("max_parallel_adds must be at least 1".into());
         }
@@ -323,10 +322,22 @@ mod tests {
     }
 
     #[test]
+    fn accepts_the_largest_mtu() {
+        let Ok(config) = Config::parse(&format!("mtu = 9000\n{MINIMAL}")) else {
+            panic!("mtu 9000 must parse");
+        };
+        assert_eq!(config.mtu, 9000);
+    }
+
+    #[test]
     fn rejects_bad_values_with_a_reason() {
         let cases = [
             (MINIMAL.replace("http://127", "ftp://127"), "control_url"),
             (format!("mtu = 100\n{MINIMAL}"), "mtu"),
+            // Below IPv6's minimum every ADD would fail; above the engine's
+            // buffers packets would be lost.
+            (format!("mtu = 1000\n{MINIMAL}"), "mtu"),
+            (format!("mtu = 9001\n{MINIMAL}"), "mtu"),
             (MINIMAL.replace("\"homelab\"", "\"  \""), "cluster_name"),
             (
                 format!("allowed_tags = [\"k8s\"]\n{MINIMAL}"),

@@ -9,12 +9,11 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::Map;
 use tailnet_cni::commands::{read_stdin, MAX_STDIN_BYTES};
-use tailnet_cni::netconf::{
-    parse_json, peek_version, NetConf, MAX_MTU, MAX_TIMEOUT_SECONDS, MIN_MTU,
-};
+use tailnet_cni::netconf::{parse_json, peek_version, NetConf, MAX_TIMEOUT_SECONDS};
 use tailnet_cni::result::{cidr_family, CniResult, Interface, IpConfig, Route};
 use tailnet_cni::CniVersion;
 use tailnet_cni_fuzz as _;
+use tailnet_cni_proto::validate::{MAX_MTU, MIN_MTU};
 
 fuzz_target!(|data: &[u8]| {
     match read_stdin(data, MAX_STDIN_BYTES) {
@@ -34,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(!conf.name.is_empty() && !conf.plugin_type.is_empty());
     assert!(conf.daemon_socket.is_absolute());
     if let Some(mtu) = conf.mtu {
-        assert!((MIN_MTU..=MAX_MTU).contains(&u64::from(mtu)));
+        assert!((MIN_MTU..=MAX_MTU).contains(&mtu));
     }
     if let Some(timeout) = conf.timeout {
         assert!((1..=MAX_TIMEOUT_SECONDS).contains(&timeout.as_secs()));

@@ -1,12 +1,14 @@
 //! The gRPC contract between the `tailnet-cni` shim and the `tailnet-cnid`
 //! daemon. See `proto/tailnetcni/v1/cni.proto` for the compatibility rules.
 //! Also what both sides must agree on outside the wire: how container ids and
-//! interface names are validated, and how files are replaced atomically.
+//! interface names are validated, how long each verb may take, and how
+//! files are replaced atomically.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod atomic_file;
+pub mod budget;
 pub mod selection;
 pub mod validate;
 

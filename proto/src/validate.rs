@@ -7,6 +7,13 @@
 pub const MAX_CONTAINER_ID_LEN: usize = 128;
 /// Longest interface name Linux accepts (`IFNAMSIZ` minus the NUL).
 pub const MAX_INTERFACE_NAME_LEN: usize = 15;
+/// Smallest MTU of a pod's tailnet interface: IPv6's minimum, and every pod
+/// gets an IPv6 tailnet address.
+pub const MIN_MTU: u32 = 1280;
+/// Largest MTU of a pod's tailnet interface (a jumbo-frame underlay); the
+/// engine sizes its per-pod buffers for it, so no packet a pod may send is
+/// ever cut.
+pub const MAX_MTU: u32 = 9000;
 
 /// Why a container id was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +47,20 @@ pub enum InvalidInterfaceName {
     /// The name contains `/`, `:`, whitespace or NUL.
     #[error("interface name must not contain {0:?}")]
     BadCharacter(char),
+}
+
+/// An MTU outside [`MIN_MTU`]`..=`[`MAX_MTU`]; holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("MTU {0} is outside {MIN_MTU}..={MAX_MTU}")]
+pub struct InvalidMtu(pub u64);
+
+/// Checks an MTU against the one range every setting of it obeys: the
+/// daemon's configuration, a network configuration's `mtu` and each ADD.
+pub fn mtu(value: u64) -> Result<u32, InvalidMtu> {
+    u32::try_from(value)
+        .ok()
+        .filter(|mtu| (MIN_MTU..=MAX_MTU).contains(mtu))
+        .ok_or(InvalidMtu(value))
 }
 
 /// Checks a container id against the CNI rule: a letter or digit, then

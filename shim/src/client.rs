@@ -8,6 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tailnet_cni_proto::budget;
 use tailnet_cni_proto::v1::cni_daemon_client::CniDaemonClient;
 use tailnet_cni_proto::v1::{
     AddRequest, AddResponse, CheckRequest, CheckResponse, DelRequest, DelResponse, GcRequest,
@@ -15,8 +16,25 @@ use tailnet_cni_proto::v1::{
 };
 use tonic::transport::Channel;
 
+use crate::env::Command;
+
 /// How long to wait for the daemon to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the shim waits for the daemon's answer to `command`: the verb's
+/// budget from `proto` (inside which the daemon bounds its own work), or
+/// longer when the network configuration asks (`timeoutSeconds`); never
+/// shorter, or the daemon's work would no longer fit.
+pub fn call_timeout(command: Command, requested: Option<Duration>) -> Duration {
+    let budget = match command {
+        Command::Add => budget::ADD,
+        Command::Del => budget::DEL,
+        Command::Check => budget::CHECK,
+        Command::Gc => budget::GC,
+        Command::Status | Command::Version => budget::STATUS,
+    };
+    requested.map_or(budget.shim, |requested| requested.max(budget.shim))
+}
 
 /// Where and how long one call may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +229,21 @@ mod tests {
             socket,
             call_timeout: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn the_shim_waits_at_least_the_verbs_budget() {
+        assert_eq!(call_timeout(Command::Del, None), budget::DEL.shim);
+        assert_eq!(call_timeout(Command::Add, None), budget::ADD.shim);
+        // A shorter timeoutSeconds would cut the daemon's work short.
+        assert_eq!(
+            call_timeout(Command::Del, Some(Duration::from_secs(1))),
+            budget::DEL.shim
+        );
+        assert_eq!(
+            call_timeout(Command::Check, Some(Duration::from_secs(120))),
+            Duration::from_secs(120)
+        );
     }
 
     #[tokio::test]

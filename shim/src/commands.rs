@@ -14,7 +14,7 @@ use tailnet_cni_proto::v1::{
 };
 use tailnet_cni_proto::API_VERSION;
 
-use crate::client::{Daemon, DaemonError, DaemonTarget};
+use crate::client::{call_timeout, Daemon, DaemonError, DaemonTarget};
 use crate::env::{require_cni_path, Command, ContainerEnv, EnvLookup};
 use crate::error::*;
 use crate::netconf::{parse_json, peek_version, NetConf};
@@ -25,8 +25,7 @@ use crate::version::CniVersion;
 /// Largest network configuration accepted on stdin.
 pub const MAX_STDIN_BYTES: usize = 1 << 20;
 /// ADD includes registering the pod with the control server.
-pub const ADD_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ADD_TIMEOUT: Duration = tailnet_cni_proto::budget::ADD.shim;
 
 /// A command that succeeded.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,10 +194,7 @@ fn load_conf(command: Command, config: &Map<String, Value>) -> Result<NetConf, C
 fn call_target(command: Command, conf: &NetConf) -> DaemonTarget {
     DaemonTarget {
         socket: conf.daemon_socket.clone(),
-        call_timeout: conf.timeout.unwrap_or(match command {
-            Command::Add => ADD_TIMEOUT,
-            _ => DEFAULT_TIMEOUT,
-        }),
+        call_timeout: call_timeout(command, conf.timeout),
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use tailnet_cni_proto::validate::mtu as validate_mtu;
 
 use crate::env::validate_interface_name;
 use crate::error::{CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION};
@@ -16,9 +17,6 @@ use crate::version::CniVersion;
 
 pub const DEFAULT_DAEMON_SOCKET: &str = "/run/tailnet-cni/daemon.sock";
 pub const DEFAULT_IF_NAME: &str = "ts0";
-/// IPv6 needs at least 1280; every pod gets an IPv6 tailnet address.
-pub const MIN_MTU: u64 = 1280;
-pub const MAX_MTU: u64 = 65535;
 /// Longest call timeout `timeoutSeconds` may ask for.
 pub const MAX_TIMEOUT_SECONDS: u64 = 600;
 
@@ -125,13 +123,9 @@ impl NetConf {
 
         let mtu = match integer_field(config, "mtu")? {
             None => None,
-            Some(mtu) if (MIN_MTU..=MAX_MTU).contains(&mtu) => u32::try_from(mtu).ok(),
-            Some(mtu) => {
-                return Err(CniError::invalid_config(
-                    "mtu",
-                    format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}"),
-                ))
-            }
+            Some(mtu) => Some(
+                validate_mtu(mtu).map_err(|invalid| CniError::invalid_config("mtu", invalid))?,
+            ),
         };
         let timeout = match integer_field(config, "timeoutSeconds")? {
             None => None,
@@ -389,6 +383,8 @@ mod tests {
         for (field, value, needle) in [
             ("mtu", json!(100), "`mtu`"),
             ("mtu", json!(70000), "`mtu`"),
+            // Above the engine's buffers: packets would be cut.
+            ("mtu", json!(9001), "`mtu`"),
             ("mtu", json!("1500"), "`mtu`"),
             ("mtu", json!(-1), "`mtu`"),
             ("ifName", json!("way-too-long-name0"), "`ifName`"),

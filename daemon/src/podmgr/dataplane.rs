@@ -38,16 +38,57 @@ pub enum AttachError {
     Engine(#[from] EngineError),
 }
 
+/// Why a pod's data plane is not serving it (what CHECK reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DataPlaneDown {
+    /// The supervisor ended: a re-attach with a rotated key failed, or the
+    /// netmap sync stopped.
+    #[error("the data plane's supervisor has stopped")]
+    SupervisorStopped,
+    /// The pod's task in the engine has ended.
+    #[error("the pod's engine task has stopped")]
+    EngineTaskStopped,
+    /// The engine still serves the pod with a node key control replaced.
+    #[error("the data plane is attached with a replaced node key")]
+    StaleKey,
+}
+
+/// One engine attachment and the node key it was made with.
+#[derive(Clone)]
+struct Attached {
+    handle: PodHandle,
+    key: NodePublic,
+}
+
 /// The pod's current engine attachment; replaced when the key rotates.
 #[derive(Clone)]
 pub struct PodDataPlane {
-    current: watch::Receiver<PodHandle>,
+    current: watch::Receiver<Attached>,
+    /// The session's current keys, to tell a stale attachment.
+    keys: watch::Receiver<IdentityKeys>,
 }
 
 impl PodDataPlane {
     /// The attachment in use right now.
     pub fn current(&self) -> PodHandle {
-        self.current.borrow().clone()
+        self.current.borrow().handle.clone()
+    }
+
+    /// Whether the pod is served: its supervisor runs, its engine task runs
+    /// and it is attached with the session's current node key.
+    pub fn liveness(&self) -> Result<(), DataPlaneDown> {
+        // The supervisor owns the sender; it is gone once the task ended.
+        if self.current.has_changed().is_err() {
+            return Err(DataPlaneDown::SupervisorStopped);
+        }
+        let attached = self.current.borrow();
+        if !attached.handle.is_running() {
+            return Err(DataPlaneDown::EngineTaskStopped);
+        }
+        if attached.key != self.keys.borrow().node_public() {
+            return Err(DataPlaneDown::StaleKey);
+        }
+        Ok(())
     }
 
     /// Detaches the current attachment from the engine.
@@ -122,13 +163,20 @@ pub fn supervise(
     PodDataPlane,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let (slot, current) = watch::channel(first);
+    let (slot, current) = watch::channel(Attached {
+        handle: first,
+        key: attached_key,
+    });
+    let data = PodDataPlane {
+        current,
+        keys: keys.clone(),
+    };
     let task = follow(slot, attached_key, target, keys, netmap, reporter);
-    (PodDataPlane { current }, task)
+    (data, task)
 }
 
 async fn follow(
-    slot: watch::Sender<PodHandle>,
+    slot: watch::Sender<Attached>,
     mut attached_key: NodePublic,
     target: AttachTarget,
     mut keys: watch::Receiver<IdentityKeys>,
@@ -138,14 +186,17 @@ async fn follow(
     loop {
         let wanted = keys.borrow_and_update().clone();
         if wanted.node_public() != attached_key {
-            let old = slot.borrow().clone();
+            let old = slot.borrow().handle.clone();
             if let Err(error) = old.detach().await {
                 warn!(%error, "old data-plane attachment already gone");
             }
             match target.reattach(&wanted).await {
                 Ok(handle) => {
-                    slot.send_replace(handle);
                     attached_key = wanted.node_public();
+                    slot.send_replace(Attached {
+                        handle,
+                        key: attached_key,
+                    });
                     info!(node = ?attached_key, "data plane follows the rotated node key");
                 }
                 Err(error) => {
@@ -154,7 +205,7 @@ async fn follow(
                 }
             }
         }
-        let handle = slot.borrow().clone();
+        let handle = slot.borrow().handle.clone();
         let sync = super::sync::run(netmap.clone(), reporter.clone(), handle);
         tokio::pin!(sync);
         loop {

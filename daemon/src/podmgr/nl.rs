@@ -18,7 +18,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVeth, RuleAddRequest};
 
 const ENOENT: i32 = libc::ENOENT;
 const ENODEV: i32 = libc::ENODEV;
@@ -117,6 +117,9 @@ pub struct RuleView {
     pub table: u32,
     pub priority: Option<u32>,
     pub iif: Option<String>,
+    /// Matches every packet and only looks up its table: no selector
+    /// (addresses, interfaces, marks, ports, ...), no inversion, no suppressor.
+    pub matches_all: bool,
     pub message: RuleMessage,
 }
 
@@ -130,14 +133,26 @@ pub async fn rules(handle: &Handle, version: IpVersion) -> Result<Vec<RuleView>,
                 table: u32::from(message.header.table),
                 priority: None,
                 iif: None,
+                matches_all: message.header.src_len == 0
+                    && message.header.dst_len == 0
+                    && message.header.tos == 0
+                    && message.header.flags.is_empty()
+                    && message.header.action == RuleAction::ToTable,
                 message: message.clone(),
             };
             for attr in &message.attributes {
                 match attr {
                     RuleAttribute::Table(table) => view.table = *table,
                     RuleAttribute::Priority(prio) => view.priority = Some(*prio),
-                    RuleAttribute::Iifname(name) => view.iif = Some(name.clone()),
-                    _ => {}
+                    RuleAttribute::Iifname(name) => {
+                        view.iif = Some(name.clone());
+                        view.matches_all = false;
+                    }
+                    // The kernel reports "no suppressor" as all ones.
+                    RuleAttribute::Protocol(_)
+                    | RuleAttribute::SuppressPrefixLen(u32::MAX)
+                    | RuleAttribute::SuppressIfGroup(u32::MAX) => {}
+                    _ => view.matches_all = false,
                 }
             }
             view
@@ -379,13 +394,33 @@ pub async fn add_rule(
     table: u32,
     priority: u32,
 ) -> Result<(), rtnetlink::Error> {
-    let request = handle
+    execute_rule(
+        lookup_rule(handle, table, priority).input_interface(iif),
+        version,
+    )
+    .await
+}
+
+/// Adds `lookup <table>` for every packet at `priority`.
+pub async fn add_lookup_rule(
+    handle: &Handle,
+    version: IpVersion,
+    table: u32,
+    priority: u32,
+) -> Result<(), rtnetlink::Error> {
+    execute_rule(lookup_rule(handle, table, priority), version).await
+}
+
+fn lookup_rule(handle: &Handle, table: u32, priority: u32) -> RuleAddRequest {
+    handle
         .rule()
         .add()
-        .input_interface(iif)
         .table_id(table)
         .priority(priority)
-        .action(RuleAction::ToTable);
+        .action(RuleAction::ToTable)
+}
+
+async fn execute_rule(request: RuleAddRequest, version: IpVersion) -> Result<(), rtnetlink::Error> {
     match version {
         IpVersion::V4 => request.v4().execute().await,
         IpVersion::V6 => request.v6().execute().await,

@@ -11,7 +11,10 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
+use nix::sys::stat::futimens;
+use nix::sys::time::TimeSpec;
 use serde::{Deserialize, Serialize};
 use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name};
 use tailnet_cni_proto::validate::InvalidContainerId;
@@ -125,6 +128,10 @@ pub struct LoadedRecords {
 pub struct StateStore {
     root: PathBuf,
     pods_dir: PathBuf,
+    /// When this process opened the store: a temporary file with our pid
+    /// but written before then is a previous daemon's (in a container the
+    /// daemon is PID 1 on every start).
+    opened_at: SystemTime,
 }
 
 impl StateStore {
@@ -147,7 +154,12 @@ impl StateStore {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .map_err(io_err("restricting directory", dir))?;
         }
-        Ok(Self { root, pods_dir })
+        let opened_at = filesystem_now(&pods_dir)?;
+        Ok(Self {
+            root,
+            pods_dir,
+            opened_at,
+        })
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -252,8 +264,9 @@ impl StateStore {
     }
 
     /// Deletes temporary files that writes of an earlier process left when
-    /// it died between creating and renaming them. This process's own are
-    /// kept: one of its writes may be in flight.
+    /// it died between creating and renaming them, also one that had our
+    /// pid (a containerised daemon is PID 1 every time). This process's own
+    /// are kept: one of its writes may be in flight.
     pub fn remove_stray_temp_files(&self) -> Result<usize, StateError> {
         let mut removed = 0;
         for dir in [self.pods_dir.clone(), self.root.join(IDENTITIES_DIR)] {
@@ -263,7 +276,7 @@ impl StateStore {
                 let Some(pid) = parse_temp_file_name(&name).map(|temp| temp.writer_pid) else {
                     continue;
                 };
-                if pid == std::process::id() {
+                if pid == std::process::id() && !self.written_before_open(&entry) {
                     continue;
                 }
                 match fs::remove_file(entry.path()) {
@@ -274,6 +287,15 @@ impl StateStore {
             }
         }
         Ok(removed)
+    }
+
+    /// Whether a directory entry was last written before this process
+    /// opened the store; one that cannot be told is assumed ours, in flight.
+    fn written_before_open(&self, entry: &fs::DirEntry) -> bool {
+        entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|modified| modified < self.opened_at)
     }
 
     /// Deletes a container's record. Returns false if there was none.
@@ -288,6 +310,18 @@ impl StateStore {
             Err(e) => Err(io_err("removing", &path)(e)),
         }
     }
+}
+
+/// The time the filesystem stamps on what is written in `dir` from now on:
+/// its stamps come from a coarser clock than `SystemTime::now()`, which
+/// would take a file written just after for an older one.
+fn filesystem_now(dir: &Path) -> Result<SystemTime, StateError> {
+    let file = File::open(dir).map_err(io_err("opening", dir))?;
+    futimens(&file, &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_NOW)
+        .map_err(|errno| io_err("touching", dir)(errno.into()))?;
+    file.metadata()
+        .and_then(|metadata| metadata.modified())
+        .map_err(io_err("reading the time of", dir))
 }
 
 /// Valid container ids of the `<id>.json` files in `dir`.

@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use tailnet_cni_proto::validate::MAX_MTU;
+
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -17,8 +19,8 @@ pub struct EngineConfig {
     pub derp_queue: usize,
     /// A non-home relay connection unused for this long is closed.
     pub derp_idle_timeout: Duration,
-    /// Largest inner IP packet: at least the pods' TUN MTU (1280 by default
-    /// on a tailnet). Sizes each pod's buffers.
+    /// Largest inner IP packet: at least the largest MTU a pod's TUN may
+    /// have, or packets above it are cut. Sizes each pod's buffers.
     pub max_packet_size: usize,
 }
 
@@ -29,7 +31,7 @@ impl Default for EngineConfig {
             inbound_queue: 512,
             derp_queue: 512,
             derp_idle_timeout: Duration::from_secs(60),
-            max_packet_size: 1500,
+            max_packet_size: MAX_MTU as usize,
         }
     }
 }
@@ -124,4 +126,14 @@ pub struct PodEndpoints {
     pub preferred_derp: Option<u16>,
     /// Local port of the pod's UDP socket, if it has one.
     pub udp_port: Option<u16>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_buffers_hold_the_largest_mtu_a_pod_may_have() {
+        assert!(EngineConfig::default().max_packet_size >= MAX_MTU as usize);
+    }
 }

@@ -17,6 +17,7 @@ mod dataplane_e2e;
 mod dataplane_tailscaled;
 mod dataplane_tun;
 mod e2e_podman;
+mod host_bypass;
 mod installed_entry;
 mod plumbing;
 mod privileges;

@@ -29,32 +29,32 @@ use tailnet_cnid::podmgr::tun::open_tun;
 use crate::common::{require, Needs, Unmet};
 
 /// Root, a TUN device and iproute2.
-fn requirements() -> Result<(), Unmet> {
+pub(crate) fn requirements() -> Result<(), Unmet> {
     Needs::new().root().tun().tools(&["ip"]).met()
 }
 
 /// A named netns; the one made by `new` is removed on drop, views made by
 /// `view` only refer to it (for use on another thread).
-struct NamedNetns {
+pub(crate) struct NamedNetns {
     name: String,
     owned: bool,
 }
 
 impl NamedNetns {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let name = format!("tncni-{}-{tag}", std::process::id());
         ip(&["netns", "add", &name]);
         NamedNetns { name, owned: true }
     }
 
-    fn view(&self) -> Self {
+    pub(crate) fn view(&self) -> Self {
         NamedNetns {
             name: self.name.clone(),
             owned: false,
         }
     }
 
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         PathBuf::from("/var/run/netns").join(&self.name)
     }
 
@@ -69,7 +69,7 @@ impl NamedNetns {
         }
     }
 
-    fn run(&self, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn run(&self, args: &[&str]) -> Result<String, String> {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);
         try_ip(&full)
@@ -110,7 +110,7 @@ fn ip(args: &[&str]) -> String {
 }
 
 /// Runs `body` on a runtime whose threads all live in `host`.
-fn in_host_netns<F, Fut>(host: &NamedNetns, body: F)
+pub(crate) fn in_host_netns<F, Fut>(host: &NamedNetns, body: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
@@ -131,7 +131,7 @@ where
     }
 }
 
-fn spec(id: &str, ns: &NamedNetns, n: u8) -> PodNetSpec {
+pub(crate) fn spec(id: &str, ns: &NamedNetns, n: u8) -> PodNetSpec {
     PodNetSpec {
         container_id: id.into(),
         netns_path: ns.path(),
@@ -151,7 +151,7 @@ fn spec(id: &str, ns: &NamedNetns, n: u8) -> PodNetSpec {
     }
 }
 
-fn nonblocking_tun(name: &str) -> OwnedFd {
+pub(crate) fn nonblocking_tun(name: &str) -> OwnedFd {
     let fd = open_tun(name).unwrap();
     // SAFETY: plain fcntl on a descriptor we own.
     unsafe {
@@ -178,7 +178,7 @@ fn read_packet(fd: &OwnedFd, within: Duration) -> Option<Vec<u8>> {
 
 /// Reads until a packet matching `wanted` arrives (the kernel may send
 /// unrelated packets, e.g. IPv6 multicast listener reports).
-fn read_matching(
+pub(crate) fn read_matching(
     fd: &OwnedFd,
     within: Duration,
     wanted: impl Fn(&[u8]) -> bool,
@@ -196,7 +196,7 @@ fn read_matching(
 /// Sends until the packet shows up on `tun`: right after a TUN gets its
 /// reader the kernel may still drop a first packet while it activates the
 /// link, so a single lost datagram is not a routing failure.
-fn send_until_seen(
+pub(crate) fn send_until_seen(
     sock: &UdpSocket,
     payload: &[u8],
     dst: SocketAddr,
@@ -212,7 +212,7 @@ fn send_until_seen(
     None
 }
 
-fn is_udp_to_v4(packet: &[u8], dst: Ipv4Addr, port: u16) -> bool {
+pub(crate) fn is_udp_to_v4(packet: &[u8], dst: Ipv4Addr, port: u16) -> bool {
     packet.len() >= 28
         && packet[0] >> 4 == 4
         && packet[9] == 17
@@ -220,7 +220,7 @@ fn is_udp_to_v4(packet: &[u8], dst: Ipv4Addr, port: u16) -> bool {
         && u16::from_be_bytes([packet[22], packet[23]]) == port
 }
 
-fn is_udp_to_v6(packet: &[u8], dst: Ipv6Addr, port: u16) -> bool {
+pub(crate) fn is_udp_to_v6(packet: &[u8], dst: Ipv6Addr, port: u16) -> bool {
     packet.len() >= 48
         && packet[0] >> 4 == 6
         && packet[6] == 17
@@ -259,7 +259,7 @@ fn udp_v4_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: 
     p
 }
 
-fn udp_in(ns: &NamedNetns, bind: SocketAddr) -> UdpSocket {
+pub(crate) fn udp_in(ns: &NamedNetns, bind: SocketAddr) -> UdpSocket {
     Netns::open(&ns.path())
         .unwrap()
         .run(move || UdpSocket::bind(bind))

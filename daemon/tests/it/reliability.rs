@@ -511,7 +511,7 @@ fn reconcile_and_gc_release_what_no_live_pod_owns() {
         "lookup",
         "2080374785",
         "priority",
-        "5100",
+        "1",
     ]));
     let identities = daemon.state_dir.join("identities");
     let orphan_files = [

@@ -116,3 +116,13 @@ fn errors_say_what_is_wrong() {
         "interface name is 16 bytes long, more than 15"
     );
 }
+
+#[test]
+fn mtu_range_is_the_one_every_setting_obeys() {
+    assert_eq!(mtu(u64::from(MIN_MTU)), Ok(MIN_MTU));
+    assert_eq!(mtu(u64::from(MAX_MTU)), Ok(MAX_MTU));
+    assert_eq!(mtu(1279), Err(InvalidMtu(1279)));
+    assert_eq!(mtu(9001), Err(InvalidMtu(9001)));
+    assert_eq!(mtu(576), Err(InvalidMtu(576)));
+    assert_eq!(mtu(1 << 33), Err(InvalidMtu(1 << 33)));
+}

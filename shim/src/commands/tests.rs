@@ -196,14 +196,14 @@ async fn interface_without_mac_is_reported_outside_the_sandbox() {
 }
 
 #[tokio::test]
-async fn timeout_seconds_overrides_the_call_timeout() {
+async fn timeout_seconds_lengthens_the_call_timeout() {
     let daemon = FakeDaemon::default();
     invoke(
         &daemon,
         &env_for("ADD"),
         config(
             "1.0.0",
-            json!({"prevResult": prev("1.0.0"), "timeoutSeconds": 3}),
+            json!({"prevResult": prev("1.0.0"), "timeoutSeconds": 90}),
         ),
     )
     .await
@@ -211,7 +211,7 @@ async fn timeout_seconds_overrides_the_call_timeout() {
     let Seen::Add(_, target) = &daemon.seen.borrow()[0] else {
         panic!()
     };
-    assert_eq!(target.call_timeout, Duration::from_secs(3));
+    assert_eq!(target.call_timeout, Duration::from_secs(90));
 }
 
 #[tokio::test]

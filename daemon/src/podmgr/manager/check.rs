@@ -7,7 +7,7 @@ use tailnet_cni_proto::cni_code;
 use tailnet_cni_proto::v1::CheckRequest;
 
 use super::add::{host_cidrs, spec_of};
-use super::seams::{Backends, Plumbing, Records};
+use super::seams::{Backends, Plumbing, PodAttachment, Records};
 use super::{lock, PodManager};
 use crate::podmgr::state::PodPhase;
 use crate::rpc::CniError;
@@ -54,12 +54,19 @@ impl<B: Backends> PodManager<B> {
             .check(pod_net, &spec)
             .await
             .map_err(|e| CniError::new(cni_code::CHECK_FAILED, e.to_string()))?;
-        if !lock(&self.live).contains_key(&record.container_id) {
-            return Err(CniError::new(
+        let liveness = lock(&self.live)
+            .get(&record.container_id)
+            .map(|pod| pod.data.liveness());
+        match liveness {
+            Some(Ok(())) => Ok(()),
+            Some(Err(down)) => Err(CniError::new(
+                cni_code::CHECK_FAILED,
+                format!("pod's data plane is down: {down}"),
+            )),
+            None => Err(CniError::new(
                 cni_code::CHECK_FAILED,
                 "pod's data plane is not running",
-            ));
+            )),
         }
-        Ok(())
     }
 }

@@ -1,8 +1,9 @@
 //! CNI DEL: releases a pod; idempotent (an unknown container is already
 //! deleted) and a failure only while plumbing is left behind.
 
-use tailnet_cni_proto::cni_code;
 use tailnet_cni_proto::v1::DelRequest;
+use tailnet_cni_proto::{budget, cni_code};
+use tokio::time::Instant;
 use tracing::warn;
 
 use super::release::ReleaseBy;
@@ -15,6 +16,7 @@ use crate::rpc::CniError;
 
 impl<B: Backends> PodManager<B> {
     pub(super) async fn do_del(&self, req: DelRequest) -> Result<(), CniError> {
+        let deadline = Instant::now() + budget::DEL.daemon;
         let pod = req
             .pod
             .ok_or_else(|| CniError::new(cni_code::INVALID_CONFIG, "request names no pod"))?;
@@ -38,7 +40,7 @@ impl<B: Backends> PodManager<B> {
             warn!(%error, "could not record that DEL began; releasing anyway");
         }
         faults::point("del:deleting-saved");
-        match self.release(record, ReleaseBy::Del).await {
+        match self.release(record, ReleaseBy::Del { deadline }).await {
             // A node or file left behind is reported in the logs and the
             // status view; only leftover plumbing keeps the runtime retrying.
             Err(errors) if errors.left_plumbing() => Err(CniError::new(

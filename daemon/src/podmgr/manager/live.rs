@@ -21,7 +21,7 @@ use crate::control::{
     ControlClient, ControlError, IdentityHandle, IdentityKeys, IdentityOptions, SelfNode,
     SessionState,
 };
-use crate::podmgr::dataplane::{self, AttachError, AttachTarget, PodDataPlane};
+use crate::podmgr::dataplane::{self, AttachError, AttachTarget, DataPlaneDown, PodDataPlane};
 use crate::podmgr::keyfile::IdentityFile;
 use crate::podmgr::plumbing::{
     PlumbError, Plumber, PodNet, PodNetSpec, StaleCleanup, TeardownErrors,
@@ -175,6 +175,10 @@ impl PodAttachment for LiveAttachment {
     async fn detach(&self) -> Result<(), EngineError> {
         self.supervisor.abort();
         self.data.clone().detach().await
+    }
+
+    fn liveness(&self) -> Result<(), DataPlaneDown> {
+        self.data.liveness()
     }
 }
 

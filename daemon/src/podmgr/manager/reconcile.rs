@@ -11,6 +11,7 @@ use super::release::ReleaseBy;
 use super::seams::{Backends, Plumbing, Records};
 use super::{lock, PodManager};
 use crate::podmgr::naming::{host_veth_name, tun_name};
+use crate::podmgr::netns;
 use crate::podmgr::state::PodPhase;
 
 /// What one reconcile pass released.
@@ -45,7 +46,19 @@ impl<B: Backends> PodManager<B> {
                 continue;
             };
             let live = lock(&self.live).contains_key(&id);
-            let reason = if !current.netns.exists() {
+            let netns_exists = match netns::still_exists(&current.netns) {
+                Ok(exists) => exists,
+                Err(error) => {
+                    warn!(
+                        container_id = %id,
+                        netns = %current.netns.display(),
+                        %error,
+                        "cannot tell whether the pod's network namespace exists; kept"
+                    );
+                    continue;
+                }
+            };
+            let reason = if !netns_exists {
                 "its network namespace is gone"
             } else if current.state != PodPhase::Running && !live {
                 // No operation holds the lock, so no ADD is still building

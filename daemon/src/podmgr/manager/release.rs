@@ -5,6 +5,10 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use tailnet_cni_proto::budget;
+use tokio::time::Instant;
 
 use tailnet_auth::{AuthError, NodeRef};
 use tracing::{debug, error, warn};
@@ -15,11 +19,13 @@ use crate::podmgr::faults;
 use crate::podmgr::plumbing::TeardownErrors;
 use crate::podmgr::state::{PodRecord, StateError};
 
-/// Who asked for a release: DEL has crash points of its own; the daemon's
-/// own clean-ups (a failed ADD, GC, reconcile, recovery) do not.
+/// Who asked for a release: DEL has crash points of its own and must be
+/// done by its deadline (the start of the call plus its budget, so that the
+/// shim gets an answer); the daemon's own clean-ups (a failed ADD, GC,
+/// reconcile, recovery) have neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ReleaseBy {
-    Del,
+    Del { deadline: Instant },
     Daemon,
 }
 
@@ -30,6 +36,10 @@ pub enum ReleaseError {
     /// record is kept so that a later DEL, GC or reconcile retries.
     #[error(transparent)]
     Teardown(#[from] TeardownErrors),
+    /// The node's removal did not finish within the verb's budget; it is
+    /// still in the tailnet unless the logout took it out.
+    #[error("removing node {node_id}: no answer within {}s", after.as_secs_f32())]
+    NodeRemovalTimedOut { node_id: i64, after: Duration },
     /// The node is still in the tailnet.
     #[error("removing node {node_id}: {source}")]
     NodeRemoval {
@@ -95,6 +105,15 @@ impl fmt::Display for ReleaseErrors {
 
 impl std::error::Error for ReleaseErrors {}
 
+impl ReleaseBy {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Self::Del { deadline } => Some(deadline),
+            Self::Daemon => None,
+        }
+    }
+}
+
 impl<B: Backends> PodManager<B> {
     /// Undoes everything `record` says was done, best effort, logging every
     /// failure; removes the record last so nothing is forgotten on a crash.
@@ -106,18 +125,28 @@ impl<B: Backends> PodManager<B> {
         by: ReleaseBy,
     ) -> Result<(), ReleaseErrors> {
         let crash_point = |step| {
-            if by == ReleaseBy::Del {
+            if matches!(by, ReleaseBy::Del { .. }) {
                 faults::point(step);
             }
         };
+        let deadline = by.deadline();
         let mut errors = ReleaseErrors::default();
         let live = lock(&self.live).remove(&record.container_id);
         if let Some(pod) = live {
             if let Err(e) = pod.data.detach().await {
                 debug!(error = %e, "data plane already gone");
             }
-            if let Err(e) = pod.session.logout().await {
-                warn!(error = %e, "logout failed; removing the node through the API");
+            // Best effort, and bounded: the teardown after it is what DEL
+            // must finish.
+            match tokio::time::timeout(budget::DEL_LOGOUT, pod.session.logout()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, "logout failed; removing the node through the API")
+                }
+                Err(_) => warn!(
+                    after_secs = budget::DEL_LOGOUT.as_secs_f32(),
+                    "no logout answer; removing the node through the API"
+                ),
             }
         }
         crash_point("del:detached");
@@ -140,9 +169,26 @@ impl<B: Backends> PodManager<B> {
                 stable_id: record.stable_id.clone().unwrap_or_default(),
                 node_key: String::new(),
             };
-            if let Err(source) = self.control.remove_node(&node).await {
-                warn!(error = %source, node_id, "removing the node from the tailnet failed");
-                errors.push(ReleaseError::NodeRemoval { node_id, source });
+            let removal = self.control.remove_node(&node);
+            let removed = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, removal)
+                    .await
+                    .map_err(|_| ReleaseError::NodeRemovalTimedOut {
+                        node_id,
+                        after: budget::DEL.daemon,
+                    }),
+                None => Ok(removal.await),
+            };
+            match removed {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => {
+                    warn!(error = %source, node_id, "removing the node from the tailnet failed");
+                    errors.push(ReleaseError::NodeRemoval { node_id, source });
+                }
+                Err(timed_out) => {
+                    warn!(error = %timed_out, "removing the node from the tailnet");
+                    errors.push(timed_out);
+                }
             }
         }
         crash_point("del:node-removed");

@@ -12,7 +12,7 @@ use tailnet_auth::{AuthError, NodeRef};
 use tokio::sync::watch;
 
 use crate::control::{ControlError, IdentityKeys, SelfNode, SessionState};
-use crate::podmgr::dataplane::AttachError;
+use crate::podmgr::dataplane::{AttachError, DataPlaneDown};
 use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec, StaleCleanup, TeardownErrors};
 use crate::podmgr::state::{LoadedRecords, PodRecord, StateError};
 use crate::wg::{EngineError, HomeRelay, PodStats};
@@ -113,6 +113,8 @@ pub trait PodAttachment: Send + Sync + 'static {
     fn stats_now(&self) -> PodStats;
     /// Stops the pod's sync and detaches it from the engine.
     async fn detach(&self) -> Result<(), EngineError>;
+    /// Whether the data plane serves the pod with the current node key.
+    fn liveness(&self) -> Result<(), DataPlaneDown>;
 }
 
 /// Pod records and identity files on disk.

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use rtnetlink::Handle;
 
 use super::family::{self, Family};
+use super::local_rule::local_rules_ahead;
 use super::{netlink_err, open_pod_netns, require_link, PlumbError, Plumber, PodNet, PodNetSpec};
 use crate::podmgr::nl::{self, LinkInfoView};
 
@@ -95,6 +96,16 @@ impl Plumber {
                     family.name, pod_net.table
                 )));
             }
+        }
+        // A pod plumbed by a release that did not move the rule (its rules
+        // at another priority) resumes as it was; re-creating it protects it.
+        if pod_net.rule_priority == self.options.rule_priority
+            && !local_rules_ahead(&rules, pod_net.rule_priority).is_empty()
+        {
+            return Err(PlumbError::Drift(format!(
+                "{} rule lookup local is ahead of the pod's rules",
+                family.name
+            )));
         }
         Ok(())
     }

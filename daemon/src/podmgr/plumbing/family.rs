@@ -65,7 +65,9 @@ impl LinkSysctl {
 }
 
 /// rp_filter would drop packets whose source is reachable only through the
-/// pod's own table (the reverse lookup does not see `iif` rules); a TUN
+/// pod's own table (the reverse lookup does not see `iif` rules, so with a
+/// node-local tailscaled it points at tailscale0); the `iif` rules ahead of
+/// `local` are what keep a pod's packets on its path. A TUN
 /// carries packets from the node's own tailnet address, hence accept_local.
 const IPV4_LINK_SYSCTLS: &[LinkSysctl] = &[
     LinkSysctl {

@@ -21,6 +21,7 @@
 mod check;
 mod family;
 mod ipv6;
+mod local_rule;
 mod setup;
 mod sweep;
 mod teardown;
@@ -44,13 +45,12 @@ use super::sysctl::SysctlError;
 pub use family::{POD_GATEWAY_V4, POD_GATEWAY_V6, TAILNET_V4, TAILNET_V6};
 pub use ipv6::{Ipv6Unavailable, Place};
 
-/// Ahead of tailscaled's rules (5210..5270) so a node-local tailscaled never
-/// captures a pod's tailnet traffic.
-pub const DEFAULT_RULE_PRIORITY: u32 = 5100;
+/// Ahead of every other rule but the kernel's `local` one, which setup moves
+/// behind it (`local_rule`): a pod's packets are never delivered to the
+/// node, and a node-local tailscaled (5210..5270) never captures them.
+pub const DEFAULT_RULE_PRIORITY: u32 = 1;
 pub const DEFAULT_MTU: u32 = 1280;
 pub const DEFAULT_POD_IF_NAME: &str = "ts0";
-const MIN_MTU: u32 = 1280;
-const MAX_MTU: u32 = 65535;
 /// Marks host links as ours and names the container, so a hash collision is
 /// detected instead of deleting another pod's device.
 const ALIAS_PREFIX: &str = "tailnet-cni:";
@@ -257,12 +257,8 @@ fn validate_spec(spec: &PodNetSpec) -> Result<(), PlumbError> {
     validate_container_id(&spec.container_id)
         .map_err(|e| PlumbError::InvalidSpec(e.to_string()))?;
     validate_if_name(&spec.if_name).map_err(|e| PlumbError::InvalidSpec(e.to_string()))?;
-    if !(MIN_MTU..=MAX_MTU).contains(&spec.mtu) {
-        return Err(PlumbError::InvalidSpec(format!(
-            "MTU {} outside {MIN_MTU}..={MAX_MTU}",
-            spec.mtu
-        )));
-    }
+    tailnet_cni_proto::validate::mtu(u64::from(spec.mtu))
+        .map_err(|invalid| PlumbError::InvalidSpec(invalid.to_string()))?;
     if spec.ipv4.is_none() && spec.ipv6.is_none() {
         return Err(PlumbError::InvalidSpec(
             "pod has neither an IPv4 nor an IPv6 address".into(),

@@ -228,6 +228,8 @@ impl Plumber {
                         family.name, pod_net.table
                     )))?;
             }
+            self.move_local_rule_behind(family, pod_net.rule_priority)
+                .await?;
             for iif in pod_net.host_links() {
                 nl::add_rule(
                     &self.host,

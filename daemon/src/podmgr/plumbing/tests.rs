@@ -23,6 +23,11 @@ fn spec_validation_rejects_bad_input() {
     let mut s = spec();
     s.mtu = 1000;
     assert!(matches!(validate_spec(&s), Err(PlumbError::InvalidSpec(_))));
+    // Above what the engine's buffers hold.
+    s.mtu = 9001;
+    assert!(matches!(validate_spec(&s), Err(PlumbError::InvalidSpec(_))));
+    s.mtu = 9000;
+    validate_spec(&s).unwrap();
     let mut s = spec();
     s.ipv4 = None;
     assert!(matches!(validate_spec(&s), Err(PlumbError::InvalidSpec(_))));

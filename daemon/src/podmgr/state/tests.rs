@@ -91,6 +91,28 @@ fn stray_temp_files_of_other_processes_are_removed() {
 }
 
 #[test]
+fn a_previous_daemons_temp_files_are_removed_even_with_our_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = dir.path().join("pods");
+    fs::create_dir_all(&pods).unwrap();
+    // Same pid as ours: a daemon that is PID 1 in its container on every start.
+    let previous = pods.join(format!(".a.json.tmp.{}.0", std::process::id()));
+    fs::write(&previous, b"partial").unwrap();
+    File::options()
+        .write(true)
+        .open(&previous)
+        .unwrap()
+        .set_modified(SystemTime::now() - std::time::Duration::from_secs(60))
+        .unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let in_flight = pods.join(format!(".b.json.tmp.{}.1", std::process::id()));
+    fs::write(&in_flight, b"in flight").unwrap();
+    assert_eq!(store.remove_stray_temp_files().unwrap(), 1);
+    assert!(!previous.exists());
+    assert!(in_flight.exists());
+}
+
+#[test]
 fn container_ids_include_unparsable_records() {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();

@@ -178,6 +178,12 @@ impl PodHandle {
         &self.pod_id
     }
 
+    /// Whether the pod's task in the engine still runs (it owns the other
+    /// end of the command channel).
+    pub fn is_running(&self) -> bool {
+        !self.commands.is_closed()
+    }
+
     async fn send(&self, cmd: Command) -> Result<(), EngineError> {
         self.commands
             .send(cmd)

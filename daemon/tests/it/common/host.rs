@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::process::{run, run_ok};
 
 /// Priority of the daemon's `ip rule`s.
-pub const RULE_PRIORITY: u64 = 5100;
+pub const RULE_PRIORITY: u64 = 1;
 /// The daemon's per-pod routing tables: `tables::DEFAULT_TABLE_BASE` and
 /// its count.
 pub const TABLE_BASE: u64 = 0x7c00_0000;

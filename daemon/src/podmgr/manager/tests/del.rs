@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use tailnet_cni_proto::cni_code;
+use tailnet_cni_proto::{budget, cni_code};
 
 use super::Bed;
 use crate::podmgr::state::PodPhase;
@@ -62,4 +62,21 @@ async fn del_succeeds_when_only_the_node_removal_fails() {
     assert!(!bed.has_record(POD));
     assert!(!bed.plumbing.built().contains(POD));
     assert_eq!(bed.control.nodes().len(), 1, "the node is left to control");
+}
+
+/// Takes DEL's daemon budget (8 s) in real time.
+#[tokio::test]
+async fn del_answers_within_its_budget_when_control_never_answers() {
+    let bed = Bed::start().await;
+    bed.add(POD).await.expect("ADD");
+    bed.control.hang_logout.store(true, Ordering::SeqCst);
+    bed.control.hang_remove_node.store(true, Ordering::SeqCst);
+    // The shim's wait: a DEL still running after it has failed the pod.
+    tokio::time::timeout(budget::DEL.shim, bed.del(POD))
+        .await
+        .expect("DEL answered within the shim's wait")
+        .expect("DEL succeeds: the plumbing is gone");
+    assert!(!bed.has_record(POD));
+    assert!(!bed.plumbing.built().contains(POD));
+    assert!(!bed.engine.attached().contains(POD));
 }

@@ -13,7 +13,7 @@ use tailnet_auth::{AuthError, NodeRef};
 use tokio::sync::watch;
 
 use crate::control::{ControlError, IdentityKeys, SelfNode, SessionError, SessionState};
-use crate::podmgr::dataplane::AttachError;
+use crate::podmgr::dataplane::{AttachError, DataPlaneDown};
 use crate::podmgr::manager::seams::{
     AttachSpec, Backends, ControlPlane, DataPlane, Plumbing, PodAttachment, PodSession, Records,
     SessionSpec,
@@ -161,6 +161,10 @@ pub struct FakeControl {
     /// Sessions started and not yet ended, by hostname.
     running: Arc<Mutex<Vec<String>>>,
     pub fail_remove_node: AtomicBool,
+    /// The admin API never answers a removal.
+    pub hang_remove_node: AtomicBool,
+    /// Sessions' logouts never get an answer.
+    pub hang_logout: Arc<AtomicBool>,
 }
 
 impl Default for FakeControl {
@@ -171,6 +175,8 @@ impl Default for FakeControl {
             nodes: Mutex::default(),
             running: Arc::default(),
             fail_remove_node: AtomicBool::new(false),
+            hang_remove_node: AtomicBool::new(false),
+            hang_logout: Arc::default(),
         }
     }
 }
@@ -226,10 +232,14 @@ impl ControlPlane for Arc<FakeControl> {
             node,
             state: watch::channel(state).1,
             running: self.running.clone(),
+            hang_logout: self.hang_logout.clone(),
         }
     }
 
     async fn remove_node(&self, node: &NodeRef) -> Result<(), AuthError> {
+        if self.hang_remove_node.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.fail_remove_node.load(Ordering::SeqCst) {
             return Err(AuthError::Unreachable {
                 backend: "fake",
@@ -249,6 +259,7 @@ pub struct FakeSession {
     node: Option<SelfNode>,
     state: watch::Receiver<SessionState>,
     running: Arc<Mutex<Vec<String>>>,
+    hang_logout: Arc<AtomicBool>,
 }
 
 impl FakeSession {
@@ -278,6 +289,9 @@ impl PodSession for FakeSession {
     }
 
     async fn logout(self) -> Result<(), ControlError> {
+        if self.hang_logout.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.end();
         Ok(())
     }
@@ -291,12 +305,19 @@ impl PodSession for FakeSession {
 #[derive(Default)]
 pub struct FakeEngine {
     attached: Arc<Mutex<HashSet<String>>>,
+    /// Pods whose data plane stopped serving them, and why.
+    down: Arc<Mutex<HashMap<String, DataPlaneDown>>>,
     pub fail_attach: AtomicBool,
 }
 
 impl FakeEngine {
     pub fn attached(&self) -> HashSet<String> {
         guard(&self.attached).clone()
+    }
+
+    /// The pod stays attached, but its data plane no longer serves it.
+    pub fn fail_data_plane(&self, pod_id: &str, reason: DataPlaneDown) {
+        guard(&self.down).insert(pod_id.into(), reason);
     }
 }
 
@@ -320,6 +341,7 @@ impl DataPlane for Arc<FakeEngine> {
         Ok(FakeAttachment {
             pod_id: spec.pod_id,
             attached: self.attached.clone(),
+            down: self.down.clone(),
         })
     }
 }
@@ -327,6 +349,7 @@ impl DataPlane for Arc<FakeEngine> {
 pub struct FakeAttachment {
     pod_id: String,
     attached: Arc<Mutex<HashSet<String>>>,
+    down: Arc<Mutex<HashMap<String, DataPlaneDown>>>,
 }
 
 #[tonic::async_trait]
@@ -346,6 +369,12 @@ impl PodAttachment for FakeAttachment {
     async fn detach(&self) -> Result<(), EngineError> {
         guard(&self.attached).remove(&self.pod_id);
         Ok(())
+    }
+
+    fn liveness(&self) -> Result<(), DataPlaneDown> {
+        guard(&self.down)
+            .get(&self.pod_id)
+            .map_or(Ok(()), |reason| Err(*reason))
     }
 }
 

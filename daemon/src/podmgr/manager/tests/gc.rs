@@ -53,3 +53,19 @@ async fn reconcile_releases_a_pod_whose_netns_is_gone() {
     assert!(bed.has_record(KEEP_A));
     assert!(bed.engine.attached().contains(KEEP_A));
 }
+
+#[tokio::test]
+async fn reconcile_keeps_a_pod_whose_netns_cannot_be_checked() {
+    let bed = Bed::start().await;
+    bed.add(KEEP_A).await.expect("ADD");
+    // A symlink loop: looking fails with ELOOP, which says nothing about
+    // whether the namespace is gone.
+    let path = bed.netns(KEEP_A);
+    std::fs::remove_file(&path).expect("netns file replaced");
+    std::os::unix::fs::symlink(&path, &path).expect("symlink loop");
+    let report = bed.manager.reconcile().await;
+    assert!(report.released.is_empty(), "{:?}", report.released);
+    assert!(bed.has_record(KEEP_A));
+    assert!(bed.plumbing.built().contains(KEEP_A));
+    assert!(bed.engine.attached().contains(KEEP_A));
+}

@@ -2,6 +2,7 @@
 //! verbs (or a restart) and then looks at what every backend still holds.
 
 mod add;
+mod check;
 mod del;
 mod fakes;
 mod gc;
