@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 
 use crate::config::Selection;
+use crate::podmgr::peer_routes::RouteRequest;
 
 pub use tailnet_cni_proto::selection::{
     ENABLED_ANNOTATION as ENABLED, HOSTNAME_ANNOTATION as HOSTNAME, TAGS_ANNOTATION as TAGS,
@@ -40,6 +41,8 @@ pub enum Decision {
         hostname: Option<String>,
         /// Requested tags, all within the allowlist (else the auth default).
         tags: Vec<String>,
+        /// Requested route opt-ins (else the node's defaults).
+        routes: RouteRequest,
     },
 }
 
@@ -154,7 +157,12 @@ pub fn decide(
         }
         tags.push(tag.to_string());
     }
-    Ok(Decision::Join { hostname, tags })
+    let routes = RouteRequest::from_annotations(&meta.annotations);
+    Ok(Decision::Join {
+        hostname,
+        tags,
+        routes,
+    })
 }
 
 /// Whether `text` can name a node: one DNS label.
@@ -239,6 +247,7 @@ impl Selector {
                 Selection::All => Decision::Join {
                     hostname: None,
                     tags: Vec::new(),
+                    routes: RouteRequest::default(),
                 },
                 Selection::Annotated => Decision::Skip,
             });

@@ -21,6 +21,7 @@
 mod check;
 mod family;
 mod ipv6;
+mod pod_routes;
 mod setup;
 mod sweep;
 mod teardown;
@@ -43,6 +44,7 @@ use super::sysctl::SysctlError;
 
 pub use family::{POD_GATEWAY_V4, POD_GATEWAY_V6, TAILNET_V4, TAILNET_V6};
 pub use ipv6::{Ipv6Unavailable, Place};
+pub use pod_routes::{network_of, PodRouteTarget};
 
 /// Ahead of tailscaled's rules (5210..5270) so a node-local tailscaled never
 /// captures a pod's tailnet traffic.
