@@ -115,10 +115,12 @@ impl ExitNode {
                 .iter()
                 .any(|&(own, len)| own == *addr && is_single_address(own, len)),
             Self::Name(name) => {
+                let name = name.trim_end_matches('.');
                 let fqdn = node.name.trim_end_matches('.').to_ascii_lowercase();
                 let short = fqdn.split('.').next().unwrap_or_default();
-                (!node.stableid.is_empty() && node.stableid.eq_ignore_ascii_case(name))
-                    || (!fqdn.is_empty() && (fqdn == *name.trim_end_matches('.') || short == name))
+                let by_id = !node.stableid.is_empty() && node.stableid.eq_ignore_ascii_case(name);
+                let by_name = !fqdn.is_empty() && (fqdn == name || short == name);
+                by_id || by_name
             }
         }
     }
