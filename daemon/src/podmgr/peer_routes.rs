@@ -164,6 +164,11 @@ pub struct Grant {
 impl RoutePrefs {
     /// What this pod grants `node`.
     pub fn grant_for(&self, node: &Node) -> Grant {
+        // The common cases cost no parsing: a pod that opted into nothing,
+        // a peer whose AllowedIPs are its addresses.
+        if (!self.accept_routes && self.exit_node.is_none()) || node.allowedips.is_none() {
+            return Grant::default();
+        }
         let own = node.address_prefixes();
         let offers = |kind| {
             node.allowed_prefixes()
