@@ -7,6 +7,9 @@
 //!
 //! - `opted` gets a route to the subnet in its namespace, and fetches a page
 //!   from the host through it; `plain` gets none;
+//! - with a route of its own into `ts0`, `opted` sends to an address
+//!   beyond the subnet through its exit node; `plain`, with the same route,
+//!   sends nothing;
 //! - a packet from the host with a forged tailnet source (the test bed
 //!   peer's address) never reaches `opted`, though the same packet from the
 //!   host's own subnet address does;
@@ -28,6 +31,7 @@ use serde_json::{json, Value};
 use tailnet_cni_proto::selection::{
     ACCEPT_ROUTES_ANNOTATION, ENABLED_ANNOTATION, EXIT_NODE_ANNOTATION, POD_ANNOTATIONS_CAPABILITY,
 };
+use tailnet_cnid::podmgr::plumbing::POD_GATEWAY_V4;
 
 use crate::common::keys::NodeCleanup;
 use crate::common::netns::{ip, serve_hello, Netns};
@@ -40,6 +44,8 @@ use crate::common::{
 const SUBNET: &str = "10.99.0.0/24";
 const ROUTER_SIDE: &str = "10.99.0.1";
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+/// Outside every route but the exit node's.
+const BEYOND: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
 /// In the tailnet range, assigned to no node.
 const UNASSIGNED: Ipv4Addr = Ipv4Addr::new(100, 127, 1, 1);
 const POD_PORT: u16 = 9999;
@@ -184,6 +190,22 @@ fn host_behind_router(forged: Ipv4Addr) -> Netns {
         "dev",
         "lo",
     ]);
+    ip(&[
+        "-n",
+        &host.0,
+        "addr",
+        "add",
+        &format!("{BEYOND}/32"),
+        "dev",
+        "lo",
+    ]);
+    ip(&[
+        "route",
+        "add",
+        &format!("{BEYOND}/32"),
+        "via",
+        &HOST.to_string(),
+    ]);
     // The router forwards between its TUN and the subnet; the forged source
     // arrives on the subnet side, which strict reverse-path filtering would
     // drop before the router ever saw it.
@@ -265,6 +287,23 @@ fn add_pod(pod: &Pod, socket: &Path, annotations: &[(&str, &str)]) -> Ipv4Addr {
         .expect("tailnet IPv4 in the ADD result")
 }
 
+/// The page at `addr`, fetched from inside `pod`.
+fn fetch(pod: &Pod, addr: Ipv4Addr) -> Option<String> {
+    let out = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &pod.netns,
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{addr}:8080/"),
+    ]));
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn pod_routes(pod: &Pod) -> String {
     run_ok(Command::new("ip").args(["-n", &pod.netns, "-4", "route", "show"]))
 }
@@ -344,21 +383,44 @@ fn peers_routes_are_installed_only_as_pods_opt_in() {
     // With the opt-in the subnet works both ways: the pod fetches the
     // host's page.
     let page = wait_until(SETTLE, "the opted pod fetching from the host", || {
-        let out = run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &opted.netns,
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://{HOST}:8080/"),
-        ]));
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        fetch(&opted, HOST)
     });
     assert_eq!(page, "hello from the pod\n");
+
+    // Beyond the subnet only the exit node leads on: once the pod's own
+    // route sends such an address into `ts0`, the engine of the pod that
+    // selected it carries the packets there; the plain pod's, with the same
+    // route, carries nothing.
+    for pod in [&opted, &plain] {
+        ip(&[
+            "-n",
+            &pod.netns,
+            "route",
+            "add",
+            &format!("{BEYOND}/32"),
+            "via",
+            &POD_GATEWAY_V4.to_string(),
+            "dev",
+            "ts0",
+            "onlink",
+        ]);
+    }
+    let (opted_before, plain_before) = (tx_bytes(&daemon, opted_v4), tx_bytes(&daemon, plain_v4));
+    let beyond = SocketAddr::from((BEYOND, 9));
+    let opted_out = udp_in(&opted.netns_path, (opted_v4, 0).into());
+    let plain_out = udp_in(&plain.netns_path, (plain_v4, 0).into());
+    send(&opted_out, beyond, "via exit", 5, Duration::from_millis(20));
+    send(&plain_out, beyond, "via exit", 5, Duration::from_millis(20));
+    wait_until(
+        Duration::from_secs(10),
+        "the opted pod sending through its exit node",
+        || (tx_bytes(&daemon, opted_v4) > opted_before).then_some(()),
+    );
+    assert_eq!(
+        tx_bytes(&daemon, plain_v4),
+        plain_before,
+        "the plain pod sent through an exit node it did not select"
+    );
 
     // From the host's own address the packet arrives; with the forged
     // tailnet source it never does.
