@@ -131,7 +131,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 disco_private: disco,
                 addresses: vec![IpAddr::V4(addr)],
             })?;
-            let mut sync = PodSync::new(handle.clone()).await?;
+            let mut sync = PodSync::new(handle.clone(), Default::default()).await?;
             let mut map = NetMap::default();
             map.apply(
                 map_response(&format!(

@@ -128,6 +128,15 @@ pub struct Config {
     /// is left (0 renews only when the server expires them; at most 0.5).
     #[serde(default = "default_key_renew_fraction")]
     pub key_renew_fraction: f64,
+    /// Install peers' subnet routes for pods that do not say otherwise
+    /// (annotation `tailnet-cni.io/accept-routes`). Off by default.
+    #[serde(default)]
+    pub accept_routes: bool,
+    /// Exit node for pods that do not say otherwise (annotation
+    /// `tailnet-cni.io/exit-node`): a tailnet address, stable node id or
+    /// name. None by default.
+    #[serde(default)]
+    pub exit_node: Option<String>,
     pub auth: tailnet_auth::AuthConfig,
 }
 

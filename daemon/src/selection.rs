@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 
 use crate::config::{Config, Selection};
+use crate::podmgr::peer_routes::RouteRequest;
 
 use self::tenancy::{Admission, Guardrails};
 
@@ -80,6 +81,8 @@ pub enum Decision {
         hostname: Option<String>,
         /// Requested tags, all within the allowlist (else the auth default).
         tags: Vec<String>,
+        /// Requested route opt-ins (else the node's defaults).
+        routes: RouteRequest,
     },
 }
 
@@ -230,7 +233,12 @@ pub fn decide(
         }
         tags.push(tag.to_string());
     }
-    Ok(Decision::Join { hostname, tags })
+    let routes = RouteRequest::from_annotations(&meta.annotations);
+    Ok(Decision::Join {
+        hostname,
+        tags,
+        routes,
+    })
 }
 
 /// Whether `text` can name a node: one DNS label.
@@ -327,6 +335,7 @@ impl Selector {
                 Selection::All => Decision::Join {
                     hostname: None,
                     tags: Vec::new(),
+                    routes: RouteRequest::default(),
                 },
                 Selection::Annotated | Selection::Namespace => Decision::Skip,
             });

@@ -13,6 +13,12 @@ pub const ENABLED_ANNOTATION: &str = "tailnet-cni.io/enabled";
 pub const HOSTNAME_ANNOTATION: &str = "tailnet-cni.io/hostname";
 /// The tags a pod asks for, comma-separated.
 pub const TAGS_ANNOTATION: &str = "tailnet-cni.io/tags";
+/// `"true"` installs peers' subnet routes for the pod (any other value
+/// refuses them, whatever the node's default).
+pub const ACCEPT_ROUTES_ANNOTATION: &str = "tailnet-cni.io/accept-routes";
+/// The pod's exit node: its tailnet address, stable node id or name; empty
+/// for none, whatever the node's default.
+pub const EXIT_NODE_ANNOTATION: &str = "tailnet-cni.io/exit-node";
 
 /// How the daemon selects pods, as the plugin entry's `selection` key says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

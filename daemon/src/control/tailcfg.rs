@@ -141,8 +141,15 @@ pub struct Node {
     pub discokey: String,
     #[serde(deserialize_with = "null_as_default")]
     pub addresses: Vec<String>,
-    /// `None` (null or absent) means the same as `addresses`.
+    /// `None` (null or absent) means the same as `addresses`. Control puts
+    /// the node's addresses here, then its approved primary routes: subnet
+    /// routes and, for an exit node, `0.0.0.0/0` and `::/0`.
     pub allowedips: Option<Vec<String>>,
+    /// The routes this node is the primary router for (a subset of
+    /// `allowedips`); informational, the prefixes installed come from
+    /// `allowedips`, as in the Go client.
+    #[serde(deserialize_with = "null_as_default")]
+    pub primaryroutes: Vec<String>,
     #[serde(deserialize_with = "null_as_default")]
     pub endpoints: Vec<String>,
     pub homederp: i64,
@@ -172,6 +179,14 @@ impl Node {
         self.allowedips
             .as_ref()
             .unwrap_or(&self.addresses)
+            .iter()
+            .filter_map(|p| parse_prefix(p))
+            .collect()
+    }
+
+    /// The node's own addresses as prefixes.
+    pub fn address_prefixes(&self) -> Vec<(IpAddr, u8)> {
+        self.addresses
             .iter()
             .filter_map(|p| parse_prefix(p))
             .collect()

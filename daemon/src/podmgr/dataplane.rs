@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::sync::PodRouting;
 use super::tun::open_tun;
 use crate::control::keys::NodePublic;
 use crate::control::{EndpointReporter, IdentityKeys, NetMap};
@@ -115,6 +116,8 @@ pub struct AttachTarget {
     pub pod_id: String,
     pub tun_name: String,
     pub addresses: Vec<IpAddr>,
+    /// The pod's route opt-ins and where its subnet routes go.
+    pub routing: PodRouting,
 }
 
 impl AttachTarget {
@@ -206,7 +209,8 @@ async fn follow(
             }
         }
         let handle = slot.borrow().handle.clone();
-        let sync = super::sync::run(netmap.clone(), reporter.clone(), handle);
+        let routing = target.routing.clone();
+        let sync = super::sync::run(netmap.clone(), reporter.clone(), handle, routing);
         tokio::pin!(sync);
         loop {
             tokio::select! {

@@ -9,6 +9,7 @@ pub mod manager;
 pub mod naming;
 pub mod netns;
 mod nl;
+pub mod peer_routes;
 pub mod plumbing;
 pub mod state;
 pub mod sync;

@@ -20,6 +20,7 @@ use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name};
 use tailnet_cni_proto::validate::InvalidContainerId;
 
 use super::naming::validate_container_id;
+use super::peer_routes::RouteRequest;
 use super::plumbing::PodNet;
 
 const PODS_DIR: &str = "pods";
@@ -112,6 +113,9 @@ pub struct PodRecord {
     /// Control server's stable node id.
     #[serde(default)]
     pub stable_id: Option<String>,
+    /// The route opt-ins the pod's annotations asked for.
+    #[serde(default, skip_serializing_if = "RouteRequest::is_default")]
+    pub routes: RouteRequest,
     pub state: PodPhase,
     /// Seconds since the Unix epoch.
     pub created_at: u64,

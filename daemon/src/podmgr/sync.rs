@@ -1,6 +1,7 @@
 //! Keeps one pod's data plane in step with its control session: netmap
-//! changes become engine peer, DERP and packet-filter updates, engine
-//! endpoint changes are reported to control.
+//! changes become engine peer, DERP and packet-filter updates and, for a
+//! pod that accepts subnet routes, routes in the pod; engine endpoint
+//! changes are reported to control.
 //!
 //! Packet filter, as Tailscale's client does it: until control sends a
 //! filter the pod accepts no unsolicited inbound traffic (deny-all is set
@@ -8,6 +9,7 @@
 //! same. Replies to the pod's own connections always pass.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -16,6 +18,8 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::filters::FilterCache;
+use super::peer_routes::{accepted_subnets, installed, Grant, RoutePrefs};
+use super::plumbing::PodRouteTarget;
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
@@ -24,9 +28,10 @@ use crate::wg::{DerpNodeConfig, DerpRegionConfig, EngineError, PeerConfig, PodHa
 /// How long endpoint changes settle before they are sent to control.
 const ENDPOINT_DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// A netmap peer as the engine needs it; `None` for records it cannot use
-/// (no valid node key, expired).
-pub fn peer_config(node: &Node) -> Option<PeerConfig> {
+/// A netmap peer as the engine needs it, with the routes `grant` lets the
+/// pod install; `None` for records it cannot use (no valid node key,
+/// expired).
+pub fn peer_config(node: &Node, grant: Grant) -> Option<PeerConfig> {
     if node.expired {
         return None;
     }
@@ -37,7 +42,7 @@ pub fn peer_config(node: &Node) -> Option<PeerConfig> {
             .ok()
             .filter(|k| !k.is_zero())
             .map(|k| k.0),
-        allowed_ips: node.allowed_prefixes(),
+        allowed_ips: installed(node, grant),
         endpoints: node.endpoint_addrs(),
         home_derp: node.home_derp(),
     })
@@ -75,12 +80,12 @@ pub fn derp_regions(map: &DerpMap) -> Vec<DerpRegionConfig> {
 }
 
 /// Engine inputs shared by every pod: one `Arc<PeerConfig>` per interned
-/// peer record, one converted DERP map per interned DERP map. Pods of one
-/// tailnet see the same records, so hundreds of pods hold pointers to one
-/// conversion instead of a copy each.
+/// peer record and route grant, one converted DERP map per interned DERP
+/// map. Pods of one tailnet see the same records, so hundreds of pods hold
+/// pointers to one conversion instead of a copy each.
 #[derive(Default)]
 pub struct SharedConversions {
-    peers: Mutex<HashMap<i64, SharedPeer>>,
+    peers: Mutex<HashMap<(i64, Grant), SharedPeer>>,
     derp: Mutex<Option<SharedDerp>>,
 }
 
@@ -101,17 +106,18 @@ impl SharedConversions {
         GLOBAL.get_or_init(SharedConversions::default)
     }
 
-    /// The engine's view of `node`, shared with every pod that has it.
-    pub fn peer(&self, node: &Arc<Node>) -> Option<Arc<PeerConfig>> {
+    /// The engine's view of `node` for a pod that grants it `grant`,
+    /// shared with every pod that has it with the same grant.
+    pub fn peer(&self, node: &Arc<Node>, grant: Grant) -> Option<Arc<PeerConfig>> {
         let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
-        let cached = peers.get(&node.id);
+        let cached = peers.get(&(node.id, grant));
         if let Some(config) = cached
             .filter(|c| std::ptr::eq(c.node.as_ptr(), Arc::as_ptr(node)))
             .and_then(|c| c.config.upgrade())
         {
             return Some(config);
         }
-        let fresh = peer_config(node)?;
+        let fresh = peer_config(node, grant)?;
         // A record that changed only where the engine does not look
         // (online, name, ...) keeps the old conversion.
         let config = cached
@@ -119,7 +125,7 @@ impl SharedConversions {
             .filter(|old| **old == fresh)
             .unwrap_or_else(|| Arc::new(fresh));
         peers.insert(
-            node.id,
+            (node.id, grant),
             SharedPeer {
                 node: Arc::downgrade(node),
                 config: Arc::downgrade(&config),
@@ -131,9 +137,13 @@ impl SharedConversions {
         Some(config)
     }
 
-    /// Every usable peer of `map`, in node-id order.
-    pub fn peers_of(&self, map: &NetMap) -> Vec<Arc<PeerConfig>> {
-        map.peers.values().filter_map(|n| self.peer(n)).collect()
+    /// Every usable peer of `map` as a pod with `prefs` installs it, in
+    /// node-id order.
+    pub fn peers_of(&self, map: &NetMap, prefs: &RoutePrefs) -> Vec<Arc<PeerConfig>> {
+        map.peers
+            .values()
+            .filter_map(|n| self.peer(n, prefs.grant_for(n)))
+            .collect()
     }
 
     /// The engine's DERP map for `map`, converted once.
@@ -168,10 +178,23 @@ pub fn filter_of(map: &NetMap, cache: &FilterCache) -> Arc<CompiledRules> {
     cache.compile(&rules)
 }
 
+/// A pod's route opt-ins and where its routes to accepted subnet routes go
+/// (`None`: the pod's routes are left alone). The default opts into
+/// nothing.
+#[derive(Debug, Clone, Default)]
+pub struct PodRouting {
+    pub prefs: RoutePrefs,
+    pub pod: Option<PodRouteTarget>,
+}
+
 /// What one pod's data plane last got from its netmap, so each netmap
 /// change sends the engine only what changed.
 pub struct PodSync {
     data: PodHandle,
+    routing: PodRouting,
+    /// The subnet routes last installed in the pod; `None` until the first
+    /// success, so a failure is retried with the next netmap.
+    last_subnets: Option<Vec<(IpAddr, u8)>>,
     last_derp: Option<Arc<DerpMap>>,
     last_peers: Option<Vec<Arc<PeerConfig>>>,
     last_filter: Arc<CompiledRules>,
@@ -180,13 +203,16 @@ pub struct PodSync {
 }
 
 impl PodSync {
-    /// Starts the pod closed: deny-all until control sends a filter.
-    pub async fn new(data: PodHandle) -> Result<Self, EngineError> {
+    /// Starts the pod closed: deny-all until control sends a filter. Peers'
+    /// routes are installed as `routing` opts into them.
+    pub async fn new(data: PodHandle, routing: PodRouting) -> Result<Self, EngineError> {
         let cache = FilterCache::global();
         let last_filter = cache.compile(&[]);
         data.set_filter(last_filter.clone()).await?;
         Ok(Self {
             data,
+            routing,
+            last_subnets: None,
             last_derp: None,
             last_peers: None,
             last_filter,
@@ -214,7 +240,7 @@ impl PodSync {
                 self.last_derp = Some(derp.clone());
             }
         }
-        let peers = self.shared.peers_of(map);
+        let peers = self.shared.peers_of(map, &self.routing.prefs);
         if self
             .last_peers
             .as_deref()
@@ -224,7 +250,39 @@ impl PodSync {
             self.data.set_shared_peers(peers.clone()).await?;
             self.last_peers = Some(peers);
         }
+        self.route_subnets(map).await;
         Ok(())
+    }
+
+    /// Routes the pod's accepted subnet routes into its tailnet interface,
+    /// after the engine has the peers they lead to. A pod that does not
+    /// accept routes is never touched.
+    async fn route_subnets(&mut self, map: &NetMap) {
+        let Some(pod) = self
+            .routing
+            .pod
+            .as_ref()
+            .filter(|_| self.routing.prefs.accept_routes)
+        else {
+            return;
+        };
+        let subnets = accepted_subnets(&self.routing.prefs, map.peers.values().map(|n| &**n));
+        if self.last_subnets.as_ref() == Some(&subnets) {
+            return;
+        }
+        match pod.apply(&subnets).await {
+            Ok(()) => {
+                debug!(
+                    routes = subnets.len(),
+                    "pod routes to subnet routes updated"
+                );
+                self.last_subnets = Some(subnets);
+            }
+            Err(error) => {
+                warn!(%error, "cannot update the pod's routes to subnet routes; retrying with the next netmap");
+                self.last_subnets = None;
+            }
+        }
     }
 }
 
@@ -233,9 +291,10 @@ pub async fn run(
     mut netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
     data: PodHandle,
+    routing: PodRouting,
 ) {
     let mut endpoints = data.endpoints();
-    let Ok(mut sync) = PodSync::new(data).await else {
+    let Ok(mut sync) = PodSync::new(data, routing).await else {
         return;
     };
     loop {
@@ -278,7 +337,7 @@ mod tests {
                  "Endpoints": ["127.0.0.1:41641"], "HomeDERP": 900}"#,
         )
         .unwrap();
-        let peer = peer_config(&node).unwrap();
+        let peer = peer_config(&node, Grant::default()).unwrap();
         assert_eq!(peer.node_key, [1; 32]);
         assert_eq!(peer.disco_key, Some([2; 32]));
         assert_eq!(peer.allowed_ips.len(), 2);
@@ -301,7 +360,10 @@ mod tests {
         let (mut a, mut b) = (NetMap::default(), NetMap::default());
         a.apply(msg(full), &interner);
         b.apply(msg(full), &interner);
-        let (pa, pb) = (shared.peers_of(&a), shared.peers_of(&b));
+        let (pa, pb) = (
+            shared.peers_of(&a, &RoutePrefs::default()),
+            shared.peers_of(&b, &RoutePrefs::default()),
+        );
         assert_eq!(pa.len(), 2);
         assert!(pa.iter().zip(&pb).all(|(x, y)| Arc::ptr_eq(x, y)));
         let (da, db) = (a.derp_map.as_ref().unwrap(), b.derp_map.as_ref().unwrap());
@@ -309,7 +371,7 @@ mod tests {
 
         // A change the engine does not see keeps the conversion.
         b.apply(msg(r#"{"OnlineChange": {"1": true}}"#), &interner);
-        let pb = shared.peers_of(&b);
+        let pb = shared.peers_of(&b, &RoutePrefs::default());
         assert!(!Arc::ptr_eq(&a.peers[&1], &b.peers[&1]));
         assert!(Arc::ptr_eq(&pa[0], &pb[0]));
         assert!(same_peers(&pa, &pb));
@@ -319,7 +381,7 @@ mod tests {
             msg(r#"{"PeersChangedPatch": [{"NodeID": 1, "Endpoints": ["10.0.0.9:41641"]}]}"#),
             &interner,
         );
-        let pb = shared.peers_of(&b);
+        let pb = shared.peers_of(&b, &RoutePrefs::default());
         assert_eq!(pb[0].endpoints, vec!["10.0.0.9:41641".parse().unwrap()]);
         assert_eq!(pa[0].endpoints, vec!["10.0.0.1:41641".parse().unwrap()]);
         assert!(!same_peers(&pa, &pb));
@@ -327,14 +389,63 @@ mod tests {
     }
 
     #[test]
+    fn pods_install_a_routers_routes_only_as_they_opted_in() {
+        use crate::control::netmap::Interner;
+        use crate::control::tailcfg::MapResponse;
+        use crate::podmgr::peer_routes::ExitNode;
+        let map: MapResponse = from_slice(
+            br#"{"Peers": [{"ID": 1, "StableID": "nRouter", "Key": "nodekey:0101010101010101010101010101010101010101010101010101010101010101",
+                            "Addresses": ["100.64.0.1/32"],
+                            "AllowedIPs": ["100.64.0.1/32", "10.99.0.0/24", "0.0.0.0/0"]},
+                           {"ID": 2, "Key": "nodekey:0202020202020202020202020202020202020202020202020202020202020202",
+                            "Addresses": ["100.64.0.2/32"]}]}"#,
+        )
+        .unwrap();
+        let interner = Interner::default();
+        let mut netmap = NetMap::default();
+        netmap.apply(map, &interner);
+        let shared = SharedConversions::default();
+        let plain = shared.peers_of(&netmap, &RoutePrefs::default());
+        let accepting = shared.peers_of(
+            &netmap,
+            &RoutePrefs {
+                accept_routes: true,
+                exit_node: None,
+            },
+        );
+        let exiting = shared.peers_of(
+            &netmap,
+            &RoutePrefs {
+                accept_routes: false,
+                exit_node: ExitNode::parse("nRouter"),
+            },
+        );
+        let prefix = |s: &str| crate::control::tailcfg::parse_prefix(s).unwrap();
+        assert_eq!(plain[0].allowed_ips, vec![prefix("100.64.0.1/32")]);
+        assert_eq!(
+            accepting[0].allowed_ips,
+            vec![prefix("100.64.0.1/32"), prefix("10.99.0.0/24")]
+        );
+        assert_eq!(
+            exiting[0].allowed_ips,
+            vec![prefix("100.64.0.1/32"), prefix("0.0.0.0/0")]
+        );
+        // The peer without routes is one shared conversion for all three.
+        assert!(Arc::ptr_eq(&plain[1], &accepting[1]) && Arc::ptr_eq(&plain[1], &exiting[1]));
+        // Pods with the same grant share the router's conversion too.
+        let again = shared.peers_of(&netmap, &RoutePrefs::default());
+        assert!(Arc::ptr_eq(&plain[0], &again[0]));
+    }
+
+    #[test]
     fn unusable_nodes_are_left_out() {
         let no_key: Node = from_slice(br#"{"ID": 2, "Addresses": ["100.64.0.2/32"]}"#).unwrap();
-        assert!(peer_config(&no_key).is_none());
+        assert!(peer_config(&no_key, Grant::default()).is_none());
         let expired: Node = from_slice(
             br#"{"ID": 3, "Key": "nodekey:0303030303030303030303030303030303030303030303030303030303030303", "Expired": true}"#,
         )
         .unwrap();
-        assert!(peer_config(&expired).is_none());
+        assert!(peer_config(&expired, Grant::default()).is_none());
     }
 
     #[test]

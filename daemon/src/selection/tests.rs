@@ -1,6 +1,7 @@
 use crate::config::Tenancy;
 
 use super::*;
+use tailnet_cni_proto::selection::{ACCEPT_ROUTES_ANNOTATION, EXIT_NODE_ANNOTATION};
 
 fn meta(annotations: &[(&str, &str)], ns_labels: &[(&str, &str)]) -> PodMeta {
     PodMeta {
@@ -106,6 +107,7 @@ fn hostname_and_allowed_tags_come_from_annotations() {
         Decision::Join {
             hostname: Some("nginx".into()),
             tags: vec!["tag:web".into(), "tag:k8s-pod".into()],
+            routes: RouteRequest::default(),
         }
     );
 }
@@ -191,13 +193,23 @@ fn runtime_annotations_decide_without_a_uid() {
     assert_eq!(
         runtime(
             Selection::Annotated,
-            &[(ENABLED, "true"), (HOSTNAME, "web"), (TAGS, "tag:web")],
+            &[
+                (ENABLED, "true"),
+                (HOSTNAME, "web"),
+                (TAGS, "tag:web"),
+                (ACCEPT_ROUTES_ANNOTATION, "true"),
+                (EXIT_NODE_ANNOTATION, "edge-router")
+            ],
             &[]
         )
         .unwrap(),
         Decision::Join {
             hostname: Some("web".into()),
             tags: vec!["tag:web".into()],
+            routes: RouteRequest {
+                accept_routes: Some(true),
+                exit_node: Some("edge-router".into()),
+            },
         }
     );
     assert_eq!(

@@ -1,7 +1,24 @@
 //! Cryptokey routing: destination address → peer by longest allowed prefix,
 //! and the address checks done on each packet.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The tailnet's address ranges: 100.64.0.0/10 (CGNAT) and Tailscale's
+/// ULA, fd7a:115c:a1e0::/48.
+const TAILNET_RANGES: [(IpAddr, u8); 2] = [
+    (IpAddr::V4(Ipv4Addr::new(100, 64, 0, 0)), 10),
+    (
+        IpAddr::V6(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, 0)),
+        48,
+    ),
+];
+
+/// Whether `addr` is in a range control assigns tailnet addresses from.
+pub fn is_tailnet_addr(addr: IpAddr) -> bool {
+    TAILNET_RANGES
+        .iter()
+        .any(|&(range, len)| prefix_contains(range, len, addr))
+}
 
 /// Source and destination of a raw IP packet, if it looks like IPv4/IPv6.
 pub fn packet_addrs(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
@@ -66,9 +83,23 @@ impl<T: Clone> AllowedIps<T> {
         Self { entries }
     }
 
+    /// The entry with the longest prefix containing `addr`.
     pub fn lookup(&self, addr: IpAddr) -> Option<&T> {
         self.entries
             .iter()
+            .find(|(p, len, _)| prefix_contains(*p, *len, addr))
+            .map(|(_, _, v)| v)
+    }
+
+    /// Whom `addr` belongs to, for a packet to it or from it: the longest
+    /// prefix, except that a default route (an exit node's) never covers a
+    /// tailnet address. A 100.x or fd7a address no peer owns is nobody's,
+    /// so it is neither sent to an exit node nor accepted from one.
+    pub fn owner(&self, addr: IpAddr) -> Option<&T> {
+        let tailnet = is_tailnet_addr(addr);
+        self.entries
+            .iter()
+            .filter(|(_, len, _)| !(tailnet && *len == 0))
             .find(|(p, len, _)| prefix_contains(*p, *len, addr))
             .map(|(_, _, v)| v)
     }
@@ -116,6 +147,39 @@ mod tests {
         assert_eq!(t.lookup(ip("2001:db8::1")), Some(&3));
         // A v6 default route does not catch v4.
         assert_eq!(t.lookup(ip("100.64.0.1")), None);
+    }
+
+    #[test]
+    fn exit_routes_never_own_tailnet_addresses() {
+        let t = AllowedIps::from_entries([
+            (ip("100.64.0.7"), 32, "exit"),
+            (ip("0.0.0.0"), 0, "exit"),
+            (ip("::"), 0, "exit"),
+            (ip("100.64.0.8"), 32, "laptop"),
+            (ip("fd7a:115c:a1e0::8"), 128, "laptop"),
+            (ip("10.99.0.0"), 24, "router"),
+        ]);
+        assert_eq!(t.owner(ip("100.64.0.8")), Some(&"laptop"));
+        assert_eq!(t.owner(ip("100.64.0.7")), Some(&"exit"));
+        assert_eq!(t.owner(ip("10.99.0.5")), Some(&"router"));
+        assert_eq!(t.owner(ip("192.0.2.1")), Some(&"exit"));
+        assert_eq!(t.owner(ip("2001:db8::1")), Some(&"exit"));
+        // Unassigned tailnet addresses belong to no one...
+        assert_eq!(t.owner(ip("100.64.0.99")), None);
+        assert_eq!(t.owner(ip("100.127.255.255")), None);
+        assert_eq!(t.owner(ip("fd7a:115c:a1e0::99")), None);
+        // ...while the plain lookup would give them to the exit node.
+        assert_eq!(t.lookup(ip("100.64.0.99")), Some(&"exit"));
+        // Just outside the ranges the exit node carries them.
+        assert_eq!(t.owner(ip("100.128.0.1")), Some(&"exit"));
+        assert_eq!(t.owner(ip("fd7a:115c:a1e1::1")), Some(&"exit"));
+    }
+
+    #[test]
+    fn a_subnet_route_inside_the_tailnet_range_still_counts() {
+        // 4via6 routes live inside fd7a:115c:a1e0::/48.
+        let t = AllowedIps::from_entries([(ip("fd7a:115c:a1e0:b1a::"), 64, "via")]);
+        assert_eq!(t.owner(ip("fd7a:115c:a1e0:b1a::1")), Some(&"via"));
     }
 
     #[test]

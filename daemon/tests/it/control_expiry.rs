@@ -410,6 +410,7 @@ async fn the_data_plane_follows_a_rotated_key() {
             pod_id: "dp".into(),
             tun_name: tun_name.clone(),
             addresses,
+            routing: Default::default(),
         },
         handle.keys(),
         handle.netmap(),

@@ -283,6 +283,7 @@ async fn official_tailscaled_reaches_the_pod_directly_and_falls_back_to_derp_whe
         identity.netmap(),
         identity.reporter(),
         pod.clone(),
+        Default::default(),
     ));
 
     // STUN against rscale gives the pod its loopback endpoint.

@@ -23,8 +23,10 @@ use crate::podmgr::faults;
 use crate::podmgr::hostname::pod_hostname;
 use crate::podmgr::keyfile::write_keys;
 use crate::podmgr::naming::{validate_container_id, validate_if_name};
-use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec};
+use crate::podmgr::peer_routes::RoutePrefs;
+use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec, PodRouteTarget};
 use crate::podmgr::state::{PodPhase, PodRecord};
+use crate::podmgr::sync::PodRouting;
 use crate::rpc::CniError;
 use crate::selection::Decision;
 use crate::wg::HomeRelay;
@@ -78,7 +80,12 @@ impl<B: Backends> PodManager<B> {
             };
             CniError::new(code, e.to_string())
         })?;
-        let Decision::Join { hostname, tags } = decision else {
+        let Decision::Join {
+            hostname,
+            tags,
+            routes,
+        } = decision
+        else {
             debug!("pod not selected for the tailnet");
             return Ok(AddResponse::default());
         };
@@ -120,6 +127,7 @@ impl<B: Backends> PodManager<B> {
             identity_file: None,
             node_id: None,
             stable_id: None,
+            routes,
             state: PodPhase::Pending,
             created_at: now_secs(),
         };
@@ -323,11 +331,17 @@ impl<B: Backends> PodManager<B> {
             .into_iter()
             .chain(pod_net.ipv6.map(IpAddr::V6))
             .collect();
+        let node_routes =
+            RoutePrefs::node_default(self.config.accept_routes, self.config.exit_node.as_deref());
         let spec = AttachSpec {
             pod_id: record.container_id.clone(),
             hostname: record.hostname.clone(),
             tun_name: pod_net.tun_name.clone(),
             addresses,
+            routing: PodRouting {
+                prefs: record.routes.resolve(&node_routes),
+                pod: Some(PodRouteTarget::of(record.netns.clone(), pod_net)),
+            },
         };
         self.engine.attach(spec, keys, session)
     }

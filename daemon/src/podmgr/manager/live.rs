@@ -134,6 +134,7 @@ impl DataPlane for LiveEngine {
             pod_id: spec.pod_id,
             tun_name: spec.tun_name,
             addresses: spec.addresses,
+            routing: spec.routing,
         };
         let first = target.attach(keys)?;
         let (data, supervisor) = dataplane::supervise(

@@ -15,6 +15,7 @@ use crate::control::{ControlError, IdentityKeys, SelfNode, SessionState};
 use crate::podmgr::dataplane::{AttachError, DataPlaneDown};
 use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec, StaleCleanup, TeardownErrors};
 use crate::podmgr::state::{LoadedRecords, PodRecord, StateError};
+use crate::podmgr::sync::PodRouting;
 use crate::wg::{EngineError, HomeRelay, PodStats};
 
 /// The backends one pod manager runs on, chosen together so that the
@@ -86,6 +87,9 @@ pub struct AttachSpec {
     pub hostname: String,
     pub tun_name: String,
     pub addresses: Vec<IpAddr>,
+    /// The pod's route opt-ins, resolved against the node's defaults, and
+    /// where its subnet routes go.
+    pub routing: PodRouting,
 }
 
 /// The shared engine.

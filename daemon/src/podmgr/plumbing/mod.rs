@@ -22,6 +22,7 @@ mod check;
 mod family;
 mod ipv6;
 mod local_rule;
+mod pod_routes;
 mod setup;
 mod sweep;
 mod teardown;
@@ -44,6 +45,7 @@ use super::sysctl::SysctlError;
 
 pub use family::{POD_GATEWAY_V4, POD_GATEWAY_V6, TAILNET_V4, TAILNET_V6};
 pub use ipv6::{Ipv6Unavailable, Place};
+pub use pod_routes::{network_of, PodRouteTarget};
 
 /// Ahead of every other rule but the kernel's `local` one, which setup moves
 /// behind it (`local_rule`): a pod's packets are never delivered to the

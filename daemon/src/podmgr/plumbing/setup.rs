@@ -7,12 +7,12 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use netlink_packet_route::route::{RouteHeader, RouteScope};
 use rtnetlink::Handle;
 use tracing::{debug, info, warn};
 
 use super::family::{self, Family, FAMILIES};
 use super::ipv6::{Ipv6Settings, Ipv6Unavailable, Place};
+use super::pod_routes::pod_route;
 use super::{
     alias_for, is_pod_table, is_reserved_table, netlink_err, open_pod_netns, require_link, tun_op,
     validate_spec, PlumbError, Plumber, PodNet, PodNetSpec,
@@ -346,16 +346,12 @@ async fn ipv6_unavailable(
 
 /// The pod's route to the tailnet range through its link-local gateway.
 fn pod_tailnet_route(family: &Family, pod_if: u32, address: IpAddr) -> Route {
-    Route {
-        table: u32::from(RouteHeader::RT_TABLE_MAIN),
-        destination: family.tailnet,
-        prefix_len: family.tailnet_prefix_len,
-        gateway: Some(family.pod_gateway),
-        oif: pod_if,
-        pref_source: Some(address),
-        scope: RouteScope::Universe,
-        onlink: family.gateway_onlink,
-    }
+    pod_route(
+        family,
+        pod_if,
+        address,
+        (family.tailnet, family.tailnet_prefix_len),
+    )
 }
 
 /// The pod's table: everything else goes to its TUN, its own address to its

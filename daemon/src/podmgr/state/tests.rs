@@ -1,4 +1,5 @@
 use super::*;
+use crate::podmgr::peer_routes::RouteRequest;
 
 fn record(id: &str) -> PodRecord {
     PodRecord {
@@ -15,6 +16,10 @@ fn record(id: &str) -> PodRecord {
         identity_file: Some(PathBuf::from("/var/lib/tailnet-cni/identities/x.json")),
         node_id: Some(42),
         stable_id: Some("nStable42".into()),
+        routes: RouteRequest {
+            accept_routes: Some(true),
+            exit_node: Some("edge-router".into()),
+        },
         state: PodPhase::Plumbed,
         created_at: 1_790_000_000,
     }

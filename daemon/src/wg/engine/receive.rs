@@ -20,7 +20,7 @@ use crate::wg::batch;
 use crate::wg::derp_client::DerpInbound;
 use crate::wg::disco::Via;
 use crate::wg::packet_fd::PacketFd;
-use crate::wg::routing::{packet_addrs, prefix_contains};
+use crate::wg::routing::packet_addrs;
 use crate::wg::udp;
 
 /// UDP receive batches drained per wake-up before serving other events.
@@ -158,20 +158,18 @@ impl PodState {
 
     /// Write a decrypted packet into the pod, if it passes the checks.
     async fn deliver(&mut self, device: &PacketFd, peer_key: NodeKey, packet: &[u8], src: IpAddr) {
-        let Some(peer) = self.peers.get_mut(&peer_key) else {
-            return;
-        };
-        // Cryptokey routing, inbound half: the peer may only send from its prefixes.
-        if !peer
-            .config
-            .allowed_ips
-            .iter()
-            .any(|(p, len)| prefix_contains(*p, *len, src))
-        {
+        // Cryptokey routing, inbound half: the peer may only send from
+        // addresses the pod would route to it, as installed for this pod. So
+        // an exit node cannot speak for another peer's address, nor for a
+        // tailnet address no peer owns.
+        if self.peers.routes.owner(src) != Some(&peer_key) {
             debug!(pod = %self.identity.pod_id, %src, "dropping packet outside the peer's allowed IPs");
             self.counters.drop_packets(1);
             return;
         }
+        let Some(peer) = self.peers.get_mut(&peer_key) else {
+            return;
+        };
         // Only the pod's own addresses are reachable through its identity;
         // anything else would be injected into the pod's network.
         let to_us =
