@@ -79,10 +79,23 @@ pub enum PodPhase {
     Deleting,
 }
 
+/// The record format this daemon writes. Version 1 (no `version` field)
+/// had no `tags`; it reads as version 2 with none.
+pub const RECORD_VERSION: u32 = 2;
+
+/// Records written before the format carried a version.
+fn unversioned() -> u32 {
+    1
+}
+
 /// Everything the daemon must remember about one pod across restarts.
 /// Holds no secrets: the identity keys live in `identity_file`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodRecord {
+    /// Format of the record as read; [`StateStore::save`] always writes
+    /// [`RECORD_VERSION`].
+    #[serde(default = "unversioned")]
+    pub version: u32,
     pub container_id: String,
     /// Network namespace path the runtime gave us.
     pub netns: PathBuf,
@@ -93,6 +106,10 @@ pub struct PodRecord {
     pub uid: String,
     /// Tailnet machine name.
     pub hostname: String,
+    /// ACL tags the pod asked for (and selection allowed); a restarted
+    /// daemon registers again with them if its node key needs a new auth key.
+    #[serde(default)]
+    pub tags: Vec<String>,
     #[serde(default)]
     pub ipv4: Option<Ipv4Addr>,
     #[serde(default)]
@@ -169,9 +186,14 @@ impl StateStore {
             .join(format!("{container_id}{RECORD_SUFFIX}")))
     }
 
+    /// Replaces a pod's record atomically, in the current format.
     pub fn save(&self, record: &PodRecord) -> Result<(), StateError> {
         let path = self.record_path(&record.container_id)?;
-        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StateError::Encode {
+        let current = PodRecord {
+            version: RECORD_VERSION,
+            ..record.clone()
+        };
+        let bytes = serde_json::to_vec_pretty(&current).map_err(|source| StateError::Encode {
             container_id: record.container_id.clone(),
             source,
         })?;

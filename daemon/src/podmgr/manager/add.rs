@@ -24,7 +24,7 @@ use crate::podmgr::hostname::pod_hostname;
 use crate::podmgr::keyfile::write_keys;
 use crate::podmgr::naming::{validate_container_id, validate_if_name};
 use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec};
-use crate::podmgr::state::{PodPhase, PodRecord};
+use crate::podmgr::state::{PodPhase, PodRecord, RECORD_VERSION};
 use crate::rpc::CniError;
 use crate::selection::Decision;
 use crate::wg::HomeRelay;
@@ -107,6 +107,7 @@ impl<B: Backends> PodManager<B> {
             req.mtu
         };
         let mut record = PodRecord {
+            version: RECORD_VERSION,
             container_id: pod.container_id.clone(),
             netns: PathBuf::from(&pod.netns),
             if_name: pod.if_name.clone(),
@@ -114,6 +115,7 @@ impl<B: Backends> PodManager<B> {
             name: pod.name.clone(),
             uid: pod.uid.clone(),
             hostname,
+            tags: tags.clone(),
             ipv4: None,
             ipv6: None,
             pod_net: None,

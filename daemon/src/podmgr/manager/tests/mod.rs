@@ -21,6 +21,9 @@ use crate::podmgr::state::{PodRecord, StateStore};
 use crate::rpc::{CniError, CniHandler};
 use crate::selection::Selector;
 
+/// The one tag the test daemon's selection allows.
+const ALLOWED_TAG: &str = "tag:web";
+
 /// A pod manager on fakes, and the fakes, to look into.
 struct Bed {
     manager: Arc<PodManager<Fakes>>,
@@ -85,7 +88,7 @@ impl Bed {
         let manager = PodManager::launch(
             config(world.dir.path().join("state")),
             Arc::new(Metrics::default()),
-            Selector::without_api(Selection::All, Vec::new()),
+            Selector::without_api(Selection::All, vec![ALLOWED_TAG.into()]),
             parts,
         )
         .await
