@@ -47,6 +47,7 @@ use super::packet_fd::PacketFd;
 use pod::{PodInputs, PodState};
 
 pub use relay::choose_home_region;
+pub use session::ResumePeer;
 pub use stats::{PathKind, PeerStats, PodStats, STATS_PUBLISH_INTERVAL};
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,7 @@ enum Command {
     SetPeers(Vec<Arc<PeerConfig>>),
     SetDerpMap(Arc<Vec<DerpRegionConfig>>),
     SetFilter(Arc<CompiledRules>),
+    InitiateHandshakes(Vec<ResumePeer>),
     Stats(oneshot::Sender<PodStats>),
     Detach(oneshot::Sender<()>),
 }
@@ -208,6 +210,15 @@ impl PodHandle {
     /// flows, so replies to the pod's own connections keep flowing.
     pub async fn set_filter(&self, rules: Arc<CompiledRules>) -> Result<(), EngineError> {
         self.send(Command::SetFilter(rules)).await
+    }
+
+    /// Start a WireGuard handshake with each of `peers` now rather than when
+    /// traffic asks for one: after a restart the peers still hold sessions
+    /// this process has lost, and would only notice at their rekey timeout.
+    /// A peer not in the pod's peer set yet gets its handshake when a
+    /// netmap brings it, if that happens within 30 s.
+    pub async fn initiate_handshakes(&self, peers: Vec<ResumePeer>) -> Result<(), EngineError> {
+        self.send(Command::InitiateHandshakes(peers)).await
     }
 
     pub async fn stats(&self) -> Result<PodStats, EngineError> {

@@ -111,6 +111,7 @@ impl PodState {
                 self.filter.set_rules(rules, &self.identity.addresses);
                 debug!(pod = %self.identity.pod_id, "packet filter updated");
             }
+            Command::InitiateHandshakes(peers) => self.initiate_handshakes(peers),
             Command::Stats(reply) => {
                 // The caller may have stopped waiting for the numbers.
                 reply.send(self.snapshot_stats(PeerSelection::All)).ok();
@@ -121,6 +122,7 @@ impl PodState {
 
     fn on_timer(&mut self) {
         self.update_session_timers();
+        self.peers.expire_pending_initiations();
         let now = std::time::Instant::now();
         self.poll_disco(now);
         self.poll_stun(now);
