@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::session_memory;
+use super::state::{SessionPeersFile, StateError};
 use super::tun::open_tun;
 use crate::control::keys::NodePublic;
 use crate::control::{EndpointReporter, IdentityKeys, NetMap};
@@ -36,6 +38,8 @@ pub enum AttachError {
     },
     #[error("starting data plane: {0}")]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// The pod's current engine attachment; replaced when the key rotates.
@@ -109,8 +113,9 @@ impl AttachTarget {
 }
 
 /// Wraps the first attachment; the returned future keeps the data plane on
-/// the session's current key and its netmap in sync, until the session or
-/// the data plane ends.
+/// the session's current key and its netmap in sync, and resumes and
+/// remembers its WireGuard sessions through `sessions`, until the session
+/// or the data plane ends.
 pub fn supervise(
     first: PodHandle,
     attached_key: NodePublic,
@@ -118,12 +123,20 @@ pub fn supervise(
     keys: watch::Receiver<IdentityKeys>,
     netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
+    sessions: SessionPeersFile,
 ) -> (
     PodDataPlane,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (slot, current) = watch::channel(first);
-    let task = follow(slot, attached_key, target, keys, netmap, reporter);
+    let memory = session_memory::carry_over(current.clone(), sessions);
+    let follow = follow(slot, attached_key, target, keys, netmap, reporter);
+    let task = async move {
+        tokio::select! {
+            () = follow => {}
+            () = memory => {}
+        }
+    };
     (PodDataPlane { current }, task)
 }
 

@@ -10,6 +10,7 @@ pub mod naming;
 pub mod netns;
 mod nl;
 pub mod plumbing;
+pub mod session_memory;
 pub mod state;
 pub mod sync;
 pub mod sysctl;

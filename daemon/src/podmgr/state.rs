@@ -19,8 +19,13 @@ use tailnet_cni_proto::validate::InvalidContainerId;
 use super::naming::validate_container_id;
 use super::plumbing::PodNet;
 
+mod sessions;
+
+pub use sessions::SessionPeersFile;
+
 const PODS_DIR: &str = "pods";
 const IDENTITIES_DIR: &str = "identities";
+const SESSIONS_DIR: &str = "sessions";
 const RECORD_SUFFIX: &str = ".json";
 
 #[derive(Debug, thiserror::Error)]
@@ -145,13 +150,13 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Opens (creating if needed, mode 0700) `<state_dir>/pods` and
-    /// `<state_dir>/identities`.
+    /// Opens (creating if needed, mode 0700) `<state_dir>/pods`,
+    /// `<state_dir>/identities` and `<state_dir>/sessions`.
     pub fn open(state_dir: impl Into<PathBuf>) -> Result<Self, StateError> {
         let root = state_dir.into();
         let pods_dir = root.join(PODS_DIR);
         let identities_dir = root.join(IDENTITIES_DIR);
-        for dir in [&root, &pods_dir, &identities_dir] {
+        for dir in [&root, &pods_dir, &identities_dir, &root.join(SESSIONS_DIR)] {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -278,7 +283,11 @@ impl StateStore {
     /// kept: one of its writes may be in flight.
     pub fn remove_stray_temp_files(&self) -> Result<usize, StateError> {
         let mut removed = 0;
-        for dir in [self.pods_dir.clone(), self.root.join(IDENTITIES_DIR)] {
+        for dir in [
+            self.pods_dir.clone(),
+            self.root.join(IDENTITIES_DIR),
+            self.root.join(SESSIONS_DIR),
+        ] {
             let entries = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
             for entry in entries.flatten() {
                 let name = entry.file_name();
@@ -298,9 +307,11 @@ impl StateStore {
         Ok(removed)
     }
 
-    /// Deletes a container's record. Returns false if there was none.
+    /// Deletes a container's record and the peers its sessions had.
+    /// Returns false if there was no record.
     pub fn remove(&self, container_id: &str) -> Result<bool, StateError> {
         let path = self.record_path(container_id)?;
+        SessionPeersFile::of(&self.root, container_id)?.remove()?;
         match fs::remove_file(&path) {
             Ok(()) => {
                 sync_dir(&self.pods_dir)?;

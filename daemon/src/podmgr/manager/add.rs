@@ -24,7 +24,7 @@ use crate::podmgr::hostname::pod_hostname;
 use crate::podmgr::keyfile::write_keys;
 use crate::podmgr::naming::{validate_container_id, validate_if_name};
 use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec};
-use crate::podmgr::state::{PodPhase, PodRecord, RECORD_VERSION};
+use crate::podmgr::state::{PodPhase, PodRecord, SessionPeersFile, RECORD_VERSION};
 use crate::rpc::CniError;
 use crate::selection::Decision;
 use crate::wg::HomeRelay;
@@ -330,6 +330,7 @@ impl<B: Backends> PodManager<B> {
             hostname: record.hostname.clone(),
             tun_name: pod_net.tun_name.clone(),
             addresses,
+            session_peers: SessionPeersFile::of(&self.config.state_dir, &record.container_id)?,
         };
         self.engine.attach(spec, keys, session)
     }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::control::{ControlError, IdentityKeys, SelfNode, SessionState};
 use crate::podmgr::dataplane::AttachError;
 use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec, StaleCleanup, TeardownErrors};
-use crate::podmgr::state::{LoadedRecords, PodRecord, StateError};
+use crate::podmgr::state::{LoadedRecords, PodRecord, SessionPeersFile, StateError};
 use crate::wg::{EngineError, HomeRelay, PodStats};
 
 /// The backends one pod manager runs on, chosen together so that the
@@ -86,6 +86,8 @@ pub struct AttachSpec {
     pub hostname: String,
     pub tun_name: String,
     pub addresses: Vec<IpAddr>,
+    /// Where the pod's live WireGuard sessions are remembered for a restart.
+    pub session_peers: SessionPeersFile,
 }
 
 /// The shared engine.
