@@ -114,8 +114,9 @@ impl AttachTarget {
 
 /// Wraps the first attachment; the returned future keeps the data plane on
 /// the session's current key and its netmap in sync, and resumes and
-/// remembers its WireGuard sessions through `sessions`, until the session
-/// or the data plane ends.
+/// remembers its WireGuard sessions through `sessions` (if given: without
+/// it sessions end with the process), until the session or the data plane
+/// ends.
 pub fn supervise(
     first: PodHandle,
     attached_key: NodePublic,
@@ -123,18 +124,21 @@ pub fn supervise(
     keys: watch::Receiver<IdentityKeys>,
     netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
-    sessions: SessionPeersFile,
+    sessions: Option<SessionPeersFile>,
 ) -> (
     PodDataPlane,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let (slot, current) = watch::channel(first);
-    let memory = session_memory::carry_over(current.clone(), sessions);
+    let memory = sessions.map(|file| session_memory::carry_over(current.clone(), file));
     let follow = follow(slot, attached_key, target, keys, netmap, reporter);
     let task = async move {
-        tokio::select! {
-            () = follow => {}
-            () = memory => {}
+        match memory {
+            Some(memory) => tokio::select! {
+                () = follow => {}
+                () = memory => {}
+            },
+            None => follow.await,
         }
     };
     (PodDataPlane { current }, task)

@@ -17,4 +17,5 @@ mod dataplane_tun;
 mod e2e_podman;
 mod plumbing;
 mod reliability;
+mod restart_sessions;
 mod shim_live;

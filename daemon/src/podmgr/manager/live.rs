@@ -143,7 +143,7 @@ impl DataPlane for LiveEngine {
             session.keys(),
             session.netmap(),
             session.reporter(),
-            spec.session_peers,
+            Some(spec.session_peers),
         );
         let supervisor = supervisor.instrument(info_span!("netmap_sync", pod = %spec.hostname));
         Ok(LiveAttachment {
