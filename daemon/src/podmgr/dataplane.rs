@@ -83,17 +83,30 @@ pub struct AttachTarget {
 impl AttachTarget {
     /// Opens the pod's TUN and attaches it to the engine with `keys`.
     pub fn attach(&self, keys: &IdentityKeys) -> Result<PodHandle, AttachError> {
+        self.attach_on(keys, None)
+    }
+
+    /// [`Self::attach`] with the pod's UDP socket on `udp_port` if it is
+    /// free (the port its sessions used before a restart).
+    pub fn attach_on(
+        &self,
+        keys: &IdentityKeys,
+        udp_port: Option<u16>,
+    ) -> Result<PodHandle, AttachError> {
         let tun_fd = open_tun(&self.tun_name).map_err(|source| AttachError::OpenTun {
             tun: self.tun_name.clone(),
             source,
         })?;
-        let handle = self.engine.attach_pod(PodDataConfig {
-            pod_id: self.pod_id.clone(),
-            tun_fd,
-            node_private: keys.node_private_bytes(),
-            disco_private: keys.disco_private_bytes(),
-            addresses: self.addresses.clone(),
-        })?;
+        let handle = self.engine.attach_pod_on(
+            PodDataConfig {
+                pod_id: self.pod_id.clone(),
+                tun_fd,
+                node_private: keys.node_private_bytes(),
+                disco_private: keys.disco_private_bytes(),
+                addresses: self.addresses.clone(),
+            },
+            udp_port,
+        )?;
         Ok(handle)
     }
 

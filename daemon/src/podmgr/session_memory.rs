@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::state::SessionPeersFile;
+use super::state::{RememberedSessions, SessionPeersFile};
 use crate::wg::engine::ResumePeer;
 use crate::wg::{PodHandle, PodStats};
 
@@ -26,23 +26,26 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 /// before the relay link is up is lost, and is only retried after 5 s.
 const HOME_RELAY_WAIT: Duration = Duration::from_secs(5);
 
+/// What `file` remembers; nothing if it cannot be read (the pod then
+/// waits for its peers' rekey, as without it).
+pub fn recall(file: &SessionPeersFile) -> RememberedSessions {
+    file.load().unwrap_or_else(|error| {
+        warn!(%error, "remembered sessions unreadable; peers reconnect at their rekey");
+        RememberedSessions::default()
+    })
+}
+
 /// Re-handshakes with the peers `file` remembers, then keeps `file` in step
-/// with the pod's live sessions. Runs until dropped.
+/// with the pod's live sessions and UDP port. Runs until dropped.
 pub async fn carry_over(current: watch::Receiver<PodHandle>, file: SessionPeersFile) {
-    let remembered = match file.load() {
-        Ok(peers) => peers,
-        Err(error) => {
-            warn!(%error, "remembered sessions unreadable; peers reconnect at their rekey");
-            Vec::new()
-        }
-    };
-    if !remembered.is_empty() {
+    let remembered = recall(&file);
+    if !remembered.peers.is_empty() {
         let handle = current.borrow().clone();
         let relay = handle.wait_home_relay(HOME_RELAY_WAIT).await;
         debug!(?relay, "home relay before resuming sessions");
-        match handle.initiate_handshakes(remembered.clone()).await {
+        match handle.initiate_handshakes(remembered.peers.clone()).await {
             Ok(()) => info!(
-                peers = remembered.len(),
+                peers = remembered.peers.len(),
                 "re-handshaking with the peers the pod had sessions with"
             ),
             Err(error) => debug!(%error, "data plane gone before resuming sessions"),
@@ -53,7 +56,11 @@ pub async fn carry_over(current: watch::Receiver<PodHandle>, file: SessionPeersF
         tokio::time::interval_at(tokio::time::Instant::now() + REMEMBER_EVERY, REMEMBER_EVERY);
     loop {
         tick.tick().await;
-        let live = live_sessions(&current.borrow().stats_now(), &saved);
+        let handle = current.borrow().clone();
+        let live = RememberedSessions {
+            udp_port: handle.endpoints().borrow().udp_port,
+            peers: live_sessions(&handle.stats_now(), &saved.peers),
+        };
         if live == saved {
             continue;
         }

@@ -21,7 +21,7 @@ use super::plumbing::PodNet;
 
 mod sessions;
 
-pub use sessions::SessionPeersFile;
+pub use sessions::{RememberedSessions, SessionPeersFile};
 
 const PODS_DIR: &str = "pods";
 const IDENTITIES_DIR: &str = "identities";

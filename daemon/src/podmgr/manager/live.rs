@@ -26,6 +26,7 @@ use crate::podmgr::keyfile::IdentityFile;
 use crate::podmgr::plumbing::{
     PlumbError, Plumber, PodNet, PodNetSpec, StaleCleanup, TeardownErrors,
 };
+use crate::podmgr::session_memory;
 use crate::podmgr::state::{LoadedRecords, PodRecord, StateError, StateStore};
 use crate::wg::{Engine, EngineError, HomeRelay, PodStats};
 
@@ -135,7 +136,8 @@ impl DataPlane for LiveEngine {
             tun_name: spec.tun_name,
             addresses: spec.addresses,
         };
-        let first = target.attach(keys)?;
+        let udp_port = session_memory::recall(&spec.session_peers).udp_port;
+        let first = target.attach_on(keys, udp_port)?;
         let (data, supervisor) = dataplane::supervise(
             first,
             keys.node_public(),

@@ -69,7 +69,11 @@ fn the_sessions_file_round_trips_and_is_private() {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::podmgr::state::StateStore::open(dir.path()).unwrap();
     let file = SessionPeersFile::of(store.state_dir(), "pod1").unwrap();
-    assert_eq!(file.load().unwrap(), Vec::new(), "absent reads as none");
+    assert_eq!(
+        file.load().unwrap(),
+        RememberedSessions::default(),
+        "absent reads as none"
+    );
     let peers = vec![
         ResumePeer {
             node_key: [0xab; 32],
@@ -80,8 +84,12 @@ fn the_sessions_file_round_trips_and_is_private() {
             direct: None,
         },
     ];
-    file.save(&peers).unwrap();
-    assert_eq!(file.load().unwrap(), peers);
+    let sessions = RememberedSessions {
+        udp_port: Some(41641),
+        peers,
+    };
+    file.save(&sessions).unwrap();
+    assert_eq!(file.load().unwrap(), sessions);
     let mode = std::fs::metadata(file.path()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
@@ -109,9 +117,12 @@ fn a_corrupt_sessions_file_is_an_error_and_bad_keys_are_skipped() {
     .unwrap();
     assert_eq!(
         file.load().unwrap(),
-        vec![ResumePeer {
-            node_key: [0x11; 32],
-            direct: None
-        }]
+        RememberedSessions {
+            udp_port: None,
+            peers: vec![ResumePeer {
+                node_key: [0x11; 32],
+                direct: None
+            }]
+        }
     );
 }

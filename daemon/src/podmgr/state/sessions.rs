@@ -18,7 +18,19 @@ const SESSIONS_VERSION: u32 = 1;
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
     version: u32,
+    /// The pod's UDP port: peers keep sending to it after a restart.
+    #[serde(default)]
+    udp_port: Option<u16>,
     peers: Vec<PeerOnDisk>,
+}
+
+/// What a pod's sessions need to resume after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RememberedSessions {
+    /// The local UDP port the sessions used.
+    pub udp_port: Option<u16>,
+    /// The peers with live sessions.
+    pub peers: Vec<ResumePeer>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,13 +65,15 @@ impl SessionPeersFile {
         &self.path
     }
 
-    /// The remembered peers; none when the file is absent. Entries whose
+    /// The remembered sessions; none when the file is absent. Entries whose
     /// key does not parse are skipped: a peer missed costs one rekey
     /// timeout, not the pod.
-    pub fn load(&self) -> Result<Vec<ResumePeer>, StateError> {
+    pub fn load(&self) -> Result<RememberedSessions, StateError> {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(RememberedSessions::default())
+            }
             Err(source) => {
                 return Err(StateError::Io {
                     op: "reading",
@@ -73,7 +87,7 @@ impl SessionPeersFile {
                 path: self.path.clone(),
                 source,
             })?;
-        Ok(on_disk
+        let peers = on_disk
             .peers
             .into_iter()
             .filter_map(|peer| {
@@ -84,14 +98,20 @@ impl SessionPeersFile {
                     direct: peer.direct,
                 })
             })
-            .collect())
+            .collect();
+        Ok(RememberedSessions {
+            udp_port: on_disk.udp_port,
+            peers,
+        })
     }
 
-    /// Replaces the remembered set atomically.
-    pub fn save(&self, peers: &[ResumePeer]) -> Result<(), StateError> {
+    /// Replaces what is remembered atomically.
+    pub fn save(&self, sessions: &RememberedSessions) -> Result<(), StateError> {
         let on_disk = OnDisk {
             version: SESSIONS_VERSION,
-            peers: peers
+            udp_port: sessions.udp_port,
+            peers: sessions
+                .peers
                 .iter()
                 .map(|peer| PeerOnDisk {
                     node_key: hex::encode(peer.node_key),

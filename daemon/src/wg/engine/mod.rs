@@ -97,6 +97,17 @@ impl Engine {
 
     /// Start serving a pod. Must be called inside a tokio runtime.
     pub fn attach_pod(&self, pod: PodDataConfig) -> Result<PodHandle, EngineError> {
+        self.attach_pod_on(pod, None)
+    }
+
+    /// [`Self::attach_pod`] with the pod's UDP socket on `udp_port` when it
+    /// is free: a pod attached again after a restart keeps the port its
+    /// peers still send to, so their answers to its handshakes arrive.
+    pub fn attach_pod_on(
+        &self,
+        pod: PodDataConfig,
+        udp_port: Option<u16>,
+    ) -> Result<PodHandle, EngineError> {
         let PodDataConfig {
             pod_id,
             tun_fd,
@@ -124,6 +135,7 @@ impl Engine {
             node_private,
             disco_private,
             addresses,
+            udp_port,
         );
         let engine = self.clone();
         let id = pod_id.clone();

@@ -73,8 +73,9 @@ impl PodState {
         node_private: [u8; 32],
         disco_private: [u8; 32],
         addresses: Vec<IpAddr>,
+        udp_port: Option<u16>,
     ) -> (Self, PodWatches, mpsc::Receiver<DerpInbound>) {
-        let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size);
+        let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size, udp_port);
         let (discovery, endpoints) = Discovery::new(disco_private, socket.port());
         let (relay, home_relay, relayed) = RelayLinks::new(node_private, &engine.config);
         let (counters, stats) = Counters::new();

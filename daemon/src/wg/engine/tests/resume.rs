@@ -2,13 +2,13 @@
 //! still holding the lost session switches at once instead of at its
 //! rekey timeout.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use super::*;
 use crate::wg::derp_client::HomeRelay;
 use crate::wg::engine::ResumePeer;
-use crate::wg::EngineConfig;
+use crate::wg::{EngineConfig, PodDataConfig};
 
 /// Well under the 15 s after which a peer that gets no answers starts a
 /// handshake of its own.
@@ -85,4 +85,40 @@ async fn remembered_peers_the_netmap_never_names_get_no_handshake() {
     assert!(stats.peers.iter().all(|p| p.last_handshake.is_none()));
     a.handle.clone().detach().await.unwrap();
     b.handle.clone().detach().await.unwrap();
+}
+
+/// Peers keep sending to the port a pod had before the restart: the pod
+/// gets it back when it is free, and another one when it is not.
+#[tokio::test]
+async fn a_pod_attached_again_gets_its_old_udp_port_when_free() {
+    let engine = Engine::new(EngineConfig::default());
+    let free = std::net::UdpSocket::bind("[::]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (fd, _device) = pair();
+    let pod = PodDataConfig {
+        pod_id: "port".into(),
+        tun_fd: fd,
+        node_private: [0x51; 32],
+        disco_private: [0; 32],
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(100, 64, 0, 5))],
+    };
+    let handle = engine.attach_pod_on(pod, Some(free)).unwrap();
+    assert_eq!(handle.endpoints().borrow().udp_port, Some(free));
+
+    let (fd, _device) = pair();
+    let taken = PodDataConfig {
+        pod_id: "taken".into(),
+        tun_fd: fd,
+        node_private: [0x52; 32],
+        disco_private: [0; 32],
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(100, 64, 0, 6))],
+    };
+    let other = engine.attach_pod_on(taken, Some(free)).unwrap();
+    let port = other.endpoints().borrow().udp_port;
+    assert!(port.is_some() && port != Some(free), "{port:?}");
+    handle.detach().await.unwrap();
+    other.detach().await.unwrap();
 }
