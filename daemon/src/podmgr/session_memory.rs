@@ -93,7 +93,7 @@ fn live_sessions(stats: &PodStats, saved: &[ResumePeer]) -> Vec<ResumePeer> {
             }),
         })
         .collect();
-    live.sort_by(|a, b| a.node_key.cmp(&b.node_key));
+    live.sort_by_key(|peer| peer.node_key);
     live
 }
 

@@ -97,28 +97,27 @@ async fn a_pod_attached_again_gets_its_old_udp_port_when_free() {
         .local_addr()
         .unwrap()
         .port();
-    let (fd, _device) = pair();
-    let pod = PodDataConfig {
-        pod_id: "port".into(),
-        tun_fd: fd,
-        node_private: [0x51; 32],
-        disco_private: [0; 32],
-        addresses: vec![IpAddr::V4(Ipv4Addr::new(100, 64, 0, 5))],
-    };
+    let (pod, _device) = pod_config("port", 0x51, 5);
     let handle = engine.attach_pod_on(pod, Some(free)).unwrap();
     assert_eq!(handle.endpoints().borrow().udp_port, Some(free));
 
-    let (fd, _device) = pair();
-    let taken = PodDataConfig {
-        pod_id: "taken".into(),
-        tun_fd: fd,
-        node_private: [0x52; 32],
-        disco_private: [0; 32],
-        addresses: vec![IpAddr::V4(Ipv4Addr::new(100, 64, 0, 6))],
-    };
+    let (taken, _other_device) = pod_config("taken", 0x52, 6);
     let other = engine.attach_pod_on(taken, Some(free)).unwrap();
     let port = other.endpoints().borrow().udp_port;
     assert!(port.is_some() && port != Some(free), "{port:?}");
     handle.detach().await.unwrap();
     other.detach().await.unwrap();
+}
+
+/// A pod's attach configuration over a socketpair device, and that device.
+fn pod_config(id: &str, key: u8, last_octet: u8) -> (PodDataConfig, PacketFd) {
+    let (fd, device) = pair();
+    let pod = PodDataConfig {
+        pod_id: id.into(),
+        tun_fd: fd,
+        node_private: [key; 32],
+        disco_private: [0; 32],
+        addresses: vec![IpAddr::V4(Ipv4Addr::new(100, 64, 0, last_octet))],
+    };
+    (pod, device)
 }
