@@ -71,6 +71,8 @@ pub struct PodSample {
     pub handshake_age_secs: Option<f64>,
     pub peers_direct: u64,
     pub peers_derp: u64,
+    /// Handshakes started to resume sessions the pod had before a restart.
+    pub resume_handshakes: u64,
 }
 
 /// Something that can describe the daemon's current state for a scrape.
@@ -185,9 +187,11 @@ impl Metrics {
             Family::default();
         let paths: Family<PathLabels, Gauge> = Family::default();
         let (mut direct, mut derp) = (0i64, 0i64);
+        let resume_handshakes = Counter::<u64>::default();
         for sample in snapshot.pod_samples() {
             direct += sample.peers_direct as i64;
             derp += sample.peers_derp as i64;
+            resume_handshakes.inc_by(sample.resume_handshakes);
             let Some(labels) = sample.labels else {
                 continue;
             };
@@ -225,6 +229,11 @@ impl Metrics {
             "pod_handshake_age_seconds",
             "Seconds since the pod's newest WireGuard handshake",
             handshake_age,
+        );
+        registry.register(
+            "resume_handshakes",
+            "Handshakes started after a restart to resume the sessions pods had",
+            resume_handshakes,
         );
         registry.register(
             "peer_paths",
@@ -325,6 +334,7 @@ mod tests {
                 handshake_age_secs: Some(12.5),
                 peers_direct: 1,
                 peers_derp: 2,
+                resume_handshakes: 5,
             }]
         }
         fn readiness(&self) -> Result<(), String> {
@@ -351,6 +361,7 @@ mod tests {
             "tailnet_cni_cni_commands_total{command=\"Add\",result=\"100\"} 1",
             "tailnet_cni_cni_command_duration_seconds_count{command=\"Add\",result=\"ok\"} 1",
             "tailnet_cni_pod_handshake_age_seconds{",
+            "tailnet_cni_resume_handshakes_total 5",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::session_memory;
+use super::state::{SessionPeersFile, StateError};
 use super::sync::PodRouting;
 use super::tun::open_tun;
 use crate::control::keys::NodePublic;
@@ -37,6 +39,8 @@ pub enum AttachError {
     },
     #[error("starting data plane: {0}")]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Why a pod's data plane is not serving it (what CHECK reports).
@@ -123,17 +127,30 @@ pub struct AttachTarget {
 impl AttachTarget {
     /// Opens the pod's TUN and attaches it to the engine with `keys`.
     pub fn attach(&self, keys: &IdentityKeys) -> Result<PodHandle, AttachError> {
+        self.attach_on(keys, None)
+    }
+
+    /// [`Self::attach`] with the pod's UDP socket on `udp_port` if it is
+    /// free (the port its sessions used before a restart).
+    pub fn attach_on(
+        &self,
+        keys: &IdentityKeys,
+        udp_port: Option<u16>,
+    ) -> Result<PodHandle, AttachError> {
         let tun_fd = open_tun(&self.tun_name).map_err(|source| AttachError::OpenTun {
             tun: self.tun_name.clone(),
             source,
         })?;
-        let handle = self.engine.attach_pod(PodDataConfig {
-            pod_id: self.pod_id.clone(),
-            tun_fd,
-            node_private: keys.node_private_bytes(),
-            disco_private: keys.disco_private_bytes(),
-            addresses: self.addresses.clone(),
-        })?;
+        let handle = self.engine.attach_pod_on(
+            PodDataConfig {
+                pod_id: self.pod_id.clone(),
+                tun_fd,
+                node_private: keys.node_private_bytes(),
+                disco_private: keys.disco_private_bytes(),
+                addresses: self.addresses.clone(),
+            },
+            udp_port,
+        )?;
         Ok(handle)
     }
 
@@ -153,8 +170,10 @@ impl AttachTarget {
 }
 
 /// Wraps the first attachment; the returned future keeps the data plane on
-/// the session's current key and its netmap in sync, until the session or
-/// the data plane ends.
+/// the session's current key and its netmap in sync, and resumes and
+/// remembers its WireGuard sessions through `sessions` (if given: without
+/// it sessions end with the process), until the session or the data plane
+/// ends.
 pub fn supervise(
     first: PodHandle,
     attached_key: NodePublic,
@@ -162,6 +181,7 @@ pub fn supervise(
     keys: watch::Receiver<IdentityKeys>,
     netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
+    sessions: Option<SessionPeersFile>,
 ) -> (
     PodDataPlane,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -170,11 +190,24 @@ pub fn supervise(
         handle: first,
         key: attached_key,
     });
+    let memory = sessions.map(|file| {
+        let current = current.clone();
+        session_memory::carry_over(move || current.borrow().handle.clone(), file)
+    });
     let data = PodDataPlane {
         current,
         keys: keys.clone(),
     };
-    let task = follow(slot, attached_key, target, keys, netmap, reporter);
+    let follow = follow(slot, attached_key, target, keys, netmap, reporter);
+    let task = async move {
+        match memory {
+            Some(memory) => tokio::select! {
+                () = follow => {}
+                () = memory => {}
+            },
+            None => follow.await,
+        }
+    };
     (data, task)
 }
 

@@ -11,6 +11,7 @@ pub mod netns;
 mod nl;
 pub mod peer_routes;
 pub mod plumbing;
+pub mod session_memory;
 pub mod state;
 pub mod sync;
 pub mod sysctl;

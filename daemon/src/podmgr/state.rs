@@ -23,8 +23,13 @@ use super::naming::validate_container_id;
 use super::peer_routes::RouteRequest;
 use super::plumbing::PodNet;
 
+mod sessions;
+
+pub use sessions::{RememberedSessions, SessionPeersFile};
+
 const PODS_DIR: &str = "pods";
 const IDENTITIES_DIR: &str = "identities";
+const SESSIONS_DIR: &str = "sessions";
 const RECORD_SUFFIX: &str = ".json";
 
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +88,23 @@ pub enum PodPhase {
     Deleting,
 }
 
+/// The record format this daemon writes. Version 1 (no `version` field)
+/// had no `tags`; it reads as version 2 with none.
+pub const RECORD_VERSION: u32 = 2;
+
+/// Records written before the format carried a version.
+fn unversioned() -> u32 {
+    1
+}
+
 /// Everything the daemon must remember about one pod across restarts.
 /// Holds no secrets: the identity keys live in `identity_file`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodRecord {
+    /// Format of the record as read; [`StateStore::save`] always writes
+    /// [`RECORD_VERSION`].
+    #[serde(default = "unversioned")]
+    pub version: u32,
     pub container_id: String,
     /// Network namespace path the runtime gave us.
     pub netns: PathBuf,
@@ -97,6 +115,10 @@ pub struct PodRecord {
     pub uid: String,
     /// Tailnet machine name.
     pub hostname: String,
+    /// ACL tags the pod asked for (and selection allowed); a restarted
+    /// daemon registers again with them if its node key needs a new auth key.
+    #[serde(default)]
+    pub tags: Vec<String>,
     #[serde(default)]
     pub ipv4: Option<Ipv4Addr>,
     #[serde(default)]
@@ -139,13 +161,13 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Opens (creating if needed, mode 0700) `<state_dir>/pods` and
-    /// `<state_dir>/identities`.
+    /// Opens (creating if needed, mode 0700) `<state_dir>/pods`,
+    /// `<state_dir>/identities` and `<state_dir>/sessions`.
     pub fn open(state_dir: impl Into<PathBuf>) -> Result<Self, StateError> {
         let root = state_dir.into();
         let pods_dir = root.join(PODS_DIR);
         let identities_dir = root.join(IDENTITIES_DIR);
-        for dir in [&root, &pods_dir, &identities_dir] {
+        for dir in [&root, &pods_dir, &identities_dir, &root.join(SESSIONS_DIR)] {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -185,9 +207,14 @@ impl StateStore {
             .join(format!("{container_id}{RECORD_SUFFIX}")))
     }
 
+    /// Replaces a pod's record atomically, in the current format.
     pub fn save(&self, record: &PodRecord) -> Result<(), StateError> {
         let path = self.record_path(&record.container_id)?;
-        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StateError::Encode {
+        let current = PodRecord {
+            version: RECORD_VERSION,
+            ..record.clone()
+        };
+        let bytes = serde_json::to_vec_pretty(&current).map_err(|source| StateError::Encode {
             container_id: record.container_id.clone(),
             source,
         })?;
@@ -273,7 +300,11 @@ impl StateStore {
     /// are kept: one of its writes may be in flight.
     pub fn remove_stray_temp_files(&self) -> Result<usize, StateError> {
         let mut removed = 0;
-        for dir in [self.pods_dir.clone(), self.root.join(IDENTITIES_DIR)] {
+        for dir in [
+            self.pods_dir.clone(),
+            self.root.join(IDENTITIES_DIR),
+            self.root.join(SESSIONS_DIR),
+        ] {
             let entries = fs::read_dir(&dir).map_err(io_err("listing", &dir))?;
             for entry in entries.flatten() {
                 let name = entry.file_name();
@@ -302,9 +333,11 @@ impl StateStore {
             .is_ok_and(|modified| modified < self.opened_at)
     }
 
-    /// Deletes a container's record. Returns false if there was none.
+    /// Deletes a container's record and the peers its sessions had.
+    /// Returns false if there was no record.
     pub fn remove(&self, container_id: &str) -> Result<bool, StateError> {
         let path = self.record_path(container_id)?;
+        SessionPeersFile::of(&self.root, container_id)?.remove()?;
         match fs::remove_file(&path) {
             Ok(()) => {
                 sync_dir(&self.pods_dir)?;

@@ -415,6 +415,7 @@ async fn the_data_plane_follows_a_rotated_key() {
         handle.keys(),
         handle.netmap(),
         handle.reporter(),
+        None,
     );
     let task = tokio::spawn(task);
     // The sync gives the first attachment its peers.

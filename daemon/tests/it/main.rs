@@ -23,4 +23,5 @@ mod peer_routes;
 mod plumbing;
 mod privileges;
 mod reliability;
+mod restart_sessions;
 mod shim_live;

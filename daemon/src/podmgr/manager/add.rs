@@ -25,7 +25,7 @@ use crate::podmgr::keyfile::write_keys;
 use crate::podmgr::naming::{validate_container_id, validate_if_name};
 use crate::podmgr::peer_routes::RoutePrefs;
 use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec, PodRouteTarget};
-use crate::podmgr::state::{PodPhase, PodRecord};
+use crate::podmgr::state::{PodPhase, PodRecord, SessionPeersFile, RECORD_VERSION};
 use crate::podmgr::sync::PodRouting;
 use crate::rpc::CniError;
 use crate::selection::Decision;
@@ -114,6 +114,7 @@ impl<B: Backends> PodManager<B> {
             req.mtu
         };
         let mut record = PodRecord {
+            version: RECORD_VERSION,
             container_id: pod.container_id.clone(),
             netns: PathBuf::from(&pod.netns),
             if_name: pod.if_name.clone(),
@@ -121,6 +122,7 @@ impl<B: Backends> PodManager<B> {
             name: pod.name.clone(),
             uid: pod.uid.clone(),
             hostname,
+            tags: tags.clone(),
             ipv4: None,
             ipv6: None,
             pod_net: None,
@@ -342,6 +344,7 @@ impl<B: Backends> PodManager<B> {
                 prefs: record.routes.resolve(&node_routes),
                 pod: Some(PodRouteTarget::of(record.netns.clone(), pod_net)),
             },
+            session_peers: SessionPeersFile::of(&self.config.state_dir, &record.container_id)?,
         };
         self.engine.attach(spec, keys, session)
     }

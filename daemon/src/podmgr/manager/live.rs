@@ -26,6 +26,7 @@ use crate::podmgr::keyfile::IdentityFile;
 use crate::podmgr::plumbing::{
     PlumbError, Plumber, PodNet, PodNetSpec, StaleCleanup, TeardownErrors,
 };
+use crate::podmgr::session_memory;
 use crate::podmgr::state::{LoadedRecords, PodRecord, StateError, StateStore};
 use crate::wg::{Engine, EngineError, HomeRelay, PodStats};
 
@@ -136,7 +137,8 @@ impl DataPlane for LiveEngine {
             addresses: spec.addresses,
             routing: spec.routing,
         };
-        let first = target.attach(keys)?;
+        let udp_port = session_memory::recall(&spec.session_peers).udp_port;
+        let first = target.attach_on(keys, udp_port)?;
         let (data, supervisor) = dataplane::supervise(
             first,
             keys.node_public(),
@@ -144,6 +146,7 @@ impl DataPlane for LiveEngine {
             session.keys(),
             session.netmap(),
             session.reporter(),
+            Some(spec.session_peers),
         );
         let supervisor = supervisor.instrument(info_span!("netmap_sync", pod = %spec.hostname));
         Ok(LiveAttachment {

@@ -84,7 +84,7 @@ impl<B: Backends> PodManager<B> {
             keys.clone(),
             SessionSpec {
                 hostname: record.hostname.clone(),
-                tags: Vec::new(),
+                tags: record.tags.clone(),
                 key_file: key_file.clone(),
                 resumed: true,
             },

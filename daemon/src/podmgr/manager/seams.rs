@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::control::{ControlError, IdentityKeys, SelfNode, SessionState};
 use crate::podmgr::dataplane::{AttachError, DataPlaneDown};
 use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec, StaleCleanup, TeardownErrors};
-use crate::podmgr::state::{LoadedRecords, PodRecord, StateError};
+use crate::podmgr::state::{LoadedRecords, PodRecord, SessionPeersFile, StateError};
 use crate::podmgr::sync::PodRouting;
 use crate::wg::{EngineError, HomeRelay, PodStats};
 
@@ -90,6 +90,8 @@ pub struct AttachSpec {
     /// The pod's route opt-ins, resolved against the node's defaults, and
     /// where its subnet routes go.
     pub routing: PodRouting,
+    /// Where the pod's live WireGuard sessions are remembered for a restart.
+    pub session_peers: SessionPeersFile,
 }
 
 /// The shared engine.

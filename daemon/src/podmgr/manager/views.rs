@@ -182,6 +182,7 @@ impl<B: Backends> Snapshot for PodManager<B> {
                         .iter()
                         .filter(|p| p.path == PathKind::Relay)
                         .count() as u64,
+                    resume_handshakes: stats.resume_handshakes,
                 })
             })
             .collect()

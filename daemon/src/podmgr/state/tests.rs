@@ -3,6 +3,7 @@ use crate::podmgr::peer_routes::RouteRequest;
 
 fn record(id: &str) -> PodRecord {
     PodRecord {
+        version: RECORD_VERSION,
         container_id: id.to_string(),
         netns: PathBuf::from("/var/run/netns/cni-1234"),
         if_name: "ts0".into(),
@@ -10,6 +11,7 @@ fn record(id: &str) -> PodRecord {
         name: "web-0".into(),
         uid: "0b8e7f4a-1111-2222-3333-444455556666".into(),
         hostname: "prod-default-web-0".into(),
+        tags: vec!["tag:web".into(), "tag:k8s-pod".into()],
         ipv4: Some(Ipv4Addr::new(100, 64, 0, 7)),
         ipv6: Some("fd7a:115c:a1e0::7".parse().unwrap()),
         pod_net: None,
@@ -234,4 +236,39 @@ fn records_with_missing_optional_fields_still_load() {
     assert_eq!(rec.state, PodPhase::Pending);
     assert_eq!(rec.pod_net, None);
     assert_eq!(rec.ipv4, None);
+}
+
+#[test]
+fn tags_and_hostname_survive_a_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    let rec = record("tagged");
+    store.save(&rec).unwrap();
+    let loaded = store.load("tagged").unwrap().unwrap();
+    assert_eq!(loaded.tags, vec!["tag:web", "tag:k8s-pod"]);
+    assert_eq!(loaded.hostname, "prod-default-web-0");
+    assert_eq!(loaded.version, RECORD_VERSION);
+}
+
+#[test]
+fn a_version_1_record_reads_without_tags_and_is_saved_as_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    // As written before records carried a version and tags.
+    let v1 = r#"{"container_id":"old","netns":"/var/run/netns/cni-1","if_name":"ts0",
+        "namespace":"ns","name":"p","uid":"u","hostname":"unit-ns-p","node_id":7,
+        "state":"running","created_at":1}"#;
+    fs::write(dir.path().join("pods/old.json"), v1).unwrap();
+    let mut rec = store.load("old").unwrap().unwrap();
+    assert_eq!(rec.version, 1);
+    assert!(rec.tags.is_empty());
+    assert_eq!(rec.hostname, "unit-ns-p");
+    assert_eq!(rec.state, PodPhase::Running);
+
+    rec.tags = vec!["tag:web".into()];
+    store.save(&rec).unwrap();
+    let raw: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join("pods/old.json")).unwrap()).unwrap();
+    assert_eq!(raw["version"], serde_json::json!(RECORD_VERSION));
+    assert_eq!(raw["tags"], serde_json::json!(["tag:web"]));
 }

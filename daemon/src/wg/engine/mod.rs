@@ -47,6 +47,7 @@ use super::packet_fd::PacketFd;
 use pod::{PodInputs, PodState};
 
 pub use relay::choose_home_region;
+pub use session::ResumePeer;
 pub use stats::{PathKind, PeerStats, PodStats, STATS_PUBLISH_INTERVAL};
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,17 @@ impl Engine {
 
     /// Start serving a pod. Must be called inside a tokio runtime.
     pub fn attach_pod(&self, pod: PodDataConfig) -> Result<PodHandle, EngineError> {
+        self.attach_pod_on(pod, None)
+    }
+
+    /// [`Self::attach_pod`] with the pod's UDP socket on `udp_port` when it
+    /// is free: a pod attached again after a restart keeps the port its
+    /// peers still send to, so their answers to its handshakes arrive.
+    pub fn attach_pod_on(
+        &self,
+        pod: PodDataConfig,
+        udp_port: Option<u16>,
+    ) -> Result<PodHandle, EngineError> {
         let PodDataConfig {
             pod_id,
             tun_fd,
@@ -123,6 +135,7 @@ impl Engine {
             node_private,
             disco_private,
             addresses,
+            udp_port,
         );
         let engine = self.clone();
         let id = pod_id.clone();
@@ -159,6 +172,7 @@ enum Command {
     SetPeers(Vec<Arc<PeerConfig>>),
     SetDerpMap(Arc<Vec<DerpRegionConfig>>),
     SetFilter(Arc<CompiledRules>),
+    InitiateHandshakes(Vec<ResumePeer>),
     Stats(oneshot::Sender<PodStats>),
     Detach(oneshot::Sender<()>),
 }
@@ -214,6 +228,15 @@ impl PodHandle {
     /// flows, so replies to the pod's own connections keep flowing.
     pub async fn set_filter(&self, rules: Arc<CompiledRules>) -> Result<(), EngineError> {
         self.send(Command::SetFilter(rules)).await
+    }
+
+    /// Start a WireGuard handshake with each of `peers` now rather than when
+    /// traffic asks for one: after a restart the peers still hold sessions
+    /// this process has lost, and would only notice at their rekey timeout.
+    /// A peer not in the pod's peer set yet gets its handshake when a
+    /// netmap brings it, if that happens within 30 s.
+    pub async fn initiate_handshakes(&self, peers: Vec<ResumePeer>) -> Result<(), EngineError> {
+        self.send(Command::InitiateHandshakes(peers)).await
     }
 
     pub async fn stats(&self) -> Result<PodStats, EngineError> {

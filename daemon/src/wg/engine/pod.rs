@@ -73,8 +73,9 @@ impl PodState {
         node_private: [u8; 32],
         disco_private: [u8; 32],
         addresses: Vec<IpAddr>,
+        udp_port: Option<u16>,
     ) -> (Self, PodWatches, mpsc::Receiver<DerpInbound>) {
-        let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size);
+        let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size, udp_port);
         let (discovery, endpoints) = Discovery::new(disco_private, socket.port());
         let (relay, home_relay, relayed) = RelayLinks::new(node_private, &engine.config);
         let (counters, stats) = Counters::new();
@@ -111,6 +112,7 @@ impl PodState {
                 self.filter.set_rules(rules, &self.identity.addresses);
                 debug!(pod = %self.identity.pod_id, "packet filter updated");
             }
+            Command::InitiateHandshakes(peers) => self.initiate_handshakes(peers),
             Command::Stats(reply) => {
                 // The caller may have stopped waiting for the numbers.
                 reply.send(self.snapshot_stats(PeerSelection::All)).ok();
@@ -121,6 +123,7 @@ impl PodState {
 
     fn on_timer(&mut self) {
         self.update_session_timers();
+        self.peers.expire_pending_initiations();
         let now = std::time::Instant::now();
         self.poll_disco(now);
         self.poll_stun(now);

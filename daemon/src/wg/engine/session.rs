@@ -2,8 +2,10 @@
 //! state, cryptokey routing, and which session a direct datagram is for.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
@@ -19,6 +21,23 @@ use crate::wg::routing::AllowedIps;
 
 /// A peer's node key.
 pub(super) type NodeKey = [u8; 32];
+
+/// How long a remembered peer waits for a netmap that names it.
+const PENDING_INITIATION_TTL: Duration = Duration::from_secs(30);
+
+/// A peer the pod had a session with before the daemon restarted, and the
+/// direct endpoint that session last used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePeer {
+    pub node_key: [u8; 32],
+    pub direct: Option<SocketAddr>,
+}
+
+/// Remembered peers the pod's netmap has not named yet.
+struct PendingInitiations {
+    peers: Vec<ResumePeer>,
+    until: Instant,
+}
 
 /// One peer as the pod sees it.
 pub(super) struct PeerSession {
@@ -98,6 +117,7 @@ pub(super) struct Peers {
     index_to_peer: HashMap<u32, NodeKey>,
     /// Cryptokey routing, outbound half: destination → peer.
     pub(super) routes: AllowedIps<NodeKey>,
+    pending_initiations: Option<PendingInitiations>,
 }
 
 impl Peers {
@@ -199,6 +219,30 @@ impl Peers {
         self.index_to_peer.get(&(receiver_idx >> 8)).copied()
     }
 
+    /// Splits `peers` into those in the peer set, returned, and the rest,
+    /// kept pending until `until`.
+    fn take_known(&mut self, peers: Vec<ResumePeer>, until: Instant) -> Vec<ResumePeer> {
+        let (known, unknown): (Vec<_>, Vec<_>) = peers
+            .into_iter()
+            .partition(|peer| self.sessions.contains_key(&peer.node_key));
+        self.pending_initiations = (!unknown.is_empty()).then_some(PendingInitiations {
+            peers: unknown,
+            until,
+        });
+        known
+    }
+
+    /// Timer: forgets remembered peers no netmap named in time.
+    pub(super) fn expire_pending_initiations(&mut self) {
+        if self
+            .pending_initiations
+            .as_ref()
+            .is_some_and(|pending| pending.until <= Instant::now())
+        {
+            self.pending_initiations = None;
+        }
+    }
+
     /// Run every session's timers: returns the datagrams they want sent
     /// (keepalives, handshake retries) and frees sessions that expired.
     fn update_timers(&mut self, out: &mut [u8], pod_id: &str) -> Vec<(NodeKey, Vec<u8>)> {
@@ -237,6 +281,54 @@ impl PodState {
                 .filter_map(|p| p.config.disco_key.as_ref().map(|d| (p.config.node_key, d))),
         );
         debug!(pod = %self.identity.pod_id, peers = self.peers.len(), removed, routes = self.peers.routes.len(), "peers updated");
+        if let Some(pending) = self.peers.pending_initiations.take() {
+            for peer in self.peers.take_known(pending.peers, pending.until) {
+                self.initiate_handshake(&peer);
+            }
+        }
+    }
+
+    /// Handshakes with the peers a restarted daemon remembers, now for
+    /// those in the peer set, when a netmap names them for the others.
+    pub(super) fn initiate_handshakes(&mut self, peers: Vec<ResumePeer>) {
+        let until = Instant::now() + PENDING_INITIATION_TTL;
+        for peer in self.peers.take_known(peers, until) {
+            self.initiate_handshake(&peer);
+        }
+    }
+
+    /// Sends a fresh handshake initiation over the peer's last direct path
+    /// (likely still open) and through the relay (which always reaches it):
+    /// the peer answers the first to arrive and drops the other as a
+    /// replay, then moves its traffic to the new session.
+    fn initiate_handshake(&mut self, peer: &ResumePeer) {
+        let mut out = std::mem::take(&mut self.out_buf);
+        let wire = match self.tunn_for(&peer.node_key) {
+            Some(tunn) => match tunn.format_handshake_initiation(&mut out, false) {
+                TunnResult::WriteToNetwork(wire) => Some(wire.to_vec()),
+                // Traffic already started one.
+                TunnResult::Done => None,
+                TunnResult::Err(e) => {
+                    debug!(pod = %self.identity.pod_id, error = ?e, "cannot start a handshake");
+                    None
+                }
+                _ => None,
+            },
+            None => None,
+        };
+        self.out_buf = out;
+        let Some(wire) = wire else {
+            return;
+        };
+        self.counters.totals.resume_handshakes += 1;
+        if let (Some(addr), Some(sock)) = (peer.direct, self.socket.udp()) {
+            if let Err(e) = sock.try_send_to(&wire, addr) {
+                debug!(pod = %self.identity.pod_id, %addr, error = %e, "direct handshake not sent");
+            }
+        }
+        if self.relay_to_peer(&peer.node_key, wire).is_none() {
+            debug!(pod = %self.identity.pod_id, "no relay to reach a remembered peer");
+        }
     }
 
     /// The peer's session, creating it on first use.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tokio::net::UdpSocket;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::pod::{MIN_WG_BUFFER, WG_OVERHEAD};
 use super::session::NodeKey;
@@ -43,8 +43,16 @@ pub(super) struct PodSocket {
 impl PodSocket {
     /// Bind the pod's socket on an ephemeral port; without one the pod
     /// works through relays only.
-    pub(super) fn bind(pod_id: &str, max_packet_size: usize) -> Self {
-        let udp = match udp::bind_pod_socket(0) {
+    /// Binds `port` if given and free, else any port.
+    pub(super) fn bind(pod_id: &str, max_packet_size: usize, port: Option<u16>) -> Self {
+        let wanted = port.and_then(|port| match udp::bind_pod_socket(port) {
+            Ok(sock) => Some(sock),
+            Err(e) => {
+                debug!(pod = %pod_id, port, error = %e, "UDP port taken; binding another");
+                None
+            }
+        });
+        let udp = match wanted.map_or_else(|| udp::bind_pod_socket(0), Ok) {
             Ok(sock) => Some(Arc::new(sock)),
             Err(e) => {
                 warn!(pod = %pod_id, error = %e, "no UDP socket; relay only");

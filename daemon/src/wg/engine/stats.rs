@@ -49,6 +49,9 @@ pub struct PodStats {
     /// Inbound packets the tailnet packet filter refused (no rule accepts
     /// them and they answer no flow the pod opened); not in `dropped_packets`.
     pub filtered_packets: u64,
+    /// Handshakes started because a restarted daemon remembered a session
+    /// with the peer ([`super::PodHandle::initiate_handshakes`]).
+    pub resume_handshakes: u64,
     pub peers: Vec<PeerStats>,
 }
 

@@ -160,6 +160,8 @@ pub struct FakeControl {
     nodes: Mutex<HashSet<i64>>,
     /// Sessions started and not yet ended, by hostname.
     running: Arc<Mutex<Vec<String>>>,
+    /// Every session started, in order.
+    started: Mutex<Vec<SessionSpec>>,
     pub fail_remove_node: AtomicBool,
     /// The admin API never answers a removal.
     pub hang_remove_node: AtomicBool,
@@ -174,6 +176,7 @@ impl Default for FakeControl {
             next_node: AtomicI64::new(1),
             nodes: Mutex::default(),
             running: Arc::default(),
+            started: Mutex::default(),
             fail_remove_node: AtomicBool::new(false),
             hang_remove_node: AtomicBool::new(false),
             hang_logout: Arc::default(),
@@ -196,6 +199,11 @@ impl FakeControl {
     /// Hostnames of the sessions still running.
     pub fn running_sessions(&self) -> Vec<String> {
         guard(&self.running).clone()
+    }
+
+    /// What every session was started for, in order.
+    pub fn started_sessions(&self) -> Vec<SessionSpec> {
+        guard(&self.started).clone()
     }
 }
 
@@ -227,6 +235,7 @@ impl ControlPlane for Arc<FakeControl> {
             _ => SessionState::Connected,
         };
         guard(&self.running).push(spec.hostname.clone());
+        guard(&self.started).push(spec.clone());
         FakeSession {
             hostname: spec.hostname,
             node,

@@ -22,6 +22,9 @@ use crate::podmgr::state::{PodRecord, StateStore};
 use crate::rpc::{CniError, CniHandler};
 use crate::selection::{Policy, Selector};
 
+/// The one tag the test daemon's selection allows.
+const ALLOWED_TAG: &str = "tag:web";
+
 /// A pod manager on fakes, and the fakes, to look into.
 struct Bed {
     manager: Arc<PodManager<Fakes>>,
@@ -86,7 +89,7 @@ impl Bed {
         let manager = PodManager::launch(
             config(world.dir.path().join("state")),
             Arc::new(Metrics::default()),
-            Selector::without_api(Policy::new(Selection::All, Vec::new())),
+            Selector::without_api(Policy::new(Selection::All, vec![ALLOWED_TAG.into()])),
             parts,
         )
         .await

@@ -46,3 +46,40 @@ async fn a_pod_whose_netns_is_gone_is_released_at_start() {
     bed.assert_gone(POD);
     assert!(bed.manager.tables.in_use().is_empty());
 }
+
+/// A resumed session re-registers with the tags and hostname ADD chose if
+/// its node key needs a new auth key, so it must get them, not defaults.
+#[tokio::test]
+async fn a_resumed_pod_keeps_its_tags_and_hostname() {
+    use std::collections::HashMap;
+    use tailnet_cni_proto::selection::{HOSTNAME_ANNOTATION, TAGS_ANNOTATION};
+    use tailnet_cni_proto::v1::{AddRequest, PodAnnotations};
+
+    let bed = Bed::start().await;
+    bed.manager
+        .add(AddRequest {
+            pod: Some(bed.pod(POD)),
+            annotations: Some(PodAnnotations {
+                entries: HashMap::from([
+                    (HOSTNAME_ANNOTATION.to_string(), "chosen-name".to_string()),
+                    (TAGS_ANNOTATION.to_string(), super::ALLOWED_TAG.to_string()),
+                ]),
+            }),
+            ..AddRequest::default()
+        })
+        .await
+        .expect("ADD");
+    let world = bed.stop().await;
+
+    let bed = Bed::start_in(world).await;
+    let started = bed.control.started_sessions();
+    assert_eq!(started.len(), 2, "ADD's session and the resumed one");
+    let resumed = &started[1];
+    assert!(resumed.resumed);
+    assert_eq!(resumed.hostname, "chosen-name");
+    assert_eq!(resumed.tags, vec![super::ALLOWED_TAG.to_string()]);
+    assert_eq!(started[0].tags, resumed.tags);
+    let record = bed.record(POD).expect("record kept");
+    assert_eq!(record.tags, vec![super::ALLOWED_TAG.to_string()]);
+    bed.del(POD).await.expect("DEL");
+}

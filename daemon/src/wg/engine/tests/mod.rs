@@ -5,6 +5,7 @@ mod checks;
 mod direct;
 mod filter;
 mod relay;
+mod resume;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;

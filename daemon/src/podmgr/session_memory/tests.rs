@@ -1,0 +1,128 @@
+use std::time::Duration;
+
+use super::*;
+use crate::wg::{PathKind, PeerStats};
+
+fn peer(key: u8, handshake_age: Option<u64>, direct: Option<&str>) -> PeerStats {
+    PeerStats {
+        node_key: [key; 32],
+        path: if direct.is_some() {
+            PathKind::Direct
+        } else {
+            PathKind::Relay
+        },
+        relay_region: Some(900),
+        direct_endpoint: direct.map(|d| d.parse().unwrap()),
+        last_handshake: handshake_age.map(Duration::from_secs),
+        tx_bytes: 1,
+        rx_bytes: 1,
+    }
+}
+
+fn stats(peers: Vec<PeerStats>) -> PodStats {
+    PodStats {
+        peers,
+        ..PodStats::default()
+    }
+}
+
+#[test]
+fn only_sessions_young_enough_to_resume_are_remembered_in_key_order() {
+    let live = live_sessions(
+        &stats(vec![
+            peer(3, Some(10), Some("192.0.2.3:41641")),
+            peer(1, Some(179), None),
+            peer(2, Some(181), None),
+            peer(4, None, None),
+        ]),
+        &[],
+    );
+    assert_eq!(
+        live,
+        vec![
+            ResumePeer {
+                node_key: [1; 32],
+                direct: None
+            },
+            ResumePeer {
+                node_key: [3; 32],
+                direct: Some("192.0.2.3:41641".parse().unwrap())
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_path_idle_on_the_relay_keeps_its_remembered_direct_endpoint() {
+    let saved = vec![ResumePeer {
+        node_key: [7; 32],
+        direct: Some("192.0.2.7:41641".parse().unwrap()),
+    }];
+    let live = live_sessions(&stats(vec![peer(7, Some(30), None)]), &saved);
+    assert_eq!(live, saved, "no write for a path that merely went idle");
+}
+
+#[test]
+fn the_sessions_file_round_trips_and_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::podmgr::state::StateStore::open(dir.path()).unwrap();
+    let file = SessionPeersFile::of(store.state_dir(), "pod1").unwrap();
+    assert_eq!(
+        file.load().unwrap(),
+        RememberedSessions::default(),
+        "absent reads as none"
+    );
+    let peers = vec![
+        ResumePeer {
+            node_key: [0xab; 32],
+            direct: Some("[2001:db8::1]:41641".parse().unwrap()),
+        },
+        ResumePeer {
+            node_key: [0x01; 32],
+            direct: None,
+        },
+    ];
+    let sessions = RememberedSessions {
+        udp_port: Some(41641),
+        peers,
+    };
+    file.save(&sessions).unwrap();
+    assert_eq!(file.load().unwrap(), sessions);
+    let mode = std::fs::metadata(file.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // The record's removal takes the remembered sessions with it.
+    assert!(!store.remove("pod1").unwrap());
+    assert!(!file.path().exists());
+    assert!(SessionPeersFile::of(store.state_dir(), "../x").is_err());
+}
+
+#[test]
+fn a_corrupt_sessions_file_is_an_error_and_bad_keys_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::podmgr::state::StateStore::open(dir.path()).unwrap();
+    let file = SessionPeersFile::of(store.state_dir(), "pod2").unwrap();
+    std::fs::write(file.path(), b"{").unwrap();
+    assert!(matches!(
+        file.load(),
+        Err(crate::podmgr::state::StateError::Corrupt { .. })
+    ));
+    let good = "11".repeat(32);
+    std::fs::write(
+        file.path(),
+        format!(r#"{{"version":1,"peers":[{{"node_key":"zz"}},{{"node_key":"{good}"}}]}}"#),
+    )
+    .unwrap();
+    assert_eq!(
+        file.load().unwrap(),
+        RememberedSessions {
+            udp_port: None,
+            peers: vec![ResumePeer {
+                node_key: [0x11; 32],
+                direct: None
+            }]
+        }
+    );
+}
