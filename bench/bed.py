@@ -203,6 +203,7 @@ class Daemon:
             f'state_dir = "{work / "state"}"\n'
             'cluster_name = "bench"\n'
             f'control_url = "{bed.control_url}"\n'
+            "allow_insecure_http = true\n"
             'selection = "all"\n\n'
             "[auth]\n"
             'kind = "rscale"\n'
