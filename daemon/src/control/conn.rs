@@ -484,7 +484,11 @@ mod tests {
             read_bounded(&mut rest, &mut body, 4).await,
             Err(BodyError::TooLarge)
         ));
-        assert!(body.len() <= 5, "read {} bytes past a 4-byte limit", body.len());
+        assert!(
+            body.len() <= 5,
+            "read {} bytes past a 4-byte limit",
+            body.len()
+        );
     }
 
     /// A server that answers `/key` with an endless body is cut off at the

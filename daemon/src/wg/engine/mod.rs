@@ -23,6 +23,7 @@
 
 mod discovery;
 mod filter;
+mod handshake;
 mod pod;
 mod receive;
 mod relay;
@@ -76,6 +77,8 @@ struct EngineInner {
     /// boringtun receiver indices (24 bits, shifted by Tunn) must be unique
     /// across every session the node runs.
     next_index: AtomicU32,
+    /// Handshakes every pod together may hand to X25519 each second.
+    handshake_budget: Arc<handshake::NodeBudget>,
 }
 
 impl Engine {
@@ -85,6 +88,7 @@ impl Engine {
                 config,
                 pods: Mutex::new(HashSet::new()),
                 next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
+                handshake_budget: Arc::new(handshake::NodeBudget::default()),
             }),
         }
     }

@@ -4,6 +4,7 @@
 mod checks;
 mod direct;
 mod filter;
+mod hostile;
 mod relay;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
