@@ -44,9 +44,13 @@ async fn direct_udp_datagrams_reach_the_right_session() {
         }])
         .await
         .unwrap();
-    let mut conn = crate::wg::derp_client::connect(&map[0].nodes[0], &outside_private)
-        .await
-        .unwrap();
+    let mut conn = crate::wg::derp_client::connect(
+        &map[0].nodes[0],
+        &crate::wg::derp_client::RelayTrust::default(),
+        &outside_private,
+    )
+    .await
+    .unwrap();
     let mut tunn = Tunn::new(
         x25519::StaticSecret::from(outside_private),
         x25519::PublicKey::from(pod.key),
