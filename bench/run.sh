@@ -9,6 +9,7 @@
 #   bench/run.sh pods         CNI ADD and ADD-to-reachable, 1 pod and 50 at once (root)
 #   bench/run.sh throughput   iperf3: our engine vs official tailscaled (root)
 #   bench/run.sh footprint    daemon RSS and idle CPU at 0/50/250 pods (root)
+#   bench/run.sh flood        a pod's throughput while another's port takes forged handshakes (root)
 #   bench/run.sh crypto       openssl's ChaCha20-Poly1305, one core
 #   bench/run.sh report       rewrite BENCHMARKS.md and the table from target/bench
 #
@@ -21,7 +22,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 OUT=$(mkdir -p "$TARGET/bench" && realpath "$TARGET/bench")
 export BENCH_COMMAND=${BENCH_COMMAND:-$(echo "bench/run.sh $*" | sed "s/ *$//")}
 
-usage() { sed -n '2,17p' "$0" >&2; exit 2; }
+usage() { sed -n '2,18p' "$0" >&2; exit 2; }
 
 # Installs what the benchmarks run, once (idempotent).
 ensure_tools() {
@@ -123,11 +124,11 @@ parts=("$@")
 bed=()
 for part in "${parts[@]}"; do
   case "$part" in
-    all) bench_shim; bench_engine; bench_crypto; bed+=(control pods throughput footprint) ;;
+    all) bench_shim; bench_engine; bench_crypto; bed+=(control pods throughput footprint flood) ;;
     shim) bench_shim ;;
     engine) bench_engine ;;
     crypto) bench_crypto ;;
-    control | pods | throughput | footprint) bed+=("$part") ;;
+    control | pods | throughput | footprint | flood) bed+=("$part") ;;
     report) ;;
     *) usage ;;
   esac
