@@ -101,11 +101,7 @@ def part_flood(args, bed, work):
         pinger = b.Pinger("bpeer", interval=0.1)
         try:
             for pod in (victim, target):
-                b.wait_until(90, f"the peer to learn {pod['ipv4']}", lambda: peer.knows(pod["ipv4"]), interval=0.5)
-                peer.cli("ping", "-c", "5", "--timeout", "2s", pod["ipv4"], check=False, timeout=60)
-                pinger.watch(pod["ipv4"])
-                if pinger.wait(pod["ipv4"], 60) is None:
-                    raise RuntimeError(f"no ICMP reply from {pod['ipv4']} through the peer")
+                b.wait_reachable(peer, pinger, pod["ipv4"], pod["name"])
         finally:
             pinger.close()
         key = node_key_hex(peer, victim["ipv4"])
