@@ -59,7 +59,7 @@ pub struct LinkSettings {
     /// Capacity of the outbound queue.
     pub queue: usize,
     /// The largest packet a peer can validly relay (a WireGuard message
-    /// of the largest inner packet); larger ones are dropped unread.
+    /// of the largest inner packet); larger ones are dropped uncopied.
     pub max_datagram: usize,
     /// Which certificates relays are verified against.
     pub trust: RelayTrust,
@@ -232,7 +232,8 @@ async fn serve(
                     stage: "read",
                 })??;
             match frame {
-                Frame::RecvPacket { packet, .. } if !fits_datagram(packet, max_datagram) => {
+                // Nothing valid is larger: drop it before it is copied.
+                Frame::RecvPacket { packet, .. } if packet.len() > max_datagram => {
                     debug!(
                         region,
                         len = packet.len(),
@@ -308,12 +309,6 @@ async fn serve(
         r = read_side => r,
         r = write_side => r,
     }
-}
-
-/// Whether a relayed packet could be a datagram of ours; anything larger is
-/// dropped before it is copied.
-fn fits_datagram(packet: &[u8], max_datagram: usize) -> bool {
-    packet.len() <= max_datagram
 }
 
 fn append_packet(out: &mut Vec<u8>, msg: &DerpOutbound) {

@@ -123,14 +123,20 @@ fn self_signed_localhost() -> Option<(Vec<rustls::pki_types::CertificateDer<'sta
     Some((vec![cert.into()], key))
 }
 
-#[tokio::test]
-async fn tls_relay_accepted_only_when_node_is_insecure_for_tests() {
-    let (chain, key) = tailnet_testbed::require!(self_signed_localhost().ok_or_else(|| {
+/// [`self_signed_localhost`], or what is missing for it.
+fn localhost_certificate(
+) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, Vec<u8>), tailnet_testbed::Missing> {
+    self_signed_localhost().ok_or_else(|| {
         tailnet_testbed::Missing::new(
             "the openssl CLI could not make a certificate",
             "apt-get install openssl",
         )
-    }));
+    })
+}
+
+#[tokio::test]
+async fn tls_relay_accepted_only_when_node_is_insecure_for_tests() {
+    let (chain, key) = tailnet_testbed::require!(localhost_certificate());
     let relay =
         crate::wg::local_relay::LocalRelay::start_tls("127.0.0.1:0".parse().unwrap(), chain, key)
             .await
@@ -164,12 +170,7 @@ async fn tls_relay_accepted_only_when_node_is_insecure_for_tests() {
 #[tokio::test]
 async fn a_relay_signed_by_the_ca_file_is_trusted_like_control() {
     use base64::Engine as _;
-    let (chain, key) = tailnet_testbed::require!(self_signed_localhost().ok_or_else(|| {
-        tailnet_testbed::Missing::new(
-            "the openssl CLI could not make a certificate",
-            "apt-get install openssl",
-        )
-    }));
+    let (chain, key) = tailnet_testbed::require!(localhost_certificate());
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("relay.pem");
     let b64 = base64::engine::general_purpose::STANDARD.encode(chain[0].as_ref());

@@ -17,8 +17,9 @@
 //! applies the same count to what reaches it.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -126,36 +127,54 @@ impl HandshakeGate {
 }
 
 /// The node-wide handshake budget: a fixed one-second window shared by
-/// every pod's gate.
+/// every pod's gate, kept in atomics so pods never wait on each other.
+/// Two pods that open a new window at once may each reset it; the budget
+/// then admits up to one window's worth more, which is harmless.
 pub struct NodeBudget {
     per_sec: u64,
-    window: Mutex<(Instant, u64)>,
+    epoch: Instant,
+    /// Start of the current window in milliseconds since `epoch`, plus one;
+    /// 0 before the first handshake, which opens the first window.
+    window_start_ms: AtomicU64,
+    used: AtomicU64,
 }
 
 impl NodeBudget {
     pub fn new(per_sec: u64) -> Self {
         Self {
             per_sec,
-            window: Mutex::new((Instant::now(), 0)),
+            epoch: Instant::now(),
+            window_start_ms: AtomicU64::new(0),
+            used: AtomicU64::new(0),
         }
     }
 
     /// Takes one handshake from the budget at `now`; `false` when this
     /// second's is spent.
     pub fn take(&self, now: Instant) -> bool {
-        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        let (start, used) = &mut *window;
-        if now.saturating_duration_since(*start) >= Duration::from_secs(1) {
-            *start = now;
-            *used = 0;
+        let now_ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX);
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        let expired = start == 0 || now_ms.saturating_sub(start - 1) >= WINDOW_MS;
+        if expired
+            && self
+                .window_start_ms
+                .compare_exchange(
+                    start,
+                    now_ms.saturating_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.used.store(0, Ordering::Relaxed);
         }
-        if *used >= self.per_sec {
-            return false;
-        }
-        *used += 1;
-        true
+        self.used.fetch_add(1, Ordering::Relaxed) < self.per_sec
     }
 }
+
+/// Length of the budget's window.
+const WINDOW_MS: u64 = 1000;
 
 impl Default for NodeBudget {
     fn default() -> Self {

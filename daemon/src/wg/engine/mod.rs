@@ -15,6 +15,8 @@
 //! - `transmit`: packet device → peer (source check, flow noted, encrypt,
 //!   direct or relay).
 //! - `receive`: peer → packet device (decrypt, source checks, filter).
+//! - `handshake`: the gate handshakes pass before any X25519 work (mac1,
+//!   cookies under load, the node's handshake budget).
 //! - `socket`: the pod's UDP socket and its batch buffers.
 //! - `relay`: DERP links and the home relay.
 //! - `discovery`: disco and STUN I/O, the pod's endpoints.

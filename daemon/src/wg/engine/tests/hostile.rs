@@ -1,6 +1,6 @@
 //! Hostile senders at a pod's published UDP port.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use boringtun::noise::{Tunn, TunnResult};
@@ -17,13 +17,7 @@ use crate::wg::EngineConfig;
 async fn an_initiation_flood_is_answered_with_cookies() {
     let engine = Engine::new(EngineConfig::default());
     let pod = attach(&engine, "pod", [0xc1; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let port = pod
-        .handle
-        .endpoints()
-        .borrow()
-        .udp_port
-        .expect("pod UDP socket");
-    let pod_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let pod_addr = loopback_socket_of(&pod);
     let mut stranger = Tunn::new(
         x25519::StaticSecret::from([0xc2; 32]),
         x25519::PublicKey::from(pod.key),

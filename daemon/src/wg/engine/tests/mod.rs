@@ -97,6 +97,17 @@ fn peer_of(p: &TestPod, home: Option<u16>) -> PeerConfig {
     }
 }
 
+/// The pod's UDP socket on loopback, where peers outside the engine send.
+fn loopback_socket_of(pod: &TestPod) -> SocketAddr {
+    let port = pod
+        .handle
+        .endpoints()
+        .borrow()
+        .udp_port
+        .expect("pod UDP socket");
+    ([127, 0, 0, 1], port).into()
+}
+
 async fn recv_timeout(dev: &PacketFd, wait: Duration) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 2048];
     match tokio::time::timeout(wait, dev.recv(&mut buf)).await {
