@@ -65,19 +65,21 @@ def node_key_hex(peer, ip):
     raise RuntimeError(f"the peer does not know {ip}")
 
 
-def published_port(peer, ip, host):
-    """The UDP port the pod holding ip published to control on `host`."""
+def published_port(peer, ip):
+    """The UDP port of the pod holding ip, from the endpoints it published
+    (or the peer's direct path to it): one socket per pod, bound on every
+    address, so any of them names it."""
 
     def find():
         for p in (peer.status().get("Peer") or {}).values():
             if ip in (p.get("TailscaleIPs") or []):
-                for addr in p.get("Addrs") or []:
-                    h, _, port = addr.rpartition(":")
-                    if h == host:
+                for addr in (p.get("Addrs") or []) + [p.get("CurAddr") or ""]:
+                    port = addr.rpartition(":")[2]
+                    if port.isdigit() and int(port) > 0:
                         return int(port)
         return None
 
-    return b.wait_until(60, f"{ip}'s endpoint on {host}", find, interval=0.5)
+    return b.wait_until(60, f"{ip}'s published UDP port", find, interval=0.5)
 
 
 def part_flood(args, bed, work):
@@ -105,7 +107,7 @@ def part_flood(args, bed, work):
         finally:
             pinger.close()
         key = node_key_hex(peer, victim["ipv4"])
-        port = published_port(peer, victim["ipv4"], "10.205.0.1")
+        port = published_port(peer, victim["ipv4"])
         out["victim_endpoint"] = f"10.205.0.1:{port}"
         b.log(f"flooding 10.205.0.1:{port} at {args.rate}/s; measuring {target['ipv4']}")
         samples = []
