@@ -137,13 +137,7 @@ fn localhost_certificate(
 #[tokio::test]
 async fn tls_relay_accepted_only_when_node_is_insecure_for_tests() {
     let (chain, key) = tailnet_testbed::require!(localhost_certificate());
-    let relay =
-        crate::wg::local_relay::LocalRelay::start_tls("127.0.0.1:0".parse().unwrap(), chain, key)
-            .await
-            .unwrap();
-    let mut node = test_node(relay.addr());
-    node.plain_http = false;
-    node.insecure_for_tests = true;
+    let (_relay, mut node) = tls_relay(chain, key, true).await;
     let conn = connect(&node, &RelayTrust::default(), &[3; 32])
         .await
         .expect("TLS connect with verification off");
@@ -187,13 +181,7 @@ async fn a_relay_signed_by_the_ca_file_is_trusted_like_control() {
         ),
     )
     .unwrap();
-    let relay =
-        crate::wg::local_relay::LocalRelay::start_tls("127.0.0.1:0".parse().unwrap(), chain, key)
-            .await
-            .unwrap();
-    let mut node = test_node(relay.addr());
-    node.plain_http = false;
-    node.insecure_for_tests = false;
+    let (_relay, node) = tls_relay(chain, key, false).await;
     let control = crate::control::tls::client_config(Some(&ca_file)).unwrap();
     let conn = connect(&node, &RelayTrust::shared(control), &[5; 32])
         .await
@@ -260,6 +248,24 @@ async fn relayed_packets_larger_than_a_datagram_are_dropped() {
         lengths.push(msg.packet.len());
     }
     assert_eq!(lengths, vec![1000, 10]);
+}
+
+/// A TLS relay on loopback serving `chain`, and its node entry.
+async fn tls_relay(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: Vec<u8>,
+    insecure_for_tests: bool,
+) -> (crate::wg::local_relay::LocalRelay, DerpNodeConfig) {
+    let relay =
+        crate::wg::local_relay::LocalRelay::start_tls("127.0.0.1:0".parse().unwrap(), chain, key)
+            .await
+            .unwrap();
+    let node = DerpNodeConfig {
+        plain_http: false,
+        insecure_for_tests,
+        ..test_node(relay.addr())
+    };
+    (relay, node)
 }
 
 pub(crate) fn test_node(addr: SocketAddr) -> DerpNodeConfig {
