@@ -203,6 +203,7 @@ class Daemon:
             f'state_dir = "{work / "state"}"\n'
             'cluster_name = "bench"\n'
             f'control_url = "{bed.control_url}"\n'
+            "allow_insecure_http = true\n"
             'selection = "all"\n\n'
             "[auth]\n"
             'kind = "rscale"\n'
@@ -591,6 +592,17 @@ def socket_in(netns, *args):
                 raise OSError(ctypes.get_errno(), "setns back")
 
 
+def wait_reachable(peer, pinger, ip, what):
+    """Until the official peer knows ip and gets ICMP replies from it. Disco
+    pings first let the nodes settle on a direct path if there is one (stops
+    early once direct); our engine answers them once it speaks disco."""
+    wait_until(90, f"the peer to learn {what}", lambda: peer.knows(ip), interval=0.5)
+    peer.cli("ping", "-c", "5", "--timeout", "2s", ip, check=False, timeout=60)
+    pinger.watch(ip)
+    if pinger.wait(ip, 60) is None:
+        raise RuntimeError(f"no ICMP reply from {what} ({ip}) through the peer")
+
+
 def start_peer(bed, work):
     """The official peer every measurement talks to: kernel TUN, in its own
     namespace `bpeer`, linked to this one (where the daemon and the
@@ -777,14 +789,7 @@ def part_throughput(args, bed, work):
         pinger = Pinger("bpeer", interval=0.1)
         try:
             for name, t in targets.items():
-                wait_until(90, f"the peer to learn {name}", lambda: peer.knows(t["ip"]), interval=0.5)
-                # Disco pings let the official nodes settle on a direct path
-                # if there is one (stops early once direct); our engine
-                # answers them once it speaks disco.
-                peer.cli("ping", "-c", "5", "--timeout", "2s", t["ip"], check=False, timeout=60)
-                pinger.watch(t["ip"])
-                if pinger.wait(t["ip"], 60) is None:
-                    raise RuntimeError(f"no ICMP reply from {name} ({t['ip']}) through the peer")
+                wait_reachable(peer, pinger, t["ip"], name)
         finally:
             pinger.close()
         samples = []

@@ -5,7 +5,7 @@
 # netmaps), then the bed is stopped.
 #
 #   BIN=target/release SHIM=target/shim/tailnet-cni OUT=target/bench \
-#     scripts/isolated.sh bench/bed.sh control|pods|restart|throughput|footprint ...
+#     scripts/isolated.sh bench/bed.sh control|pods|restart|throughput|footprint|flood ...
 #
 # BENCH_COMMAND is recorded with the figures; BENCH_ARGS_<PART> (e.g.
 # BENCH_ARGS_THROUGHPUT="--rounds 5 --seconds 10") is passed to bench/bed.py.
@@ -43,6 +43,11 @@ run_part() { # part
       local extra=(${BENCH_ARGS_RESTART:-})
       python3 bench/restart.py --bin "$BIN" --shim "$SHIM" --out "$OUT" \
         --command "${BENCH_COMMAND:-bench/run.sh restart}" "${extra[@]}"
+    flood)
+      # shellcheck disable=SC2206 # word splitting of the extra arguments is wanted
+      local extra=(${BENCH_ARGS_FLOOD:-})
+      python3 bench/flood.py --bin "$BIN" --shim "$SHIM" --out "$OUT" \
+        --command "${BENCH_COMMAND:-bench/run.sh flood}" "${extra[@]}"
       ;;
     *)
       echo "bench/bed.sh: unknown part '$1'" >&2

@@ -282,6 +282,32 @@ def render_shim(data, meta):
     return provenance(meta) + "\n" + table(["what", "value"], rows)
 
 
+def render_flood(data, meta):
+    s = data["summary"]
+    rows = [
+        ["quiet (no flood)", spread(s["quiet_mbit_s"], 1, 0, " Mbit/s"), spread(s["daemon_cpu_s_quiet"], 1, 1, " s"), "-"],
+        [
+            "during the flood",
+            spread(s["flood_mbit_s"], 1, 0, " Mbit/s"),
+            spread(s["daemon_cpu_s_flood"], 1, 1, " s"),
+            spread(s["forged_per_s"], 1, 0, "/s"),
+        ],
+    ]
+    out = provenance(meta, data)
+    out += (
+        f"\niperf3 (1 stream, {data['seconds']} s, {data['rounds']} rounds) from the official peer to one "
+        f"pod while forged handshake initiations (valid mac1 for the other pod's node key, random "
+        f"content, {data['rate']}/s asked) hit the other pod's published UDP port "
+        f"({data.get('victim_endpoint', '?')}). Both pods are on the same daemon. Ratio per round "
+        f"(flood / the quiet run before it): {spread(s['ratio'], 1, 2, 'x')}.\n\n"
+    )
+    out += table(["run", "throughput of the other pod", "daemon CPU during iperf3", "forged initiations sent"], rows)
+    if s.get("ratio"):
+        r = s["ratio"]["median"]
+        out += f"\nGoal: the other pod keeps >= 0.8x of its throughput. Median ratio {fmt_ratio(r)}: {met(r >= 0.8)}.\n"
+    return out
+
+
 def render_summary(parts):
     rows = []
     tp = parts.get("throughput")
@@ -340,7 +366,7 @@ def replace_block(text, name, body):
 def main():
     out, doc = Path(sys.argv[1]), Path(sys.argv[2])
     parts = {}
-    for name in ("throughput", "crypto", "pods", "restart", "footprint", "control", "engine", "shim"):
+    for name in ("throughput", "crypto", "pods", "restart", "footprint", "control", "engine", "shim", "flood"):
         data, meta = load(out, name)
         if data is not None:
             parts[name] = (data, meta)
@@ -356,6 +382,7 @@ def main():
         ("control", render_control),
         ("engine", render_engine),
         ("shim", render_shim),
+        ("flood", render_flood),
     ):
         if name in parts:
             rendered[name] = fn(*parts[name])

@@ -10,6 +10,7 @@
 #   bench/run.sh restart      SIGKILL + restart with 50 pods: time until each answers (root)
 #   bench/run.sh throughput   iperf3: our engine vs official tailscaled (root)
 #   bench/run.sh footprint    daemon RSS and idle CPU at 0/50/250 pods (root)
+#   bench/run.sh flood        a pod's throughput while another's port takes forged handshakes (root)
 #   bench/run.sh crypto       openssl's ChaCha20-Poly1305, one core
 #   bench/run.sh report       rewrite BENCHMARKS.md and the table from target/bench
 #
@@ -124,11 +125,11 @@ parts=("$@")
 bed=()
 for part in "${parts[@]}"; do
   case "$part" in
-    all) bench_shim; bench_engine; bench_crypto; bed+=(control pods restart throughput footprint) ;;
+    all) bench_shim; bench_engine; bench_crypto; bed+=(control pods restart throughput footprint flood) ;;
     shim) bench_shim ;;
     engine) bench_engine ;;
     crypto) bench_crypto ;;
-    control | pods | restart | throughput | footprint) bed+=("$part") ;;
+    control | pods | restart | throughput | footprint | flood) bed+=("$part") ;;
     report) ;;
     *) usage ;;
   esac

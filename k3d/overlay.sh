@@ -76,6 +76,8 @@ mkdir -p "$out"
 base_dir=$(realpath --relative-to="$out" "$repo/deploy")
 {
   sed -e '/^\[auth\]$/,$d' -e "s|^control_url = .*|control_url = \"$control_url\"|" <<<"$base"
+  # A plain-http server (a lab rscale or headscale) must be allowed explicitly.
+  [[ $control_url != http://* ]] || echo "allow_insecure_http = true"
   printf '[auth]\n%s\n' "$auth_table"
 } >"$out/config.toml"
 

@@ -54,6 +54,7 @@ socket = "$SOCKET"
 state_dir = "$DIR/state"
 cluster_name = "demo"
 control_url = "$TAILNET_TEST_CONTROL_URL"
+allow_insecure_http = true
 selection = "all"
 health_addr = "127.0.0.1:9464"
 

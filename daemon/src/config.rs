@@ -98,6 +98,11 @@ pub struct Config {
     /// Extra root CA (PEM) for a self-hosted control server over https.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Accept an `http://` control_url. Without TLS anyone on the path can
+    /// read the `/key` answer and swap the server's key, so this must be
+    /// asked for explicitly (test beds, a server on loopback).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     #[serde(default)]
@@ -196,6 +201,12 @@ impl Config {
         })
     }
 
+    /// Whether the control connection runs without TLS (allowed only with
+    /// `allow_insecure_http`; the daemon warns about it at start).
+    pub fn insecure_control(&self) -> bool {
+        self.control_url.starts_with("http://")
+    }
+
     fn parse(text: &str) -> Result<Self, ParseError> {
         let config: Config = toml::from_str(text).map_err(ParseError::Toml)?;
         config.validate().map_err(ParseError::Invalid)?;
@@ -210,6 +221,12 @@ impl Config {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!(
                 "control_url must start with http:// or https://, got {url:?}"
+            ));
+        }
+        if self.insecure_control() && !self.allow_insecure_http {
+            return Err(format!(
+                "control_url {url:?} is plain http: use https, or set \
+                 allow_insecure_http = true to accept an unencrypted control connection"
             ));
         }
         tailnet_cni_proto::validate::mtu(u64::from(self.mtu))
@@ -272,6 +289,7 @@ mod tests {
     const MINIMAL: &str = r#"
         cluster_name = "homelab"
         control_url = "http://127.0.0.1:18080"
+        allow_insecure_http = true
         [auth]
         kind = "static"
         key_file = "/etc/tailnet-cni/authkey"
@@ -376,6 +394,28 @@ mod tests {
                 Ok(_) => panic!("config with bad {needle} was accepted"),
             }
         }
+    }
+
+    #[test]
+    fn plain_http_control_needs_the_explicit_switch() {
+        let without = MINIMAL.replace("allow_insecure_http = true\n", "");
+        match Config::parse(&without) {
+            Err(ParseError::Invalid(msg)) => {
+                assert!(msg.contains("allow_insecure_http = true"), "{msg}");
+                assert!(msg.contains("http://127.0.0.1:18080"), "{msg}");
+            }
+            Err(ParseError::Toml(e)) => panic!("expected a validation error, got {e}"),
+            Ok(_) => panic!("a plain http control_url was accepted without the switch"),
+        }
+        let https = without.replace("http://127", "https://127");
+        let Ok(config) = Config::parse(&https) else {
+            panic!("https needs no switch");
+        };
+        assert!(!config.allow_insecure_http && !config.insecure_control());
+        let Ok(config) = Config::parse(MINIMAL) else {
+            panic!("the switch allows plain http");
+        };
+        assert!(config.allow_insecure_http && config.insecure_control());
     }
 
     #[test]

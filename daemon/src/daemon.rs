@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::{self, Metrics};
@@ -24,6 +24,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state_dir = %config.state_dir.display(),
         "tailnet-cnid starting"
     );
+    if config.insecure_control() {
+        warn!(
+            control_url = %config.control_url,
+            "allow_insecure_http: the control connection is not encrypted or authenticated"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let manager = PodManager::start(config.clone(), metrics.clone())
         .await

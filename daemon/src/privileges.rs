@@ -124,7 +124,7 @@ mod tests {
 
     fn config(health_addr: &str) -> Config {
         let text = format!(
-            "cluster_name = \"c\"\ncontrol_url = \"http://127.0.0.1:1\"\n\
+            "cluster_name = \"c\"\ncontrol_url = \"http://127.0.0.1:1\"\nallow_insecure_http = true\n\
              health_addr = \"{health_addr}\"\n[auth]\nkind = \"static\"\nkey_file = \"/k\"\n"
         );
         let path = tempfile::NamedTempFile::new().expect("temp file");

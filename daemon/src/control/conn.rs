@@ -23,6 +23,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Early-payload magic: the server may send JSON before HTTP/2 starts.
 const EARLY_MAGIC: [u8; 5] = [0xff, 0xff, 0xff, b'T', b'S'];
 const MAX_EARLY_PAYLOAD: usize = 10 << 20;
+/// The `/key` answer is two short keys in JSON (about 200 bytes); the bound
+/// leaves room for chunked framing and extra fields, not for a server that
+/// streams without end.
+pub const MAX_KEY_BODY: usize = 16 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -40,6 +44,12 @@ pub enum ConnError {
     Protocol { url: String, msg: String },
     #[error("control server {url}: {source}")]
     Noise { url: String, source: NoiseError },
+    #[error("control server {url}: {what} exceeds {limit} bytes")]
+    TooLarge {
+        url: String,
+        what: &'static str,
+        limit: usize,
+    },
 }
 
 /// Anything the control connection can run over.
@@ -170,9 +180,21 @@ impl Endpoint {
         }
         // The server closes after the body. A body cut short by a timeout or a
         // failed read does not decode, and decoding below says so.
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, io.read_to_end(&mut body)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => debug!(%error, "reading the /key body failed"),
+        match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            read_bounded(&mut io, &mut body, MAX_KEY_BODY),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(BodyError::TooLarge)) => {
+                return Err(ConnError::TooLarge {
+                    url: self.url.to_string(),
+                    what: "the /key response",
+                    limit: MAX_KEY_BODY,
+                })
+            }
+            Ok(Err(BodyError::Io(error))) => debug!(%error, "reading the /key body failed"),
             Err(_) => debug!("timed out reading the /key body"),
         }
         let body = if head
@@ -255,6 +277,33 @@ impl Endpoint {
             .map_err(|source| self.unreachable(source))?;
         Ok((stream, early))
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Io(io::Error),
+}
+
+/// Appends the rest of `io` to `body` until end of stream, refusing to hold
+/// more than `limit` bytes in all.
+async fn read_bounded<R: AsyncRead + Unpin>(
+    io: &mut R,
+    body: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), BodyError> {
+    if body.len() > limit {
+        return Err(BodyError::TooLarge);
+    }
+    // One byte past the limit tells "exactly at the limit" from "more".
+    let room = (limit - body.len()) as u64 + 1;
+    io.take(room)
+        .read_to_end(body)
+        .await
+        .map_err(BodyError::Io)?;
+    if body.len() > limit {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(())
 }
 
 /// Joins a `Transfer-Encoding: chunked` body; `None` when it is malformed.
@@ -420,5 +469,56 @@ mod tests {
             b"abcde"
         );
         assert!(dechunk(b"zz\r\n").is_none());
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_up_to_the_limit_and_no_further() {
+        let mut body = b"ab".to_vec();
+        let mut rest: &[u8] = b"cd";
+        assert!(read_bounded(&mut rest, &mut body, 4).await.is_ok());
+        assert_eq!(body, b"abcd");
+
+        let mut body = b"ab".to_vec();
+        let mut rest: &[u8] = b"cde";
+        assert!(matches!(
+            read_bounded(&mut rest, &mut body, 4).await,
+            Err(BodyError::TooLarge)
+        ));
+        assert!(
+            body.len() <= 5,
+            "read {} bytes past a 4-byte limit",
+            body.len()
+        );
+    }
+
+    /// A server that answers `/key` with an endless body is cut off at the
+    /// bound instead of being buffered until the timeout.
+    #[tokio::test]
+    async fn an_endless_key_response_is_refused_at_the_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            // The request is not looked at; only the endless answer matters.
+            drop(conn.read(&mut request).await);
+            conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.ok();
+            let chunk = vec![b' '; 64 << 10];
+            // Until the client hangs up.
+            while conn.write_all(&chunk).await.is_ok() {}
+        });
+        let endpoint = Endpoint {
+            url: Url::parse(&format!("http://{addr}")).unwrap(),
+            tls: super::super::tls::client_config(None).unwrap(),
+            ca_file: None,
+        };
+        let result = tokio::time::timeout(Duration::from_secs(5), endpoint.fetch_server_key())
+            .await
+            .expect("the bound ends the read long before the timeout");
+        match result {
+            Err(ConnError::TooLarge { limit, .. }) => assert_eq!(limit, MAX_KEY_BODY),
+            other => panic!("expected the size bound, got {other:?}"),
+        }
+        server.abort();
     }
 }

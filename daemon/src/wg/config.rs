@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use super::derp_client::RelayTrust;
 use tailnet_cni_proto::validate::MAX_MTU;
 
 /// Engine-wide settings.
@@ -22,6 +23,9 @@ pub struct EngineConfig {
     /// Largest inner IP packet: at least the largest MTU a pod's TUN may
     /// have, or packets above it are cut. Sizes each pod's buffers.
     pub max_packet_size: usize,
+    /// Which certificates relays are verified against: the daemon shares
+    /// the control connection's, so `ca_file` covers both.
+    pub relay_trust: RelayTrust,
 }
 
 impl Default for EngineConfig {
@@ -32,6 +36,7 @@ impl Default for EngineConfig {
             derp_queue: 512,
             derp_idle_timeout: Duration::from_secs(60),
             max_packet_size: MAX_MTU as usize,
+            relay_trust: RelayTrust::default(),
         }
     }
 }

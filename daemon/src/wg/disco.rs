@@ -7,9 +7,13 @@
 //! computed when the peer first exchanges disco messages and then cached,
 //! so answering pings costs only the cipher, and the many peers of a large
 //! tailnet a pod never talks to cost no key agreement and no key memory.
+//!
+//! A ping whose transaction id the sender already used is a replay (a
+//! captured packet sent again, perhaps from another address to make the pod
+//! probe there) and is dropped.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use tailnet_wire::disco::{
@@ -22,6 +26,11 @@ pub type NodeKey = [u8; 32];
 /// The address a pong names when the ping came through a relay: Tailscale's
 /// "DERP magic" IP, with the region id as the port.
 pub const DERP_MAGIC_IP: Ipv4Addr = Ipv4Addr::new(127, 3, 3, 40);
+
+/// Ping transaction ids remembered per sender. A peer pings each of our
+/// endpoints at most every few seconds with a fresh id, so this spans
+/// minutes of its pings.
+pub const PINGS_REMEMBERED: usize = 64;
 
 /// How a disco packet reached the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +66,8 @@ pub enum DiscoRejected {
     PongViaRelay,
     #[error("disco call-me-maybe over UDP (only accepted through a relay)")]
     CallMeMaybeOverUdp,
+    #[error("disco ping replayed (its transaction id was seen before)")]
+    ReplayedPing,
 }
 
 /// What the engine must do about an accepted disco message.
@@ -93,6 +104,26 @@ pub struct DiscoState {
     by_node: HashMap<NodeKey, DiscoPublic>,
     /// Box keys of the peers disco messages went to or came from.
     shared: RefCell<HashMap<DiscoPublic, SharedKey>>,
+    /// Transaction ids of the last pings of each peer that pinged us.
+    recent_pings: RefCell<HashMap<DiscoPublic, RecentPings>>,
+}
+
+/// The last [`PINGS_REMEMBERED`] ping ids of one sender, oldest first.
+#[derive(Debug, Default)]
+struct RecentPings(VecDeque<TxId>);
+
+impl RecentPings {
+    /// Remembers `tx_id`; `false` when it was seen before.
+    fn first_time(&mut self, tx_id: TxId) -> bool {
+        if self.0.contains(&tx_id) {
+            return false;
+        }
+        if self.0.len() >= PINGS_REMEMBERED {
+            self.0.pop_front();
+        }
+        self.0.push_back(tx_id);
+        true
+    }
 }
 
 impl std::fmt::Debug for DiscoState {
@@ -112,6 +143,7 @@ impl DiscoState {
             by_disco: HashMap::new(),
             by_node: HashMap::new(),
             shared: RefCell::new(HashMap::new()),
+            recent_pings: RefCell::new(HashMap::new()),
         }
     }
 
@@ -134,6 +166,9 @@ impl DiscoState {
         }
         let by_disco = &self.by_disco;
         self.shared
+            .get_mut()
+            .retain(|disco_key, _| by_disco.contains_key(disco_key));
+        self.recent_pings
             .get_mut()
             .retain(|disco_key, _| by_disco.contains_key(disco_key));
     }
@@ -195,6 +230,15 @@ impl DiscoState {
         let message = self.with_shared(&sender, |shared| shared.open(packet))?;
         match message {
             Message::Ping(ping) => {
+                let fresh = self
+                    .recent_pings
+                    .borrow_mut()
+                    .entry(sender)
+                    .or_default()
+                    .first_time(ping.tx_id);
+                if !fresh {
+                    return Err(DiscoRejected::ReplayedPing);
+                }
                 let pong = self.with_shared(&sender, |shared| {
                     shared.seal(&Message::Pong(Pong {
                         tx_id: ping.tx_id,
@@ -402,6 +446,49 @@ mod tests {
             state.receive(b"not disco", via),
             Err(DiscoRejected::NotDisco)
         );
+    }
+
+    #[test]
+    fn a_replayed_ping_is_dropped_even_from_another_address() {
+        let state = pod();
+        let packet = from_peer(&ping(5));
+        let first: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let other: SocketAddr = "127.0.0.9:9".parse().unwrap();
+        assert!(state.receive(&packet, Via::Udp(first)).is_ok());
+        assert_eq!(
+            state.receive(&packet, Via::Udp(other)),
+            Err(DiscoRejected::ReplayedPing)
+        );
+        let relay = Via::Relay {
+            src: PEER_NODE,
+            region: 900,
+        };
+        assert_eq!(
+            state.receive(&packet, relay),
+            Err(DiscoRejected::ReplayedPing)
+        );
+        // A fresh id is answered.
+        assert!(state.receive(&from_peer(&ping(6)), Via::Udp(other)).is_ok());
+    }
+
+    #[test]
+    fn remembered_ping_ids_are_bounded_per_sender() {
+        let state = pod();
+        let via = Via::Udp("127.0.0.1:1".parse().unwrap());
+        let ids = PINGS_REMEMBERED + 10;
+        for n in 0..ids {
+            let mut tx_id = [0u8; 12];
+            tx_id[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            let packet = from_peer(&Message::Ping(Ping {
+                tx_id,
+                node_key: PEER_NODE,
+                padding: 0,
+            }));
+            assert!(state.receive(&packet, via).is_ok());
+        }
+        let remembered = state.recent_pings.borrow();
+        assert_eq!(remembered.len(), 1);
+        assert!(remembered.values().all(|r| r.0.len() == PINGS_REMEMBERED));
     }
 
     #[test]

@@ -5,7 +5,14 @@
 //! answers a disco ping; it stays trusted for [`TRUST_DURATION`] after each
 //! pong, and heartbeats keep it fresh while the session is active. Without
 //! pongs the path falls back to the relay.
+//!
+//! Candidates the peer announced (call-me-maybe) or pinged us from are
+//! bounded: at most [`MAX_ENDPOINTS`] per peer, the stalest learned ones
+//! evicted first, and a learned one that has not answered a ping for
+//! [`LEARNED_LIFETIME`] is forgotten. Control's endpoints stay while
+//! control lists them.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -24,6 +31,11 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 pub const UPGRADE_INTERVAL: Duration = Duration::from_secs(60);
 /// A new endpoint must beat the current one by this much to replace it.
 const BETTER_BY: Duration = Duration::from_millis(1);
+/// Candidate endpoints kept per peer (Tailscale nodes report a handful).
+pub const MAX_ENDPOINTS: usize = 16;
+/// A learned candidate is forgotten this long after it was last announced
+/// or answered a ping.
+pub const LEARNED_LIFETIME: Duration = Duration::from_secs(120);
 
 pub type TxId = [u8; 12];
 
@@ -39,6 +51,9 @@ pub enum Path {
 struct EndpointState {
     last_ping: Option<Instant>,
     latency: Option<Duration>,
+    /// For a candidate not from control: when it was last announced or
+    /// answered a ping.
+    learned: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -64,9 +79,10 @@ impl PathState {
     /// Replace the candidate endpoints (from control, or a CallMeMaybe).
     /// The current path survives if its address is still a candidate.
     pub fn set_endpoints(&mut self, endpoints: &[SocketAddr]) {
+        let endpoints = &endpoints[..endpoints.len().min(MAX_ENDPOINTS)];
         self.endpoints.retain(|addr, _| endpoints.contains(addr));
         for addr in endpoints {
-            self.endpoints.entry(*addr).or_default();
+            self.endpoints.entry(*addr).or_default().learned = None;
         }
         if let Some(best) = self.best {
             if !self.endpoints.contains_key(&best.addr) {
@@ -77,12 +93,61 @@ impl PathState {
         self.last_full_round = None;
     }
 
-    /// Add candidates without dropping known ones (CallMeMaybe).
-    pub fn add_endpoints(&mut self, endpoints: &[SocketAddr]) {
-        for addr in endpoints {
-            self.endpoints.entry(*addr).or_default();
+    /// Add candidates the peer announced or pinged from, keeping known
+    /// ones; past [`MAX_ENDPOINTS`] the stalest learned ones give way.
+    pub fn add_endpoints(&mut self, endpoints: &[SocketAddr], now: Instant) {
+        for addr in endpoints.iter().take(MAX_ENDPOINTS) {
+            match self.endpoints.entry(*addr) {
+                Entry::Vacant(slot) => {
+                    slot.insert(EndpointState {
+                        learned: Some(now),
+                        ..EndpointState::default()
+                    });
+                }
+                // Control's endpoints stay control's.
+                Entry::Occupied(mut known) => {
+                    if known.get().learned.is_some() {
+                        known.get_mut().learned = Some(now);
+                    }
+                }
+            }
+        }
+        while self.endpoints.len() > MAX_ENDPOINTS {
+            // Older learned candidates go first, then the new ones; never
+            // control's or the current path.
+            let Some(stalest) = self
+                .stalest_learned(Some(endpoints))
+                .or_else(|| self.stalest_learned(None))
+            else {
+                break;
+            };
+            self.endpoints.remove(&stalest);
         }
         self.last_full_round = None;
+    }
+
+    /// The learned candidate heard from longest ago, not the current path
+    /// and (when given) not one of `keep`.
+    fn stalest_learned(&self, keep: Option<&[SocketAddr]>) -> Option<SocketAddr> {
+        let best = self.best.map(|b| b.addr);
+        self.endpoints
+            .iter()
+            .filter(|(addr, _)| Some(**addr) != best)
+            .filter(|(addr, _)| !keep.is_some_and(|k| k.contains(addr)))
+            .filter_map(|(addr, ep)| ep.learned.map(|at| (at, *addr)))
+            .min()
+            .map(|(_, addr)| addr)
+    }
+
+    /// Forgets learned candidates silent for [`LEARNED_LIFETIME`].
+    fn prune(&mut self, now: Instant) {
+        let best = self.best.map(|b| b.addr);
+        self.endpoints.retain(|addr, ep| {
+            Some(*addr) == best
+                || ep
+                    .learned
+                    .is_none_or(|at| now.saturating_duration_since(at) < LEARNED_LIFETIME)
+        });
     }
 
     /// Ask for a full round of pings at the next poll, active or not.
@@ -119,6 +184,7 @@ impl PathState {
     ) -> Vec<(SocketAddr, TxId)> {
         self.pending
             .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < PING_TIMEOUT);
+        self.prune(now);
         let probe = std::mem::take(&mut self.probe_requested);
         if !self.active(now) && !probe {
             return Vec::new();
@@ -178,6 +244,9 @@ impl PathState {
         }
         if let Some(ep) = self.endpoints.get_mut(&from) {
             ep.latency = Some(latency);
+            if ep.learned.is_some() {
+                ep.learned = Some(now);
+            }
         }
         let trust_until = now + TRUST_DURATION;
         self.best = match self.best {
@@ -324,7 +393,7 @@ mod tests {
         let mut p = PathState::default();
         p.set_endpoints(&[a]);
         assert!(p.poll_pings(t0, ids()).is_empty(), "idle: no pings");
-        p.add_endpoints(&[b]);
+        p.add_endpoints(&[b], t0);
         p.request_probe();
         let mut next = ids();
         let pings = p.poll_pings(t0, &mut next);
@@ -342,6 +411,61 @@ mod tests {
             .poll_pings(t0 + Duration::from_secs(1), &mut next)
             .is_empty());
         assert!(p.poll_pings(t0 + PING_SPACING, &mut next).is_empty());
+    }
+
+    #[test]
+    fn learned_candidates_are_capped_and_controls_are_kept() {
+        let t0 = Instant::now();
+        let control = addr("10.0.0.1:41641");
+        let mut p = PathState::default();
+        p.set_endpoints(&[control]);
+        // A peer (or anyone who can relay as it) announces far too many.
+        for round in 0..10u16 {
+            let flood: Vec<SocketAddr> = (0..40u16)
+                .map(|i| SocketAddr::from(([10, 1, (round % 250) as u8, i as u8], 1000 + i)))
+                .collect();
+            p.add_endpoints(&flood, t0 + Duration::from_millis(u64::from(round)));
+            assert!(p.endpoints.len() <= MAX_ENDPOINTS, "{}", p.endpoints.len());
+            assert!(
+                p.endpoints.contains_key(&control),
+                "control's endpoint evicted"
+            );
+        }
+        // The newest announcement displaced the older ones.
+        let newest = SocketAddr::from(([10, 1, 9, 15], 1015));
+        assert!(p.endpoints.contains_key(&newest));
+        let from_last_round = |e: &SocketAddr| match e.ip() {
+            std::net::IpAddr::V4(v4) => v4.octets()[2] == 9,
+            std::net::IpAddr::V6(_) => false,
+        };
+        assert!(
+            p.endpoints
+                .keys()
+                .all(|e| *e == control || from_last_round(e)),
+            "candidates of older rounds survived"
+        );
+    }
+
+    #[test]
+    fn silent_learned_candidates_are_pruned_but_answering_ones_stay() {
+        let t0 = Instant::now();
+        let (control, silent, answering) =
+            (addr("10.0.0.1:1"), addr("10.0.0.2:2"), addr("10.0.0.3:3"));
+        let mut p = PathState::default();
+        p.set_endpoints(&[control]);
+        p.add_endpoints(&[silent, answering], t0);
+        let mut next = ids();
+        let t1 = t0 + Duration::from_secs(100);
+        p.note_activity(t1);
+        let pings = p.poll_pings(t1, &mut next);
+        let to_answering = pings.iter().find(|(e, _)| *e == answering).unwrap().1;
+        assert!(p.on_pong(to_answering, answering, t1));
+        let t2 = t0 + LEARNED_LIFETIME;
+        p.note_activity(t2);
+        let _ = p.poll_pings(t2, &mut next);
+        assert!(!p.endpoints.contains_key(&silent), "silent candidate kept");
+        assert!(p.endpoints.contains_key(&answering));
+        assert!(p.endpoints.contains_key(&control));
     }
 
     #[test]

@@ -197,7 +197,8 @@ async fn registration_netmap_and_derp_over_tls_with_the_ca_file() {
     // The DERP relay of the map: TLS with the verification the map asks
     // for. rscale's region says InsecureForTests (its certificate is
     // self-signed), so the relay takes us; the same node without that flag
-    // is refused on its certificate.
+    // is trusted through the ca_file, and refused on its certificate
+    // without it.
     let derp = netmap.derp_map.as_ref().expect("DERP map");
     let regions = derp_regions(derp);
     let node = regions
@@ -208,17 +209,25 @@ async fn registration_netmap_and_derp_over_tls_with_the_ca_file() {
         .clone();
     assert!(node.insecure_for_tests, "{node:?}");
     assert!(!node.plain_http);
-    derp_client::connect(&node, &keys.node_private_bytes())
+    let webpki_only = derp_client::RelayTrust::default();
+    derp_client::connect(&node, &webpki_only, &keys.node_private_bytes())
         .await
         .expect("DERP over TLS as the map requests");
     let strict = tailnet_cnid::wg::DerpNodeConfig {
         insecure_for_tests: false,
         ..node
     };
-    let refused = match derp_client::connect(&strict, &keys.node_private_bytes()).await {
-        Ok(_) => panic!("a self-signed relay was trusted without InsecureForTests"),
-        Err(e) => format!("{e} / {e:?}"),
-    };
+    // With verification on, the relay is trusted through the same ca_file
+    // the control connection uses.
+    let shared = derp_client::RelayTrust::shared(client.tls());
+    derp_client::connect(&strict, &shared, &keys.node_private_bytes())
+        .await
+        .expect("DERP over TLS verified against the control connection's ca_file");
+    let refused =
+        match derp_client::connect(&strict, &webpki_only, &keys.node_private_bytes()).await {
+            Ok(_) => panic!("a self-signed relay was trusted without InsecureForTests"),
+            Err(e) => format!("{e} / {e:?}"),
+        };
     assert!(
         refused.contains("UnknownIssuer") || refused.contains("certificate"),
         "{refused}"

@@ -151,6 +151,12 @@ impl ControlClient {
         })
     }
 
+    /// The TLS configuration the control connection trusts (`ca_file`, the
+    /// system's store, the webpki roots), for relays to trust the same.
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.inner.endpoint.tls.clone()
+    }
+
     /// The server's Noise key, fetched once and shared by every identity.
     async fn server_key(&self, refresh: bool) -> Result<MachinePublic, ClientError> {
         let mut slot = self.inner.server_key.lock().await;

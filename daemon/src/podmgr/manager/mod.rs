@@ -55,6 +55,7 @@ use crate::control::{ControlClient, ControlConfig, RotationPolicy};
 use crate::metrics::{CniCommand, Metrics};
 use crate::rpc::{CniError, CniHandler};
 use crate::selection::{Policy, Selector};
+use crate::wg::derp_client::RelayTrust;
 use crate::wg::{Engine, EngineConfig};
 
 pub use self::reconcile::ReconcileReport;
@@ -129,10 +130,14 @@ impl PodManager<Live> {
             ),
         )?;
         let selector = Selector::new(Policy::from_config(&config)).await;
+        let engine = Engine::new(EngineConfig {
+            relay_trust: RelayTrust::shared(client.tls()),
+            ..EngineConfig::default()
+        });
         let parts = Parts {
             plumbing: Plumber::new()?,
             control: LiveControl { client, auth },
-            engine: LiveEngine(Engine::new(EngineConfig::default())),
+            engine: LiveEngine(engine),
             records,
         };
         Ok(Self::launch(config, metrics, selector, parts).await?)

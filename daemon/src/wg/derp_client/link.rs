@@ -14,7 +14,7 @@ use tokio::time::{timeout, Instant};
 use tracing::{debug, info, warn};
 
 use super::frames::INITIAL_READ_BUF;
-use super::{connect, frame_name, DerpClientError, DerpConnection};
+use super::{connect, frame_name, DerpClientError, DerpConnection, RelayTrust};
 use crate::wg::config::{DerpNodeConfig, DerpRegionConfig};
 
 /// Servers send a KeepAlive about every 60 s; silence for twice that is a dead link.
@@ -53,6 +53,18 @@ pub enum HomeRelay {
     Connected,
 }
 
+/// What every link of an engine shares.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// Capacity of the outbound queue.
+    pub queue: usize,
+    /// The largest packet a peer can validly relay (a WireGuard message
+    /// of the largest inner packet); larger ones are dropped uncopied.
+    pub max_datagram: usize,
+    /// Which certificates relays are verified against.
+    pub trust: RelayTrust,
+}
+
 /// One identity's connection to one DERP region, kept alive by a task.
 /// Dropping it closes the connection.
 pub struct DerpLink {
@@ -69,11 +81,11 @@ impl DerpLink {
         node_private: [u8; 32],
         home: Option<Arc<watch::Sender<HomeRelay>>>,
         inbound: mpsc::Sender<DerpInbound>,
-        queue: usize,
+        settings: LinkSettings,
     ) -> Self {
-        let (outbound, rx) = mpsc::channel(queue.max(1));
+        let (outbound, rx) = mpsc::channel(settings.queue.max(1));
         let region_id = region.region_id;
-        let task = tokio::spawn(run_link(region, node_private, home, inbound, rx));
+        let task = tokio::spawn(run_link(region, node_private, home, inbound, rx, settings));
         Self {
             region: region_id,
             outbound,
@@ -105,6 +117,7 @@ async fn run_link(
     home: Option<Arc<watch::Sender<HomeRelay>>>,
     inbound: mpsc::Sender<DerpInbound>,
     mut outbound: mpsc::Receiver<DerpOutbound>,
+    settings: LinkSettings,
 ) {
     let region_id = region.region_id;
     // The home flag is sent at connect time and tells the relay to keep us
@@ -126,15 +139,18 @@ async fn run_link(
         }
         let node = nodes[node_index % nodes.len()];
         let started = Instant::now();
-        match connect(node, &node_private).await {
+        match connect(node, &settings.trust, &node_private).await {
             Ok(conn) => {
                 info!(region = region_id, node = %conn.node, "DERP connected");
                 report(HomeRelay::Connected);
                 let mut restart_hint = None;
                 let result = serve(
                     conn,
-                    region_id,
-                    preferred,
+                    Serving {
+                        region: region_id,
+                        preferred,
+                        max_datagram: settings.max_datagram,
+                    },
                     &inbound,
                     &mut outbound,
                     &mut restart_hint,
@@ -170,12 +186,23 @@ async fn run_link(
     }
 }
 
+/// How one established connection is served.
+struct Serving {
+    region: u16,
+    /// Tell the relay this is our home connection.
+    preferred: bool,
+    max_datagram: usize,
+}
+
 /// Run an established connection until it fails (Err) or the engine side
 /// goes away (Ok).
 async fn serve(
     conn: DerpConnection,
-    region: u16,
-    preferred: bool,
+    Serving {
+        region,
+        preferred,
+        max_datagram,
+    }: Serving,
     inbound: &mpsc::Sender<DerpInbound>,
     outbound: &mut mpsc::Receiver<DerpOutbound>,
     restart_hint: &mut Option<Duration>,
@@ -205,6 +232,14 @@ async fn serve(
                     stage: "read",
                 })??;
             match frame {
+                // Nothing valid is larger: drop it before it is copied.
+                Frame::RecvPacket { packet, .. } if packet.len() > max_datagram => {
+                    debug!(
+                        region,
+                        len = packet.len(),
+                        "dropping a relayed packet larger than any datagram"
+                    );
+                }
                 Frame::RecvPacket { src, packet } => {
                     let msg = DerpInbound {
                         region,

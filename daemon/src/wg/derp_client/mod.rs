@@ -23,7 +23,8 @@ use super::config::DerpNodeConfig;
 use tls::tls_config;
 
 pub use frames::FrameReader;
-pub use link::{DerpInbound, DerpLink, DerpOutbound, HomeRelay};
+pub use link::{DerpInbound, DerpLink, DerpOutbound, HomeRelay, LinkSettings};
+pub use tls::RelayTrust;
 
 /// Time allowed for dialing, TLS and the DERP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,7 +105,10 @@ async fn resolve(node: &DerpNodeConfig) -> Result<Vec<SocketAddr>, DerpClientErr
     Ok(addrs)
 }
 
-async fn dial(node: &DerpNodeConfig) -> Result<Box<dyn DerpStream>, DerpClientError> {
+async fn dial(
+    node: &DerpNodeConfig,
+    trust: &RelayTrust,
+) -> Result<Box<dyn DerpStream>, DerpClientError> {
     let mut last_err = None;
     for addr in resolve(node).await? {
         match TcpStream::connect(addr).await {
@@ -119,7 +123,7 @@ async fn dial(node: &DerpNodeConfig) -> Result<Box<dyn DerpStream>, DerpClientEr
                 let name = rustls::pki_types::ServerName::try_from(node.host_name.clone())
                     .map_err(|_| DerpClientError::ServerName(node.host_name.clone()))?;
                 let connector =
-                    tokio_rustls::TlsConnector::from(tls_config(node.insecure_for_tests)?);
+                    tokio_rustls::TlsConnector::from(tls_config(node.insecure_for_tests, trust)?);
                 let tls = connector.connect(name, tcp).await.map_err(|source| {
                     DerpClientError::Connect {
                         node: node.name.clone(),
@@ -143,16 +147,18 @@ async fn dial(node: &DerpNodeConfig) -> Result<Box<dyn DerpStream>, DerpClientEr
     }))
 }
 
-/// Dial `node`, upgrade to DERP and authenticate as `node_private`.
+/// Dial `node` (verifying its certificate against `trust`), upgrade to
+/// DERP and authenticate as `node_private`.
 pub async fn connect(
     node: &DerpNodeConfig,
+    trust: &RelayTrust,
     node_private: &[u8; 32],
 ) -> Result<DerpConnection, DerpClientError> {
     let timed_out = |stage| DerpClientError::Timeout {
         node: node.name.clone(),
         stage,
     };
-    let stream = timeout(CONNECT_TIMEOUT, dial(node))
+    let stream = timeout(CONNECT_TIMEOUT, dial(node, trust))
         .await
         .map_err(|_| timed_out("dial"))??;
     timeout(CONNECT_TIMEOUT, handshake(stream, node, node_private))

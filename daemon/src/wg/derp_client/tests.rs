@@ -54,7 +54,7 @@ async fn connect_refuses_non_101() {
             .unwrap();
     });
     let node = test_node(addr);
-    match connect(&node, &[1; 32]).await {
+    match connect(&node, &RelayTrust::default(), &[1; 32]).await {
         Err(DerpClientError::UpgradeRefused { status_line }) => {
             assert!(status_line.contains("404"))
         }
@@ -92,6 +92,10 @@ fn self_signed_localhost() -> Option<(Vec<rustls::pki_types::CertificateDer<'sta
         "/CN=localhost",
         "-addext",
         "subjectAltName=DNS:localhost",
+        // A server certificate, not a CA: webpki refuses a CA as the end
+        // entity even when it is pinned as a root.
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
     ]) && run(&[
         "x509",
         "-in",
@@ -119,29 +123,29 @@ fn self_signed_localhost() -> Option<(Vec<rustls::pki_types::CertificateDer<'sta
     Some((vec![cert.into()], key))
 }
 
-#[tokio::test]
-async fn tls_relay_accepted_only_when_node_is_insecure_for_tests() {
-    let (chain, key) = tailnet_testbed::require!(self_signed_localhost().ok_or_else(|| {
+/// [`self_signed_localhost`], or what is missing for it.
+fn localhost_certificate(
+) -> Result<(Vec<rustls::pki_types::CertificateDer<'static>>, Vec<u8>), tailnet_testbed::Missing> {
+    self_signed_localhost().ok_or_else(|| {
         tailnet_testbed::Missing::new(
             "the openssl CLI could not make a certificate",
             "apt-get install openssl",
         )
-    }));
-    let relay =
-        crate::wg::local_relay::LocalRelay::start_tls("127.0.0.1:0".parse().unwrap(), chain, key)
-            .await
-            .unwrap();
-    let mut node = test_node(relay.addr());
-    node.plain_http = false;
-    node.insecure_for_tests = true;
-    let conn = connect(&node, &[3; 32])
+    })
+}
+
+#[tokio::test]
+async fn tls_relay_accepted_only_when_node_is_insecure_for_tests() {
+    let (chain, key) = tailnet_testbed::require!(localhost_certificate());
+    let (_relay, mut node) = tls_relay(chain, key, true).await;
+    let conn = connect(&node, &RelayTrust::default(), &[3; 32])
         .await
         .expect("TLS connect with verification off");
     assert_ne!(conn.server_key, [0; 32]);
 
     // The same self-signed relay is refused once verification is on.
     node.insecure_for_tests = false;
-    match connect(&node, &[4; 32]).await {
+    match connect(&node, &RelayTrust::default(), &[4; 32]).await {
         Err(DerpClientError::Connect { source, .. }) => {
             assert!(
                 source.to_string().to_lowercase().contains("certificate"),
@@ -153,6 +157,115 @@ async fn tls_relay_accepted_only_when_node_is_insecure_for_tests() {
             other.map(|c| c.node)
         ),
     }
+}
+
+/// A relay whose certificate is in the control connection's `ca_file` is
+/// trusted without `InsecureForTests`: relays share control's trust.
+#[tokio::test]
+async fn a_relay_signed_by_the_ca_file_is_trusted_like_control() {
+    use base64::Engine as _;
+    let (chain, key) = tailnet_testbed::require!(localhost_certificate());
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("relay.pem");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(chain[0].as_ref());
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    std::fs::write(
+        &ca_file,
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        ),
+    )
+    .unwrap();
+    let (_relay, node) = tls_relay(chain, key, false).await;
+    let control = crate::control::tls::client_config(Some(&ca_file)).unwrap();
+    let conn = connect(&node, &RelayTrust::shared(control), &[5; 32])
+        .await
+        .expect("the ca_file's certificate is trusted for relays");
+    assert_ne!(conn.server_key, [0; 32]);
+    // Without the shared trust the same relay is refused.
+    let refused = connect(&node, &RelayTrust::default(), &[6; 32]).await;
+    assert!(
+        matches!(refused, Err(DerpClientError::Connect { .. })),
+        "{:?}",
+        refused.map(|c| c.node)
+    );
+}
+
+/// A relayed packet larger than any datagram the pod could take is dropped
+/// by the link; the packets around it still arrive.
+#[tokio::test]
+async fn relayed_packets_larger_than_a_datagram_are_dropped() {
+    let relay = crate::wg::local_relay::LocalRelay::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let node = test_node(relay.addr());
+    let region = crate::wg::config::DerpRegionConfig {
+        region_id: 900,
+        nodes: vec![node.clone()],
+    };
+    let receiver_private = [7u8; 32];
+    let receiver_key = boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from(
+        receiver_private,
+    ))
+    .to_bytes();
+    let (inbound, mut delivered) = tokio::sync::mpsc::channel(16);
+    let (home, mut home_state) = tokio::sync::watch::channel(HomeRelay::Unknown);
+    let _link = DerpLink::spawn(
+        region,
+        receiver_private,
+        Some(std::sync::Arc::new(home)),
+        inbound,
+        LinkSettings {
+            queue: 16,
+            max_datagram: 1000,
+            trust: RelayTrust::default(),
+        },
+    );
+    home_state
+        .wait_for(|s| *s == HomeRelay::Connected)
+        .await
+        .unwrap();
+    let mut sender = connect(&node, &RelayTrust::default(), &[8; 32])
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for len in [1000, 1001, 60_000, 10] {
+        derp::encode_send_packet(&mut out, &receiver_key, &vec![0xee; len]).unwrap();
+    }
+    sender.writer.write_all(&out).await.unwrap();
+    sender.writer.flush().await.unwrap();
+    let mut lengths = Vec::new();
+    while lengths.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), delivered.recv())
+            .await
+            .expect("relayed packets")
+            .expect("link alive");
+        lengths.push(msg.packet.len());
+    }
+    assert_eq!(lengths, vec![1000, 10]);
+}
+
+/// A TLS relay on loopback serving `chain`, and its node entry.
+async fn tls_relay(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: Vec<u8>,
+    insecure_for_tests: bool,
+) -> (crate::wg::local_relay::LocalRelay, DerpNodeConfig) {
+    let relay =
+        crate::wg::local_relay::LocalRelay::start_tls("127.0.0.1:0".parse().unwrap(), chain, key)
+            .await
+            .unwrap();
+    let node = DerpNodeConfig {
+        plain_http: false,
+        insecure_for_tests,
+        ..test_node(relay.addr())
+    };
+    (relay, node)
 }
 
 pub(crate) fn test_node(addr: SocketAddr) -> DerpNodeConfig {

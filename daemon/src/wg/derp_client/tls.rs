@@ -1,24 +1,50 @@
-//! TLS to relay nodes: web PKI roots, or (for nodes marked
+//! TLS to relay nodes: the roots the control connection trusts (its
+//! `ca_file`, the system's store, the webpki roots), or (for nodes marked
 //! `InsecureForTests`) any certificate.
 
 use std::sync::Arc;
 
 use super::DerpClientError;
 
-pub(super) fn tls_config(insecure: bool) -> Result<Arc<rustls::ClientConfig>, DerpClientError> {
+/// Which certificates relays are verified against.
+#[derive(Debug, Clone, Default)]
+pub struct RelayTrust {
+    /// The control connection's client configuration, shared so relays
+    /// trust exactly what control does; `None` trusts the webpki roots only
+    /// (engines built without a control client: tests, examples).
+    shared: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl RelayTrust {
+    /// Trust what `control` trusts.
+    pub fn shared(control: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            shared: Some(control),
+        }
+    }
+}
+
+pub(super) fn tls_config(
+    insecure: bool,
+    trust: &RelayTrust,
+) -> Result<Arc<rustls::ClientConfig>, DerpClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let mut config = if insecure {
-        builder
+    let mut config = match (&trust.shared, insecure) {
+        (_, true) => rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert { provider }))
-            .with_no_client_auth()
-    } else {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
+            .with_no_client_auth(),
+        (Some(shared), false) => (**shared).clone(),
+        (None, false) => {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        }
     };
     // Relays may share a port with an HTTP/2 control server: ask for HTTP/1.1,
     // the only protocol the Upgrade handshake works on.

@@ -125,7 +125,7 @@ impl PodState {
                     if let Some(session) = self.peers.get_mut(&peer) {
                         let state = session.path_state_mut();
                         if state.current(now) != Path::Direct(addr) {
-                            state.add_endpoints(&[addr]);
+                            state.add_endpoints(&[addr], now);
                             state.request_probe();
                             self.ping_peer(&peer, now);
                         }
@@ -158,7 +158,7 @@ impl PodState {
                 if let Some(session) = self.peers.get_mut(&peer) {
                     debug!(pod = %self.identity.pod_id, endpoints = endpoints.len(), "call-me-maybe received");
                     let state = session.path_state_mut();
-                    state.add_endpoints(&endpoints);
+                    state.add_endpoints(&endpoints, now);
                     state.request_probe();
                     // Ping now, while the peer's pings hold its firewall open.
                     self.ping_peer(&peer, now);

@@ -15,6 +15,8 @@
 //! - `transmit`: packet device → peer (source check, flow noted, encrypt,
 //!   direct or relay).
 //! - `receive`: peer → packet device (decrypt, source checks, filter).
+//! - `handshake`: the gate handshakes pass before any X25519 work (mac1,
+//!   cookies under load, the node's handshake budget).
 //! - `socket`: the pod's UDP socket and its batch buffers.
 //! - `relay`: DERP links and the home relay.
 //! - `discovery`: disco and STUN I/O, the pod's endpoints.
@@ -23,6 +25,7 @@
 
 mod discovery;
 mod filter;
+mod handshake;
 mod pod;
 mod receive;
 mod relay;
@@ -77,6 +80,8 @@ struct EngineInner {
     /// boringtun receiver indices (24 bits, shifted by Tunn) must be unique
     /// across every session the node runs.
     next_index: AtomicU32,
+    /// Handshakes every pod together may hand to X25519 each second.
+    handshake_budget: Arc<handshake::NodeBudget>,
 }
 
 impl Engine {
@@ -86,6 +91,7 @@ impl Engine {
                 config,
                 pods: Mutex::new(HashSet::new()),
                 next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
+                handshake_budget: Arc::new(handshake::NodeBudget::default()),
             }),
         }
     }

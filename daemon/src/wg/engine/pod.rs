@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::discovery::Discovery;
 use super::filter::PodFilter;
+use super::handshake::HandshakeGate;
 use super::relay::RelayLinks;
 use super::session::Peers;
 use super::socket::PodSocket;
@@ -45,6 +46,8 @@ pub(super) struct PodState {
     pub(super) discovery: Discovery,
     pub(super) relay: RelayLinks,
     pub(super) filter: PodFilter,
+    /// Checks handshakes before they cost X25519 work.
+    pub(super) handshakes: HandshakeGate,
     pub(super) counters: Counters,
     pub(super) engine: Arc<EngineInner>,
     /// Reused for every encapsulation/decapsulation.
@@ -80,9 +83,11 @@ impl PodState {
         let (relay, home_relay, relayed) = RelayLinks::new(node_private, &engine.config);
         let (counters, stats) = Counters::new();
         let node_secret = x25519::StaticSecret::from(node_private);
+        let node_public = x25519::PublicKey::from(&node_secret);
         let state = Self {
+            handshakes: HandshakeGate::new(&node_public, engine.handshake_budget.clone()),
             identity: Identity {
-                node_public: x25519::PublicKey::from(&node_secret),
+                node_public,
                 node_secret,
                 pod_id,
                 addresses,
@@ -122,6 +127,7 @@ impl PodState {
     }
 
     fn on_timer(&mut self) {
+        self.handshakes.tick();
         self.update_session_timers();
         self.peers.expire_pending_initiations();
         let now = std::time::Instant::now();

@@ -14,6 +14,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::{debug, trace};
 
+use super::handshake::Verdict;
 use super::pod::PodState;
 use super::session::NodeKey;
 use crate::wg::batch;
@@ -73,6 +74,9 @@ impl PodState {
                 return;
             }
         }
+        if !self.admit_wireguard(Some(from), datagram) {
+            return;
+        }
         let Some(peer_key) = self.peers.peer_for_datagram(&self.identity, datagram) else {
             trace!(pod = %self.identity.pod_id, %from, "WireGuard datagram for no known session");
             self.counters.drop_packets(1);
@@ -101,15 +105,42 @@ impl PodState {
             trace!(pod = %self.identity.pod_id, "ignoring non-WireGuard relay packet");
             return;
         }
-        let Some(peer) = self.peers.get_mut(&msg.src) else {
+        if !self.peers.sessions.contains_key(&msg.src) {
             trace!(pod = %self.identity.pod_id, "relay packet from unknown peer");
             self.counters.drop_packets(1);
+            return;
+        }
+        if !self.admit_wireguard(None, &msg.packet) {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&msg.src) else {
             return;
         };
         peer.relayed_from = Some(msg.region);
         self.relay.touch(msg.region);
         self.decapsulate_from(device, msg.src, None, &msg.packet)
             .await;
+    }
+
+    /// The handshake gate: whether a WireGuard datagram may go on to the
+    /// sessions. Under load a direct sender is answered with a cookie.
+    fn admit_wireguard(&mut self, from: Option<SocketAddr>, datagram: &[u8]) -> bool {
+        let now = std::time::Instant::now();
+        match self.handshakes.check(from.map(|a| a.ip()), datagram, now) {
+            Verdict::Pass => return true,
+            Verdict::Cookie(reply) => {
+                if let (Some(sock), Some(to)) = (self.socket.udp(), from) {
+                    if let Err(e) = sock.try_send_to(&reply, to) {
+                        trace!(pod = %self.identity.pod_id, %to, error = %e, "cookie reply not sent");
+                    }
+                }
+            }
+            Verdict::Drop(reason) => {
+                trace!(pod = %self.identity.pod_id, ?from, %reason, "WireGuard datagram refused");
+            }
+        }
+        self.counters.drop_packets(1);
+        false
     }
 
     /// Feed one datagram from `peer_key` to its session and act on the results.

@@ -10,10 +10,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, trace};
 
-use super::pod::PodState;
+use super::pod::{PodState, MIN_WG_BUFFER, WG_OVERHEAD};
 use super::session::NodeKey;
 use crate::wg::config::{DerpRegionConfig, EngineConfig};
-use crate::wg::derp_client::{DerpInbound, DerpLink, HomeRelay};
+use crate::wg::derp_client::{DerpInbound, DerpLink, HomeRelay, LinkSettings};
 use crate::wg::stun;
 
 /// An open link to one region.
@@ -36,8 +36,8 @@ pub(super) struct RelayLinks {
     links: HashMap<u16, RelayLink>,
     /// Where every link delivers the packets it receives.
     inbound: mpsc::Sender<DerpInbound>,
-    /// Outbound queue length of each link.
-    queue: usize,
+    /// What every link is opened with.
+    settings: LinkSettings,
 }
 
 impl RelayLinks {
@@ -60,7 +60,11 @@ impl RelayLinks {
             home_relay: Arc::new(home_relay),
             links: HashMap::new(),
             inbound,
-            queue: config.derp_queue,
+            settings: LinkSettings {
+                queue: config.derp_queue,
+                max_datagram: (config.max_packet_size + WG_OVERHEAD).max(MIN_WG_BUFFER),
+                trust: config.relay_trust.clone(),
+            },
         };
         (links, home_relay_rx, inbound_rx)
     }
@@ -120,7 +124,7 @@ impl RelayLinks {
                 self.node_private,
                 home,
                 self.inbound.clone(),
-                self.queue,
+                self.settings.clone(),
             );
             self.links.insert(
                 region,

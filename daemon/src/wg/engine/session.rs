@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 use tracing::{debug, trace};
@@ -169,12 +170,14 @@ impl Peers {
     }
 
     /// The peer's session, creating its `Tunn` on first use with a
-    /// receiver index unique across the engine.
+    /// receiver index unique across the engine and the pod's shared
+    /// handshake limiter.
     pub(super) fn tunn_for(
         &mut self,
         peer_key: &NodeKey,
         secret: &x25519::StaticSecret,
         next_index: &AtomicU32,
+        limiter: impl FnOnce() -> Arc<RateLimiter>,
     ) -> Option<&mut Tunn> {
         let peer = self.sessions.get_mut(peer_key)?;
         if peer.tunn.is_none() {
@@ -188,7 +191,7 @@ impl Peers {
                 None,
                 None,
                 index,
-                None,
+                Some(limiter()),
             )));
         }
         peer.tunn.as_deref_mut()
@@ -196,7 +199,8 @@ impl Peers {
 
     /// Which peer a direct WireGuard datagram belongs to: initiations name
     /// their sender inside the (decryptable by us) handshake, everything
-    /// else carries our receiver index.
+    /// else carries our receiver index. Opening an initiation costs X25519:
+    /// only datagrams the handshake gate passed may come here.
     pub(super) fn peer_for_datagram(
         &self,
         identity: &Identity,
@@ -337,6 +341,7 @@ impl PodState {
             peer_key,
             &self.identity.node_secret,
             &self.engine.next_index,
+            || self.handshakes.limiter(),
         )
     }
 

@@ -87,12 +87,13 @@ impl Daemon {
             &config,
             format!(
                 "socket = \"{socket}\"\nstate_dir = \"{state}\"\ncluster_name = \"{cluster}\"\n\
-                 control_url = \"{url}\"\nselection = \"{selection}\"\nhealth_addr = \"{health}\"\n\
+                 control_url = \"{url}\"\nallow_insecure_http = {insecure}\nselection = \"{selection}\"\nhealth_addr = \"{health}\"\n\
                  reconcile_interval_secs = {reconcile}\nlog_format = \"{format}\"\n\n[auth]\n{auth}",
                 socket = socket.display(),
                 state = state_dir.display(),
                 cluster = options.cluster,
                 url = options.control_url,
+                insecure = options.control_url.starts_with("http://"),
                 reconcile = options.reconcile_secs,
                 format = if options.json_logs { "json" } else { "text" },
                 auth = options.auth,

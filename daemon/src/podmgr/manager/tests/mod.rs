@@ -61,6 +61,7 @@ fn config(state_dir: PathBuf) -> Config {
         r#"
         cluster_name = "unit"
         control_url = "http://127.0.0.1:9"
+        allow_insecure_http = true
         [auth]
         kind = "static"
         key_file = "/nonexistent/auth-key"

@@ -76,7 +76,9 @@ async fn a_resumed_pod_keeps_its_tags_and_hostname() {
     assert_eq!(started.len(), 2, "ADD's session and the resumed one");
     let resumed = &started[1];
     assert!(resumed.resumed);
-    assert_eq!(resumed.hostname, "chosen-name");
+    // The tenancy guardrails put it under `{cluster}-{namespace}-`.
+    assert!(resumed.hostname.ends_with("-chosen-name"), "{}", resumed.hostname);
+    assert_eq!(started[0].hostname, resumed.hostname);
     assert_eq!(resumed.tags, vec![super::ALLOWED_TAG.to_string()]);
     assert_eq!(started[0].tags, resumed.tags);
     let record = bed.record(POD).expect("record kept");

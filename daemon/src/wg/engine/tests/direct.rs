@@ -23,12 +23,7 @@ async fn direct_udp_datagrams_reach_the_right_session() {
     let pod = attach(&engine, "pod", [0xb1; 32], Ipv4Addr::new(100, 64, 0, 1));
     let map = derp_map(&relay);
     pod.handle.set_derp_map(map.clone()).await.unwrap();
-    let port = pod
-        .handle
-        .endpoints()
-        .borrow()
-        .udp_port
-        .expect("pod UDP socket");
+    let pod_addr = loopback_socket_of(&pod);
 
     let outside_private = [0xb2; 32];
     let outside_addr = Ipv4Addr::new(100, 64, 0, 9);
@@ -44,9 +39,13 @@ async fn direct_udp_datagrams_reach_the_right_session() {
         }])
         .await
         .unwrap();
-    let mut conn = crate::wg::derp_client::connect(&map[0].nodes[0], &outside_private)
-        .await
-        .unwrap();
+    let mut conn = crate::wg::derp_client::connect(
+        &map[0].nodes[0],
+        &crate::wg::derp_client::RelayTrust::default(),
+        &outside_private,
+    )
+    .await
+    .unwrap();
     let mut tunn = Tunn::new(
         x25519::StaticSecret::from(outside_private),
         x25519::PublicKey::from(pod.key),
@@ -56,7 +55,6 @@ async fn direct_udp_datagrams_reach_the_right_session() {
         None,
     );
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let pod_addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let inner = ipv4_udp(outside_addr, pod.addr, b"direct hello");
     let mut buf = vec![0u8; 4096];
 

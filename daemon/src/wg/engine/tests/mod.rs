@@ -4,6 +4,7 @@
 mod checks;
 mod direct;
 mod filter;
+mod hostile;
 mod relay;
 mod resume;
 
@@ -95,6 +96,17 @@ fn peer_of(p: &TestPod, home: Option<u16>) -> PeerConfig {
         endpoints: vec![],
         home_derp: home,
     }
+}
+
+/// The pod's UDP socket on loopback, where peers outside the engine send.
+fn loopback_socket_of(pod: &TestPod) -> SocketAddr {
+    let port = pod
+        .handle
+        .endpoints()
+        .borrow()
+        .udp_port
+        .expect("pod UDP socket");
+    ([127, 0, 0, 1], port).into()
 }
 
 async fn recv_timeout(dev: &PacketFd, wait: Duration) -> Option<Vec<u8>> {
