@@ -6,7 +6,7 @@
 //! a registry lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,23 @@ pub struct PodLabels {
     pub hostname: String,
 }
 
+/// `build_info`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub commit: String,
+}
+
+impl BuildLabels {
+    /// This binary's version and the commit it was built from (`build.rs`).
+    fn current() -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            commit: env!("TAILNET_CNI_COMMIT").to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabels {
     /// "direct" or "derp".
@@ -69,6 +86,9 @@ pub struct PodSample {
     pub filtered_packets: u64,
     /// Seconds since the newest WireGuard handshake with any peer.
     pub handshake_age_secs: Option<f64>,
+    /// Seconds since the oldest of the pod's peers' latest handshakes: the
+    /// peer that has gone longest without one.
+    pub oldest_handshake_age_secs: Option<f64>,
     pub peers_direct: u64,
     pub peers_derp: u64,
 }
@@ -82,6 +102,9 @@ pub trait Snapshot: Send + Sync + 'static {
     fn pod_samples(&self) -> Vec<PodSample>;
     /// Ready to serve ADDs; the reason when not.
     fn readiness(&self) -> Result<(), String>;
+    /// The daemon's own parts are alive (every live pod's control session
+    /// and data-plane task); what is dead when not.
+    fn health(&self) -> Result<(), String>;
 }
 
 /// Metrics updated as events happen (CNI commands); the rest is sampled.
@@ -90,6 +113,15 @@ pub struct Metrics {
     pub command_latency: Family<CommandLabels, Histogram>,
     pub commands: Family<CommandLabels, Counter>,
     pub registrations_failed: Counter,
+    /// Event and annotation reports dropped because the queue was full.
+    pub kube_reports_dropped: Counter,
+    /// Kubernetes API calls that failed or timed out.
+    pub kube_api_errors: Counter,
+    /// Tailnet pods on this node running without the plugin, at the last
+    /// pass.
+    pub pods_missing_plugin: Gauge,
+    /// The CNI socket is being served; `/healthz` fails once it is not.
+    pub rpc_serving: AtomicBool,
     started: AtomicU64,
 }
 
@@ -103,6 +135,10 @@ impl Default for Metrics {
             }),
             commands: Family::default(),
             registrations_failed: Counter::default(),
+            kube_reports_dropped: Counter::default(),
+            kube_api_errors: Counter::default(),
+            pods_missing_plugin: Gauge::default(),
+            rpc_serving: AtomicBool::new(false),
             started: AtomicU64::new(unix_now()),
         }
     }
@@ -140,6 +176,28 @@ impl Metrics {
             "registrations_failed",
             "Pod registrations that failed",
             self.registrations_failed.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build.get_or_create(&BuildLabels::current()).set(1);
+        registry.register(
+            "build_info",
+            "The daemon's version and source commit; always 1",
+            build,
+        );
+        registry.register(
+            "kube_reports_dropped",
+            "Pod Events and annotations dropped because the Kubernetes API lagged",
+            self.kube_reports_dropped.clone(),
+        );
+        registry.register(
+            "kube_api_errors",
+            "Kubernetes API calls that failed or timed out",
+            self.kube_api_errors.clone(),
+        );
+        registry.register(
+            "pods_missing_plugin",
+            "Tailnet pods on this node running without the plugin",
+            self.pods_missing_plugin.clone(),
         );
         let started: Gauge<i64> = Gauge::default();
         started.set(self.started.load(Ordering::Relaxed) as i64);
@@ -181,8 +239,8 @@ impl Metrics {
         let rx_packets: Family<PodLabels, Counter> = Family::default();
         let tx_packets: Family<PodLabels, Counter> = Family::default();
         let filtered: Family<PodLabels, Counter> = Family::default();
-        let handshake_age: Family<PodLabels, Gauge<f64, std::sync::atomic::AtomicU64>> =
-            Family::default();
+        let handshake_age: Family<PodLabels, Gauge<f64, AtomicU64>> = Family::default();
+        let oldest_handshake_age: Family<PodLabels, Gauge<f64, AtomicU64>> = Family::default();
         let paths: Family<PathLabels, Gauge> = Family::default();
         let (mut direct, mut derp) = (0i64, 0i64);
         for sample in snapshot.pod_samples() {
@@ -200,6 +258,9 @@ impl Metrics {
                 .inc_by(sample.filtered_packets);
             if let Some(age) = sample.handshake_age_secs {
                 handshake_age.get_or_create(&labels).set(age);
+            }
+            if let Some(age) = sample.oldest_handshake_age_secs {
+                oldest_handshake_age.get_or_create(&labels).set(age);
             }
         }
         paths
@@ -227,6 +288,11 @@ impl Metrics {
             handshake_age,
         );
         registry.register(
+            "pod_oldest_handshake_age_seconds",
+            "Seconds since the latest handshake of the pod's peer that has gone longest without one",
+            oldest_handshake_age,
+        );
+        registry.register(
             "peer_paths",
             "Active peer sessions by path (direct UDP or DERP relay)",
             paths,
@@ -247,10 +313,28 @@ struct HealthState {
 /// The router behind `health_addr`.
 pub fn router(metrics: Arc<Metrics>, snapshot: Arc<dyn Snapshot>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(HealthState { metrics, snapshot })
+}
+
+/// Alive: the CNI socket is served and the snapshot finds nothing dead.
+/// A liveness probe restarts the daemon on 503, which brings every pod back
+/// from its record.
+async fn healthz(State(state): State<HealthState>) -> impl IntoResponse {
+    let health = if state.metrics.rpc_serving.load(Ordering::Relaxed) {
+        state.snapshot.health()
+    } else {
+        Err("the CNI socket is not served".to_string())
+    };
+    match health {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
@@ -301,6 +385,7 @@ mod tests {
 
     struct Fixed {
         ready: bool,
+        healthy: bool,
     }
 
     impl Snapshot for Fixed {
@@ -323,9 +408,17 @@ mod tests {
                 tx_packets: 2,
                 filtered_packets: 4,
                 handshake_age_secs: Some(12.5),
+                oldest_handshake_age_secs: Some(97.0),
                 peers_direct: 1,
                 peers_derp: 2,
             }]
+        }
+        fn health(&self) -> Result<(), String> {
+            if self.healthy {
+                Ok(())
+            } else {
+                Err("the control session of 1 live pod(s) has ended: c1".into())
+            }
         }
         fn readiness(&self) -> Result<(), String> {
             if self.ready {
@@ -341,7 +434,14 @@ mod tests {
         let metrics = Metrics::default();
         metrics.observe(CniCommand::Add, "ok", Duration::from_millis(120));
         metrics.observe(CniCommand::Add, "100", Duration::from_secs(3));
-        let text = metrics.render(&Fixed { ready: true }).unwrap();
+        metrics.pods_missing_plugin.set(2);
+        metrics.kube_reports_dropped.inc();
+        let text = metrics
+            .render(&Fixed {
+                ready: true,
+                healthy: true,
+            })
+            .unwrap();
         for needle in [
             "tailnet_cni_pods{state=\"ready\"} 3",
             "tailnet_cni_control_sessions{state=\"connected\"} 4",
@@ -350,7 +450,16 @@ mod tests {
             "tailnet_cni_pod_filtered_packets_total{namespace=\"default\",pod=\"web\",hostname=\"homelab-default-web\"} 4",
             "tailnet_cni_cni_commands_total{command=\"Add\",result=\"100\"} 1",
             "tailnet_cni_cni_command_duration_seconds_count{command=\"Add\",result=\"ok\"} 1",
-            "tailnet_cni_pod_handshake_age_seconds{",
+            "tailnet_cni_pod_handshake_age_seconds{namespace=\"default\",pod=\"web\",hostname=\"homelab-default-web\"} 12.5",
+            "tailnet_cni_pod_oldest_handshake_age_seconds{namespace=\"default\",pod=\"web\",hostname=\"homelab-default-web\"} 97.0",
+            "tailnet_cni_pods_missing_plugin 2",
+            "tailnet_cni_kube_reports_dropped_total 1",
+            "tailnet_cni_kube_api_errors_total 0",
+            &format!(
+                "tailnet_cni_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                env!("TAILNET_CNI_COMMIT")
+            ),
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
@@ -360,9 +469,14 @@ mod tests {
     async fn readyz_reports_the_reason() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        metrics.rpc_serving.store(true, Ordering::Relaxed);
         let app = router(
-            Arc::new(Metrics::default()),
-            Arc::new(Fixed { ready: false }),
+            metrics,
+            Arc::new(Fixed {
+                ready: false,
+                healthy: true,
+            }),
         );
         tokio::spawn(async move {
             axum::serve(listener, app)
@@ -377,6 +491,48 @@ mod tests {
         let (status, body) = http_get(addr, "/metrics").await;
         assert_eq!(status, 200);
         assert!(body.contains("tailnet_cni_pods"));
+    }
+
+    /// Serves `router` on a loopback port.
+    async fn serve_router(app: Router) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("serving the test router");
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_when_a_session_ended() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.rpc_serving.store(true, Ordering::Relaxed);
+        let snapshot = Arc::new(Fixed {
+            ready: true,
+            healthy: false,
+        });
+        let addr = serve_router(router(metrics, snapshot)).await;
+        let (status, body) = http_get(addr, "/healthz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("control session"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_when_the_cni_socket_is_not_served() {
+        let metrics = Arc::new(Metrics::default());
+        let snapshot = Arc::new(Fixed {
+            ready: true,
+            healthy: true,
+        });
+        let addr = serve_router(router(metrics.clone(), snapshot)).await;
+        let (status, body) = http_get(addr, "/healthz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("CNI socket"), "{body}");
+        metrics.rpc_serving.store(true, Ordering::Relaxed);
+        let (status, _) = http_get(addr, "/healthz").await;
+        assert_eq!(status, 200);
     }
 
     /// A minimal HTTP/1.0 GET, to keep an HTTP client out of the dependencies.

@@ -172,6 +172,12 @@ impl<B: Backends> Snapshot for PodManager<B> {
                         .filter_map(|p| p.last_handshake)
                         .min()
                         .map(|d| d.as_secs_f64()),
+                    oldest_handshake_age_secs: stats
+                        .peers
+                        .iter()
+                        .filter_map(|p| p.last_handshake)
+                        .max()
+                        .map(|d| d.as_secs_f64()),
                     peers_direct: stats
                         .peers
                         .iter()
@@ -185,6 +191,25 @@ impl<B: Backends> Snapshot for PodManager<B> {
                 })
             })
             .collect()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        // A session's task owns its state's sender: a closed channel means
+        // the task ended while its pod still needs it.
+        let dead: Vec<String> = lock(&self.live)
+            .iter()
+            .filter(|(_, pod)| pod.session.state().has_changed().is_err())
+            .map(|(container_id, _)| container_id.clone())
+            .collect();
+        if dead.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the control session of {} live pod(s) has ended: {}",
+                dead.len(),
+                dead.join(", ")
+            ))
+        }
     }
 
     fn readiness(&self) -> Result<(), String> {
