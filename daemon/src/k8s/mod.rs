@@ -21,6 +21,9 @@ pub mod events;
 pub mod reporter;
 pub mod watchdog;
 
+#[cfg(test)]
+mod contract_tests;
+
 use serde::Deserialize;
 
 /// The `[kubernetes]` table of the daemon's configuration.
