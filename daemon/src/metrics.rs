@@ -107,6 +107,24 @@ pub trait Snapshot: Send + Sync + 'static {
     fn health(&self) -> Result<(), String>;
 }
 
+/// DERP links redialled after a lost connection or a failed connect, by
+/// every pod. Process-wide because the links hold no handle to [`Metrics`];
+/// read only at scrape time.
+pub static DERP_RECONNECTS: AtomicU64 = AtomicU64::new(0);
+/// Control sessions that failed or lost their connection and retry, by
+/// every pod; process-wide like [`DERP_RECONNECTS`].
+pub static CONTROL_RECONNECTS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one redial of a DERP link.
+pub fn count_derp_reconnect() {
+    DERP_RECONNECTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts one retry of a control session.
+pub fn count_control_reconnect() {
+    CONTROL_RECONNECTS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Metrics updated as events happen (CNI commands); the rest is sampled.
 #[derive(Debug)]
 pub struct Metrics {
@@ -199,6 +217,22 @@ impl Metrics {
             "Tailnet pods on this node running without the plugin",
             self.pods_missing_plugin.clone(),
         );
+        for (name, help, total) in [
+            (
+                "derp_reconnects",
+                "DERP relay links redialled after a lost connection or a failed connect",
+                &DERP_RECONNECTS,
+            ),
+            (
+                "control_reconnects",
+                "Control sessions retried after a failed or lost connection",
+                &CONTROL_RECONNECTS,
+            ),
+        ] {
+            let counter: Counter = Counter::default();
+            counter.inc_by(total.load(Ordering::Relaxed));
+            registry.register(name, help, counter);
+        }
         let started: Gauge<i64> = Gauge::default();
         started.set(self.started.load(Ordering::Relaxed) as i64);
         registry.register(
@@ -455,6 +489,8 @@ mod tests {
             "tailnet_cni_pods_missing_plugin 2",
             "tailnet_cni_kube_reports_dropped_total 1",
             "tailnet_cni_kube_api_errors_total 0",
+            "tailnet_cni_derp_reconnects_total ",
+            "tailnet_cni_control_reconnects_total ",
             &format!(
                 "tailnet_cni_build_info{{version=\"{}\",commit=\"{}\"}} 1",
                 env!("CARGO_PKG_VERSION"),

@@ -222,16 +222,22 @@ async fn seen_at_least(double: &Double, n: usize) -> Vec<Seen> {
     double.seen()
 }
 
-#[tokio::test]
-async fn contract_a_join_patches_the_annotations_then_posts_a_normal_event() {
-    let double = Double::default();
-    let api = api_for(double.start().await).await;
+/// A reporter that posts Events and annotations through `api`.
+fn reporter_on(api: KubeApi, capacity: usize) -> (Reporter, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::default());
     let posting = Posting {
         events: true,
         annotate: true,
     };
-    let reporter = Reporter::spawn(api, "node-a".into(), posting, 8, metrics.clone());
+    let reporter = Reporter::spawn(api, "node-a".into(), posting, capacity, metrics.clone());
+    (reporter, metrics)
+}
+
+#[tokio::test]
+async fn contract_a_join_patches_the_annotations_then_posts_a_normal_event() {
+    let double = Double::default();
+    let api = api_for(double.start().await).await;
+    let (reporter, metrics) = reporter_on(api, 8);
     let addresses = [
         "100.64.0.7".parse().unwrap(),
         "fd7a:115c:a1e0::7".parse().unwrap(),
@@ -283,12 +289,7 @@ async fn contract_a_join_patches_the_annotations_then_posts_a_normal_event() {
 async fn contract_a_failure_posts_a_warning_without_the_errors_text() {
     let double = Double::default();
     let api = api_for(double.start().await).await;
-    let metrics = Arc::new(Metrics::default());
-    let posting = Posting {
-        events: true,
-        annotate: true,
-    };
-    let reporter = Reporter::spawn(api, "node-a".into(), posting, 8, metrics.clone());
+    let (reporter, metrics) = reporter_on(api, 8);
     reporter.failed(&web(), tailnet_cni_proto::cni_code::AUTH_FAILURE);
 
     let seen = seen_at_least(&double, 1).await;
@@ -302,6 +303,11 @@ async fn contract_a_failure_posts_a_warning_without_the_errors_text() {
     assert_eq!(body["reason"], "TailnetJoinFailed");
     let message = body["message"].as_str().unwrap_or_default();
     assert!(message.contains("CNI error 101"), "{message}");
+    assert_eq!(
+        metrics.kube_api_errors.get(),
+        0,
+        "the double refused the Event"
+    );
 }
 
 #[tokio::test]
@@ -318,13 +324,7 @@ async fn contract_reports_never_wait_for_a_silent_api() {
             open.push(stream);
         }
     });
-    let api = api_for(addr).await;
-    let metrics = Arc::new(Metrics::default());
-    let posting = Posting {
-        events: true,
-        annotate: false,
-    };
-    let reporter = Reporter::spawn(api, "node-a".into(), posting, 2, metrics.clone());
+    let (reporter, metrics) = reporter_on(api_for(addr).await, 2);
     // Let the worker take the first report and block on it.
     reporter.failed(&web(), 100);
     tokio::time::sleep(Duration::from_millis(100)).await;
