@@ -119,29 +119,28 @@ async fn drain(
     debug!("reporter stopped");
 }
 
+/// Why a report did not reach the API.
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("the Kubernetes API did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// A call that gives up after [`CALL_TIMEOUT`].
 async fn bounded(
     call: impl std::future::Future<Output = Result<(), ApiError>>,
-) -> Result<(), Option<ApiError>> {
+) -> Result<(), PostError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(result) => result.map_err(Some),
-        Err(_elapsed) => Err(None),
+        Ok(result) => Ok(result?),
+        Err(_elapsed) => Err(PostError::Timeout(CALL_TIMEOUT)),
     }
 }
 
-fn count_failure(metrics: &Metrics, pod: &PodRef, result: Result<(), Option<ApiError>>) {
-    match result {
-        Ok(()) => {}
-        Err(error) => {
-            metrics.kube_api_errors.inc();
-            match error {
-                Some(error) => {
-                    warn!(%error, pod = %pod.name, namespace = %pod.namespace, "cannot report to the Kubernetes API")
-                }
-                None => {
-                    warn!(pod = %pod.name, namespace = %pod.namespace, timeout = ?CALL_TIMEOUT, "the Kubernetes API did not answer in time")
-                }
-            }
-        }
+fn count_failure(metrics: &Metrics, pod: &PodRef, result: Result<(), PostError>) {
+    if let Err(error) = result {
+        metrics.kube_api_errors.inc();
+        warn!(%error, namespace = %pod.namespace, pod = %pod.name, "cannot report to the Kubernetes API");
     }
 }

@@ -17,6 +17,9 @@ use crate::config::Selection;
 use crate::metrics::Metrics;
 use crate::podmgr::state::StateStore;
 
+/// The longest a pass may wait for the API before it is abandoned.
+const PASS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What a pass does with the pods it finds.
 #[derive(Debug, Clone)]
 pub struct WatchdogConfig {
@@ -80,9 +83,16 @@ impl Watchdog {
                 _ = &mut stop => return,
                 _ = ticks.tick() => {}
             }
-            if let Err(error) = self.pass().await {
-                self.metrics.kube_api_errors.inc();
-                warn!(%error, "cannot look for pods running without the plugin");
+            match tokio::time::timeout(PASS_TIMEOUT, self.pass()).await {
+                Ok(Ok(_missing)) => {}
+                Ok(Err(error)) => {
+                    self.metrics.kube_api_errors.inc();
+                    warn!(%error, "cannot look for pods running without the plugin");
+                }
+                Err(_elapsed) => {
+                    self.metrics.kube_api_errors.inc();
+                    warn!(timeout = ?PASS_TIMEOUT, "the Kubernetes API did not answer; the pass is abandoned");
+                }
             }
         }
     }
