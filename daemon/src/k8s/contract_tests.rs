@@ -61,6 +61,19 @@ impl Double {
         addr
     }
 
+    /// An accepted eviction deletes the pod: it lists with a
+    /// `deletionTimestamp` from now on.
+    fn mark_deleted(&self, ns: &str, name: &str) {
+        if let Ok(mut pods) = self.pods.lock() {
+            for pod in pods.iter_mut() {
+                let meta = &mut pod["metadata"];
+                if meta["namespace"] == ns && meta["name"] == name {
+                    meta["deletionTimestamp"] = json!("2026-01-02T03:04:05Z");
+                }
+            }
+        }
+    }
+
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -130,6 +143,7 @@ impl Double {
                     && parsed["metadata"]["name"] == *name
                     && parsed["metadata"]["namespace"] == *ns;
                 if ok {
+                    self.mark_deleted(ns, name);
                     created(json!({
                         "apiVersion": "v1",
                         "kind": "Status",
@@ -431,10 +445,11 @@ async fn contract_pods_are_listed_by_node_and_missing_ones_reported_and_evicted(
     assert_eq!(events[1].body["involvedObject"]["name"], "api");
     assert_eq!(metrics.kube_api_errors.get(), 0);
 
-    // A second pass finds them again but reports each only once.
+    // Evicted pods are being deleted: no longer missing, nothing posted.
     let before = double.seen().len();
     let again = watchdog.pass().await.expect("a second pass");
-    assert_eq!(again.len(), 2);
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(metrics.pods_missing_plugin.get(), 0);
     let posted_again = double.seen()[before..]
         .iter()
         .filter(|s| s.method == Method::POST)
@@ -478,4 +493,13 @@ async fn contract_without_eviction_the_pod_only_gets_a_warning() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].body["reason"], "TailnetPluginMissing");
     assert_eq!(events[0].body["type"], "Warning");
+
+    // Still missing on the next pass: counted, but reported only once.
+    let before = double.seen().len();
+    assert_eq!(watchdog.pass().await.expect("a second pass").len(), 1);
+    let posted_again = double.seen()[before..]
+        .iter()
+        .filter(|s| s.method == Method::POST)
+        .count();
+    assert_eq!(posted_again, 0);
 }

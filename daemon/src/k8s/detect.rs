@@ -1,8 +1,8 @@
 //! Which tailnet pods run without the plugin, decided without I/O.
 //!
 //! A pod is missing the plugin when it is scheduled to this node, is
-//! `Running`, does not use the host's network (the runtime never calls a CNI
-//! plugin for those), opted in by the rules of [`crate::selection`], and no
+//! `Running` and not being deleted, does not use the host's network (the
+//! runtime never calls a CNI plugin for those), opted in by the rules of [`crate::selection`], and no
 //! pod record here names it. A pod whose selection would be refused (a tag
 //! not allowed, say) is not counted: the plugin would not have set it up
 //! either.
@@ -23,6 +23,8 @@ pub struct ListedPod {
     pub running: bool,
     /// `spec.hostNetwork`: no CNI call is ever made for it.
     pub host_network: bool,
+    /// `metadata.deletionTimestamp` is set: it is going away already.
+    pub terminating: bool,
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -48,6 +50,7 @@ impl ListedPod {
                 .as_ref()
                 .and_then(|s| s.host_network)
                 .unwrap_or(false),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
         })
     }
@@ -62,12 +65,12 @@ fn same_pod(known: &PodRef, listed: &PodRef) -> bool {
     known.namespace == listed.namespace && known.name == listed.name
 }
 
-/// Running pods with a pod network and no record here: the only ones whose
-/// selection still needs deciding.
+/// Running pods with a pod network, not being deleted, and no record here:
+/// the only ones whose selection still needs deciding.
 pub fn unrecorded<'a>(listed: &'a [ListedPod], known: &[PodRef]) -> Vec<&'a ListedPod> {
     listed
         .iter()
-        .filter(|p| p.running && !p.host_network)
+        .filter(|p| p.running && !p.host_network && !p.terminating)
         .filter(|p| !known.iter().any(|k| same_pod(k, &p.pod)))
         .collect()
 }

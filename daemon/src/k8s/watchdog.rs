@@ -49,7 +49,8 @@ pub struct Watchdog {
     records: StateStore,
     config: WatchdogConfig,
     metrics: Arc<Metrics>,
-    /// Pods already reported, so each gets one Event while it stays missing.
+    /// Pods already reported, so each gets one Event while it stays missing
+    /// (an evicted pod is being deleted, so it is no longer missing).
     reported: BTreeSet<PodRef>,
 }
 
@@ -134,34 +135,45 @@ impl Watchdog {
         self.metrics.pods_missing_plugin.set(missing.len() as i64);
         self.reported.retain(|pod| missing.contains(pod));
         for pod in &missing {
-            if self.reported.insert(pod.clone()) {
-                self.act_on(pod).await;
-            }
+            let first_seen = self.reported.insert(pod.clone());
+            self.act_on(pod, first_seen).await;
         }
         Ok(missing)
     }
 
-    /// Reports (and evicts, when configured) a pod found for the first time.
-    async fn act_on(&self, pod: &PodRef) {
-        warn!(namespace = %pod.namespace, pod = %pod.name, "tailnet pod is running without the plugin");
-        let mut event = PodEvent::MissingPlugin;
-        if self.config.evict {
-            match self.api.evict_pod(&pod.namespace, &pod.name).await {
-                Ok(()) => {
-                    info!(namespace = %pod.namespace, pod = %pod.name, "evicted");
-                    event = PodEvent::EvictedMissingPlugin;
-                }
-                Err(error) => {
-                    self.metrics.kube_api_errors.inc();
-                    warn!(%error, namespace = %pod.namespace, pod = %pod.name, "cannot evict");
-                }
-            }
+    /// Evicts `pod` when configured (again on each pass while a disruption
+    /// budget refuses it) and posts its Event: once when found, and once
+    /// when evicted.
+    async fn act_on(&self, pod: &PodRef, first_seen: bool) {
+        if first_seen {
+            warn!(namespace = %pod.namespace, pod = %pod.name, "tailnet pod is running without the plugin");
         }
+        let evicted = self.config.evict && self.evict(pod).await;
+        let event = match (evicted, first_seen) {
+            (true, _) => PodEvent::EvictedMissingPlugin,
+            (false, true) => PodEvent::MissingPlugin,
+            (false, false) => return,
+        };
         if self.config.events {
             let body = event_for(pod, &event, &self.config.node, Timestamp::now());
             if let Err(error) = self.api.create_event(&body).await {
                 self.metrics.kube_api_errors.inc();
                 warn!(%error, namespace = %pod.namespace, pod = %pod.name, "cannot post the Event");
+            }
+        }
+    }
+
+    /// Whether the API accepted the eviction.
+    async fn evict(&self, pod: &PodRef) -> bool {
+        match self.api.evict_pod(&pod.namespace, &pod.name).await {
+            Ok(()) => {
+                info!(namespace = %pod.namespace, pod = %pod.name, "evicted: it comes back with the plugin");
+                true
+            }
+            Err(error) => {
+                self.metrics.kube_api_errors.inc();
+                warn!(%error, namespace = %pod.namespace, pod = %pod.name, "cannot evict; retrying on the next pass");
+                false
             }
         }
     }

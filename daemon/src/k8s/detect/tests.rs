@@ -14,6 +14,7 @@ fn listed(namespace: &str, name: &str, uid: &str, annotations: &[(&str, &str)]) 
         pod: pod(namespace, name, uid),
         running: true,
         host_network: false,
+        terminating: false,
         annotations: annotations
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -83,18 +84,15 @@ fn a_record_of_a_replaced_pod_does_not_count() {
 }
 
 #[test]
-fn pending_and_host_network_pods_are_not_missing() {
+fn pending_host_network_and_terminating_pods_are_not_missing() {
     let mut pending = listed("apps", "web", "u1", &[(ENABLED, "true")]);
     pending.running = false;
     let mut host = listed("apps", "agent", "u2", &[(ENABLED, "true")]);
     host.host_network = true;
-    assert!(detect(
-        Selection::Annotated,
-        &[pending, host],
-        &[],
-        &BTreeMap::new()
-    )
-    .is_empty());
+    let mut evicted = listed("apps", "old", "u3", &[(ENABLED, "true")]);
+    evicted.terminating = true;
+    let pods = [pending, host, evicted];
+    assert!(detect(Selection::Annotated, &pods, &[], &BTreeMap::new()).is_empty());
 }
 
 #[test]
@@ -155,7 +153,8 @@ fn a_pod_the_plugin_would_refuse_is_not_counted() {
 fn from_api_reads_phase_host_network_and_uid() {
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"namespace": "apps", "name": "web", "uid": "u1",
-                     "annotations": {ENABLED: "true"}},
+                     "annotations": {ENABLED: "true"},
+                     "deletionTimestamp": "2026-01-02T03:04:05Z"},
         "spec": {"containers": [], "hostNetwork": true, "nodeName": "node-a"},
         "status": {"phase": "Running"},
     }))
@@ -171,6 +170,7 @@ fn from_api_reads_phase_host_network_and_uid() {
     );
     assert!(listed.running);
     assert!(listed.host_network);
+    assert!(listed.terminating);
     assert_eq!(
         listed.annotations.get(ENABLED).map(String::as_str),
         Some("true")
