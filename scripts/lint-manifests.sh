@@ -30,7 +30,7 @@ validate() { "$VENV/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
-manifests=(deploy/namespace.yaml deploy/rbac.yaml deploy/configmap.yaml deploy/daemonset.yaml deploy/uninstall/daemonset.yaml deploy/secrets/*.yaml
+manifests=(deploy/namespace.yaml deploy/rbac.yaml deploy/configmap.yaml deploy/daemonset.yaml deploy/metrics-service.yaml deploy/uninstall/daemonset.yaml deploy/secrets/*.yaml
   k3d/nginx.yaml k3d/smoke.yaml)
 say "kubernetes-validate --strict (Kubernetes $K8S_VERSION)"
 validate "${manifests[@]}"

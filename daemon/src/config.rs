@@ -117,6 +117,10 @@ pub struct Config {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[serde(default)]
     pub health_addr: Option<SocketAddr>,
+    /// A second address serving the same endpoints, for Prometheus in the
+    /// cluster (e.g. `0.0.0.0:9465`), while `health_addr` stays on loopback.
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
     #[serde(default)]
     pub log_format: LogFormat,
     /// Uids allowed to call the daemon socket (checked with SO_PEERCRED).
@@ -142,6 +146,9 @@ pub struct Config {
     /// name. None by default.
     #[serde(default)]
     pub exit_node: Option<String>,
+    /// Events, pod annotations and the watch for pods missing the plugin.
+    #[serde(default)]
+    pub kubernetes: crate::k8s::KubeConfig,
     pub auth: tailnet_auth::AuthConfig,
 }
 
@@ -240,6 +247,9 @@ impl Config {
                 self.key_renew_fraction
             ));
         }
+        if self.kubernetes.queue_capacity == 0 {
+            return Err("kubernetes.queue_capacity must be at least 1".into());
+        }
         if let Some(bad) = self.allowed_tags.iter().find(|t| !t.starts_with("tag:")) {
             return Err(format!(
                 "allowed_tags entry {bad:?} must start with \"tag:\""
@@ -307,6 +317,10 @@ mod tests {
         assert_eq!(config.allowed_uids, vec![0]);
         assert_eq!(config.reconcile_interval_secs, 60);
         assert_eq!(config.tenancy, Tenancy::default());
+        assert!(config.kubernetes.events && config.kubernetes.annotate);
+        assert!(!config.kubernetes.evict_missing_plugin);
+        assert_eq!(config.kubernetes.missing_plugin_interval_secs, 60);
+        assert_eq!(config.metrics_addr, None);
     }
 
     #[test]
@@ -385,6 +399,10 @@ mod tests {
             (
                 format!("{MINIMAL}\n[tenancy]\nnamespace_label = \"\"\n"),
                 "tenancy.namespace_label",
+            ),
+            (
+                MINIMAL.replace("[auth]", "[kubernetes]\nqueue_capacity = 0\n[auth]"),
+                "queue_capacity",
             ),
         ];
         for (text, needle) in cases {

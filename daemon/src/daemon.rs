@@ -1,21 +1,29 @@
-//! The daemon's run loop: recover pods, serve the shim, serve health,
-//! reconcile periodically, stop cleanly on SIGTERM.
+//! The daemon's run loop: recover pods, serve the shim, serve health and
+//! metrics, report to Kubernetes, reconcile periodically, stop cleanly on
+//! SIGTERM.
 //!
 //! Stopping the daemon does not tear pods down: their TUN devices are
 //! persistent and their state is on disk, so a restarted daemon (an upgrade,
 //! a crash) re-attaches every pod with the same identity and addresses.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::k8s::client::KubeApi;
+use crate::k8s::reporter::{Posting, Reporter};
+use crate::k8s::watchdog::{Watchdog, WatchdogConfig};
 use crate::metrics::{self, Metrics};
 use crate::podmgr::manager::PodManager;
+use crate::podmgr::state::StateStore;
 use crate::rpc;
+use crate::selection::Policy;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(
@@ -41,10 +49,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rx.wait_for(|stop| *stop).await.ok();
     };
 
-    let health = config.health_addr.map(|addr| {
-        let router = metrics::router(metrics.clone(), manager.clone());
-        tokio::spawn(metrics::serve(addr, router, stopped(stop_rx.clone())))
-    });
+    // Loopback for the probes and the installer; `metrics_addr` for
+    // Prometheus in the cluster.
+    let endpoints: Vec<_> = [config.health_addr, config.metrics_addr]
+        .into_iter()
+        .flatten()
+        .map(|addr| {
+            let router = metrics::router(metrics.clone(), manager.clone());
+            tokio::spawn(metrics::serve(addr, router, stopped(stop_rx.clone())))
+        })
+        .collect();
+
+    let watchdog = start_kubernetes(&config, &manager, &metrics, stopped(stop_rx.clone())).await;
 
     let reconcile = (config.reconcile_interval_secs > 0).then(|| {
         let manager = manager.clone();
@@ -54,12 +70,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let listener = rpc::bind_socket(&config.socket)?;
-    let server = tokio::spawn(rpc::serve(
+    let serving = rpc::serve(
         listener,
         manager.clone(),
         config.allowed_uids.clone(),
         stopped(stop_rx.clone()),
-    ));
+    );
+    metrics.rpc_serving.store(true, Ordering::Relaxed);
+    let server = tokio::spawn({
+        let metrics = metrics.clone();
+        async move {
+            let result = serving.await;
+            metrics.rpc_serving.store(false, Ordering::Relaxed);
+            result
+        }
+    });
 
     wait_for_signal().await;
     info!("shutting down; pods keep their interfaces and come back on restart");
@@ -70,10 +95,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => error!(error = %e, "CNI service stopped with an error"),
         Err(e) => error!(error = %e, "CNI service task failed"),
     }
-    if let Some(health) = health {
+    for endpoint in endpoints {
         // The server logs its own error when it stops with one.
-        if let Err(error) = health.await {
+        if let Err(error) = endpoint.await {
             error!(%error, "health server task failed");
+        }
+    }
+    if let Some(watchdog) = watchdog {
+        if let Err(error) = watchdog.await {
+            error!(%error, "missing-plugin watch task failed");
         }
     }
     if let Some(reconcile) = reconcile {
@@ -88,6 +118,67 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         debug!(%error, socket = %config.socket.display(), "cannot remove the CNI socket");
     }
     Ok(())
+}
+
+/// Events and annotations for ADD's outcomes, and the watch for tailnet
+/// pods running without the plugin: only in Kubernetes, on a known node.
+/// Returns the watch's task, if it runs.
+async fn start_kubernetes(
+    config: &Config,
+    manager: &Arc<PodManager>,
+    metrics: &Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Option<JoinHandle<()>> {
+    let settings = &config.kubernetes;
+    let Some(node) = settings.node_name() else {
+        info!("no node name (kubernetes.node_name or NODE_NAME): no pod Events, annotations or missing-plugin watch");
+        return None;
+    };
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(error) => {
+            info!(%error, "no Kubernetes API: no pod Events, annotations or missing-plugin watch");
+            return None;
+        }
+    };
+    let api = KubeApi::new(client);
+    if settings.events || settings.annotate {
+        let posting = Posting {
+            events: settings.events,
+            annotate: settings.annotate,
+        };
+        let reporter = Reporter::spawn(
+            api.clone(),
+            node.clone(),
+            posting,
+            settings.queue_capacity,
+            metrics.clone(),
+        );
+        manager.report_to(Arc::new(reporter));
+    }
+    if settings.missing_plugin_interval_secs == 0 {
+        return None;
+    }
+    let records = match StateStore::open(&config.state_dir) {
+        Ok(records) => records,
+        Err(error) => {
+            warn!(%error, "cannot open the pod records: no missing-plugin watch");
+            return None;
+        }
+    };
+    let watchdog = Watchdog::new(
+        api,
+        records,
+        WatchdogConfig {
+            node,
+            policy: Policy::from_config(config),
+            events: settings.events,
+            evict: settings.evict_missing_plugin,
+        },
+        metrics.clone(),
+    );
+    let period = Duration::from_secs(settings.missing_plugin_interval_secs);
+    Some(tokio::spawn(watchdog.run_every(period, stop)))
 }
 
 async fn wait_for_signal() {

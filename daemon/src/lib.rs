@@ -3,6 +3,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod install;
+pub mod k8s;
 pub mod metrics;
 pub mod podmgr;
 pub mod privileges;

@@ -6,7 +6,7 @@
 //! a registry lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,23 @@ pub struct PodLabels {
     pub hostname: String,
 }
 
+/// `build_info`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub commit: String,
+}
+
+impl BuildLabels {
+    /// This binary's version and the commit it was built from (`build.rs`).
+    fn current() -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            commit: env!("TAILNET_CNI_COMMIT").to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PathLabels {
     /// "direct" or "derp".
@@ -69,6 +86,9 @@ pub struct PodSample {
     pub filtered_packets: u64,
     /// Seconds since the newest WireGuard handshake with any peer.
     pub handshake_age_secs: Option<f64>,
+    /// Seconds since the oldest of the pod's peers' latest handshakes: the
+    /// peer that has gone longest without one.
+    pub oldest_handshake_age_secs: Option<f64>,
     pub peers_direct: u64,
     pub peers_derp: u64,
     /// Handshakes started to resume sessions the pod had before a restart.
@@ -84,6 +104,27 @@ pub trait Snapshot: Send + Sync + 'static {
     fn pod_samples(&self) -> Vec<PodSample>;
     /// Ready to serve ADDs; the reason when not.
     fn readiness(&self) -> Result<(), String>;
+    /// The daemon's own parts are alive (every live pod's control session
+    /// and data-plane task); what is dead when not.
+    fn health(&self) -> Result<(), String>;
+}
+
+/// DERP links redialled after a lost connection or a failed connect, by
+/// every pod. Process-wide because the links hold no handle to [`Metrics`];
+/// read only at scrape time.
+pub static DERP_RECONNECTS: AtomicU64 = AtomicU64::new(0);
+/// Control sessions that failed or lost their connection and retry, by
+/// every pod; process-wide like [`DERP_RECONNECTS`].
+pub static CONTROL_RECONNECTS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one redial of a DERP link.
+pub fn count_derp_reconnect() {
+    DERP_RECONNECTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counts one retry of a control session.
+pub fn count_control_reconnect() {
+    CONTROL_RECONNECTS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Metrics updated as events happen (CNI commands); the rest is sampled.
@@ -92,6 +133,15 @@ pub struct Metrics {
     pub command_latency: Family<CommandLabels, Histogram>,
     pub commands: Family<CommandLabels, Counter>,
     pub registrations_failed: Counter,
+    /// Event and annotation reports dropped because the queue was full.
+    pub kube_reports_dropped: Counter,
+    /// Kubernetes API calls that failed or timed out.
+    pub kube_api_errors: Counter,
+    /// Tailnet pods on this node running without the plugin, at the last
+    /// pass.
+    pub pods_missing_plugin: Gauge,
+    /// The CNI socket is being served; `/healthz` fails once it is not.
+    pub rpc_serving: AtomicBool,
     started: AtomicU64,
 }
 
@@ -105,6 +155,10 @@ impl Default for Metrics {
             }),
             commands: Family::default(),
             registrations_failed: Counter::default(),
+            kube_reports_dropped: Counter::default(),
+            kube_api_errors: Counter::default(),
+            pods_missing_plugin: Gauge::default(),
+            rpc_serving: AtomicBool::new(false),
             started: AtomicU64::new(unix_now()),
         }
     }
@@ -143,6 +197,44 @@ impl Metrics {
             "Pod registrations that failed",
             self.registrations_failed.clone(),
         );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build.get_or_create(&BuildLabels::current()).set(1);
+        registry.register(
+            "build_info",
+            "The daemon's version and source commit; always 1",
+            build,
+        );
+        registry.register(
+            "kube_reports_dropped",
+            "Pod Events and annotations dropped because the Kubernetes API lagged",
+            self.kube_reports_dropped.clone(),
+        );
+        registry.register(
+            "kube_api_errors",
+            "Kubernetes API calls that failed or timed out",
+            self.kube_api_errors.clone(),
+        );
+        registry.register(
+            "pods_missing_plugin",
+            "Tailnet pods on this node running without the plugin",
+            self.pods_missing_plugin.clone(),
+        );
+        for (name, help, total) in [
+            (
+                "derp_reconnects",
+                "DERP relay links redialled after a lost connection or a failed connect",
+                &DERP_RECONNECTS,
+            ),
+            (
+                "control_reconnects",
+                "Control sessions retried after a failed or lost connection",
+                &CONTROL_RECONNECTS,
+            ),
+        ] {
+            let counter: Counter = Counter::default();
+            counter.inc_by(total.load(Ordering::Relaxed));
+            registry.register(name, help, counter);
+        }
         let started: Gauge<i64> = Gauge::default();
         started.set(self.started.load(Ordering::Relaxed) as i64);
         registry.register(
@@ -183,8 +275,8 @@ impl Metrics {
         let rx_packets: Family<PodLabels, Counter> = Family::default();
         let tx_packets: Family<PodLabels, Counter> = Family::default();
         let filtered: Family<PodLabels, Counter> = Family::default();
-        let handshake_age: Family<PodLabels, Gauge<f64, std::sync::atomic::AtomicU64>> =
-            Family::default();
+        let handshake_age: Family<PodLabels, Gauge<f64, AtomicU64>> = Family::default();
+        let oldest_handshake_age: Family<PodLabels, Gauge<f64, AtomicU64>> = Family::default();
         let paths: Family<PathLabels, Gauge> = Family::default();
         let (mut direct, mut derp) = (0i64, 0i64);
         let resume_handshakes = Counter::<u64>::default();
@@ -204,6 +296,9 @@ impl Metrics {
                 .inc_by(sample.filtered_packets);
             if let Some(age) = sample.handshake_age_secs {
                 handshake_age.get_or_create(&labels).set(age);
+            }
+            if let Some(age) = sample.oldest_handshake_age_secs {
+                oldest_handshake_age.get_or_create(&labels).set(age);
             }
         }
         paths
@@ -236,6 +331,11 @@ impl Metrics {
             resume_handshakes,
         );
         registry.register(
+            "pod_oldest_handshake_age_seconds",
+            "Seconds since the latest handshake of the pod's peer that has gone longest without one",
+            oldest_handshake_age,
+        );
+        registry.register(
             "peer_paths",
             "Active peer sessions by path (direct UDP or DERP relay)",
             paths,
@@ -256,10 +356,28 @@ struct HealthState {
 /// The router behind `health_addr`.
 pub fn router(metrics: Arc<Metrics>, snapshot: Arc<dyn Snapshot>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(HealthState { metrics, snapshot })
+}
+
+/// Alive: the CNI socket is served and the snapshot finds nothing dead.
+/// A liveness probe restarts the daemon on 503, which brings every pod back
+/// from its record.
+async fn healthz(State(state): State<HealthState>) -> impl IntoResponse {
+    let health = if state.metrics.rpc_serving.load(Ordering::Relaxed) {
+        state.snapshot.health()
+    } else {
+        Err("the CNI socket is not served".to_string())
+    };
+    match health {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
@@ -305,106 +423,4 @@ pub async fn serve(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Fixed {
-        ready: bool,
-    }
-
-    impl Snapshot for Fixed {
-        fn pods_by_state(&self) -> Vec<(String, i64)> {
-            vec![("ready".into(), 3), ("registering".into(), 1)]
-        }
-        fn sessions_by_state(&self) -> Vec<(String, i64)> {
-            vec![("connected".into(), 4)]
-        }
-        fn pod_samples(&self) -> Vec<PodSample> {
-            vec![PodSample {
-                labels: Some(PodLabels {
-                    namespace: "default".into(),
-                    pod: "web".into(),
-                    hostname: "homelab-default-web".into(),
-                }),
-                rx_bytes: 1500,
-                tx_bytes: 700,
-                rx_packets: 3,
-                tx_packets: 2,
-                filtered_packets: 4,
-                handshake_age_secs: Some(12.5),
-                peers_direct: 1,
-                peers_derp: 2,
-                resume_handshakes: 5,
-            }]
-        }
-        fn readiness(&self) -> Result<(), String> {
-            if self.ready {
-                Ok(())
-            } else {
-                Err("recovering pods".into())
-            }
-        }
-    }
-
-    #[test]
-    fn render_includes_every_family() {
-        let metrics = Metrics::default();
-        metrics.observe(CniCommand::Add, "ok", Duration::from_millis(120));
-        metrics.observe(CniCommand::Add, "100", Duration::from_secs(3));
-        let text = metrics.render(&Fixed { ready: true }).unwrap();
-        for needle in [
-            "tailnet_cni_pods{state=\"ready\"} 3",
-            "tailnet_cni_control_sessions{state=\"connected\"} 4",
-            "tailnet_cni_pod_rx_bytes_total{namespace=\"default\",pod=\"web\",hostname=\"homelab-default-web\"} 1500",
-            "tailnet_cni_peer_paths{path=\"derp\"} 2",
-            "tailnet_cni_pod_filtered_packets_total{namespace=\"default\",pod=\"web\",hostname=\"homelab-default-web\"} 4",
-            "tailnet_cni_cni_commands_total{command=\"Add\",result=\"100\"} 1",
-            "tailnet_cni_cni_command_duration_seconds_count{command=\"Add\",result=\"ok\"} 1",
-            "tailnet_cni_pod_handshake_age_seconds{",
-            "tailnet_cni_resume_handshakes_total 5",
-        ] {
-            assert!(text.contains(needle), "missing {needle} in\n{text}");
-        }
-    }
-
-    #[tokio::test]
-    async fn readyz_reports_the_reason() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = router(
-            Arc::new(Metrics::default()),
-            Arc::new(Fixed { ready: false }),
-        );
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .expect("serving the test router");
-        });
-        let (status, body) = http_get(addr, "/readyz").await;
-        assert_eq!(status, 503);
-        assert!(body.contains("recovering pods"));
-        let (status, body) = http_get(addr, "/healthz").await;
-        assert_eq!((status, body.trim()), (200, "ok"));
-        let (status, body) = http_get(addr, "/metrics").await;
-        assert_eq!(status, 200);
-        assert!(body.contains("tailnet_cni_pods"));
-    }
-
-    /// A minimal HTTP/1.0 GET, to keep an HTTP client out of the dependencies.
-    async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
-    }
-}
+mod tests;

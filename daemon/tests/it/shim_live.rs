@@ -1,5 +1,6 @@
-//! The shim binary against a real `tailnet-cnid` on the test bed: STATUS
-//! and a DEL of a container that was never added.
+//! The shim binary against a real `tailnet-cnid` on the test bed: STATUS,
+//! a DEL of a container that was never added, and the daemon's health and
+//! metrics endpoints.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::process::{Command, Output};
 use serde_json::{json, Value};
 
 use crate::common::{
-    self, require, run_tag, run_with_stdin, take_turn, Bed, Daemon, DaemonOptions,
+    self, require, run_ok, run_tag, run_with_stdin, take_turn, Bed, Daemon, DaemonOptions,
 };
 
 const TOOLS: &[&str] = &["ip"];
@@ -85,4 +86,36 @@ fn del_of_a_never_added_container_succeeds_twice() {
         );
         assert!(output.stdout.is_empty());
     }
+}
+
+/// `/healthz` of a live daemon answers from its real state, and `/metrics`
+/// carries what Prometheus in a cluster needs.
+#[test]
+fn health_and_build_info_of_a_live_daemon() {
+    let bed = require!(common::daemon_bed(&["ip", "curl"]));
+    let _turn = take_turn();
+    let work = tempfile::tempdir().expect("tempdir");
+    let daemon = start_daemon(work.path(), &bed);
+    let healthz = run_ok(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        " %{http_code}",
+        &format!("http://{}/healthz", daemon.health),
+    ]));
+    assert_eq!(healthz, "ok\n 200");
+    let metrics = daemon.metrics();
+    let build_info = metrics
+        .lines()
+        .find(|line| line.starts_with("tailnet_cni_build_info{"))
+        .unwrap_or_else(|| panic!("no build_info in\n{metrics}"));
+    assert!(
+        build_info.starts_with(&format!(
+            "tailnet_cni_build_info{{version=\"{}\",commit=\"",
+            env!("CARGO_PKG_VERSION")
+        )) && build_info.ends_with("\"} 1"),
+        "{build_info}"
+    );
+    assert_eq!(daemon.gauge("tailnet_cni_pods_missing_plugin"), Some(0.0));
 }

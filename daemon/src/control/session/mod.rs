@@ -198,4 +198,49 @@ mod tests {
         assert!(ControlConfig::new("ftp://x", None).is_err());
         assert!(ControlConfig::new("http://127.0.0.1:1", None).is_ok());
     }
+
+    /// Never asked: the session fails before it registers.
+    struct UnusedKeys;
+
+    #[tonic::async_trait]
+    impl AuthKeySource for UnusedKeys {
+        async fn auth_key(&self) -> Result<tailnet_auth::Secret, MintError> {
+            Ok(tailnet_auth::Secret::new("unused"))
+        }
+    }
+
+    /// Each retry of a session that cannot reach its server counts toward
+    /// `tailnet_cni_control_reconnects_total`.
+    #[tokio::test]
+    async fn retries_are_counted_as_reconnects() {
+        use std::sync::atomic::Ordering;
+        use std::time::Duration;
+
+        use crate::metrics::CONTROL_RECONNECTS;
+
+        // A port nothing listens on: every connect is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let config =
+            ControlConfig::new(&format!("http://127.0.0.1:{port}"), None).expect("a loopback URL");
+        let client = ControlClient::new(config).expect("a client");
+        let before = CONTROL_RECONNECTS.load(Ordering::Relaxed);
+        let handle = client.spawn_identity(
+            IdentityKeys::generate(),
+            IdentityOptions::new("counted", vec![]),
+            Arc::new(UnusedKeys),
+        );
+        let mut state = handle.state();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            state.wait_for(|s| matches!(s, SessionState::Reconnecting { .. })),
+        )
+        .await
+        .expect("the session retries")
+        .expect("state channel");
+        assert!(CONTROL_RECONNECTS.load(Ordering::Relaxed) > before);
+        handle.shutdown();
+    }
 }

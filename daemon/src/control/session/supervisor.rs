@@ -53,6 +53,7 @@ impl Session {
             let (delay, state) = backoff.after(error.clone());
             match &state {
                 SessionState::Reconnecting { attempt, .. } => {
+                    crate::metrics::count_control_reconnect();
                     warn!(hostname = %self.options.hostname, attempt, %error, "control session lost; reconnecting");
                 }
                 _ => {

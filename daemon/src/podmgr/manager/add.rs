@@ -18,6 +18,7 @@ use super::seams::{
 };
 use super::{lock, now_secs, AttachmentOf, LivePod, PodManager, SessionOf};
 use crate::control::IdentityKeys;
+use crate::k8s::PodRef;
 use crate::podmgr::dataplane::AttachError;
 use crate::podmgr::faults;
 use crate::podmgr::hostname::pod_hostname;
@@ -136,9 +137,24 @@ impl<B: Backends> PodManager<B> {
         self.save(&record)?;
         faults::point("add:pending-saved");
 
+        let pod_ref = PodRef {
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+            uid: record.uid.clone(),
+        };
         match self.bring_up(&mut record, tags, mtu).await {
-            Ok(response) => Ok(response),
+            Ok(response) => {
+                let addresses: Vec<IpAddr> = response
+                    .ips
+                    .iter()
+                    .filter_map(|ip| ip.address.split('/').next()?.parse().ok())
+                    .collect();
+                self.reports()
+                    .joined(&pod_ref, &response.hostname, &addresses);
+                Ok(response)
+            }
             Err(error) => {
+                self.reports().failed(&pod_ref, error.code);
                 warn!(%error, "ADD failed; undoing what it did");
                 self.metrics.registrations_failed.inc();
                 if let Err(errors) = self.release(record, ReleaseBy::Daemon).await {

@@ -33,7 +33,7 @@ mod views;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tailnet_cni_proto::cni_code;
@@ -44,7 +44,9 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use self::live::{Live, LiveControl, LiveEngine};
-use self::seams::{Backends, ControlPlane, DataPlane, PodAttachment, PodSession, Records};
+use self::seams::{
+    Backends, ControlPlane, DataPlane, JoinReports, PodAttachment, PodSession, Records,
+};
 use self::views::PodView;
 use super::locks::PodLocks;
 use super::plumbing::Plumber;
@@ -101,6 +103,8 @@ pub struct PodManager<B: Backends = Live> {
     live: Mutex<HashMap<String, LivePod<B>>>,
     views: RwLock<BTreeMap<String, PodView>>,
     readiness: RwLock<Result<(), String>>,
+    /// Where ADD reports joins and failures; nowhere until [`Self::report_to`].
+    reports: OnceLock<Arc<dyn JoinReports>>,
 }
 
 fn now_secs() -> u64 {
@@ -176,6 +180,7 @@ impl<B: Backends> PodManager<B> {
             live: Mutex::new(HashMap::new()),
             views: RwLock::new(BTreeMap::new()),
             readiness: RwLock::new(Err("recovering pods from state".into())),
+            reports: OnceLock::new(),
             metrics,
             config,
         });
@@ -186,6 +191,22 @@ impl<B: Backends> PodManager<B> {
             .unwrap_or_else(PoisonError::into_inner) = Ok(());
         info!("pod manager ready");
         Ok(manager)
+    }
+
+    /// Sends every later ADD's outcome to `reports` (set once; later calls
+    /// are ignored).
+    pub fn report_to(&self, reports: Arc<dyn JoinReports>) {
+        if self.reports.set(reports).is_err() {
+            warn!("a join reporter is already set; keeping it");
+        }
+    }
+
+    /// Where ADD reports: the one set, else nowhere.
+    fn reports(&self) -> &dyn JoinReports {
+        match self.reports.get() {
+            Some(reports) => reports.as_ref(),
+            None => &seams::NoReports,
+        }
     }
 
     /// Stops every pod's data plane and control session, leaving their

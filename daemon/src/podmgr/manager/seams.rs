@@ -12,6 +12,7 @@ use tailnet_auth::{AuthError, NodeRef};
 use tokio::sync::watch;
 
 use crate::control::{ControlError, IdentityKeys, SelfNode, SessionState};
+use crate::k8s::PodRef;
 use crate::podmgr::dataplane::{AttachError, DataPlaneDown};
 use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec, StaleCleanup, TeardownErrors};
 use crate::podmgr::state::{LoadedRecords, PodRecord, SessionPeersFile, StateError};
@@ -143,4 +144,22 @@ pub trait Records: Send + Sync + 'static {
     fn remove_identity(&self, container_id: &str) -> Result<(), StateError>;
     /// Deletes what interrupted writes of an earlier process left.
     fn remove_stray_temp_files(&self) -> Result<usize, StateError>;
+}
+
+/// Where ADD reports that a pod joined the tailnet or failed to (Events,
+/// annotations). Must return at once: a CNI call never waits for it.
+pub trait JoinReports: Send + Sync + 'static {
+    /// `pod` is on the tailnet as `hostname` with `addresses`.
+    fn joined(&self, pod: &PodRef, hostname: &str, addresses: &[IpAddr]);
+    /// ADD for `pod` failed with CNI error `code`.
+    fn failed(&self, pod: &PodRef, code: u32);
+}
+
+/// Reports nowhere: outside Kubernetes, and until the daemon sets a reporter.
+#[derive(Debug, Default)]
+pub struct NoReports;
+
+impl JoinReports for NoReports {
+    fn joined(&self, _pod: &PodRef, _hostname: &str, _addresses: &[IpAddr]) {}
+    fn failed(&self, _pod: &PodRef, _code: u32) {}
 }

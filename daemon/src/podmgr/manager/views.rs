@@ -155,6 +155,7 @@ impl<B: Backends> Snapshot for PodManager<B> {
             .filter_map(|view| {
                 let pod = live.get(&view.record.container_id)?;
                 let stats = pod.data.stats_now();
+                let handshake_ages = || stats.peers.iter().filter_map(|p| p.last_handshake);
                 Some(PodSample {
                     labels: Some(PodLabels {
                         namespace: view.record.namespace.clone(),
@@ -166,12 +167,8 @@ impl<B: Backends> Snapshot for PodManager<B> {
                     rx_packets: stats.rx_packets,
                     tx_packets: stats.tx_packets,
                     filtered_packets: stats.filtered_packets,
-                    handshake_age_secs: stats
-                        .peers
-                        .iter()
-                        .filter_map(|p| p.last_handshake)
-                        .min()
-                        .map(|d| d.as_secs_f64()),
+                    handshake_age_secs: handshake_ages().min().map(|d| d.as_secs_f64()),
+                    oldest_handshake_age_secs: handshake_ages().max().map(|d| d.as_secs_f64()),
                     peers_direct: stats
                         .peers
                         .iter()
@@ -186,6 +183,25 @@ impl<B: Backends> Snapshot for PodManager<B> {
                 })
             })
             .collect()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        // A session's task owns its state's sender: a closed channel means
+        // the task ended while its pod still needs it.
+        let dead: Vec<String> = lock(&self.live)
+            .iter()
+            .filter(|(_, pod)| pod.session.state().has_changed().is_err())
+            .map(|(container_id, _)| container_id.clone())
+            .collect();
+        if dead.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the control session of {} live pod(s) has ended: {}",
+                dead.len(),
+                dead.join(", ")
+            ))
+        }
     }
 
     fn readiness(&self) -> Result<(), String> {

@@ -160,6 +160,7 @@ async fn run_link(
                     Ok(()) => return, // The engine dropped its side.
                     Err(e) => {
                         report(HomeRelay::Connecting);
+                        crate::metrics::count_derp_reconnect();
                         warn!(region = region_id, node = %node.name, error = %e, "DERP connection lost")
                     }
                 }
@@ -174,6 +175,7 @@ async fn run_link(
                 }
             }
             Err(e) => {
+                crate::metrics::count_derp_reconnect();
                 warn!(region = region_id, node = %node.name, error = %e, "DERP connect failed");
                 node_index += 1;
             }

@@ -284,3 +284,44 @@ pub(crate) fn test_node(addr: SocketAddr) -> DerpNodeConfig {
         plain_http: true,
     }
 }
+
+/// Each redial of a link whose relay cannot be reached counts toward
+/// `tailnet_cni_derp_reconnects_total`.
+#[tokio::test]
+async fn redials_are_counted_as_reconnects() {
+    use std::sync::atomic::Ordering;
+
+    use crate::metrics::DERP_RECONNECTS;
+    use crate::wg::config::DerpRegionConfig;
+
+    // A port nothing listens on: every connect is refused.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let before = DERP_RECONNECTS.load(Ordering::Relaxed);
+    let (inbound, _received) = tokio::sync::mpsc::channel(1);
+    let region = DerpRegionConfig {
+        region_id: 1,
+        nodes: vec![test_node(addr)],
+    };
+    let link = DerpLink::spawn(
+        region,
+        [1; 32],
+        None,
+        inbound,
+        LinkSettings {
+            queue: 1,
+            max_datagram: 1000,
+            trust: RelayTrust::default(),
+        },
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while DERP_RECONNECTS.load(Ordering::Relaxed) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reconnect counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(link);
+}

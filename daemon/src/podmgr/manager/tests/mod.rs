@@ -7,6 +7,7 @@ mod del;
 mod fakes;
 mod gc;
 mod recover;
+mod reports;
 
 use std::path::PathBuf;
 use std::sync::Arc;

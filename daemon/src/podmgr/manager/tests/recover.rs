@@ -77,7 +77,11 @@ async fn a_resumed_pod_keeps_its_tags_and_hostname() {
     let resumed = &started[1];
     assert!(resumed.resumed);
     // The tenancy guardrails put it under `{cluster}-{namespace}-`.
-    assert!(resumed.hostname.ends_with("-chosen-name"), "{}", resumed.hostname);
+    assert!(
+        resumed.hostname.ends_with("-chosen-name"),
+        "{}",
+        resumed.hostname
+    );
     assert_eq!(started[0].hostname, resumed.hostname);
     assert_eq!(resumed.tags, vec![super::ALLOWED_TAG.to_string()]);
     assert_eq!(started[0].tags, resumed.tags);
