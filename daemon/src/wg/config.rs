@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+pub use super::engine::DnsSettings;
+
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -20,6 +22,8 @@ pub struct EngineConfig {
     /// Largest inner IP packet: at least the pods' TUN MTU (1280 by default
     /// on a tailnet). Sizes each pod's buffers.
     pub max_packet_size: usize,
+    /// Each pod's MagicDNS resolver: its upstream, timeout and bound.
+    pub dns: DnsSettings,
 }
 
 impl Default for EngineConfig {
@@ -30,6 +34,7 @@ impl Default for EngineConfig {
             derp_queue: 512,
             derp_idle_timeout: Duration::from_secs(60),
             max_packet_size: 1500,
+            dns: DnsSettings::default(),
         }
     }
 }

@@ -19,9 +19,11 @@
 //! - `relay`: DERP links and the home relay.
 //! - `discovery`: disco and STUN I/O, the pod's endpoints.
 //! - `filter`: the tailnet packet filter as a pod applies it.
+//! - `dns`: the pod's MagicDNS resolver (queries to 100.100.100.100).
 //! - `stats`: counters and their snapshots.
 
 mod discovery;
+mod dns;
 mod filter;
 mod pod;
 mod receive;
@@ -46,6 +48,7 @@ use super::derp_client::HomeRelay;
 use super::packet_fd::PacketFd;
 use pod::{PodInputs, PodState};
 
+pub use dns::{is_service_addr, DnsSettings, DnsTable, RouteTarget, SERVICE_V4, SERVICE_V6};
 pub use relay::choose_home_region;
 pub use stats::{PathKind, PeerStats, PodStats, STATS_PUBLISH_INTERVAL};
 
@@ -117,7 +120,7 @@ impl Engine {
             }
         };
         let (commands, command_rx) = mpsc::channel(16);
-        let (state, watches, relayed) = PodState::new(
+        let (state, watches, inbound) = PodState::new(
             self.inner.clone(),
             pod_id.clone(),
             node_private,
@@ -130,7 +133,8 @@ impl Engine {
             let inputs = PodInputs {
                 device,
                 commands: command_rx,
-                relayed,
+                relayed: inbound.relayed,
+                dns_replies: inbound.dns_replies,
             };
             pod::run(state, inputs).await;
             engine.forget(&id);
@@ -159,6 +163,7 @@ enum Command {
     SetPeers(Vec<Arc<PeerConfig>>),
     SetDerpMap(Arc<Vec<DerpRegionConfig>>),
     SetFilter(Arc<CompiledRules>),
+    SetDns(Arc<DnsTable>),
     Stats(oneshot::Sender<PodStats>),
     Detach(oneshot::Sender<()>),
 }
@@ -208,6 +213,12 @@ impl PodHandle {
     /// flows, so replies to the pod's own connections keep flowing.
     pub async fn set_filter(&self, rules: Arc<CompiledRules>) -> Result<(), EngineError> {
         self.send(Command::SetFilter(rules)).await
+    }
+
+    /// Answer the pod's MagicDNS queries from `table` from now on. Until
+    /// the first call every query goes to the upstream.
+    pub async fn set_dns(&self, table: Arc<DnsTable>) -> Result<(), EngineError> {
+        self.send(Command::SetDns(table)).await
     }
 
     pub async fn stats(&self) -> Result<PodStats, EngineError> {
