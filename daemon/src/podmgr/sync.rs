@@ -1,5 +1,5 @@
 //! Keeps one pod's data plane in step with its control session: netmap
-//! changes become engine peer, DERP and packet-filter updates, engine
+//! changes become engine peer, DERP, packet-filter and MagicDNS updates, engine
 //! endpoint changes are reported to control.
 //!
 //! Packet filter, as Tailscale's client does it: until control sends a
@@ -16,10 +16,13 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::filters::FilterCache;
+use super::magicdns::dns_table;
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
-use crate::wg::{DerpNodeConfig, DerpRegionConfig, EngineError, PeerConfig, PodHandle};
+use crate::wg::{
+    DerpNodeConfig, DerpRegionConfig, DnsTable, EngineError, PeerConfig, PodHandle,
+};
 
 /// How long endpoint changes settle before they are sent to control.
 const ENDPOINT_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -175,6 +178,7 @@ pub struct PodSync {
     last_derp: Option<Arc<DerpMap>>,
     last_peers: Option<Vec<Arc<PeerConfig>>>,
     last_filter: Arc<CompiledRules>,
+    last_dns: Option<Arc<DnsTable>>,
     cache: &'static FilterCache,
     shared: &'static SharedConversions,
 }
@@ -190,6 +194,7 @@ impl PodSync {
             last_derp: None,
             last_peers: None,
             last_filter,
+            last_dns: None,
             cache,
             shared: SharedConversions::global(),
         })
@@ -213,6 +218,12 @@ impl PodSync {
                 self.data.set_derp_map(self.shared.derp_map(derp)).await?;
                 self.last_derp = Some(derp.clone());
             }
+        }
+        let dns = dns_table(map);
+        if self.last_dns.as_deref() != Some(&dns) {
+            let dns = Arc::new(dns);
+            self.data.set_dns(dns.clone()).await?;
+            self.last_dns = Some(dns);
         }
         let peers = self.shared.peers_of(map);
         if self

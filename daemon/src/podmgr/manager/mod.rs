@@ -47,6 +47,7 @@ use self::live::{Live, LiveControl, LiveEngine};
 use self::seams::{Backends, ControlPlane, DataPlane, PodAttachment, PodSession, Records};
 use self::views::PodView;
 use super::locks::PodLocks;
+use super::magicdns::dns_settings;
 use super::plumbing::Plumber;
 use super::state::{PodRecord, StateStore};
 use super::tables::TableAllocator;
@@ -132,7 +133,10 @@ impl PodManager<Live> {
         let parts = Parts {
             plumbing: Plumber::new()?,
             control: LiveControl { client, auth },
-            engine: LiveEngine(Engine::new(EngineConfig::default())),
+            engine: LiveEngine(Engine::new(EngineConfig {
+                dns: dns_settings(&config),
+                ..EngineConfig::default()
+            })),
             records,
         };
         Ok(Self::launch(config, metrics, selector, parts).await?)

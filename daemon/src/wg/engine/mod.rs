@@ -48,7 +48,10 @@ use super::derp_client::HomeRelay;
 use super::packet_fd::PacketFd;
 use pod::{PodInputs, PodState};
 
-pub use dns::{is_service_addr, DnsSettings, DnsTable, RouteTarget, SERVICE_V4, SERVICE_V6};
+pub use dns::{
+    is_service_addr, Decision as DnsDecision, DnsSettings, DnsTable, RouteTarget, SERVICE_V4,
+    SERVICE_V6,
+};
 pub use relay::choose_home_region;
 pub use stats::{PathKind, PeerStats, PodStats, STATS_PUBLISH_INTERVAL};
 
