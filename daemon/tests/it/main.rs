@@ -15,6 +15,7 @@ mod dataplane_e2e;
 mod dataplane_tailscaled;
 mod dataplane_tun;
 mod e2e_podman;
+mod magicdns;
 mod plumbing;
 mod reliability;
 mod shim_live;

@@ -31,6 +31,8 @@ pub struct DaemonOptions {
     pub log_filter: String,
     /// `TAILNET_CNID_CRASH_AT`, for this start only.
     pub crash_at: Option<String>,
+    /// Top-level config lines added as they are (e.g. `dns_upstream = ...`).
+    pub extra_config: String,
 }
 
 impl DaemonOptions {
@@ -50,6 +52,7 @@ impl DaemonOptions {
             json_logs: false,
             log_filter: "info,tailnet_cnid=debug".into(),
             crash_at: None,
+            extra_config: String::new(),
         }
     }
 
@@ -85,7 +88,7 @@ impl Daemon {
             format!(
                 "socket = \"{socket}\"\nstate_dir = \"{state}\"\ncluster_name = \"{cluster}\"\n\
                  control_url = \"{url}\"\nselection = \"all\"\nhealth_addr = \"{health}\"\n\
-                 reconcile_interval_secs = {reconcile}\nlog_format = \"{format}\"\n\n[auth]\n{auth}",
+                 reconcile_interval_secs = {reconcile}\nlog_format = \"{format}\"\n{extra}\n[auth]\n{auth}",
                 socket = socket.display(),
                 state = state_dir.display(),
                 cluster = options.cluster,
@@ -93,6 +96,7 @@ impl Daemon {
                 reconcile = options.reconcile_secs,
                 format = if options.json_logs { "json" } else { "text" },
                 auth = options.auth,
+                extra = options.extra_config,
             ),
         )
         .expect("daemon config");
