@@ -130,9 +130,7 @@ impl<'a> Query<'a> {
             return Err(DnsError::QuestionCount(qdcount));
         }
         let (name, name_end) = read_question_name(msg, HEADER_LEN)?;
-        let fixed = msg
-            .get(name_end..name_end + 4)
-            .ok_or(DnsError::Truncated)?;
+        let fixed = msg.get(name_end..name_end + 4).ok_or(DnsError::Truncated)?;
         let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
         let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
         let question_end = name_end + 4;

@@ -10,9 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use super::tailcfg::{
-    parse_prefix, DerpMap, DnsConfig, FilterRule, MapResponse, Node, PeerChange,
-};
+use super::tailcfg::{parse_prefix, DerpMap, DnsConfig, FilterRule, MapResponse, Node, PeerChange};
 
 /// Shares identical peer records and DERP maps across identities.
 #[derive(Debug, Default)]
@@ -299,7 +297,10 @@ mod tests {
         assert_eq!(map.domain, "tailnet.test");
         assert!(map.dns.is_some());
         // The same configuration again is no change; a new one is.
-        assert!(!map.apply(msg(r#"{"DNSConfig": {"Proxied": true}}"#), &interner).dns);
+        assert!(
+            !map.apply(msg(r#"{"DNSConfig": {"Proxied": true}}"#), &interner)
+                .dns
+        );
         let change = map.apply(msg(r#"{"DNSConfig": {"Proxied": false}}"#), &interner);
         assert!(change.dns);
         assert!(!map.dns.as_ref().unwrap().proxied);

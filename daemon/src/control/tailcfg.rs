@@ -14,11 +14,8 @@ use tailnet_auth::Secret;
 
 use super::json::null_as_default;
 
-/// Capability version we speak: what the Noise prologue, the /key query and
-/// every request announce. 113 is Headscale's minimum; 130 is what
-/// tailscale-rs speaks, and commits us to `HomeDERP` (111) and nullable
-/// `AllowedIPs` (112), both handled here.
-pub const CAPABILITY_VERSION: u16 = 130;
+/// What each capability version promises, and how it is kept: `capver`.
+pub use super::capver::CAPABILITY_VERSION;
 
 /// Endpoint types reported with MapRequest.Endpoints.
 pub const ENDPOINT_LOCAL: i32 = 1;

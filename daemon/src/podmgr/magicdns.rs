@@ -95,13 +95,11 @@ fn add_routes(table: &mut DnsTable, dns: &DnsConfig) {
 /// DoH and DoT URLs are not.
 fn plain_resolver(resolver: &DnsResolver) -> Option<SocketAddr> {
     let addr = resolver.addr.as_str();
-    addr.parse::<SocketAddr>()
-        .ok()
-        .or_else(|| {
-            addr.parse::<IpAddr>()
-                .ok()
-                .map(|ip| SocketAddr::new(ip, DEFAULT_DNS_PORT))
-        })
+    addr.parse::<SocketAddr>().ok().or_else(|| {
+        addr.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, DEFAULT_DNS_PORT))
+    })
 }
 
 /// The engine's DNS settings from the daemon's configuration; without a
@@ -114,7 +112,9 @@ pub fn dns_settings(config: &Config) -> DnsSettings {
     });
     match upstream {
         Some(upstream) => info!(%upstream, "MagicDNS forwards other names to this upstream"),
-        None => warn!("no DNS upstream configured or in {RESOLV_CONF}; pods' non-tailnet names will fail"),
+        None => warn!(
+            "no DNS upstream configured or in {RESOLV_CONF}; pods' non-tailnet names will fail"
+        ),
     }
     DnsSettings {
         upstream,
@@ -218,11 +218,10 @@ mod tests {
         let off = RSCALE.replace(r#""Proxied": true"#, r#""Proxied": false"#);
         let table = dns_table(&netmap(&off));
         assert_eq!(decide(&table, "peer.tailnet.test"), None);
-        assert_eq!(
-            table.decide("hidden.tailnet.test"),
-            D::ForwardDefault
+        assert_eq!(table.decide("hidden.tailnet.test"), D::ForwardDefault);
+        let none = netmap(
+            r#"{"Peers": [{"ID": 2, "Name": "peer.tailnet.test.", "Addresses": ["100.64.0.2/32"]}]}"#,
         );
-        let none = netmap(r#"{"Peers": [{"ID": 2, "Name": "peer.tailnet.test.", "Addresses": ["100.64.0.2/32"]}]}"#);
         assert!(dns_table(&none).is_empty());
     }
 
@@ -234,7 +233,10 @@ mod tests {
             })
         };
         assert_eq!(r("10.43.0.10"), Some("10.43.0.10:53".parse().unwrap()));
-        assert_eq!(r("10.43.0.10:5353"), Some("10.43.0.10:5353".parse().unwrap()));
+        assert_eq!(
+            r("10.43.0.10:5353"),
+            Some("10.43.0.10:5353".parse().unwrap())
+        );
         assert_eq!(r("fd00::1"), Some("[fd00::1]:53".parse().unwrap()));
         assert_eq!(r("[fd00::1]:54"), Some("[fd00::1]:54".parse().unwrap()));
         assert_eq!(r("https://dns.example/dns-query"), None);

@@ -20,9 +20,7 @@ use super::magicdns::dns_table;
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
-use crate::wg::{
-    DerpNodeConfig, DerpRegionConfig, DnsTable, EngineError, PeerConfig, PodHandle,
-};
+use crate::wg::{DerpNodeConfig, DerpRegionConfig, DnsTable, EngineError, PeerConfig, PodHandle};
 
 /// How long endpoint changes settle before they are sent to control.
 const ENDPOINT_DEBOUNCE: Duration = Duration::from_millis(250);

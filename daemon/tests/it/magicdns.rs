@@ -115,7 +115,9 @@ impl Pods {
             bridge: "cni-tndns",
             subnet: "10.89.53.0/24",
             rootfs_dirs: &[],
-            applets: &["sh", "sleep", "nslookup", "nc", "printf", "sed", "tr", "tail"],
+            applets: &[
+                "sh", "sleep", "nslookup", "nc", "printf", "sed", "tr", "tail",
+            ],
             page: "unused\n",
         };
         Self {
@@ -129,7 +131,12 @@ impl Pods {
             .root
             .cmd()
             .args(["run", "-d", "--cgroups=disabled"])
-            .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"])
+            .args([
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=4096:4096",
+            ])
             .args(["--network", "tailnet-dns", "--name", name, "--rootfs"])
             .arg(self.root.dir.join("rootfs"))
             .args(["/bin/sleep", "3600"]));
@@ -255,7 +262,12 @@ fn pods_resolve_tailnet_names_and_forward_the_rest() {
                 (!lookup.addrs.is_empty()).then_some(lookup)
             },
         );
-        assert_eq!(found.addrs, vec![expected], "{host} {qtype}: {}", found.text);
+        assert_eq!(
+            found.addrs,
+            vec![expected],
+            "{host} {qtype}: {}",
+            found.text
+        );
     }
 
     // A page from the peer, by name. The userspace peer hands tailnet

@@ -100,7 +100,10 @@ fn answers_a_and_aaaa_with_matching_addresses_only() {
         assert_eq!(r.rcode, Rcode::NoError as u8);
         assert!(r.authoritative && !r.truncated);
         assert_eq!(r.addrs, expected);
-        assert!(answers_question(&answer, Query::parse(&msg).unwrap().question()));
+        assert!(answers_question(
+            &answer,
+            Query::parse(&msg).unwrap().question()
+        ));
     }
     // A name with no address of the asked family: no data, not NXDOMAIN.
     let msg = query("peer.tailnet.test", 16);
@@ -154,7 +157,10 @@ fn forwarded_responses_are_fitted_to_the_limit() {
     let r = Response::parse(&cut).unwrap();
     assert!(r.truncated && r.addrs.is_empty());
     assert_eq!(r.id, 7);
-    assert!(answers_question(&cut, Query::parse(&big).unwrap().question()));
+    assert!(answers_question(
+        &cut,
+        Query::parse(&big).unwrap().question()
+    ));
     // Queries and garbage are not responses.
     assert_eq!(fit_response(&big, 4096), None);
     assert_eq!(fit_response(&[0xff; 5], 4096), None);
@@ -247,8 +253,14 @@ fn datagrams_need_whole_consistent_udp() {
     let mut packet = udp_packet(client, server, b"abc").unwrap();
     // UDP length larger than the packet.
     packet[24..26].copy_from_slice(&100u16.to_be_bytes());
-    assert_eq!(UdpDatagram::from_packet(&Packet::parse(&packet).unwrap()), None);
+    assert_eq!(
+        UdpDatagram::from_packet(&Packet::parse(&packet).unwrap()),
+        None
+    );
     // UDP length below its header.
     packet[24..26].copy_from_slice(&4u16.to_be_bytes());
-    assert_eq!(UdpDatagram::from_packet(&Packet::parse(&packet).unwrap()), None);
+    assert_eq!(
+        UdpDatagram::from_packet(&Packet::parse(&packet).unwrap()),
+        None
+    );
 }

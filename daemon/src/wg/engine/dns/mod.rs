@@ -87,10 +87,7 @@ pub(super) struct PodResolver {
 
 impl PodResolver {
     /// A resolver with an empty table; its answers arrive on the receiver.
-    pub(super) fn new(
-        settings: DnsSettings,
-        max_packet: usize,
-    ) -> (Self, mpsc::Receiver<Vec<u8>>) {
+    pub(super) fn new(settings: DnsSettings, max_packet: usize) -> (Self, mpsc::Receiver<Vec<u8>>) {
         let (replies, rx) = mpsc::channel(REPLY_QUEUE);
         let resolver = Self {
             table: Arc::default(),
@@ -165,7 +162,11 @@ impl PodResolver {
 
     /// The largest DNS message that fits one packet to `client`.
     fn answer_limit(&self, client: IpAddr) -> usize {
-        let ip_header = if client.is_ipv4() { IPV4_HEADER } else { IPV6_HEADER };
+        let ip_header = if client.is_ipv4() {
+            IPV4_HEADER
+        } else {
+            IPV6_HEADER
+        };
         self.max_packet.saturating_sub(ip_header + UDP_HEADER)
     }
 
@@ -234,8 +235,7 @@ impl Forward {
             loop {
                 let n = socket.recv(&mut buf).await?;
                 let response = &buf[..n];
-                if response_id(response) == Some(id) && answers_question(response, &self.question)
-                {
+                if response_id(response) == Some(id) && answers_question(response, &self.question) {
                     let mut fitted = fit_response(response, self.limit);
                     if let Some(fitted) = fitted.as_mut() {
                         set_id(fitted, self.client_id);

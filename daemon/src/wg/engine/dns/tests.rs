@@ -1,7 +1,7 @@
 use std::net::{IpAddr, SocketAddr};
 
-use super::table::{Decision, DnsTable, RouteTarget};
 use super::is_service_addr;
+use super::table::{Decision, DnsTable, RouteTarget};
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
     list.iter().map(|a| a.parse().unwrap()).collect()

@@ -99,13 +99,20 @@ async fn tailnet_names_are_answered_over_both_families() {
     let engine = engine_with(DnsSettings::default());
     let (_handle, device) = pod_with_names(&engine).await;
     for v6 in [false, true] {
-        let a = ask(&device, v6, 1, "peer.tailnet.test", TYPE_A).await.unwrap();
+        let a = ask(&device, v6, 1, "peer.tailnet.test", TYPE_A)
+            .await
+            .unwrap();
         assert_eq!(a.id, 1);
         assert_eq!(a.rcode, 0);
         assert_eq!(a.addrs, vec!["100.64.0.2".parse::<IpAddr>().unwrap()]);
         let aaaa = ask(&device, v6, 2, "PEER", TYPE_AAAA).await.unwrap();
-        assert_eq!(aaaa.addrs, vec!["fd7a:115c:a1e0::2".parse::<IpAddr>().unwrap()]);
-        let missing = ask(&device, v6, 3, "hidden.tailnet.test", TYPE_A).await.unwrap();
+        assert_eq!(
+            aaaa.addrs,
+            vec!["fd7a:115c:a1e0::2".parse::<IpAddr>().unwrap()]
+        );
+        let missing = ask(&device, v6, 3, "hidden.tailnet.test", TYPE_A)
+            .await
+            .unwrap();
         assert_eq!(missing.rcode, NXDOMAIN);
         assert!(missing.authoritative);
     }
@@ -119,14 +126,22 @@ async fn other_names_go_to_the_upstream() {
         ..DnsSettings::default()
     });
     let (_handle, device) = pod_with_names(&engine).await;
-    let r = ask(&device, false, 0x4242, "kube-dns.kube-system.svc.cluster.local", TYPE_A)
-        .await
-        .unwrap();
+    let r = ask(
+        &device,
+        false,
+        0x4242,
+        "kube-dns.kube-system.svc.cluster.local",
+        TYPE_A,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.id, 0x4242, "the client's id, whatever id went upstream");
     assert_eq!(r.addrs, vec!["10.43.0.99".parse::<IpAddr>().unwrap()]);
     assert_eq!(seen.load(Ordering::SeqCst), 1);
     // Tailnet names never reach the upstream.
-    ask(&device, false, 5, "peer.tailnet.test", TYPE_A).await.unwrap();
+    ask(&device, false, 5, "peer.tailnet.test", TYPE_A)
+        .await
+        .unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
 
@@ -139,12 +154,16 @@ async fn a_silent_upstream_gives_servfail_after_the_timeout() {
         ..DnsSettings::default()
     });
     let (_handle, device) = pod_with_names(&engine).await;
-    let r = ask(&device, false, 9, "example.cluster.local", TYPE_A).await.unwrap();
+    let r = ask(&device, false, 9, "example.cluster.local", TYPE_A)
+        .await
+        .unwrap();
     assert_eq!(r.rcode, SERVFAIL);
     // No upstream at all: SERVFAIL at once.
     let engine = engine_with(DnsSettings::default());
     let (_handle, device) = pod_with_names(&engine).await;
-    let r = ask(&device, false, 10, "example.cluster.local", TYPE_A).await.unwrap();
+    let r = ask(&device, false, 10, "example.cluster.local", TYPE_A)
+        .await
+        .unwrap();
     assert_eq!(r.rcode, SERVFAIL);
 }
 
@@ -167,7 +186,9 @@ async fn queries_beyond_the_in_flight_bound_are_refused_at_once() {
             .unwrap();
     }
     // The third is refused before the slow upstream answers the first two.
-    let first = recv_timeout(&device, Duration::from_millis(1000)).await.unwrap();
+    let first = recv_timeout(&device, Duration::from_millis(1000))
+        .await
+        .unwrap();
     let first = Packet::parse(&first).unwrap();
     let first = tailnet_wire::dns::UdpDatagram::from_packet(&first).unwrap();
     let first = Response::parse(first.payload).unwrap();
@@ -201,11 +222,17 @@ async fn malformed_queries_and_other_ports_are_dropped_and_counted() {
         .send(&udp_packet(client, (SERVICE_V4, 53).into(), &query[..7]).unwrap())
         .await
         .unwrap();
-    assert_eq!(recv_timeout(&device, Duration::from_millis(300)).await, None);
+    assert_eq!(
+        recv_timeout(&device, Duration::from_millis(300)).await,
+        None
+    );
     assert_eq!(handle.stats().await.unwrap().dropped_packets - before, 2);
     // The resolver still serves the next good query.
     assert_eq!(
-        ask(&device, false, 2, "peer.tailnet.test", TYPE_A).await.unwrap().rcode,
+        ask(&device, false, 2, "peer.tailnet.test", TYPE_A)
+            .await
+            .unwrap()
+            .rcode,
         0
     );
 }
