@@ -204,22 +204,15 @@ impl Lookup {
     }
 }
 
-/// Each pod's hostname (its MagicDNS short name) and IPv4, by pod name.
+/// A pod's hostname (its MagicDNS short name) and IPv4, by pod name.
 fn pod_identity(daemon: &Daemon, pod: &str) -> (String, String) {
-    let status = daemon.status();
-    let found = status["pods"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| {
-            p["hostname"]
-                .as_str()
-                .is_some_and(|h| h.ends_with(&format!("-{pod}")))
-        })
-        .cloned()
-        .unwrap_or_else(|| panic!("no pod *-{pod} in {status}"));
-    let field = |name: &str| found[name].as_str().unwrap_or_default().to_string();
-    (field("hostname"), field("ipv4"))
+    let suffix = format!("-{pod}");
+    let pods = daemon.pods();
+    let text = |p: &Value, field: &str| p[field].as_str().unwrap_or_default().to_string();
+    pods.iter()
+        .map(|p| (text(p, "hostname"), text(p, "ipv4")))
+        .find(|(hostname, _)| hostname.ends_with(&suffix))
+        .unwrap_or_else(|| panic!("no pod *{suffix} among {pods:?}"))
 }
 
 #[test]
