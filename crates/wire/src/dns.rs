@@ -183,17 +183,10 @@ impl<'a> Query<'a> {
             .collect();
         let mut out = self.response_header(Rcode::NoError, FLAG_AA);
         for ip in &records {
-            out.extend_from_slice(&NAME_POINTER);
-            let (rtype, data): (u16, Vec<u8>) = match ip {
-                IpAddr::V4(v4) => (TYPE_A, v4.octets().to_vec()),
-                IpAddr::V6(v6) => (TYPE_AAAA, v6.octets().to_vec()),
-            };
-            out.extend_from_slice(&rtype.to_be_bytes());
-            out.extend_from_slice(&CLASS_IN.to_be_bytes());
-            out.extend_from_slice(&ttl.to_be_bytes());
-            // 4 or 16 bytes: fits a u16.
-            out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-            out.extend_from_slice(&data);
+            match ip {
+                IpAddr::V4(v4) => push_address_record(&mut out, TYPE_A, ttl, &v4.octets()),
+                IpAddr::V6(v6) => push_address_record(&mut out, TYPE_AAAA, ttl, &v6.octets()),
+            }
         }
         // At most a handful of addresses per name: fits a u16.
         let count = records.len().min(usize::from(u16::MAX)) as u16;
@@ -241,6 +234,17 @@ impl<'a> Query<'a> {
         }
         cut
     }
+}
+
+/// An answer record for the question's name (a pointer to it).
+fn push_address_record(out: &mut Vec<u8>, rtype: u16, ttl: u32, data: &[u8]) {
+    out.extend_from_slice(&NAME_POINTER);
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&CLASS_IN.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    // 4 or 16 bytes: fits a u16.
+    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    out.extend_from_slice(data);
 }
 
 /// The id of a DNS response, or `None` for anything that is not one.

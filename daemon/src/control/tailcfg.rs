@@ -269,7 +269,7 @@ pub struct FilterRule {
 
 /// The DNS settings control sends (Go's `tailcfg.DNSConfig`), reduced to
 /// what a pod's MagicDNS resolver uses.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash)]
 #[serde(default)]
 pub struct DnsConfig {
     /// Global nameservers. A pod keeps the cluster DNS as its default
@@ -292,14 +292,14 @@ pub struct DnsConfig {
 }
 
 /// One resolver of [`DnsConfig`]: "ip", "ip:port", or a DoH/DoT URL.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash)]
 #[serde(default)]
 pub struct DnsResolver {
     pub addr: String,
 }
 
 /// One of [`DnsConfig::extrarecords`].
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash)]
 #[serde(default)]
 pub struct DnsRecord {
     /// Fully qualified, the final dot optional.

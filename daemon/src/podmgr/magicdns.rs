@@ -6,6 +6,8 @@
 //! Control's global nameservers are not used: a pod's default upstream
 //! stays the cluster DNS, so cluster names keep resolving.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -20,6 +22,21 @@ use crate::wg::{DnsSettings, DnsTable, RouteTarget};
 const DEFAULT_DNS_PORT: u16 = 53;
 /// Where the default upstream is read from when none is configured.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// A digest of what [`dns_table`] reads from `map`: names, addresses, the
+/// domain and the DNS configuration. Peer records change far more often
+/// than names (endpoints, online state), and hashing is much cheaper than
+/// building a table per pod on every change.
+pub fn dns_inputs_digest(map: &NetMap) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    map.domain.hash(&mut hasher);
+    map.dns.hash(&mut hasher);
+    for node in map.self_node.iter().chain(map.peers.values()) {
+        node.name.hash(&mut hasher);
+        node.addresses.hash(&mut hasher);
+    }
+    hasher.finish()
+}
 
 /// The MagicDNS table for `map`. Without a DNS configuration, or with
 /// MagicDNS off, node names are left out and only routes apply.
@@ -223,6 +240,31 @@ mod tests {
             r#"{"Peers": [{"ID": 2, "Name": "peer.tailnet.test.", "Addresses": ["100.64.0.2/32"]}]}"#,
         );
         assert!(dns_table(&none).is_empty());
+    }
+
+    #[test]
+    fn the_digest_follows_names_not_endpoints() {
+        let interner = Interner::default();
+        let mut map = NetMap::default();
+        let apply = |map: &mut NetMap, text: &str| {
+            let msg: MapResponse = from_slice(text.as_bytes()).unwrap();
+            map.apply(msg, &interner);
+        };
+        apply(&mut map, RSCALE);
+        let first = dns_inputs_digest(&map);
+        apply(
+            &mut map,
+            r#"{"PeersChangedPatch": [{"NodeID": 2, "Endpoints": ["127.0.0.1:9"]}], "OnlineChange": {"2": true}}"#,
+        );
+        assert_eq!(dns_inputs_digest(&map), first);
+        apply(
+            &mut map,
+            r#"{"PeersChanged": [{"ID": 2, "Name": "renamed.tailnet.test.", "Addresses": ["100.64.0.2/32"]}]}"#,
+        );
+        let renamed = dns_inputs_digest(&map);
+        assert_ne!(renamed, first);
+        apply(&mut map, r#"{"DNSConfig": {"Proxied": false}}"#);
+        assert_ne!(dns_inputs_digest(&map), renamed);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::filters::FilterCache;
-use super::magicdns::dns_table;
+use super::magicdns::{dns_inputs_digest, dns_table};
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
@@ -176,7 +176,8 @@ pub struct PodSync {
     last_derp: Option<Arc<DerpMap>>,
     last_peers: Option<Vec<Arc<PeerConfig>>>,
     last_filter: Arc<CompiledRules>,
-    last_dns: Option<Arc<DnsTable>>,
+    /// The table last sent, and the digest of the netmap it came from.
+    last_dns: Option<(u64, Arc<DnsTable>)>,
     cache: &'static FilterCache,
     shared: &'static SharedConversions,
 }
@@ -217,11 +218,17 @@ impl PodSync {
                 self.last_derp = Some(derp.clone());
             }
         }
-        let dns = dns_table(map);
-        if self.last_dns.as_deref() != Some(&dns) {
-            let dns = Arc::new(dns);
-            self.data.set_dns(dns.clone()).await?;
-            self.last_dns = Some(dns);
+        let digest = dns_inputs_digest(map);
+        if self
+            .last_dns
+            .as_ref()
+            .is_none_or(|(last, _)| *last != digest)
+        {
+            let dns = Arc::new(dns_table(map));
+            if self.last_dns.as_ref().is_none_or(|(_, last)| *last != dns) {
+                self.data.set_dns(dns.clone()).await?;
+            }
+            self.last_dns = Some((digest, dns));
         }
         let peers = self.shared.peers_of(map);
         if self
