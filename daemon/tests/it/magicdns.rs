@@ -3,8 +3,8 @@
 //! podman containers that ask 100.100.100.100 with busybox `nslookup`.
 //!
 //! - the official tailscaled peer resolves by its short and full name, A
-//!   and AAAA, to the addresses it reports itself, and a pod fetches a page
-//!   from it by name;
+//!   and AAAA, to the addresses it reports itself (asking 100.100.100.100
+//!   and fd7a:115c:a1e0::53), and a pod fetches a page from it by name;
 //! - a cluster-style name is answered by the upstream (a DNS server on
 //!   loopback this test runs, standing in for the cluster DNS);
 //! - once the tailnet policy hides one pod from another, its name gets
@@ -158,10 +158,12 @@ impl Pods {
 
     /// `nslookup -type=<qtype> <host> 100.100.100.100` in the pod.
     fn lookup(&self, pod: &str, host: &str, qtype: &str) -> Lookup {
-        let out = self.exec(
-            pod,
-            &format!("nslookup -type={qtype} {host} 100.100.100.100 2>&1"),
-        );
+        self.lookup_via(pod, host, qtype, "100.100.100.100")
+    }
+
+    /// The same, asking MagicDNS at `server`.
+    fn lookup_via(&self, pod: &str, host: &str, qtype: &str, server: &str) -> Lookup {
+        let out = self.exec(pod, &format!("nslookup -type={qtype} {host} {server} 2>&1"));
         Lookup::read(&String::from_utf8_lossy(&out.stdout))
     }
 }
@@ -262,6 +264,11 @@ fn pods_resolve_tailnet_names_and_forward_the_rest() {
             found.text
         );
     }
+
+    // MagicDNS's IPv6 address answers too (the pod routes the tailnet's
+    // whole fd7a:115c:a1e0::/48 to its engine).
+    let over_v6 = pods.lookup_via("asker", &full, "aaaa", "fd7a:115c:a1e0::53");
+    assert_eq!(over_v6.addrs, vec![peer_v6], "{}", over_v6.text);
 
     // A page from the peer, by name. The userspace peer hands tailnet
     // connections to its own loopback, where this server listens.
