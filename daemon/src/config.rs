@@ -149,6 +149,17 @@ pub struct Config {
     /// Events, pod annotations and the watch for pods missing the plugin.
     #[serde(default)]
     pub kubernetes: crate::k8s::KubeConfig,
+    /// Where pods' MagicDNS resolvers send names that are not the
+    /// tailnet's: the cluster DNS ("10.43.0.10:53"). Unset: the first
+    /// nameserver of the daemon's /etc/resolv.conf.
+    #[serde(default)]
+    pub dns_upstream: Option<SocketAddr>,
+    /// Milliseconds one upstream has to answer a forwarded query.
+    #[serde(default = "default_dns_timeout_ms")]
+    pub dns_timeout_ms: u64,
+    /// Forwarded DNS queries one pod may have outstanding.
+    #[serde(default = "default_dns_max_in_flight")]
+    pub dns_max_in_flight: usize,
     pub auth: tailnet_auth::AuthConfig,
 }
 
@@ -172,6 +183,12 @@ fn default_reconcile_interval_secs() -> u64 {
 }
 fn default_key_renew_fraction() -> f64 {
     0.1
+}
+fn default_dns_timeout_ms() -> u64 {
+    2000
+}
+fn default_dns_max_in_flight() -> usize {
+    32
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +267,15 @@ impl Config {
         if self.kubernetes.queue_capacity == 0 {
             return Err("kubernetes.queue_capacity must be at least 1".into());
         }
+        if !(100..=30_000).contains(&self.dns_timeout_ms) {
+            return Err(format!(
+                "dns_timeout_ms {} is outside 100..=30000",
+                self.dns_timeout_ms
+            ));
+        }
+        if self.dns_max_in_flight == 0 {
+            return Err("dns_max_in_flight must be at least 1".into());
+        }
         if let Some(bad) = self.allowed_tags.iter().find(|t| !t.starts_with("tag:")) {
             return Err(format!(
                 "allowed_tags entry {bad:?} must start with \"tag:\""
@@ -321,6 +347,9 @@ mod tests {
         assert!(!config.kubernetes.evict_missing_plugin);
         assert_eq!(config.kubernetes.missing_plugin_interval_secs, 60);
         assert_eq!(config.metrics_addr, None);
+        assert_eq!(config.dns_upstream, None);
+        assert_eq!(config.dns_timeout_ms, 2000);
+        assert_eq!(config.dns_max_in_flight, 32);
     }
 
     #[test]
@@ -371,6 +400,21 @@ mod tests {
     }
 
     #[test]
+    fn dns_settings_parse() {
+        let text = format!(
+            "dns_upstream = \"10.43.0.10:53\"\ndns_timeout_ms = 500\ndns_max_in_flight = 8\n{MINIMAL}"
+        );
+        let Ok(config) = Config::parse(&text) else {
+            panic!("DNS settings must parse");
+        };
+        assert_eq!(config.dns_upstream, Some("10.43.0.10:53".parse().unwrap()));
+        assert_eq!(config.dns_timeout_ms, 500);
+        assert_eq!(config.dns_max_in_flight, 8);
+        let no_port = format!("dns_upstream = \"10.43.0.10\"\n{MINIMAL}");
+        assert!(matches!(Config::parse(&no_port), Err(ParseError::Toml(_))));
+    }
+
+    #[test]
     fn rejects_bad_values_with_a_reason() {
         let cases = [
             (MINIMAL.replace("http://127", "ftp://127"), "control_url"),
@@ -403,6 +447,11 @@ mod tests {
             (
                 MINIMAL.replace("[auth]", "[kubernetes]\nqueue_capacity = 0\n[auth]"),
                 "queue_capacity",
+            ),
+            (format!("dns_timeout_ms = 0\n{MINIMAL}"), "dns_timeout_ms"),
+            (
+                format!("dns_max_in_flight = 0\n{MINIMAL}"),
+                "dns_max_in_flight",
             ),
         ];
         for (text, needle) in cases {

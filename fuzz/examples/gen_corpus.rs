@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tailnet_cni_fuzz::Writer;
 use tailnet_cnid::control::keys::{MachinePublic, PrivateKey};
 use tailnet_cnid::control::noise::Initiator;
-use tailnet_wire::{derp, disco, stun};
+use tailnet_wire::{derp, disco, dns, stun};
 
 fn corpus_dir(target: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -547,6 +547,32 @@ fn stun_seeds() {
     );
 }
 
+fn dns_seeds() {
+    let seed = |limit: u16, message: &[u8]| {
+        let mut w = Writer::default();
+        w.u16(limit).u8(4).bytes(&[100; 16]).bytes(message);
+        w.out
+    };
+    let query = |name: &str, qtype: u16, edns: Option<u16>| {
+        dns::encode_query(7, name, qtype, edns).expect("a valid name")
+    };
+    let a = query("peer.tailnet.test", dns::TYPE_A, None);
+    let answer = dns::Query::parse(&a)
+        .expect("a query")
+        .answer(&["100.64.0.7".parse().expect("address")], 60, 512);
+    write(
+        "dns",
+        vec![
+            ("query-a", seed(512, &a)),
+            (
+                "query-aaaa-edns",
+                seed(1232, &query("peer", dns::TYPE_AAAA, Some(1232))),
+            ),
+            ("response", seed(20, &answer)),
+        ],
+    );
+}
+
 fn ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, transport: &[u8]) -> Vec<u8> {
     let total = (20 + transport.len()) as u16;
     let mut p = vec![0x45, 0];
@@ -653,5 +679,6 @@ fn main() {
     derp_frames();
     disco_seeds();
     stun_seeds();
+    dns_seeds();
     packet_path();
 }

@@ -5,6 +5,7 @@
 pub mod demux;
 pub mod derp;
 pub mod disco;
+pub mod dns;
 pub mod filter;
 pub mod packet;
 pub mod stun;

@@ -1,5 +1,7 @@
 //! The Tailscale control protocol (ts2021), one session per pod identity.
 //!
+//! - [`capver`]: the capability version announced, and what each version
+//!   up to it promises and how the daemon keeps it.
 //! - [`keys`]: key types and their text forms.
 //! - [`identity`]: one identity's keys, two-phase node-key rotation, where
 //!   they are kept.
@@ -15,6 +17,7 @@
 //! - [`server_text`]: a control server's error text, bounded and redacted.
 //! - [`tls`]: trusted roots and certificate errors in plain words.
 
+pub mod capver;
 pub mod client;
 pub mod conn;
 pub mod identity;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use super::tailcfg::{parse_prefix, DerpMap, FilterRule, MapResponse, Node, PeerChange};
+use super::tailcfg::{parse_prefix, DerpMap, DnsConfig, FilterRule, MapResponse, Node, PeerChange};
 
 /// Shares identical peer records and DERP maps across identities.
 #[derive(Debug, Default)]
@@ -55,11 +55,13 @@ pub struct Change {
     pub peers: bool,
     pub derp_map: bool,
     pub filter: bool,
+    /// The DNS configuration or the tailnet's domain.
+    pub dns: bool,
 }
 
 impl Change {
     pub fn any(&self) -> bool {
-        self.self_node || self.peers || self.derp_map || self.filter
+        self.self_node || self.peers || self.derp_map || self.filter || self.dns
     }
 }
 
@@ -71,6 +73,8 @@ pub struct NetMap {
     /// Named packet filters; "base" is the classic `PacketFilter`.
     pub filters: BTreeMap<String, Vec<FilterRule>>,
     pub domain: String,
+    /// The last DNS configuration control sent; `None` until it sends one.
+    pub dns: Option<Arc<DnsConfig>>,
 }
 
 impl NetMap {
@@ -145,8 +149,15 @@ impl NetMap {
             }
             change.filter = true;
         }
-        if let Some(domain) = msg.domain {
+        if let Some(domain) = msg.domain.filter(|d| !d.is_empty()) {
+            change.dns |= self.domain != domain;
             self.domain = domain;
+        }
+        if let Some(dns) = msg.dnsconfig {
+            if self.dns.as_deref() != Some(&dns) {
+                self.dns = Some(Arc::new(dns));
+                change.dns = true;
+            }
         }
         change
     }
@@ -264,6 +275,35 @@ mod tests {
         // A keep-alive or an absent filter changes nothing.
         let change = map.apply(msg(r#"{"KeepAlive": true}"#), &interner);
         assert!(!change.any());
+    }
+
+    #[test]
+    fn dns_config_and_domain_change_only_when_sent() {
+        let interner = Interner::default();
+        let mut map = NetMap::default();
+        let change = map.apply(
+            msg(r#"{"Domain": "tailnet.test", "DNSConfig": {"Proxied": true}}"#),
+            &interner,
+        );
+        assert!(change.dns);
+        assert_eq!(map.domain, "tailnet.test");
+        assert!(map.dns.as_ref().unwrap().proxied);
+        // Absent or null DNSConfig and an empty Domain leave both as they were.
+        let change = map.apply(
+            msg(r#"{"Domain": "", "DNSConfig": null, "PeersRemoved": []}"#),
+            &interner,
+        );
+        assert!(!change.dns);
+        assert_eq!(map.domain, "tailnet.test");
+        assert!(map.dns.is_some());
+        // The same configuration again is no change; a new one is.
+        assert!(
+            !map.apply(msg(r#"{"DNSConfig": {"Proxied": true}}"#), &interner)
+                .dns
+        );
+        let change = map.apply(msg(r#"{"DNSConfig": {"Proxied": false}}"#), &interner);
+        assert!(change.dns);
+        assert!(!map.dns.as_ref().unwrap().proxied);
     }
 
     #[test]

@@ -10,16 +10,12 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tailnet_auth::Secret;
 
 use super::json::null_as_default;
 
-/// Capability version we speak: what the Noise prologue, the /key query and
-/// every request announce. 113 is Headscale's minimum; 130 is what
-/// tailscale-rs speaks, and commits us to `HomeDERP` (111) and nullable
-/// `AllowedIPs` (112), both handled here.
-pub const CAPABILITY_VERSION: u16 = 130;
+/// What each capability version promises, and how it is kept: `capver`.
+pub use super::capver::CAPABILITY_VERSION;
 
 /// Endpoint types reported with MapRequest.Endpoints.
 pub const ENDPOINT_LOCAL: i32 = 1;
@@ -286,6 +282,50 @@ pub struct FilterRule {
     pub ipproto: Vec<i64>,
 }
 
+/// The DNS settings control sends (Go's `tailcfg.DNSConfig`), reduced to
+/// what a pod's MagicDNS resolver uses.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(default)]
+pub struct DnsConfig {
+    /// Global nameservers. A pod keeps the cluster DNS as its default
+    /// upstream so cluster names resolve; these are not used.
+    #[serde(deserialize_with = "null_as_default")]
+    pub resolvers: Vec<DnsResolver>,
+    /// Split DNS: a domain suffix and the resolvers that answer below it.
+    /// An empty or null list means MagicDNS answers the suffix itself
+    /// (capability 23).
+    #[serde(deserialize_with = "null_as_default")]
+    pub routes: BTreeMap<String, Option<Vec<DnsResolver>>>,
+    /// Search domains, for the pod's own resolver configuration.
+    #[serde(deserialize_with = "null_as_default")]
+    pub domains: Vec<String>,
+    /// MagicDNS is on: nodes' names resolve through 100.100.100.100.
+    pub proxied: bool,
+    /// Names control wants answered that are not nodes (capability 22).
+    #[serde(deserialize_with = "null_as_default")]
+    pub extrarecords: Vec<DnsRecord>,
+}
+
+/// One resolver of [`DnsConfig`]: "ip", "ip:port", or a DoH/DoT URL.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(default)]
+pub struct DnsResolver {
+    pub addr: String,
+}
+
+/// One of [`DnsConfig::extrarecords`].
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(default)]
+pub struct DnsRecord {
+    /// Fully qualified, the final dot optional.
+    pub name: String,
+    /// "A", "AAAA", or empty (meaning whichever the value is).
+    #[serde(rename = "type")]
+    pub record_type: String,
+    /// The address.
+    pub value: String,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct MapResponse {
@@ -301,8 +341,10 @@ pub struct MapResponse {
     pub packetfilter: Option<Vec<FilterRule>>,
     /// Named filters; a null value deletes that name, "*": null clears all.
     pub packetfilters: Option<BTreeMap<String, Option<Vec<FilterRule>>>>,
+    /// The tailnet's DNS domain; absent or empty: unchanged (capability 17).
     pub domain: Option<String>,
-    pub dnsconfig: Option<Value>,
+    /// Absent or null: unchanged (capability 15).
+    pub dnsconfig: Option<DnsConfig>,
 }
 
 impl MapResponse {
@@ -317,6 +359,7 @@ impl MapResponse {
             && self.derpmap.is_none()
             && self.packetfilter.is_none()
             && self.packetfilters.is_none()
+            && self.dnsconfig.is_none()
     }
 }
 
@@ -396,6 +439,35 @@ mod tests {
         assert_eq!(json["Hostinfo"]["OS"], "linux");
         assert!(json["NodeKeySignature"].is_null());
         assert!(json.get("Ephemeral").is_none());
+    }
+
+    #[test]
+    fn decodes_dns_config_with_routes_and_extra_records() {
+        let map: MapResponse = from_slice(
+            br#"{"Domain": "tailnet.test",
+                 "DNSConfig": {"Resolvers": [{"Addr": "10.43.0.10"}], "Domains": ["tailnet.test"],
+                               "Proxied": true,
+                               "Routes": {"Corp.Example.": [{"Addr": "10.0.0.53:5353"}], "ts.local.": null},
+                               "ExtraRecords": [{"Name": "db.tailnet.test.", "Type": "A", "Value": "100.64.9.9"}],
+                               "CertDomains": ["x"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(map.domain.as_deref(), Some("tailnet.test"));
+        let dns = map.dnsconfig.unwrap();
+        assert!(dns.proxied);
+        assert_eq!(dns.domains, vec!["tailnet.test"]);
+        assert_eq!(dns.resolvers[0].addr, "10.43.0.10");
+        // Route keys are data: their case is kept.
+        assert_eq!(
+            dns.routes["Corp.Example."].as_ref().unwrap()[0].addr,
+            "10.0.0.53:5353"
+        );
+        assert_eq!(dns.routes["ts.local."], None);
+        assert_eq!(dns.extrarecords[0].record_type, "A");
+        assert_eq!(dns.extrarecords[0].value, "100.64.9.9");
+        // A null DNSConfig is "unchanged", like an absent one.
+        let null: MapResponse = from_slice(br#"{"DNSConfig": null}"#).unwrap();
+        assert!(null.dnsconfig.is_none());
     }
 
     #[test]

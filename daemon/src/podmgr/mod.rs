@@ -5,6 +5,7 @@ pub mod filters;
 pub mod hostname;
 pub mod keyfile;
 pub mod locks;
+pub mod magicdns;
 pub mod manager;
 pub mod naming;
 pub mod netns;

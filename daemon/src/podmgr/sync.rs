@@ -1,7 +1,7 @@
 //! Keeps one pod's data plane in step with its control session: netmap
-//! changes become engine peer, DERP and packet-filter updates and, for a
-//! pod that accepts subnet routes, routes in the pod; engine endpoint
-//! changes are reported to control.
+//! changes become engine peer, DERP, packet-filter and MagicDNS updates
+//! and, for a pod that accepts subnet routes, routes in the pod; engine
+//! endpoint changes are reported to control.
 //!
 //! Packet filter, as Tailscale's client does it: until control sends a
 //! filter the pod accepts no unsolicited inbound traffic (deny-all is set
@@ -18,12 +18,13 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::filters::FilterCache;
+use super::magicdns::{dns_inputs_digest, dns_table};
 use super::peer_routes::{accepted_subnets, installed, Grant, RoutePrefs};
 use super::plumbing::PodRouteTarget;
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
-use crate::wg::{DerpNodeConfig, DerpRegionConfig, EngineError, PeerConfig, PodHandle};
+use crate::wg::{DerpNodeConfig, DerpRegionConfig, DnsTable, EngineError, PeerConfig, PodHandle};
 
 /// How long endpoint changes settle before they are sent to control.
 const ENDPOINT_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -198,6 +199,8 @@ pub struct PodSync {
     last_derp: Option<Arc<DerpMap>>,
     last_peers: Option<Vec<Arc<PeerConfig>>>,
     last_filter: Arc<CompiledRules>,
+    /// The table last sent, and the digest of the netmap it came from.
+    last_dns: Option<(u64, Arc<DnsTable>)>,
     cache: &'static FilterCache,
     shared: &'static SharedConversions,
 }
@@ -216,6 +219,7 @@ impl PodSync {
             last_derp: None,
             last_peers: None,
             last_filter,
+            last_dns: None,
             cache,
             shared: SharedConversions::global(),
         })
@@ -239,6 +243,18 @@ impl PodSync {
                 self.data.set_derp_map(self.shared.derp_map(derp)).await?;
                 self.last_derp = Some(derp.clone());
             }
+        }
+        let digest = dns_inputs_digest(map);
+        if self
+            .last_dns
+            .as_ref()
+            .is_none_or(|(last, _)| *last != digest)
+        {
+            let dns = Arc::new(dns_table(map));
+            if self.last_dns.as_ref().is_none_or(|(_, last)| *last != dns) {
+                self.data.set_dns(dns.clone()).await?;
+            }
+            self.last_dns = Some((digest, dns));
         }
         let peers = self.shared.peers_of(map, &self.routing.prefs);
         if self

@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use super::derp_client::RelayTrust;
+pub use super::engine::DnsSettings;
 use tailnet_cni_proto::validate::MAX_MTU;
 
 /// Engine-wide settings.
@@ -26,6 +27,8 @@ pub struct EngineConfig {
     /// Which certificates relays are verified against: the daemon shares
     /// the control connection's, so `ca_file` covers both.
     pub relay_trust: RelayTrust,
+    /// Each pod's MagicDNS resolver: its upstream, timeout and bound.
+    pub dns: DnsSettings,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +40,7 @@ impl Default for EngineConfig {
             derp_idle_timeout: Duration::from_secs(60),
             max_packet_size: MAX_MTU as usize,
             relay_trust: RelayTrust::default(),
+            dns: DnsSettings::default(),
         }
     }
 }

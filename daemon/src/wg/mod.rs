@@ -32,4 +32,7 @@ pub use config::{
     DerpNodeConfig, DerpRegionConfig, EngineConfig, PeerConfig, PodDataConfig, PodEndpoints,
 };
 pub use derp_client::HomeRelay;
-pub use engine::{Engine, EngineError, PathKind, PeerStats, PodHandle, PodStats};
+pub use engine::{
+    DnsSettings, DnsTable, Engine, EngineError, PathKind, PeerStats, PodHandle, PodStats,
+    RouteTarget,
+};

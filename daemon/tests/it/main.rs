@@ -19,6 +19,7 @@ mod dataplane_tun;
 mod e2e_podman;
 mod host_bypass;
 mod installed_entry;
+mod magicdns;
 mod peer_routes;
 mod plumbing;
 mod privileges;

@@ -3,9 +3,10 @@
 
 use tailnet_auth::Secret;
 
+use super::super::capver::CAPABILITY_VERSION;
 use super::super::keys::DiscoPublic;
 use super::super::tailcfg::{
-    AuthInfo, Hostinfo, MapRequest, NetInfo, RegisterRequest, CAPABILITY_VERSION, ENDPOINT_LOCAL,
+    AuthInfo, Hostinfo, MapRequest, NetInfo, RegisterRequest, ENDPOINT_LOCAL,
 };
 use super::handle::Reported;
 use super::supervisor::Session;

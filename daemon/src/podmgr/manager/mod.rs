@@ -49,6 +49,7 @@ use self::seams::{
 };
 use self::views::PodView;
 use super::locks::PodLocks;
+use super::magicdns::dns_settings;
 use super::plumbing::Plumber;
 use super::state::{PodRecord, StateStore};
 use super::tables::TableAllocator;
@@ -136,6 +137,7 @@ impl PodManager<Live> {
         let selector = Selector::new(Policy::from_config(&config)).await;
         let engine = Engine::new(EngineConfig {
             relay_trust: RelayTrust::shared(client.tls()),
+            dns: dns_settings(&config),
             ..EngineConfig::default()
         });
         let parts = Parts {

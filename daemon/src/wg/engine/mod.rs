@@ -21,9 +21,11 @@
 //! - `relay`: DERP links and the home relay.
 //! - `discovery`: disco and STUN I/O, the pod's endpoints.
 //! - `filter`: the tailnet packet filter as a pod applies it.
+//! - `dns`: the pod's MagicDNS resolver (queries to 100.100.100.100).
 //! - `stats`: counters and their snapshots.
 
 mod discovery;
+mod dns;
 mod filter;
 mod handshake;
 mod pod;
@@ -49,6 +51,10 @@ use super::derp_client::HomeRelay;
 use super::packet_fd::PacketFd;
 use pod::{PodInputs, PodState};
 
+pub use dns::{
+    is_service_addr, Decision as DnsDecision, DnsSettings, DnsTable, RouteTarget, SERVICE_V4,
+    SERVICE_V6,
+};
 pub use relay::choose_home_region;
 pub use session::ResumePeer;
 pub use stats::{PathKind, PeerStats, PodStats, STATS_PUBLISH_INTERVAL};
@@ -135,7 +141,7 @@ impl Engine {
             }
         };
         let (commands, command_rx) = mpsc::channel(16);
-        let (state, watches, relayed) = PodState::new(
+        let (state, watches, inbound) = PodState::new(
             self.inner.clone(),
             pod_id.clone(),
             node_private,
@@ -149,7 +155,8 @@ impl Engine {
             let inputs = PodInputs {
                 device,
                 commands: command_rx,
-                relayed,
+                relayed: inbound.relayed,
+                dns_replies: inbound.dns_replies,
             };
             pod::run(state, inputs).await;
             engine.forget(&id);
@@ -179,6 +186,7 @@ enum Command {
     SetDerpMap(Arc<Vec<DerpRegionConfig>>),
     SetFilter(Arc<CompiledRules>),
     InitiateHandshakes(Vec<ResumePeer>),
+    SetDns(Arc<DnsTable>),
     Stats(oneshot::Sender<PodStats>),
     Detach(oneshot::Sender<()>),
 }
@@ -243,6 +251,12 @@ impl PodHandle {
     /// netmap brings it, if that happens within 30 s.
     pub async fn initiate_handshakes(&self, peers: Vec<ResumePeer>) -> Result<(), EngineError> {
         self.send(Command::InitiateHandshakes(peers)).await
+    }
+
+    /// Answer the pod's MagicDNS queries from `table` from now on. Until
+    /// the first call every query goes to the upstream.
+    pub async fn set_dns(&self, table: Arc<DnsTable>) -> Result<(), EngineError> {
+        self.send(Command::SetDns(table)).await
     }
 
     pub async fn stats(&self) -> Result<PodStats, EngineError> {

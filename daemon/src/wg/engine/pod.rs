@@ -11,6 +11,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
 use super::discovery::Discovery;
+use super::dns::PodResolver;
 use super::filter::PodFilter;
 use super::handshake::HandshakeGate;
 use super::relay::RelayLinks;
@@ -48,6 +49,7 @@ pub(super) struct PodState {
     pub(super) filter: PodFilter,
     /// Checks handshakes before they cost X25519 work.
     pub(super) handshakes: HandshakeGate,
+    pub(super) dns: PodResolver,
     pub(super) counters: Counters,
     pub(super) engine: Arc<EngineInner>,
     /// Reused for every encapsulation/decapsulation.
@@ -67,6 +69,14 @@ pub(super) struct PodInputs {
     pub(super) device: PacketFd,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) relayed: mpsc::Receiver<DerpInbound>,
+    /// Answers of the pod's MagicDNS resolver, as IP packets.
+    pub(super) dns_replies: mpsc::Receiver<Vec<u8>>,
+}
+
+/// The receiving ends of what the pod's own parts send it.
+pub(super) struct PodInbound {
+    pub(super) relayed: mpsc::Receiver<DerpInbound>,
+    pub(super) dns_replies: mpsc::Receiver<Vec<u8>>,
 }
 
 impl PodState {
@@ -77,11 +87,13 @@ impl PodState {
         disco_private: [u8; 32],
         addresses: Vec<IpAddr>,
         udp_port: Option<u16>,
-    ) -> (Self, PodWatches, mpsc::Receiver<DerpInbound>) {
+    ) -> (Self, PodWatches, PodInbound) {
         let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size, udp_port);
         let (discovery, endpoints) = Discovery::new(disco_private, socket.port());
         let (relay, home_relay, relayed) = RelayLinks::new(node_private, &engine.config);
         let (counters, stats) = Counters::new();
+        let (dns, dns_replies) =
+            PodResolver::new(engine.config.dns.clone(), engine.config.max_packet_size);
         let node_secret = x25519::StaticSecret::from(node_private);
         let node_public = x25519::PublicKey::from(&node_secret);
         let state = Self {
@@ -97,6 +109,7 @@ impl PodState {
             discovery,
             relay,
             filter: PodFilter::default(),
+            dns,
             counters,
             out_buf: vec![0u8; (engine.config.max_packet_size + WG_OVERHEAD).max(MIN_WG_BUFFER)],
             engine,
@@ -106,7 +119,11 @@ impl PodState {
             stats,
             home_relay,
         };
-        (state, watches, relayed)
+        let inbound = PodInbound {
+            relayed,
+            dns_replies,
+        };
+        (state, watches, inbound)
     }
 
     fn handle_command(&mut self, cmd: Command) {
@@ -118,6 +135,10 @@ impl PodState {
                 debug!(pod = %self.identity.pod_id, "packet filter updated");
             }
             Command::InitiateHandshakes(peers) => self.initiate_handshakes(peers),
+            Command::SetDns(table) => {
+                self.dns.set_table(table);
+                debug!(pod = %self.identity.pod_id, "MagicDNS names updated");
+            }
             Command::Stats(reply) => {
                 // The caller may have stopped waiting for the numbers.
                 reply.send(self.snapshot_stats(PeerSelection::All)).ok();
@@ -146,6 +167,7 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
         device,
         mut commands,
         mut relayed,
+        mut dns_replies,
     } = inputs;
     let mut timer = tokio::time::interval(state.engine.config.timer_interval);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -167,6 +189,14 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
                 // The pod holds a sender itself, so this never yields None.
                 if let Some(msg) = msg {
                     state.handle_relayed(&device, msg).await;
+                }
+            }
+            reply = dns_replies.recv() => {
+                // The resolver holds a sender itself, so this never yields None.
+                if let Some(packet) = reply {
+                    if let Err(e) = device.send(&packet).await {
+                        debug!(pod = %state.identity.pod_id, error = %e, "DNS answer not delivered");
+                    }
                 }
             }
             read = device.recv(&mut tun_buf) => {

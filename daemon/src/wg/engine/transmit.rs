@@ -1,6 +1,7 @@
-//! Packet device → peer: source check, the flow noted for the filter,
-//! cryptokey routing, encryption, then the peer's direct path (batched
-//! into `sendmmsg`, UDP GSO where the kernel has it) or its relay.
+//! Packet device → peer: source check, MagicDNS queries handed to the
+//! pod's resolver, the flow noted for the filter, cryptokey routing,
+//! encryption, then the peer's direct path (batched into `sendmmsg`, UDP
+//! GSO where the kernel has it) or its relay.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,6 +28,13 @@ impl PodState {
         if !self.identity.addresses.contains(&src) {
             trace!(pod = %self.identity.pod_id, %src, "dropping packet with foreign source");
             self.counters.drop_packets(1);
+            return;
+        }
+        // MagicDNS is served here, never through the tunnel.
+        if super::dns::is_service_addr(dst) {
+            if self.dns.handle(packet) == super::dns::Handled::Dropped {
+                self.counters.drop_packets(1);
+            }
             return;
         }
         // Remember the flows the pod opens so the filter lets their replies in.

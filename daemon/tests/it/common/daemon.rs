@@ -33,6 +33,8 @@ pub struct DaemonOptions {
     pub crash_at: Option<String>,
     /// The config's `selection` (`all` unless a test needs another).
     pub selection: String,
+    /// Top-level config lines added as they are (e.g. `dns_upstream = ...`).
+    pub extra_config: String,
 }
 
 impl DaemonOptions {
@@ -53,6 +55,7 @@ impl DaemonOptions {
             log_filter: "info,tailnet_cnid=debug".into(),
             crash_at: None,
             selection: "all".into(),
+            extra_config: String::new(),
         }
     }
 
@@ -88,7 +91,7 @@ impl Daemon {
             format!(
                 "socket = \"{socket}\"\nstate_dir = \"{state}\"\ncluster_name = \"{cluster}\"\n\
                  control_url = \"{url}\"\nallow_insecure_http = {insecure}\nselection = \"{selection}\"\nhealth_addr = \"{health}\"\n\
-                 reconcile_interval_secs = {reconcile}\nlog_format = \"{format}\"\n\n[auth]\n{auth}",
+                 reconcile_interval_secs = {reconcile}\nlog_format = \"{format}\"\n{extra}\n[auth]\n{auth}",
                 socket = socket.display(),
                 state = state_dir.display(),
                 cluster = options.cluster,
@@ -98,6 +101,7 @@ impl Daemon {
                 format = if options.json_logs { "json" } else { "text" },
                 auth = options.auth,
                 selection = options.selection,
+                extra = options.extra_config,
             ),
         )
         .expect("daemon config");

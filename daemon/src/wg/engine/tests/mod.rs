@@ -3,6 +3,7 @@
 
 mod checks;
 mod direct;
+mod dns;
 mod filter;
 mod hostile;
 mod relay;
