@@ -202,7 +202,12 @@ fn a_cri_pod_joins_through_the_annotation_capability_and_leaves_nothing() {
 
     let pods = daemon.pods();
     assert_eq!(pods.len(), 1, "{pods:?}");
-    assert_eq!(pods[0]["hostname"], json!(hostname), "{pods:?}");
+    // Tenancy places a requested name under `{cluster}-{namespace}-`.
+    assert_eq!(
+        pods[0]["hostname"],
+        json!(format!("cri-default-{hostname}")),
+        "{pods:?}"
+    );
     let ipv4 = pods[0]["ipv4"].as_str().unwrap_or_default().to_string();
     assert!(ipv4.starts_with("100."), "{pods:?}");
     let node_id = admin_node_id(&bed, &ipv4);

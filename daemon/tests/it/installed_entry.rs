@@ -134,7 +134,7 @@ fn unannotated_pods_never_reach_the_daemon_through_the_installed_entry() {
     let daemon_config = root.join("tailnet-cnid.toml");
     std::fs::write(
         &daemon_config,
-        "cluster_name = \"homelab\"\ncontrol_url = \"http://127.0.0.1:9\"\n\
+        "cluster_name = \"homelab\"\ncontrol_url = \"http://127.0.0.1:9\"\nallow_insecure_http = true\n\
          selection = \"annotated\"\n[auth]\nkind = \"static\"\nkey_file = \"/nonexistent\"\n",
     )
     .expect("daemon config");

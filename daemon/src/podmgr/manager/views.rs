@@ -9,6 +9,7 @@ use tailnet_cni_proto::v1::{ListPodsResponse, PodStatus, StatusResponse};
 use super::seams::{Backends, PodAttachment, PodSession};
 use super::{lock, PodManager};
 use crate::metrics::{PodLabels, PodSample, Snapshot};
+use crate::podmgr::dataplane::DataPlaneDown;
 use crate::podmgr::state::PodRecord;
 use crate::wg::PathKind;
 
@@ -188,18 +189,38 @@ impl<B: Backends> Snapshot for PodManager<B> {
     fn health(&self) -> Result<(), String> {
         // A session's task owns its state's sender: a closed channel means
         // the task ended while its pod still needs it.
-        let dead: Vec<String> = lock(&self.live)
+        let live = lock(&self.live);
+        let dead: Vec<String> = live
             .iter()
             .filter(|(_, pod)| pod.session.state().has_changed().is_err())
             .map(|(container_id, _)| container_id.clone())
             .collect();
-        if dead.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
+        if !dead.is_empty() {
+            return Err(format!(
                 "the control session of {} live pod(s) has ended: {}",
                 dead.len(),
                 dead.join(", ")
+            ));
+        }
+        // A stale key is a rotation in progress, which the supervisor
+        // repairs; a stopped task is never restarted.
+        let stopped: Vec<String> = live
+            .iter()
+            .filter(|(_, pod)| {
+                matches!(
+                    pod.data.liveness(),
+                    Err(DataPlaneDown::SupervisorStopped | DataPlaneDown::EngineTaskStopped)
+                )
+            })
+            .map(|(container_id, _)| container_id.clone())
+            .collect();
+        if stopped.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the data plane of {} live pod(s) has stopped: {}",
+                stopped.len(),
+                stopped.join(", ")
             ))
         }
     }

@@ -35,3 +35,26 @@ async fn check_fails_once_the_data_plane_stops_serving_the_pod() {
         assert!(error.msg.contains(&reason.to_string()), "{}", error.msg);
     }
 }
+
+#[tokio::test]
+async fn healthz_fails_once_a_live_pods_data_plane_has_stopped() {
+    use crate::metrics::Snapshot;
+    for (reason, healthy) in [
+        (DataPlaneDown::SupervisorStopped, false),
+        (DataPlaneDown::EngineTaskStopped, false),
+        // Being re-attached with the rotated key: repaired by the supervisor.
+        (DataPlaneDown::StaleKey, true),
+    ] {
+        let bed = Bed::start().await;
+        bed.add(POD).await.expect("ADD");
+        bed.manager.health().expect("healthy with a served pod");
+        bed.engine.fail_data_plane(POD, reason);
+        match bed.manager.health() {
+            Ok(()) => assert!(healthy, "{reason:?} must make the daemon unhealthy"),
+            Err(reason_text) => {
+                assert!(!healthy, "{reason:?}: {reason_text}");
+                assert!(reason_text.contains("data plane"), "{reason_text}");
+            }
+        }
+    }
+}

@@ -239,7 +239,7 @@ impl ControlPlane for Arc<FakeControl> {
         FakeSession {
             hostname: spec.hostname,
             node,
-            state: watch::channel(state).1,
+            state: watch::channel(state),
             running: self.running.clone(),
             hang_logout: self.hang_logout.clone(),
         }
@@ -266,7 +266,8 @@ impl ControlPlane for Arc<FakeControl> {
 pub struct FakeSession {
     hostname: String,
     node: Option<SelfNode>,
-    state: watch::Receiver<SessionState>,
+    /// The sender is held as the session's task holds it: a live session.
+    state: (watch::Sender<SessionState>, watch::Receiver<SessionState>),
     running: Arc<Mutex<Vec<String>>>,
     hang_logout: Arc<AtomicBool>,
 }
@@ -283,14 +284,14 @@ impl FakeSession {
 #[tonic::async_trait]
 impl PodSession for FakeSession {
     async fn wait_ready(&self, _timeout: Duration) -> Result<(), ControlError> {
-        match &*self.state.borrow() {
+        match &*self.state.1.borrow() {
             SessionState::NeedsAuth { error } => Err(ControlError::Refused(error.clone())),
             _ => Ok(()),
         }
     }
 
     fn state(&self) -> watch::Receiver<SessionState> {
-        self.state.clone()
+        self.state.1.clone()
     }
 
     fn self_node(&self) -> Option<SelfNode> {
