@@ -1,3 +1,5 @@
+use std::os::unix::fs::PermissionsExt;
+
 use super::*;
 
 /// A statically linked executable, as the installer accepts it.
@@ -179,6 +181,83 @@ fn rewritten_conflist_gets_the_entry_back() {
         apply_conflist(&conf, &entry).unwrap(),
         ChainOutcome::Appended
     );
+}
+
+/// The plugin types of the primary conflist, in order.
+fn plugin_types(conflist: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(conflist).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|plugin| plugin["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_conflist_rewritten_during_our_edit_keeps_both_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup(root);
+    let conf = root.join("net.d");
+    let path = conf.join("10-flannel.conflist");
+    let mut rewrites = 0;
+    // k3s rewriting its conflist after our read, before our replace: in
+    // place the first time, by rename the second.
+    let runtime_rewrites = |path: &Path| {
+        rewrites += 1;
+        let text = match rewrites {
+            1 => {
+                r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"},{"type":"portmap"},{"type":"bandwidth"}]}"#
+            }
+            2 => {
+                r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"},{"type":"bandwidth"}]}"#
+            }
+            _ => return,
+        };
+        if rewrites == 1 {
+            std::fs::write(path, text).unwrap();
+        } else {
+            let incoming = path.with_extension("incoming");
+            std::fs::write(&incoming, text).unwrap();
+            std::fs::rename(&incoming, path).unwrap();
+        }
+    };
+
+    let outcome = apply_conflist_with(&conf, &entry(&args(root)), runtime_rewrites).unwrap();
+
+    assert_eq!(outcome, ChainOutcome::Appended);
+    assert_eq!(rewrites, 3, "the edit was redone after each rewrite");
+    assert_eq!(plugin_types(&path), ["flannel", "bandwidth", "tailnet-cni"]);
+    let names: Vec<_> = std::fs::read_dir(&conf).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+}
+
+#[test]
+fn a_conflist_that_never_stops_changing_is_left_to_the_next_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup(root);
+    let conf = root.join("net.d");
+    let path = conf.join("10-flannel.conflist");
+    let mut rewrites = 0;
+    let runtime_rewrites = |path: &Path| {
+        rewrites += 1;
+        let plugins = vec![r#"{"type":"flannel"}"#; rewrites].join(",");
+        let text = format!(r#"{{"name":"cbr0","cniVersion":"1.0.0","plugins":[{plugins}]}}"#);
+        std::fs::write(path, text).unwrap();
+    };
+
+    let err = apply_conflist_with(&conf, &entry(&args(root)), runtime_rewrites).unwrap_err();
+
+    assert!(
+        matches!(err, InstallError::ConflistKeepsChanging { attempts, .. } if attempts == CONFLIST_EDIT_ATTEMPTS),
+        "{err:?}"
+    );
+    assert_eq!(rewrites, CONFLIST_EDIT_ATTEMPTS);
+    // The last rewrite is what stays, unedited.
+    assert_eq!(plugin_types(&path), vec!["flannel"; CONFLIST_EDIT_ATTEMPTS]);
 }
 
 #[test]
