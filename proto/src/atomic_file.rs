@@ -8,6 +8,8 @@
 //! target is one of the two. Temporary names start with `.` and end in
 //! `.tmp.<pid>.<n>`: CNI config loaders skip them, and
 //! [`parse_temp_file_name`] recognises them to clean up after a crash.
+//! [`atomic_replace`] renames only if the target is still the file that was
+//! read, for files another program rewrites too.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;

@@ -268,7 +268,9 @@ fn apply_conflist_with(
 /// (`None`: nothing to change), without losing a concurrent writer's
 /// update: when the file changes between our read and our replace (k3s
 /// rewrites it when its agent starts), the edit is redone on what is there
-/// now. Returns whether the file was rewritten.
+/// now. Only a rewrite between the final check and the rename can still be
+/// lost, a window of microseconds (`atomic_replace` says why that is
+/// acceptable). Returns whether the file was rewritten.
 fn edit_conflist(
     path: &Path,
     mut before_replace: impl FnMut(&Path),

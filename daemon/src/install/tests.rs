@@ -195,37 +195,48 @@ fn plugin_types(conflist: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A flannel conflist with these plugin types, as a runtime writes it.
+fn flannel_conflist(types: &[&str]) -> String {
+    let plugins: Vec<_> = types
+        .iter()
+        .map(|t| format!(r#"{{"type":"{t}"}}"#))
+        .collect();
+    format!(
+        r#"{{"name":"cbr0","cniVersion":"1.0.0","plugins":[{}]}}"#,
+        plugins.join(",")
+    )
+}
+
+/// A set-up root, its conf dir and the primary conflist in it.
+fn installed_root() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let conf = dir.path().join("net.d");
+    let path = conf.join("10-flannel.conflist");
+    (dir, conf, path)
+}
+
 #[test]
 fn a_conflist_rewritten_during_our_edit_keeps_both_changes() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    setup(root);
-    let conf = root.join("net.d");
-    let path = conf.join("10-flannel.conflist");
+    let (dir, conf, path) = installed_root();
     let mut rewrites = 0;
     // k3s rewriting its conflist after our read, before our replace: in
     // place the first time, by rename the second.
     let runtime_rewrites = |path: &Path| {
         rewrites += 1;
-        let text = match rewrites {
-            1 => {
-                r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"},{"type":"portmap"},{"type":"bandwidth"}]}"#
-            }
+        match rewrites {
+            1 => std::fs::write(path, flannel_conflist(&["flannel", "portmap", "bandwidth"]))
+                .unwrap(),
             2 => {
-                r#"{"name":"cbr0","cniVersion":"1.0.0","plugins":[{"type":"flannel"},{"type":"bandwidth"}]}"#
+                let incoming = path.with_extension("incoming");
+                std::fs::write(&incoming, flannel_conflist(&["flannel", "bandwidth"])).unwrap();
+                std::fs::rename(&incoming, path).unwrap();
             }
-            _ => return,
-        };
-        if rewrites == 1 {
-            std::fs::write(path, text).unwrap();
-        } else {
-            let incoming = path.with_extension("incoming");
-            std::fs::write(&incoming, text).unwrap();
-            std::fs::rename(&incoming, path).unwrap();
+            _ => {}
         }
     };
 
-    let outcome = apply_conflist_with(&conf, &entry(&args(root)), runtime_rewrites).unwrap();
+    let outcome = apply_conflist_with(&conf, &entry(&args(dir.path())), runtime_rewrites).unwrap();
 
     assert_eq!(outcome, ChainOutcome::Appended);
     assert_eq!(rewrites, 3, "the edit was redone after each rewrite");
@@ -236,20 +247,14 @@ fn a_conflist_rewritten_during_our_edit_keeps_both_changes() {
 
 #[test]
 fn a_conflist_that_never_stops_changing_is_left_to_the_next_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    setup(root);
-    let conf = root.join("net.d");
-    let path = conf.join("10-flannel.conflist");
+    let (dir, conf, path) = installed_root();
     let mut rewrites = 0;
     let runtime_rewrites = |path: &Path| {
         rewrites += 1;
-        let plugins = vec![r#"{"type":"flannel"}"#; rewrites].join(",");
-        let text = format!(r#"{{"name":"cbr0","cniVersion":"1.0.0","plugins":[{plugins}]}}"#);
-        std::fs::write(path, text).unwrap();
+        std::fs::write(path, flannel_conflist(&vec!["flannel"; rewrites])).unwrap();
     };
 
-    let err = apply_conflist_with(&conf, &entry(&args(root)), runtime_rewrites).unwrap_err();
+    let err = apply_conflist_with(&conf, &entry(&args(dir.path())), runtime_rewrites).unwrap_err();
 
     assert!(
         matches!(err, InstallError::ConflistKeepsChanging { attempts, .. } if attempts == CONFLIST_EDIT_ATTEMPTS),

@@ -2,16 +2,6 @@
 //! read-modify-write of a file another program also rewrites (the CNI
 //! conflist, which k3s rewrites when its agent starts) must not lose that
 //! program's update.
-//!
-//! The check runs once the new contents are complete on disk, just before
-//! the rename, and compares both the file's identity and modification time
-//! and its bytes: a writer that replaces the file by rename gets a new inode,
-//! one that rewrites it in place a new mtime or new bytes. What remains is
-//! the window between that check and the rename, a few system calls long: a
-//! write landing in it is lost to this replace. The caller's next read sees
-//! the file as it then is, so a program that keeps its edit applied (as the
-//! installer does on every pass) converges; a lock cannot close the window
-//! because the other writers take none.
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
@@ -97,6 +87,17 @@ pub enum Replace {
 /// Replaces `path` with `bytes` like [`super::atomic_write`], but only if it
 /// is still the file `read` was taken from, unwritten since; otherwise
 /// leaves it alone and returns [`Replace::TargetChanged`].
+///
+/// The check runs once the new contents are complete on disk, just before
+/// the rename, and compares both the file's identity and modification time
+/// and its bytes: a writer that replaces the file by rename gets a new inode,
+/// one that rewrites it in place a new mtime or new bytes. What remains is
+/// the window between that check and the rename (a stat, a read of the
+/// file, the rename): a write landing in it is overwritten, or goes to the
+/// replaced inode. That is acceptable because the rename itself is atomic
+/// (no reader ever sees a torn file) and the window is microseconds against
+/// writers that rewrite the file seldom (k3s once per agent start); no lock
+/// can close it, since the other writers take none.
 pub fn atomic_replace(
     path: &Path,
     read: &FileSnapshot,
@@ -118,16 +119,23 @@ pub fn atomic_replace(
 mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
 
     use super::*;
 
-    #[test]
-    fn an_unchanged_file_is_replaced() {
+    /// A file holding `contents` in a fresh directory, and its snapshot.
+    fn snapshot_of(contents: &[u8]) -> (tempfile::TempDir, PathBuf, FileSnapshot) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("10-net.conflist");
-        fs::write(&path, b"ours to edit").unwrap();
+        fs::write(&path, contents).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let read = FileSnapshot::read(&path).unwrap();
+        (dir, path, read)
+    }
+
+    #[test]
+    fn an_unchanged_file_is_replaced() {
+        let (dir, path, read) = snapshot_of(b"ours to edit");
         assert_eq!(read.bytes(), b"ours to edit");
         assert_eq!(read.permissions(), 0o640);
 
@@ -140,10 +148,7 @@ mod tests {
 
     #[test]
     fn a_file_rewritten_in_place_after_the_read_is_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("10-net.conflist");
-        fs::write(&path, b"first").unwrap();
-        let read = FileSnapshot::read(&path).unwrap();
+        let (dir, path, read) = snapshot_of(b"first");
         // Same inode, same size: only the bytes (and mtime) tell.
         fs::write(&path, b"other").unwrap();
 
@@ -160,10 +165,7 @@ mod tests {
 
     #[test]
     fn a_file_replaced_by_rename_after_the_read_is_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("10-net.conflist");
-        fs::write(&path, b"same").unwrap();
-        let read = FileSnapshot::read(&path).unwrap();
+        let (dir, path, read) = snapshot_of(b"same");
         // Same bytes, but another file: only its identity tells.
         let other = dir.path().join("incoming");
         fs::write(&other, b"same").unwrap();
@@ -177,10 +179,7 @@ mod tests {
 
     #[test]
     fn a_file_removed_after_the_read_is_not_recreated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("10-net.conflist");
-        fs::write(&path, b"gone soon").unwrap();
-        let read = FileSnapshot::read(&path).unwrap();
+        let (dir, path, read) = snapshot_of(b"gone soon");
         fs::remove_file(&path).unwrap();
 
         let outcome = atomic_replace(&path, &read, b"edited", 0o644).unwrap();
