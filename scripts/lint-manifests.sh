@@ -4,7 +4,8 @@
 # renders from deploy/ and from the k3d overlay for each auth kind, the k3d
 # overlay's config and image tag, the deploy hardening (images pinned by
 # digest, dnsPolicy Default, Linux node affinity, installers without
-# privilege, capabilities or a writable host bin dir), yamllint, hadolint on
+# privilege, capabilities or a writable host bin dir, a daemon with only its
+# two capabilities and writable host sysctls), yamllint, hadolint on
 # the Dockerfile, and bash -n plus shellcheck on the k3d scripts. The linters come from PyPI into
 # a cached virtualenv; kustomize is kubectl's (skipped, saying so, without it).
 set -euo pipefail
@@ -59,7 +60,7 @@ if found != kind:
 EOF
 done
 
-say "deploy hardening: digests, dnsPolicy, Linux affinity, an unprivileged installer"
+say "deploy hardening: digests, dnsPolicy, Linux affinity, an unprivileged installer, the daemon's privileges"
 # Checks each rule on the manifests, then on copies that each break one, so
 # a rule that could no longer fail is caught too.
 "$VENV/bin/python" - deploy/daemonset.yaml deploy/uninstall/daemonset.yaml deploy/kustomization.yaml <<'EOF'
@@ -72,6 +73,9 @@ WRITABLE = {"/opt/cni/bin", "/etc/cni/net.d", "/var/lib/rancher/k3s/data/cni",
 INSTALLERS = {"installer", "uninstall"}
 # The daemon drops every other capability itself (daemon/src/privileges.rs).
 KEPT_BY_DAEMON = {"NET_ADMIN", "SYS_ADMIN"}
+# Where the daemon writes host sysctls when its own /proc/sys is read-only
+# (daemon/src/podmgr/sysctl.rs, HOST_PROC_SYS).
+HOST_SYSCTLS = ("/proc/sys/net", "/host/proc/sys/net")
 
 
 def linux_only(spec):
@@ -103,6 +107,22 @@ def installer_problems(where, container, host_paths):
     return found
 
 
+def daemon_problems(where, container, host_paths):
+    found = []
+    sc = container.get("securityContext", {})
+    caps = sc.get("capabilities", {})
+    added = set(caps.get("add", []))
+    if not added <= KEPT_BY_DAEMON:
+        found.append(f"{where}: adds capabilities {sorted(added - KEPT_BY_DAEMON)}")
+    if not sc.get("privileged") and (caps.get("drop") != ["ALL"] or added != KEPT_BY_DAEMON):
+        found.append(f"{where}: not privileged, so it needs exactly drop ALL, add {sorted(KEPT_BY_DAEMON)}")
+    sysctl_mounts = [m for m in container.get("volumeMounts", [])
+                     if (host_paths.get(m["name"]), m["mountPath"]) == HOST_SYSCTLS and not m.get("readOnly")]
+    if not sysctl_mounts:
+        found.append(f"{where}: no writable {HOST_SYSCTLS[0]} at {HOST_SYSCTLS[1]} for its sysctls")
+    return found
+
+
 def problems(daemonsets, kustomization):
     found = []
     for name, ds in daemonsets.items():
@@ -119,9 +139,7 @@ def problems(daemonsets, kustomization):
             if container["name"] in INSTALLERS:
                 found += installer_problems(where, container, host_paths)
                 continue
-            added = set(container.get("securityContext", {}).get("capabilities", {}).get("add", []))
-            if not added <= KEPT_BY_DAEMON:
-                found.append(f"{where}: adds capabilities {sorted(added - KEPT_BY_DAEMON)}")
+            found += daemon_problems(where, container, host_paths)
     images = kustomization.get("images", [])
     pinned = [re.fullmatch(r"sha256:[0-9a-f]{64}", image.get("digest", "")) and "newTag" not in image
               for image in images]
@@ -160,6 +178,12 @@ def writable_k3s_data_dir(sets, _):
             mount.pop("readOnly")
 
 
+def daemon_sysctls_read_only(sets, _):
+    for mount in containers(sets, "daemon")[0]["volumeMounts"]:
+        if mount["mountPath"] == HOST_SYSCTLS[1]:
+            mount["readOnly"] = True
+
+
 regressions = {
     "a tag instead of a digest": lambda s, k: containers(s, "daemon")[0].update(image="ghcr.io/tailnet-cni/tailnet-cni:0.1.0"),
     "a kustomize tag": lambda s, k: k["images"][0].update(newTag="0.1.0"),
@@ -173,6 +197,16 @@ regressions = {
     "a writable host /usr/bin": writable_host_bin,
     "a daemon that adds a capability":
         lambda s, k: containers(s, "daemon")[0]["securityContext"].update(capabilities={"add": ["SYS_MODULE"]}),
+    "an unprivileged daemon without NET_ADMIN":
+        lambda s, k: containers(s, "daemon")[0].update(securityContext={
+            "privileged": False, "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}}),
+    "an unprivileged daemon that keeps the default capabilities":
+        lambda s, k: containers(s, "daemon")[0].update(securityContext={
+            "privileged": False, "capabilities": {"add": ["NET_ADMIN", "SYS_ADMIN"]}}),
+    "a daemon without the host sysctl mount":
+        lambda s, k: containers(s, "daemon")[0].update(volumeMounts=[
+            m for m in containers(s, "daemon")[0]["volumeMounts"] if m["mountPath"] != HOST_SYSCTLS[1]]),
+    "a daemon with read-only host sysctls": daemon_sysctls_read_only,
 }
 missed = []
 for what, change in regressions.items():

@@ -8,6 +8,8 @@
 //! target is one of the two. Temporary names start with `.` and end in
 //! `.tmp.<pid>.<n>`: CNI config loaders skip them, and
 //! [`parse_temp_file_name`] recognises them to clean up after a crash.
+//! [`atomic_replace`] renames only if the target is still the file that was
+//! read, for files another program rewrites too.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -34,8 +36,12 @@ pub enum WriteStep {
     SetMode,
     /// Flushing the temporary file to disk.
     SyncFile,
+    /// Checking that the target is still what was read, before replacing it.
+    Verify,
     /// Renaming the temporary file over the target.
     Rename,
+    /// Removing the temporary file when the target changed after it was read.
+    RemoveTemp,
     /// Flushing the directory, so the rename survives a crash.
     SyncDir,
 }
@@ -48,7 +54,9 @@ impl WriteStep {
             WriteStep::Write => "writing",
             WriteStep::SetMode => "setting the mode of",
             WriteStep::SyncFile => "syncing",
+            WriteStep::Verify => "checking for a concurrent change to",
             WriteStep::Rename => "renaming into place",
+            WriteStep::RemoveTemp => "removing the unused temporary file",
             WriteStep::SyncDir => "syncing directory",
         }
     }
@@ -90,6 +98,19 @@ impl AtomicWriteError {
 /// it is written. The parent directory must exist. On failure no temporary
 /// file is left behind.
 pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AtomicWriteError> {
+    replace_if(path, bytes, mode, || Ok(true)).map(drop)
+}
+
+/// The steps of [`atomic_write`], with `precondition` checked after the
+/// temporary file is complete and just before the rename: when it says no,
+/// the temporary file is removed, the target is left alone and the result
+/// is `Ok(false)`.
+fn replace_if(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    precondition: impl FnOnce() -> Result<bool, AtomicWriteError>,
+) -> Result<bool, AtomicWriteError> {
     let file_name = path.file_name().ok_or_else(|| AtomicWriteError {
         step: WriteStep::CreateTemp,
         path: path.to_path_buf(),
@@ -101,17 +122,30 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AtomicWr
         .unwrap_or(Path::new("."));
 
     let (tmp, mut file) = create_temp(dir, file_name, mode)?;
-    let written = fill(&mut file, &tmp, bytes, mode).and_then(|()| {
-        fs::rename(&tmp, path).map_err(AtomicWriteError::at(WriteStep::Rename, path))
-    });
-    if let Err(error) = written {
-        // Best effort: the error that matters is the one being returned.
-        fs::remove_file(&tmp).ok();
-        return Err(error);
+    let written = fill(&mut file, &tmp, bytes, mode)
+        .and_then(|()| precondition())
+        .and_then(|holds| {
+            if holds {
+                fs::rename(&tmp, path).map_err(AtomicWriteError::at(WriteStep::Rename, path))?;
+            }
+            Ok(holds)
+        });
+    match written {
+        Ok(true) => {}
+        Ok(false) => {
+            fs::remove_file(&tmp).map_err(AtomicWriteError::at(WriteStep::RemoveTemp, &tmp))?;
+            return Ok(false);
+        }
+        Err(error) => {
+            // Best effort: the error that matters is the one being returned.
+            fs::remove_file(&tmp).ok();
+            return Err(error);
+        }
     }
     File::open(dir)
         .and_then(|dir| dir.sync_all())
-        .map_err(AtomicWriteError::at(WriteStep::SyncDir, dir))
+        .map_err(AtomicWriteError::at(WriteStep::SyncDir, dir))?;
+    Ok(true)
 }
 
 /// What the name of one of [`atomic_write`]'s temporary files tells.
@@ -183,6 +217,10 @@ fn fill(file: &mut File, tmp: &Path, bytes: &[u8], mode: u32) -> Result<(), Atom
     file.sync_all()
         .map_err(AtomicWriteError::at(WriteStep::SyncFile, tmp))
 }
+
+mod conditional;
+
+pub use conditional::{atomic_replace, FileSnapshot, Replace};
 
 #[cfg(test)]
 mod tests;

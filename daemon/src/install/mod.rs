@@ -19,11 +19,12 @@ pub mod layout;
 pub mod ready;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tailnet_cni_proto::atomic_file::{atomic_write, parse_temp_file_name, AtomicWriteError};
+use tailnet_cni_proto::atomic_file::{
+    atomic_replace, atomic_write, parse_temp_file_name, AtomicWriteError, FileSnapshot, Replace,
+};
 use tracing::{info, warn};
 
 use self::conflist::{ChainOutcome, PluginEntry, SelectionMode};
@@ -35,6 +36,10 @@ pub const K3S_DATA_DIR: &str = "/var/lib/rancher/k3s";
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 /// CRI-O's config; its drop-ins are in `crio.conf.d` beside it.
 pub const CRIO_CONFIG: &str = "/etc/crio/crio.conf";
+
+/// Reads, edits and conditional replaces of the conflist tried before a pass
+/// gives up on a file that keeps changing under it (the next pass retries).
+const CONFLIST_EDIT_ATTEMPTS: usize = 5;
 
 /// Arguments of `install` and `uninstall`.
 #[derive(Debug, Clone, clap::Args)]
@@ -115,6 +120,9 @@ pub enum InstallError {
         "k3s is installed under {data_dir} but no CNI bin dir with host-local was found there"
     )]
     K3sBinDirNotFound { data_dir: PathBuf },
+    /// Another writer changed the conflist between every read and replace.
+    #[error("{path} changed while it was being edited, {attempts} times in a row")]
+    ConflistKeepsChanging { path: PathBuf, attempts: usize },
     #[error(transparent)]
     NotReady(#[from] ready::NotReady),
     #[error(transparent)]
@@ -231,19 +239,63 @@ pub fn install_shim(source: &Path, bin_dirs: &[PathBuf]) -> Result<(), InstallEr
 
 /// Chains our plugin into the primary config once. Returns what it did.
 pub fn apply_conflist(conf_dir: &Path, entry: &PluginEntry) -> Result<ChainOutcome, InstallError> {
+    apply_conflist_with(conf_dir, entry, |_| {})
+}
+
+/// [`apply_conflist`], calling `before_replace` between reading the config
+/// and replacing it: where another writer's change must not be lost.
+fn apply_conflist_with(
+    conf_dir: &Path,
+    entry: &PluginEntry,
+    before_replace: impl FnMut(&Path),
+) -> Result<ChainOutcome, InstallError> {
     let path = conflist::primary_config(conf_dir)
         .map_err(io_err("listing", conf_dir))?
         .ok_or_else(|| InstallError::NoPrimaryConfig(conf_dir.to_path_buf()))?;
-    let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
-    let (out, outcome) = conflist::chain(&path, &text, entry)?;
-    if outcome != ChainOutcome::Unchanged {
-        let mode = std::fs::metadata(&path)
-            .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or(0o644);
-        atomic_write(&path, out.as_bytes(), mode)?;
+    let mut outcome = ChainOutcome::Unchanged;
+    let edited = edit_conflist(&path, before_replace, |text| {
+        let (out, chained) = conflist::chain(&path, text, entry)?;
+        outcome = chained;
+        Ok((chained != ChainOutcome::Unchanged).then_some(out))
+    })?;
+    if edited {
         info!(path = %path.display(), ?outcome, "chained tailnet-cni into the primary CNI config");
     }
     Ok(outcome)
+}
+
+/// Rewrites the conflist at `path` with what `edit` makes of its text
+/// (`None`: nothing to change), without losing a concurrent writer's
+/// update: when the file changes between our read and our replace (k3s
+/// rewrites it when its agent starts), the edit is redone on what is there
+/// now. Only a rewrite between the final check and the rename can still be
+/// lost, a window of microseconds (`atomic_replace` says why that is
+/// acceptable). Returns whether the file was rewritten.
+fn edit_conflist(
+    path: &Path,
+    mut before_replace: impl FnMut(&Path),
+    mut edit: impl FnMut(&str) -> Result<Option<String>, InstallError>,
+) -> Result<bool, InstallError> {
+    for _ in 0..CONFLIST_EDIT_ATTEMPTS {
+        let read = FileSnapshot::read(path).map_err(io_err("reading", path))?;
+        let text = std::str::from_utf8(read.bytes()).map_err(|e| {
+            io_err("reading", path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
+        let Some(out) = edit(text)? else {
+            return Ok(false);
+        };
+        before_replace(path);
+        match atomic_replace(path, &read, out.as_bytes(), read.permissions())? {
+            Replace::Done => return Ok(true),
+            Replace::TargetChanged => {
+                info!(path = %path.display(), "the CNI config changed while it was edited; editing it again")
+            }
+        }
+    }
+    Err(InstallError::ConflistKeepsChanging {
+        path: path.to_path_buf(),
+        attempts: CONFLIST_EDIT_ATTEMPTS,
+    })
 }
 
 /// One pass: resolve the dirs, put the shim in each, and chain the plugin
@@ -320,12 +372,8 @@ fn remove_installation(args: &InstallArgs) -> Result<(), InstallError> {
         Err(e) => return Err(io_err("listing", &layout.conf_dir)(e)),
     };
     if let Some(path) = primary {
-        let text = std::fs::read_to_string(&path).map_err(io_err("reading", &path))?;
-        if let Some(out) = conflist::unchain(&path, &text)? {
-            let mode = std::fs::metadata(&path)
-                .map(|m| m.permissions().mode() & 0o777)
-                .unwrap_or(0o644);
-            atomic_write(&path, out.as_bytes(), mode)?;
+        let edited = edit_conflist(&path, |_| {}, |text| Ok(conflist::unchain(&path, text)?))?;
+        if edited {
             info!(path = %path.display(), "removed tailnet-cni from the primary CNI config");
         }
     }

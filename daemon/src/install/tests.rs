@@ -1,3 +1,5 @@
+use std::os::unix::fs::PermissionsExt;
+
 use super::*;
 
 /// A statically linked executable, as the installer accepts it.
@@ -179,6 +181,88 @@ fn rewritten_conflist_gets_the_entry_back() {
         apply_conflist(&conf, &entry).unwrap(),
         ChainOutcome::Appended
     );
+}
+
+/// The plugin types of the primary conflist, in order.
+fn plugin_types(conflist: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(conflist).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|plugin| plugin["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A flannel conflist with these plugin types, as a runtime writes it.
+fn flannel_conflist(types: &[&str]) -> String {
+    let plugins: Vec<_> = types
+        .iter()
+        .map(|t| format!(r#"{{"type":"{t}"}}"#))
+        .collect();
+    format!(
+        r#"{{"name":"cbr0","cniVersion":"1.0.0","plugins":[{}]}}"#,
+        plugins.join(",")
+    )
+}
+
+/// A set-up root, its conf dir and the primary conflist in it.
+fn installed_root() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let conf = dir.path().join("net.d");
+    let path = conf.join("10-flannel.conflist");
+    (dir, conf, path)
+}
+
+#[test]
+fn a_conflist_rewritten_during_our_edit_keeps_both_changes() {
+    let (dir, conf, path) = installed_root();
+    let mut rewrites = 0;
+    // k3s rewriting its conflist after our read, before our replace: in
+    // place the first time, by rename the second.
+    let runtime_rewrites = |path: &Path| {
+        rewrites += 1;
+        match rewrites {
+            1 => std::fs::write(path, flannel_conflist(&["flannel", "portmap", "bandwidth"]))
+                .unwrap(),
+            2 => {
+                let incoming = path.with_extension("incoming");
+                std::fs::write(&incoming, flannel_conflist(&["flannel", "bandwidth"])).unwrap();
+                std::fs::rename(&incoming, path).unwrap();
+            }
+            _ => {}
+        }
+    };
+
+    let outcome = apply_conflist_with(&conf, &entry(&args(dir.path())), runtime_rewrites).unwrap();
+
+    assert_eq!(outcome, ChainOutcome::Appended);
+    assert_eq!(rewrites, 3, "the edit was redone after each rewrite");
+    assert_eq!(plugin_types(&path), ["flannel", "bandwidth", "tailnet-cni"]);
+    let names: Vec<_> = std::fs::read_dir(&conf).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+}
+
+#[test]
+fn a_conflist_that_never_stops_changing_is_left_to_the_next_pass() {
+    let (dir, conf, path) = installed_root();
+    let mut rewrites = 0;
+    let runtime_rewrites = |path: &Path| {
+        rewrites += 1;
+        std::fs::write(path, flannel_conflist(&vec!["flannel"; rewrites])).unwrap();
+    };
+
+    let err = apply_conflist_with(&conf, &entry(&args(dir.path())), runtime_rewrites).unwrap_err();
+
+    assert!(
+        matches!(err, InstallError::ConflistKeepsChanging { attempts, .. } if attempts == CONFLIST_EDIT_ATTEMPTS),
+        "{err:?}"
+    );
+    assert_eq!(rewrites, CONFLIST_EDIT_ATTEMPTS);
+    // The last rewrite is what stays, unedited.
+    assert_eq!(plugin_types(&path), vec!["flannel"; CONFLIST_EDIT_ATTEMPTS]);
 }
 
 #[test]

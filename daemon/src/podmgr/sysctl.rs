@@ -1,9 +1,28 @@
-//! Per-interface and global IP sysctls, written through /proc/sys of the
-//! calling thread's network namespace.
+//! Per-interface and global IP sysctls of the calling thread's network
+//! namespace.
+//!
+//! They are read through `/proc/sys`. A container that is not privileged
+//! has that mounted read-only, so writes go through the host's
+//! `/proc/sys/net` mounted read-write at [`HOST_PROC_SYS`]`/net` when
+//! `/proc/sys` is read-only (`deploy/daemonset.yaml` does so). Either way
+//! the kernel resolves `net/` for the network namespace of the thread that
+//! opens the file, not of the mount, so a write reaches the namespace the
+//! daemon is in; it needs `CAP_NET_ADMIN` there, nothing more.
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use nix::sys::statvfs::{statvfs, FsFlags};
+use tracing::info;
+
+/// Where the kernel shows the sysctls.
+const PROC_SYS: &str = "/proc/sys";
+/// Where the daemon's container may mount the host's `/proc/sys` (or just
+/// its `net/`) read-write, for the writes its own read-only `/proc/sys`
+/// refuses.
+pub const HOST_PROC_SYS: &str = "/host/proc/sys";
 
 #[derive(Debug, thiserror::Error)]
 #[error("sysctl {path}: {source}")]
@@ -14,7 +33,38 @@ pub struct SysctlError {
 }
 
 fn path_of(key: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+    path_in(Path::new(PROC_SYS), key)
+}
+
+fn path_in(root: &Path, key: &str) -> PathBuf {
+    root.join(key.replace('.', "/"))
+}
+
+/// The root writes go through, chosen once (mounts do not change under a
+/// running daemon).
+fn write_root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = choose_write_root(Path::new(PROC_SYS), Path::new(HOST_PROC_SYS));
+        if root != Path::new(PROC_SYS) {
+            info!(root = %root.display(), "{PROC_SYS} is read-only; writing sysctls through the host's mount");
+        }
+        root
+    })
+}
+
+/// `proc_sys` unless its `net/` is mounted read-only and `host_proc_sys`
+/// has a writable `net/`. When neither is writable the writes fail on
+/// `proc_sys`, naming the path the operator knows.
+fn choose_write_root(proc_sys: &Path, host_proc_sys: &Path) -> PathBuf {
+    let writable = |root: &Path| {
+        statvfs(&root.join("net")).is_ok_and(|fs| !fs.flags().contains(FsFlags::ST_RDONLY))
+    };
+    if !writable(proc_sys) && writable(host_proc_sys) {
+        host_proc_sys.to_path_buf()
+    } else {
+        proc_sys.to_path_buf()
+    }
 }
 
 /// Reads a sysctl value (trimmed). `key` is dotted, e.g. `net.ipv4.ip_forward`;
@@ -44,40 +94,18 @@ pub fn exists(key: &str) -> bool {
 /// Writes `value` unless the sysctl already holds it. Returns whether it
 /// changed anything.
 pub fn ensure(key: &str, value: &str) -> Result<bool, SysctlError> {
+    ensure_through(write_root(), key, value)
+}
+
+/// [`ensure`], writing below `root`.
+fn ensure_through(root: &Path, key: &str, value: &str) -> Result<bool, SysctlError> {
     if read(key)? == value {
         return Ok(false);
     }
-    let path = path_of(key);
+    let path = path_in(root, key);
     fs::write(&path, value).map_err(|source| SysctlError { path, source })?;
     Ok(true)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dotted_keys_map_to_proc_paths() {
-        assert_eq!(
-            path_of("net.ipv4.conf.tnt0123456789.rp_filter"),
-            PathBuf::from("/proc/sys/net/ipv4/conf/tnt0123456789/rp_filter")
-        );
-    }
-
-    #[test]
-    fn a_missing_key_is_absent_not_an_error_when_optional() {
-        assert_eq!(
-            read_optional("net.ipv4.conf.does-not-exist-xyz.rp_filter").unwrap(),
-            None
-        );
-        assert!(!exists("net.ipv4.conf.does-not-exist-xyz"));
-    }
-
-    #[test]
-    fn reading_a_missing_key_reports_the_path() {
-        let err = read("net.ipv4.conf.does-not-exist-xyz.rp_filter").unwrap_err();
-        assert!(err
-            .to_string()
-            .contains("/proc/sys/net/ipv4/conf/does-not-exist-xyz/rp_filter"));
-    }
-}
+mod tests;
