@@ -17,4 +17,4 @@ pub use lock::NodeLock;
 pub use signature::{NodeKeySignature, SigKind, SignatureError, VerifyError};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -140,13 +140,13 @@ fn contract_decoding_skips_unknown_fields_and_refuses_bad_kinds() {
 }
 
 /// A tailnet-lock authority key, as `tailscale lock init` makes one.
-fn authority() -> SigningKey {
+pub(crate) fn authority() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
 }
 
 /// What `tailscale lock sign <auth key>` appends: a credential signed by
 /// the authority and the wrapping private key it delegates to.
-fn wrap(auth_key: &str, authority: &SigningKey, wrapping: &SigningKey) -> String {
+pub(crate) fn wrap(auth_key: &str, authority: &SigningKey, wrapping: &SigningKey) -> String {
     let mut credential = NodeKeySignature::new(SigKind::Credential);
     credential.key_id = authority.verifying_key().to_bytes().to_vec();
     credential.wrapping_pubkey = wrapping.verifying_key().to_bytes().to_vec();
