@@ -384,3 +384,32 @@ fn pre_signed_keys_never_print_their_secrets() {
         "{error}"
     );
 }
+
+#[test]
+fn truncated_and_random_input_is_refused_without_panicking() {
+    use rand::{Rng, SeedableRng};
+
+    let key = parse(&wrap("k", &authority(), &SigningKey::from_bytes(&[9; 32]))).unwrap();
+    let lock = NodeLock::sign_by_credential(&key.credential.unwrap(), &node());
+    let encoded = lock.resigned(&node()).signature().to_cbor();
+    for len in 0..encoded.len() {
+        assert!(
+            NodeKeySignature::from_cbor(&encoded[..len]).is_err(),
+            "{len} of {} bytes decoded",
+            encoded.len()
+        );
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    for _ in 0..20_000 {
+        let len = rng.gen_range(0..64);
+        let mut input: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        // Half start like a signature map, to get past the first byte.
+        if rng.gen_bool(0.5) && !input.is_empty() {
+            input[0] = 0xa0 | (input[0] & 0x07);
+        }
+        // Whatever decodes has a canonical form that decodes the same.
+        if let Ok(sig) = NodeKeySignature::from_cbor(&input) {
+            assert_eq!(NodeKeySignature::from_cbor(&sig.to_cbor()), Ok(sig));
+        }
+    }
+}
