@@ -13,6 +13,7 @@ use std::error::Error;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{NodePublic, PrivateKey};
+use super::tka::NodeLock;
 
 /// Saves an identity's keys durably (the daemon: an atomic 0600 file).
 pub trait KeyStore: Send + Sync + 'static {
@@ -48,6 +49,10 @@ pub struct IdentityKeys {
     /// `node` (sent as `OldNodeKey`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_node: Option<PrivateKey>,
+    /// On a tailnet with tailnet lock: the node key's signature and the
+    /// key that re-signs it on rotation (from a pre-signed auth key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<NodeLock>,
 }
 
 impl std::fmt::Debug for IdentityKeys {
@@ -55,6 +60,7 @@ impl std::fmt::Debug for IdentityKeys {
         f.debug_struct("IdentityKeys")
             .field("node", &self.node_public())
             .field("rotating", &self.old_node.is_some())
+            .field("signed", &self.lock.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +73,7 @@ impl IdentityKeys {
             node: PrivateKey::generate(),
             disco: PrivateKey::generate(),
             old_node: None,
+            lock: None,
         }
     }
 
@@ -89,19 +96,34 @@ impl IdentityKeys {
     }
 
     /// Phase one: a new node key replaces the current one, which is kept as
-    /// `old_node`. Only valid once the server confirmed the current key
-    /// (no rotation pending): otherwise which key the server knows is
-    /// unclear, and `None` is returned.
+    /// `old_node`; a signed key's successor is signed by a rotation
+    /// signature nesting the current signature. Only valid once the server
+    /// confirmed the current key (no rotation pending): otherwise which key
+    /// the server knows is unclear, and `None` is returned.
     pub fn begin_rotation(&self) -> Option<Self> {
         if self.old_node.is_some() {
             return None;
         }
+        let node = PrivateKey::generate();
+        let lock = self
+            .lock
+            .as_ref()
+            .map(|lock| lock.resigned(&NodePublic(node.public())));
         Some(Self {
             machine: self.machine.clone(),
-            node: PrivateKey::generate(),
+            node,
             disco: self.disco.clone(),
             old_node: Some(self.node.clone()),
+            lock,
         })
+    }
+
+    /// What `RegisterRequest.NodeKeySignature` carries: the current node
+    /// key's signature, when the identity has one.
+    pub fn node_key_signature(&self) -> Option<&NodeLock> {
+        self.lock
+            .as_ref()
+            .filter(|lock| lock.signs(&self.node_public()))
     }
 
     /// Phase two: the server accepted `node`; the old key is forgotten.

@@ -16,6 +16,7 @@
 //! - [`session`]: the per-identity supervisor the pod manager drives.
 //! - [`server_text`]: a control server's error text, bounded and redacted.
 //! - [`tls`]: trusted roots and certificate errors in plain words.
+//! - [`tka`]: tailnet lock: signing node keys with pre-signed auth keys.
 
 pub mod capver;
 pub mod client;
@@ -30,6 +31,7 @@ pub mod rotation;
 pub mod server_text;
 pub mod session;
 pub mod tailcfg;
+pub mod tka;
 pub mod tls;
 
 pub use identity::{IdentityKeys, KeyStore, KeyStoreError};

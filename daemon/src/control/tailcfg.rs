@@ -77,8 +77,13 @@ pub struct RegisterRequest {
     pub hostinfo: Hostinfo,
     #[serde(rename = "Ephemeral", skip_serializing_if = "std::ops::Not::not")]
     pub ephemeral: bool,
+    /// The node key's tailnet-lock signature, CBOR in standard base64;
+    /// only on a tailnet with tailnet lock.
     #[serde(rename = "NodeKeySignature")]
     pub node_key_signature: Option<String>,
+    /// The public key that signs this node's key rotations (`nlpub:` hex).
+    #[serde(rename = "NLKey", skip_serializing_if = "Option::is_none")]
+    pub nl_key: Option<String>,
 }
 
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -155,6 +160,32 @@ pub struct Node {
     #[serde(deserialize_with = "null_as_default")]
     pub tags: Vec<String>,
     pub expired: bool,
+    /// Whether the node key carries a tailnet-lock signature
+    /// (`KeySignature`); the signature itself is not kept.
+    #[serde(rename = "keysignature", deserialize_with = "non_empty")]
+    pub key_signed: bool,
+}
+
+/// A string field only tested for presence: null, absent and "" are false.
+fn non_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.is_some_and(|text| !text.is_empty()))
+}
+
+/// The tailnet's lock state (`MapResponse.TKAInfo`); absent: unchanged.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TkaInfo {
+    /// Hash of the newest authority update; empty without tailnet lock.
+    pub head: String,
+    pub disabled: bool,
+}
+
+impl TkaInfo {
+    /// Whether the tailnet has tailnet lock on: unsigned node keys are
+    /// locked out.
+    pub fn enabled(&self) -> bool {
+        !self.disabled && !self.head.is_empty()
+    }
 }
 
 /// Tailscale's "magic" DERP address; its port is the region id.
@@ -345,6 +376,8 @@ pub struct MapResponse {
     pub domain: Option<String>,
     /// Absent or null: unchanged (capability 15).
     pub dnsconfig: Option<DnsConfig>,
+    /// Absent or null: unchanged.
+    pub tkainfo: Option<TkaInfo>,
 }
 
 impl MapResponse {
@@ -360,6 +393,7 @@ impl MapResponse {
             && self.packetfilter.is_none()
             && self.packetfilters.is_none()
             && self.dnsconfig.is_none()
+            && self.tkainfo.is_none()
     }
 }
 
@@ -428,6 +462,7 @@ mod tests {
             },
             ephemeral: false,
             node_key_signature: None,
+            nl_key: None,
         };
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(json["Auth"]["AuthKey"], "k");
@@ -438,6 +473,7 @@ mod tests {
         );
         assert_eq!(json["Hostinfo"]["OS"], "linux");
         assert!(json["NodeKeySignature"].is_null());
+        assert!(json.get("NLKey").is_none());
         assert!(json.get("Ephemeral").is_none());
     }
 
@@ -468,6 +504,28 @@ mod tests {
         // A null DNSConfig is "unchanged", like an absent one.
         let null: MapResponse = from_slice(br#"{"DNSConfig": null}"#).unwrap();
         assert!(null.dnsconfig.is_none());
+    }
+
+    #[test]
+    fn decodes_tailnet_lock_state_and_self_signatures() {
+        let map: MapResponse = from_slice(
+            br#"{"TKAInfo": {"Head": "AUMHASH"},
+                 "Node": {"ID": 1, "KeySignature": "pAEC"}, "Peers": [{"ID": 2, "KeySignature": null}]}"#,
+        )
+        .unwrap();
+        assert!(map.tkainfo.unwrap().enabled());
+        assert!(map.node.unwrap().key_signed);
+        assert!(!map.peers.unwrap()[0].key_signed);
+        let disabled: MapResponse =
+            from_slice(br#"{"TKAInfo": {"Head": "AUMHASH", "Disabled": true}, "Node": {"ID": 1}}"#)
+                .unwrap();
+        assert!(!disabled.tkainfo.unwrap().enabled());
+        assert!(!disabled.node.unwrap().key_signed);
+        let unchanged: MapResponse = from_slice(br#"{"KeepAlive": true}"#).unwrap();
+        assert!(unchanged.tkainfo.is_none());
+        let lock_only: MapResponse =
+            from_slice(br#"{"KeepAlive": true, "TKAInfo": {"Head": "X"}}"#).unwrap();
+        assert!(!lock_only.is_keep_alive_only());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use super::super::client::ClientError;
 use super::super::identity::KeyStoreError;
 use super::super::registration::Refusal;
 use super::super::rotation::Reason;
+use super::super::tka::AuthKeyError;
 use super::super::tls::TlsSetupError;
 use super::mint::MintError;
 
@@ -48,6 +49,13 @@ impl ControlError {
     pub fn is_temporary(&self) -> bool {
         matches!(self, Self::Timeout(_, Stall::Reconnecting(_)))
     }
+
+    /// Whether tailnet lock keeps the identity out: a pre-signed auth key
+    /// that cannot be used, or a locked tailnet and an unsigned node key.
+    /// Configuration to fix, never a reason to try again.
+    pub fn is_tailnet_lock(&self) -> bool {
+        matches!(self, Self::Refused(error) if error.is_tailnet_lock())
+    }
 }
 
 /// Where a session stood when a wait for it ran out.
@@ -73,6 +81,8 @@ pub enum SessionError {
     EndpointUpdate(#[source] ClientError),
     #[error("saving the rotated node key: {0}")]
     SaveRotatedKey(#[source] KeyStoreError),
+    #[error("saving the node key's tailnet-lock signature: {0}")]
+    SaveSignature(#[source] KeyStoreError),
     #[error("the session's handle was dropped")]
     HandleDropped,
 
@@ -87,6 +97,13 @@ pub enum SessionError {
         "the control server still reports the node key expired (expiry {key_expiry:?}) right after it was replaced"
     )]
     KeyStillExpired { key_expiry: String },
+    #[error("the pre-signed auth key cannot be used: {0}")]
+    AuthKey(#[source] AuthKeyError),
+    #[error(
+        "the tailnet has tailnet lock enabled and this node key is not signed: \
+         use a pre-signed auth key (`tailscale lock sign <auth key>`)"
+    )]
+    LockedOut,
 }
 
 impl SessionError {
@@ -98,12 +115,20 @@ impl SessionError {
             | Self::Silent(_)
             | Self::EndpointUpdate(_)
             | Self::SaveRotatedKey(_)
+            | Self::SaveSignature(_)
             | Self::HandleDropped => true,
             Self::Refused(_)
             | Self::Mint(_)
             | Self::RotationUnconfirmed { .. }
-            | Self::KeyStillExpired { .. } => false,
+            | Self::KeyStillExpired { .. }
+            | Self::AuthKey(_)
+            | Self::LockedOut => false,
         }
+    }
+
+    /// Whether tailnet lock is what stops the identity.
+    pub fn is_tailnet_lock(&self) -> bool {
+        matches!(self, Self::AuthKey(_) | Self::LockedOut)
     }
 }
 
@@ -129,6 +154,29 @@ mod tests {
         );
         assert!(!ControlError::Stopped.is_temporary());
         assert!(!ControlError::LogoutTimeout(waited).is_temporary());
+    }
+
+    #[test]
+    fn tailnet_lock_refusals_are_permanent_and_told_apart_by_variant() {
+        for error in [
+            SessionError::LockedOut,
+            SessionError::AuthKey(AuthKeyError::MissingSeparator),
+        ] {
+            assert!(!error.is_transient(), "{error}");
+            let refused = ControlError::Refused(Arc::new(error));
+            assert!(refused.is_tailnet_lock() && !refused.is_temporary());
+        }
+        let other = ControlError::Refused(Arc::new(SessionError::Refused(Refusal::NotAuthorized)));
+        assert!(!other.is_tailnet_lock());
+        let waited = Duration::from_secs(45);
+        let stalled = ControlError::Timeout(
+            waited,
+            Stall::Reconnecting(Arc::new(SessionError::LockedOut)),
+        );
+        assert!(!stalled.is_tailnet_lock());
+        assert!(SessionError::LockedOut
+            .to_string()
+            .contains("tailscale lock sign"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::super::client::ControlConn;
 use super::super::netmap::NetMap;
@@ -37,6 +37,8 @@ impl Session {
     ) -> Result<Polled, SessionError> {
         let mut stream = conn.map_stream(&self.map_request(true)).await?;
         let mut netmap = NetMap::default();
+        // Whether the tailnet has tailnet lock on, as last told.
+        let mut locked = false;
         // When the key enters its renewal window, if it has an expiry.
         let mut renew_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
@@ -53,7 +55,14 @@ impl Session {
                     if message.is_keep_alive_only() {
                         continue;
                     }
+                    let lock_news = message.tkainfo.is_some();
+                    if let Some(info) = &message.tkainfo {
+                        locked = info.enabled();
+                    }
                     let change = netmap.apply(message, &self.client.inner.interner);
+                    if lock_news || change.self_node {
+                        self.check_signed(&netmap, locked)?;
+                    }
                     self.publish(&netmap, change.any(), backoff);
                     check_key = change.self_node;
                 }
@@ -98,6 +107,24 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// On a `locked` tailnet, a self node without a signature is locked out:
+    /// peers drop its traffic. Before the first netmap that fails the
+    /// registration for good; later (a signature revoked) it is reported.
+    pub(super) fn check_signed(&self, netmap: &NetMap, locked: bool) -> Result<(), SessionError> {
+        let unsigned = netmap
+            .self_node
+            .as_ref()
+            .is_some_and(|node| !node.key_signed);
+        if !(locked && unsigned) {
+            return Ok(());
+        }
+        if self.published.netmap.borrow().is_none() {
+            return Err(SessionError::LockedOut);
+        }
+        warn!(hostname = %self.options.hostname, "{}", SessionError::LockedOut);
+        Ok(())
     }
 
     /// Hands `netmap` to the data plane when it `changed` (or is the first)

@@ -23,6 +23,8 @@ mod rekey;
 mod requests;
 mod state;
 mod supervisor;
+#[cfg(test)]
+mod tailnet_lock_tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

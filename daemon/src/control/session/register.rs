@@ -8,6 +8,7 @@ use tracing::debug;
 use super::super::client::{ClientError, ControlConn};
 use super::super::registration::{next_step, Answer, Step};
 use super::super::rotation::Reason;
+use super::super::tka::{AuthKey, NodeLock};
 use super::errors::SessionError;
 use super::supervisor::Session;
 
@@ -57,7 +58,31 @@ impl Session {
         }
     }
 
-    async fn mint(&self) -> Result<Secret, SessionError> {
-        self.auth.auth_key().await.map_err(SessionError::Mint)
+    /// A fresh auth key, ready to send: a pre-signed one has signed the
+    /// current node key first.
+    async fn mint(&mut self) -> Result<Secret, SessionError> {
+        let minted = self.auth.auth_key().await.map_err(SessionError::Mint)?;
+        self.attach(&minted)
+    }
+
+    /// Splits `minted` at its tailnet-lock suffix. With one, the current
+    /// node key is signed by the key's credential and the signature saved
+    /// before any server sees it, so rotations can re-sign after a
+    /// restart. Returns what goes in `Auth.AuthKey`.
+    pub(super) fn attach(&mut self, minted: &Secret) -> Result<Secret, SessionError> {
+        let AuthKey { key, credential } = AuthKey::parse(minted).map_err(SessionError::AuthKey)?;
+        if let Some(credential) = credential {
+            let mut signed = self.keys.clone();
+            signed.lock = Some(NodeLock::sign_by_credential(
+                &credential,
+                &signed.node_public(),
+            ));
+            if let Some(store) = &self.options.key_store {
+                store.save(&signed).map_err(SessionError::SaveSignature)?;
+            }
+            debug!(hostname = %self.options.hostname, "node key signed for tailnet lock");
+            self.keys = signed;
+        }
+        Ok(key)
     }
 }

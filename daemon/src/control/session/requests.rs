@@ -1,6 +1,8 @@
 //! The requests a session sends, built from its keys, options and the
 //! endpoints last reported.
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use tailnet_auth::Secret;
 
 use super::super::capver::CAPABILITY_VERSION;
@@ -8,6 +10,7 @@ use super::super::keys::DiscoPublic;
 use super::super::tailcfg::{
     AuthInfo, Hostinfo, MapRequest, NetInfo, RegisterRequest, ENDPOINT_LOCAL,
 };
+use super::super::tka::lock::PUBLIC_PREFIX;
 use super::handle::Reported;
 use super::supervisor::Session;
 
@@ -44,12 +47,13 @@ impl Session {
     }
 
     /// A registration of the current node key; `expiry` in the past logs
-    /// out.
+    /// out. A node key signed for tailnet lock carries its signature.
     pub(super) fn register_request(
         &self,
         auth_key: Option<Secret>,
         expiry: &str,
     ) -> RegisterRequest {
+        let lock = self.keys.node_key_signature();
         RegisterRequest {
             version: CAPABILITY_VERSION,
             node_key: self.keys.node_public().to_string(),
@@ -59,7 +63,9 @@ impl Session {
             followup: String::new(),
             hostinfo: self.hostinfo(&self.published.endpoints()),
             ephemeral: false,
-            node_key_signature: None,
+            node_key_signature: lock.map(|lock| STANDARD.encode(lock.signature().to_cbor())),
+            nl_key: lock
+                .map(|lock| format!("{PUBLIC_PREFIX}{}", hex::encode(lock.rotation_public()))),
         }
     }
 }

@@ -58,6 +58,12 @@ pub(super) async fn wait_registered(
             Err(e) => {
                 if e.is_temporary() {
                     Err(unreachable(&e))
+                } else if e.is_tailnet_lock() {
+                    // The auth key configured does not fit the tailnet.
+                    Err(CniError::new(
+                        cni_code::INVALID_CONFIG,
+                        format!("registering {hostname} with the control server: {e}"),
+                    ))
                 } else {
                     Err(CniError::new(
                         cni_code::CONTROL_FAILURE,

@@ -107,6 +107,14 @@ async fn add_undoes_everything_when_control_refuses_the_node() {
 }
 
 #[tokio::test]
+async fn an_unsigned_node_on_a_locked_tailnet_is_a_configuration_error() {
+    let bed = Bed::start().await;
+    *bed.control.registration.lock().expect("mode") = Registration::LockedOut;
+    // Permanent, and the auth key to fix: not "try again later".
+    assert_add_undone(&bed, cni_code::INVALID_CONFIG).await;
+}
+
+#[tokio::test]
 async fn add_undoes_everything_when_control_assigns_no_address() {
     let bed = Bed::start().await;
     *bed.control.registration.lock().expect("mode") = Registration::AcceptWithoutAddress;

@@ -150,6 +150,8 @@ pub enum Registration {
     AcceptWithoutAddress,
     /// Registers the node, then refuses the session (an expired key).
     RegisterThenRefuse,
+    /// Registers the node on a tailnet with tailnet lock, unsigned.
+    LockedOut,
 }
 
 /// A control server that registers nodes in memory.
@@ -231,6 +233,9 @@ impl ControlPlane for Arc<FakeControl> {
                 error: std::sync::Arc::new(SessionError::KeyStillExpired {
                     key_expiry: "fake".into(),
                 }),
+            },
+            Registration::LockedOut => SessionState::NeedsAuth {
+                error: std::sync::Arc::new(SessionError::LockedOut),
             },
             _ => SessionState::Connected,
         };
