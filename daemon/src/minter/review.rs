@@ -2,6 +2,8 @@
 //! (`POST /apis/authentication.k8s.io/v1/tokenreviews`), bound to the
 //! minter's audience.
 
+use std::time::Duration;
+
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use kube::api::PostParams;
 use kube::Api;
@@ -9,6 +11,11 @@ use tailnet_auth::Secret;
 
 /// The extra field a pod-bound token's review carries: the node the pod runs on.
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// How long one review may take, the client's own retries included: an
+/// overloaded API server answers 429/503, which the Kubernetes client
+/// retries for many minutes, while the node waits for its key.
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A caller as the API server vouches for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +36,9 @@ pub enum ReviewError {
     /// The review could not be had: the API server is unreachable or failed.
     #[error("the token could not be reviewed: {0}")]
     Unavailable(#[source] Box<kube::Error>),
+    /// The API server did not answer within [`REVIEW_TIMEOUT`].
+    #[error("the token could not be reviewed within {0:?}")]
+    TimedOut(Duration),
 }
 
 /// Reviews tokens with the minter's own service account.
@@ -57,10 +67,13 @@ impl TokenReviewer {
             },
             ..TokenReview::default()
         };
-        let reviewed = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|error| ReviewError::Unavailable(Box::new(error)))?;
+        let reviewed = tokio::time::timeout(
+            REVIEW_TIMEOUT,
+            reviews.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|_| ReviewError::TimedOut(REVIEW_TIMEOUT))?
+        .map_err(|error| ReviewError::Unavailable(Box::new(error)))?;
         judge(reviewed.status.unwrap_or_default(), &self.audience)
     }
 }
@@ -97,7 +110,9 @@ fn judge(status: TokenReviewStatus, audience: &str) -> Result<Reviewed, ReviewEr
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::api::authentication::v1::UserInfo;
+    use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::UserInfo;
 
     use super::*;
 

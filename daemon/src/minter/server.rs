@@ -70,7 +70,7 @@ async fn mint(
             warn!(%error, "refused a caller");
             return refuse(StatusCode::UNAUTHORIZED, error);
         }
-        Err(error @ ReviewError::Unavailable(_)) => {
+        Err(error @ (ReviewError::Unavailable(_) | ReviewError::TimedOut(_))) => {
             warn!(%error, "cannot review a caller's token");
             return refuse(StatusCode::SERVICE_UNAVAILABLE, error);
         }

@@ -58,11 +58,10 @@ impl MinterBackend {
     /// daemon sends before it calls this) is the removal; what a failed logout leaves is
     /// left to the key's ephemerality or the tailnet's admin.
     pub(crate) fn remove_node(&self, node: &NodeRef) -> Result<(), AuthError> {
-        tracing::info!(
+        tracing::debug!(
             backend = self.api.backend(),
             node_id = node.node_id,
-            node_key = %node.node_key,
-            "a node removes itself by logging out; nothing to call"
+            "no device removal from a node: its logout was the removal, an ephemeral key the fallback"
         );
         Ok(())
     }
