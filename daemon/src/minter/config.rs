@@ -132,7 +132,11 @@ impl MinterConfig {
             }
             _ => {}
         }
-        match (&self.tls_cert_file, &self.tls_key_file, self.allow_insecure_http) {
+        match (
+            &self.tls_cert_file,
+            &self.tls_key_file,
+            self.allow_insecure_http,
+        ) {
             (Some(_), Some(_), false) => {}
             (None, None, true) => {}
             (None, None, false) => {
@@ -155,7 +159,9 @@ impl MinterConfig {
             let valid = caller
                 .service_account
                 .split_once('/')
-                .is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'));
+                .is_some_and(|(ns, name)| {
+                    !ns.is_empty() && !name.is_empty() && !name.contains('/')
+                });
             if !valid {
                 return Err(format!(
                     "service_account {:?} must be \"namespace/name\"",
@@ -184,7 +190,8 @@ enum ParseError {
 mod tests {
     use super::*;
 
-    const AUTH: &str = "[auth]\nkind = \"rscale\"\napi_url = \"http://127.0.0.1:1\"\ntoken_file = \"/t\"\n";
+    const AUTH: &str =
+        "[auth]\nkind = \"rscale\"\napi_url = \"http://127.0.0.1:1\"\ntoken_file = \"/t\"\n";
 
     fn parse(head: &str) -> Result<MinterConfig, String> {
         MinterConfig::parse(&format!("{head}\n{AUTH}")).map_err(|e| match e {
@@ -230,7 +237,8 @@ mod tests {
 
     #[test]
     fn a_minter_cannot_mint_through_another_minter_or_a_static_key() {
-        let head = format!("listen_addr = \"127.0.0.1:8080\"\nallow_insecure_http = true\n{CALLER}");
+        let head =
+            format!("listen_addr = \"127.0.0.1:8080\"\nallow_insecure_http = true\n{CALLER}");
         for auth in [
             "[auth]\nkind = \"minter\"\napi_url = \"http://127.0.0.1:1\"\ntoken_file = \"/t\"\n",
             "[auth]\nkind = \"static\"\nkey_file = \"/k\"\n",

@@ -43,11 +43,15 @@ pub async fn run(config: MinterConfig) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => {
             let listener = TlsListener::new(tcp, acceptor(cert, key)?)?;
             tracing::info!(addr = %config.listen_addr, backend = config.auth.backend.kind(), "minter serving HTTPS");
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
         }
         _ => {
             tracing::warn!(addr = %config.listen_addr, backend = config.auth.backend.kind(), "minter serving plain HTTP (allow_insecure_http)");
-            axum::serve(tcp, app).with_graceful_shutdown(shutdown).await?;
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
         }
     }
     Ok(())
@@ -55,7 +59,10 @@ pub async fn run(config: MinterConfig) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

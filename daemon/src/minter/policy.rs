@@ -73,7 +73,10 @@ impl Policy {
 
 /// The username Kubernetes gives a service account's tokens.
 fn username_of(service_account: &str) -> String {
-    format!("system:serviceaccount:{}", service_account.replacen('/', ":", 1))
+    format!(
+        "system:serviceaccount:{}",
+        service_account.replacen('/', ":", 1)
+    )
 }
 
 fn is_dns_name(name: &str) -> bool {
@@ -151,7 +154,15 @@ mod tests {
 
     #[test]
     fn hostnames_must_be_dns_names() {
-        for bad in ["", "-web", "web-", "a..b", "web_1", "web 1", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "a..b",
+            "web_1",
+            "web 1",
+            &"a".repeat(64),
+        ] {
             assert_eq!(
                 policy().authorize(DAEMON, &request(bad, &[])),
                 Err(Refusal::BadHostname(bad.to_owned())),

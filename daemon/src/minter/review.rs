@@ -96,9 +96,10 @@ fn judge(status: TokenReviewStatus, audience: &str) -> Result<Reviewed, ReviewEr
         )));
     }
     let user = status.user.unwrap_or_default();
-    let username = user.username.filter(|name| !name.is_empty()).ok_or_else(|| {
-        ReviewError::Rejected("the review names no user".to_owned())
-    })?;
+    let username = user
+        .username
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| ReviewError::Rejected("the review names no user".to_owned()))?;
     let node = user
         .extra
         .and_then(|mut extra| extra.remove(NODE_NAME_EXTRA))
@@ -112,7 +113,7 @@ mod tests {
 
     use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::UserInfo;
+    use k8s_openapi::api::authentication::v1::UserInfo;
 
     use super::*;
 
@@ -148,7 +149,10 @@ use k8s_openapi::api::authentication::v1::UserInfo;
     fn a_token_for_the_api_servers_audience_is_rejected() {
         for audiences in [&[][..], &["https://kubernetes.default.svc"][..]] {
             let result = judge(authenticated(audiences), AUDIENCE);
-            assert!(matches!(result, Err(ReviewError::Rejected(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(ReviewError::Rejected(_))),
+                "{result:?}"
+            );
         }
     }
 

@@ -56,11 +56,7 @@ fn bearer(headers: &HeaderMap) -> Option<Secret> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| Secret::new(token))
 }
 
-async fn mint(
-    State(minter): State<Arc<Minter>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn mint(State(minter): State<Arc<Minter>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(token) = bearer(&headers) else {
         return refuse(StatusCode::UNAUTHORIZED, "a bearer token is required");
     };

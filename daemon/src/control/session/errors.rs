@@ -102,9 +102,9 @@ impl SessionError {
             // An auth API (or the cluster's minter) that cannot be reached is
             // retried like control; one that refused waits for someone to act.
             Self::Mint(error) => error.is_temporary(),
-            Self::Refused(_)
-            | Self::RotationUnconfirmed { .. }
-            | Self::KeyStillExpired { .. } => false,
+            Self::Refused(_) | Self::RotationUnconfirmed { .. } | Self::KeyStillExpired { .. } => {
+                false
+            }
         }
     }
 }
@@ -144,11 +144,12 @@ mod tests {
 
     #[test]
     fn an_unreachable_auth_api_is_transient_a_refusing_one_is_not() {
-        let unreachable = SessionError::Mint(MintError::new(tailnet_auth::AuthError::Unreachable {
-            backend: "minter",
-            url: "http://127.0.0.1:1/v1/keys".to_owned(),
-            reason: "connect failed".to_owned(),
-        }));
+        let unreachable =
+            SessionError::Mint(MintError::new(tailnet_auth::AuthError::Unreachable {
+                backend: "minter",
+                url: "http://127.0.0.1:1/v1/keys".to_owned(),
+                reason: "connect failed".to_owned(),
+            }));
         assert!(unreachable.is_transient());
         let refused = SessionError::Mint(MintError::new(tailnet_auth::AuthError::Unauthorized {
             backend: "minter",

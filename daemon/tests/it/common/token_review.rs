@@ -80,7 +80,9 @@ impl TokenReviewApi {
             },
         );
         let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("serving the TokenReview double");
+            axum::serve(listener, app)
+                .await
+                .expect("serving the TokenReview double");
         });
         Self {
             url,
@@ -105,13 +107,15 @@ impl TokenReviewApi {
                 inner
                     .seen
                     .iter()
-                    .map(|(method, path, content_type, authorization, body)| SeenReview {
-                        method: method.clone(),
-                        path: path.clone(),
-                        content_type: content_type.clone(),
-                        authorization: authorization.clone(),
-                        body: body.clone(),
-                    })
+                    .map(
+                        |(method, path, content_type, authorization, body)| SeenReview {
+                            method: method.clone(),
+                            path: path.clone(),
+                            content_type: content_type.clone(),
+                            authorization: authorization.clone(),
+                            body: body.clone(),
+                        },
+                    )
                     .collect()
             })
             .unwrap_or_default()
@@ -166,7 +170,11 @@ fn answer(
     let authorization = text(header::AUTHORIZATION);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let Ok(mut inner) = inner.lock() else {
-        return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "poisoned");
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "poisoned",
+        );
     };
     inner.seen.push((
         method.clone(),
@@ -176,20 +184,34 @@ fn answer(
         parsed.clone(),
     ));
     if inner.failing {
-        return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the server is currently unable to handle the request");
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        );
     }
     if authorization.as_deref() != Some(&format!("Bearer {reviewer}")) {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
     if method != Method::POST || uri.path() != REVIEW_PATH {
-        return status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
     }
     let well_formed = content_type.as_deref() == Some("application/json")
         && parsed["apiVersion"] == "authentication.k8s.io/v1"
         && parsed["kind"] == "TokenReview"
-        && parsed["spec"]["token"].as_str().is_some_and(|t| !t.is_empty());
+        && parsed["spec"]["token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty());
     if !well_formed {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "the body is not a TokenReview");
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the body is not a TokenReview",
+        );
     }
     let token = parsed["spec"]["token"].as_str().unwrap_or_default();
     let wanted: Vec<String> = match parsed["spec"]["audiences"].as_array() {
@@ -200,7 +222,9 @@ fn answer(
         _ => vec![API_SERVER_AUDIENCE.to_owned()],
     };
     let review_status = match inner.tokens.iter().find(|issued| issued.token == token) {
-        None => json!({"user": {}, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"}),
+        None => {
+            json!({"user": {}, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"})
+        }
         Some(issued) => {
             let granted: Vec<&String> = wanted
                 .iter()
