@@ -111,8 +111,6 @@ fn judge(status: TokenReviewStatus, audience: &str) -> Result<Reviewed, ReviewEr
 mod tests {
     use std::collections::BTreeMap;
 
-    use std::time::Duration;
-
     use k8s_openapi::api::authentication::v1::UserInfo;
 
     use super::*;

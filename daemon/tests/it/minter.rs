@@ -250,6 +250,16 @@ async fn refusals_are_permanent_and_mint_nothing() {
     assert!(cluster.tailscale.requests_to(KEYS_PATH).is_empty());
 }
 
+/// A mint by `node` that fails with an error worth trying again.
+async fn temporary_failure(node: &AuthBackend) -> AuthError {
+    let error = node
+        .mint_key(&request(&[]))
+        .await
+        .expect_err("minting must fail");
+    assert!(error.is_temporary(), "{error:?}");
+    error
+}
+
 #[tokio::test]
 async fn an_unreachable_minter_api_server_or_control_api_is_temporary() {
     // The control server's API failing through every retry.
@@ -261,16 +271,11 @@ async fn an_unreachable_minter_api_server_or_control_api_is_temporary() {
         }
     })
     .await;
-    let error = cluster
-        .node(DAEMON_TOKEN)
-        .mint_key(&request(&[]))
-        .await
-        .expect_err("500");
+    let error = temporary_failure(&cluster.node(DAEMON_TOKEN)).await;
     assert!(
         matches!(error, AuthError::Api { status: 503, .. }),
         "{error:?}"
     );
-    assert!(error.is_temporary());
 
     // The API server failing: the minter cannot review tokens.
     let Cluster {
@@ -281,26 +286,18 @@ async fn an_unreachable_minter_api_server_or_control_api_is_temporary() {
     } = &cluster;
     let node = node_backend(secrets, minter_url, DAEMON_TOKEN);
     review.fail_from_now();
-    let error = node
-        .mint_key(&request(&[]))
-        .await
-        .expect_err("no API server");
+    let error = temporary_failure(&node).await;
     assert!(
         matches!(error, AuthError::Api { status: 503, .. }),
         "{error:?}"
     );
-    assert!(error.is_temporary());
 
     // The minter itself gone.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
     let dead_url = format!("http://{}", closed.local_addr().expect("bound"));
     drop(closed);
-    let error = node_backend(secrets, &dead_url, DAEMON_TOKEN)
-        .mint_key(&request(&[]))
-        .await
-        .expect_err("no minter");
+    let error = temporary_failure(&node_backend(secrets, &dead_url, DAEMON_TOKEN)).await;
     assert!(matches!(error, AuthError::Unreachable { .. }), "{error:?}");
-    assert!(error.is_temporary());
 }
 
 /// A CA and a server certificate for 127.0.0.1 it signed, by the `openssl`

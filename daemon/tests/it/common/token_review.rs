@@ -33,7 +33,7 @@ pub struct IssuedToken {
 struct Inner {
     tokens: Vec<IssuedToken>,
     failing: bool,
-    seen: Vec<(Method, String, Option<String>, Option<String>, Value)>,
+    seen: Vec<SeenReview>,
 }
 
 /// The double; serves until dropped.
@@ -103,21 +103,7 @@ impl TokenReviewApi {
     pub fn seen(&self) -> Vec<SeenReview> {
         self.inner
             .lock()
-            .map(|inner| {
-                inner
-                    .seen
-                    .iter()
-                    .map(
-                        |(method, path, content_type, authorization, body)| SeenReview {
-                            method: method.clone(),
-                            path: path.clone(),
-                            content_type: content_type.clone(),
-                            authorization: authorization.clone(),
-                            body: body.clone(),
-                        },
-                    )
-                    .collect()
-            })
+            .map(|inner| inner.seen.clone())
             .unwrap_or_default()
     }
 
@@ -176,13 +162,13 @@ fn answer(
             "poisoned",
         );
     };
-    inner.seen.push((
-        method.clone(),
-        uri.path().to_owned(),
-        content_type.clone(),
-        authorization.clone(),
-        parsed.clone(),
-    ));
+    inner.seen.push(SeenReview {
+        method: method.clone(),
+        path: uri.path().to_owned(),
+        content_type: content_type.clone(),
+        authorization: authorization.clone(),
+        body: parsed.clone(),
+    });
     if inner.failing {
         return status(
             StatusCode::SERVICE_UNAVAILABLE,
