@@ -14,7 +14,7 @@ use tailnet_auth::minter_api::{MintRefusal, MintRequest, MintResponse, MINT_PATH
 use tailnet_auth::{AuthBackend, KeyRequest, Secret};
 use tracing::{info, warn};
 
-use super::policy::Policy;
+use super::policy::{Policy, Refusal};
 use super::review::{ReviewError, TokenReviewer};
 
 /// What a request needs: who vouches for tokens, who may mint what, and
@@ -81,8 +81,8 @@ async fn mint(State(minter): State<Arc<Minter>>, headers: HeaderMap, body: Bytes
         Err(refusal) => {
             warn!(caller = %caller.username, node = ?caller.node, %refusal, "refused a key");
             let status = match refusal {
-                super::policy::Refusal::NotACaller { .. } => StatusCode::FORBIDDEN,
-                _ => StatusCode::BAD_REQUEST,
+                Refusal::NotACaller { .. } => StatusCode::FORBIDDEN,
+                Refusal::TagNotAllowed { .. } | Refusal::BadHostname(_) => StatusCode::BAD_REQUEST,
             };
             return refuse(status, refusal);
         }
