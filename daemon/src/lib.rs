@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod install;
 pub mod k8s;
 pub mod metrics;
+pub mod minter;
 pub mod podmgr;
 pub mod privileges;
 pub mod rpc;

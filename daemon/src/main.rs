@@ -17,7 +17,7 @@ use tailnet_cnid::status::StatusReport;
 struct Cli {
     /// Daemon configuration (TOML): `run` (the default) runs with it,
     /// `install` writes its selection mode into the plugin entry, `status`
-    /// finds the socket in it.
+    /// finds the socket in it; `minter` reads its own configuration here.
     #[arg(long, global = true, env = "TAILNET_CNID_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -43,6 +43,10 @@ enum Command {
     /// Remove the shim from the primary conflist and the bin dir(s); with
     /// --watch keep them removed until stopped.
     Uninstall(tailnet_cnid::install::InstallArgs),
+    /// Run the cluster's key minter (its own config): it holds the control
+    /// server's credentials and mints one key per pod for node daemons that
+    /// authenticate with their service account token.
+    Minter,
 }
 
 fn main() -> ExitCode {
@@ -78,7 +82,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             Ok(runtime()?.block_on(tailnet_cnid::install::uninstall(&args))?)
         }
+        Command::Minter => run_minter(cli.config.as_deref()),
     }
+}
+
+fn run_minter(config: Option<&Path>) -> anyhow::Result<()> {
+    let path =
+        config.context("--config FILE (or TAILNET_CNID_CONFIG) is required to run the minter")?;
+    let config = tailnet_cnid::minter::MinterConfig::load(path)?;
+    init_logging(config.log_format);
+    runtime()?.block_on(tailnet_cnid::minter::run(config))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

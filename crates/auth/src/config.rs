@@ -64,6 +64,15 @@ pub enum BackendConfig {
         /// The tailnet keys are minted in; [`DEFAULT_TAILNET`] is the OAuth client's own.
         tailnet: String,
     },
+    /// The cluster's minter, which holds the control server's credentials; the node holds
+    /// only its projected service account token.
+    Minter {
+        /// Base URL of the minter.
+        api_url: Url,
+        /// The projected service account token (audience-bound to the minter), re-read
+        /// for every key.
+        token_file: PathBuf,
+    },
 }
 
 impl BackendConfig {
@@ -74,6 +83,7 @@ impl BackendConfig {
             Self::Rscale { .. } => "rscale",
             Self::Headscale { .. } => "headscale",
             Self::Tailscale { .. } => "tailscale",
+            Self::Minter { .. } => "minter",
         }
     }
 }
@@ -103,6 +113,7 @@ enum BackendKind {
     Rscale,
     Headscale,
     Tailscale,
+    Minter,
 }
 
 /// The `[auth]` table as written, before per-kind validation.
@@ -203,6 +214,7 @@ impl TryFrom<RawAuthConfig> for AuthConfig {
             BackendKind::Rscale => "rscale",
             BackendKind::Headscale => "headscale",
             BackendKind::Tailscale => "tailscale",
+            BackendKind::Minter => "minter",
         };
         let unused = |present: bool, field: &str| -> Result<(), AuthError> {
             if present {
@@ -266,6 +278,17 @@ impl TryFrom<RawAuthConfig> for AuthConfig {
                         kind_name,
                     )?,
                     tailnet,
+                }
+            }
+            BackendKind::Minter => {
+                unused(key_file.is_some(), "key_file")?;
+                unused(user.is_some(), "user")?;
+                unused(client_id_file.is_some(), "client_id_file")?;
+                unused(client_secret_file.is_some(), "client_secret_file")?;
+                unused(tailnet.is_some(), "tailnet")?;
+                BackendConfig::Minter {
+                    api_url: parse_api_url(&required(api_url, "api_url", kind_name)?)?,
+                    token_file: required(token_file, "token_file", kind_name)?,
                 }
             }
         };
@@ -332,6 +355,14 @@ impl From<AuthConfig> for RawAuthConfig {
                 raw.client_id_file = Some(client_id_file);
                 raw.client_secret_file = Some(client_secret_file);
                 raw.tailnet = Some(tailnet);
+            }
+            BackendConfig::Minter {
+                api_url,
+                token_file,
+            } => {
+                raw.kind = BackendKind::Minter;
+                raw.api_url = Some(api_url.to_string());
+                raw.token_file = Some(token_file);
             }
         }
         raw
@@ -406,6 +437,34 @@ mod tests {
             BackendConfig::Headscale { user: Some(u), .. } if u == "7"
         ));
         assert_eq!(config.ca_file, Some(PathBuf::from("/s/ca.pem")));
+    }
+
+    #[test]
+    fn minter_takes_a_url_and_the_projected_token_file() {
+        let config = parse(
+            r#"
+            kind = "minter"
+            api_url = "https://tailnet-cni-minter.tailnet-cni.svc:8443"
+            token_file = "/var/run/secrets/tailnet-cni/minter/token"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.backend,
+            BackendConfig::Minter {
+                api_url: Url::parse("https://tailnet-cni-minter.tailnet-cni.svc:8443").unwrap(),
+                token_file: PathBuf::from("/var/run/secrets/tailnet-cni/minter/token"),
+            }
+        );
+        let round_trip = toml::to_string(&config).unwrap();
+        assert_eq!(parse(&round_trip).unwrap(), config);
+        let err = parse("kind = \"minter\"\napi_url = \"http://127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.contains("token_file"), "{err}");
+        let err = parse(
+            "kind = \"minter\"\napi_url = \"http://127.0.0.1:1\"\ntoken_file = \"/t\"\nuser = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("user"), "{err}");
     }
 
     #[test]

@@ -74,6 +74,23 @@ pub enum AuthError {
     },
 }
 
+impl AuthError {
+    /// Whether trying again later can help: the API could not be reached, or it answered
+    /// "too many requests" or a server error through every retry. Refused credentials,
+    /// refused requests and configuration errors need someone to act.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::Api { status, .. } => *status == 429 || (500..600).contains(status),
+            Self::Unauthorized { .. }
+            | Self::Response { .. }
+            | Self::Request { .. }
+            | Self::Config(_)
+            | Self::Io { .. } => false,
+        }
+    }
+}
+
 /// A URL as it may appear in logs and errors: scheme, host, port and path only.
 pub(crate) fn display_url(url: &Url) -> String {
     let mut shown = url.clone();
@@ -183,6 +200,32 @@ fn redact_words(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unreachable_and_server_side_failures_are_temporary() {
+        let api = |status| AuthError::Api {
+            backend: "minter",
+            url: "http://127.0.0.1:1/v1/keys".to_owned(),
+            status,
+            body: String::new(),
+        };
+        assert!(AuthError::Unreachable {
+            backend: "minter",
+            url: "http://127.0.0.1:1/v1/keys".to_owned(),
+            reason: "connect failed".to_owned(),
+        }
+        .is_temporary());
+        assert!(api(503).is_temporary());
+        assert!(api(429).is_temporary());
+        assert!(!api(400).is_temporary());
+        assert!(!AuthError::Unauthorized {
+            backend: "minter",
+            url: "http://127.0.0.1:1/v1/keys".to_owned(),
+            status: 403,
+        }
+        .is_temporary());
+        assert!(!AuthError::Config("bad".to_owned()).is_temporary());
+    }
 
     #[test]
     fn display_url_drops_credentials_and_query() {

@@ -10,6 +10,7 @@
 //! | `rscale` | `POST /api/v1/admin/auth-keys` | `POST /api/v1/admin/nodes/{id}/disable` |
 //! | `headscale` | `POST /api/v1/preauthkey` | `DELETE /api/v1/node/{id}` |
 //! | `tailscale` | OAuth token, then `POST /api/v2/tailnet/{tailnet}/keys` | `DELETE /api/v2/device/{id}` |
+//! | `minter` | `POST /v1/keys` to the cluster's minter with the node's service account token | the node's own logout |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@ mod backend;
 mod config;
 mod error;
 mod http;
+pub mod minter_api;
 mod oauth;
 mod retry;
 mod secret;

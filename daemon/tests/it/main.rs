@@ -20,6 +20,7 @@ mod e2e_podman;
 mod host_bypass;
 mod installed_entry;
 mod magicdns;
+mod minter;
 mod peer_routes;
 mod plumbing;
 mod privileges;

@@ -1,6 +1,7 @@
 //! The auth backends and the types callers exchange with them.
 
 mod headscale;
+mod minter;
 mod rscale;
 mod static_key;
 mod tailscale;
@@ -15,6 +16,7 @@ use crate::http::{build_http_client, ApiClient, BackendOptions};
 use crate::secret::Secret;
 
 use headscale::HeadscaleBackend;
+use minter::MinterBackend;
 use rscale::RscaleBackend;
 use static_key::StaticBackend;
 use tailscale::TailscaleBackend;
@@ -119,6 +121,7 @@ enum Backend {
     Rscale(RscaleBackend),
     Headscale(HeadscaleBackend),
     Tailscale(Box<TailscaleBackend>),
+    Minter(MinterBackend),
 }
 
 /// Mints auth keys for new pod identities and removes nodes of deleted pods.
@@ -184,6 +187,18 @@ impl AuthBackend {
                 Secret::from_file(client_secret_file)?,
                 tailnet.clone(),
             ))),
+            BackendConfig::Minter {
+                api_url,
+                token_file,
+            } => {
+                // Fail at startup when the projected token is not mounted.
+                Secret::from_file(token_file)?;
+                Backend::Minter(MinterBackend::new(
+                    api(kind)?,
+                    api_url.clone(),
+                    token_file.clone(),
+                ))
+            }
         };
         Ok(Self { backend, defaults })
     }
@@ -195,6 +210,7 @@ impl AuthBackend {
             Backend::Rscale(_) => "rscale",
             Backend::Headscale(_) => "headscale",
             Backend::Tailscale(_) => "tailscale",
+            Backend::Minter(_) => "minter",
         }
     }
 
@@ -212,6 +228,7 @@ impl AuthBackend {
             Backend::Rscale(backend) => backend.mint_key(&params).await,
             Backend::Headscale(backend) => backend.mint_key(&params).await,
             Backend::Tailscale(backend) => backend.mint_key(&params).await,
+            Backend::Minter(backend) => backend.mint_key(&params).await,
         }?;
         tracing::info!(
             backend = self.kind(),
@@ -225,13 +242,14 @@ impl AuthBackend {
     }
 
     /// Removes (or, for rscale, disables) a node. A node the server no longer knows counts
-    /// as removed.
+    /// as removed. With `minter` this does nothing: the node's own logout removed it.
     pub async fn remove_node(&self, node: &NodeRef) -> Result<(), AuthError> {
         match &self.backend {
             Backend::Static(backend) => backend.remove_node(node),
             Backend::Rscale(backend) => backend.remove_node(node).await,
             Backend::Headscale(backend) => backend.remove_node(node).await,
             Backend::Tailscale(backend) => backend.remove_node(node).await,
+            Backend::Minter(backend) => backend.remove_node(node),
         }
     }
 }

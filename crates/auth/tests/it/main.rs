@@ -4,6 +4,7 @@
 mod common;
 
 mod contract_headscale;
+mod contract_minter;
 mod contract_rscale;
 mod contract_tailscale;
 mod no_secret_leaks;

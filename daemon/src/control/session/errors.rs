@@ -117,8 +117,10 @@ impl SessionError {
             | Self::SaveRotatedKey(_)
             | Self::SaveSignature(_)
             | Self::HandleDropped => true,
+            // An auth API (or the cluster's minter) that cannot be reached is
+            // retried like control; one that refused waits for someone to act.
+            Self::Mint(error) => error.is_temporary(),
             Self::Refused(_)
-            | Self::Mint(_)
             | Self::RotationUnconfirmed { .. }
             | Self::KeyStillExpired { .. }
             | Self::AuthKey(_)
@@ -186,5 +188,22 @@ mod tests {
         let text = error.to_string();
         assert!(text.starts_with("minting an auth key: "), "{text}");
         assert!(!text.contains("refused"), "{text}");
+    }
+
+    #[test]
+    fn an_unreachable_auth_api_is_transient_a_refusing_one_is_not() {
+        let unreachable =
+            SessionError::Mint(MintError::new(tailnet_auth::AuthError::Unreachable {
+                backend: "minter",
+                url: "http://127.0.0.1:1/v1/keys".to_owned(),
+                reason: "connect failed".to_owned(),
+            }));
+        assert!(unreachable.is_transient());
+        let refused = SessionError::Mint(MintError::new(tailnet_auth::AuthError::Unauthorized {
+            backend: "minter",
+            url: "http://127.0.0.1:1/v1/keys".to_owned(),
+            status: 401,
+        }));
+        assert!(!refused.is_transient());
     }
 }

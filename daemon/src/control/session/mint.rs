@@ -2,7 +2,7 @@
 
 use std::error::Error;
 
-use tailnet_auth::Secret;
+use tailnet_auth::{AuthError, Secret};
 
 /// Mints an auth key when the control server wants one.
 #[tonic::async_trait]
@@ -26,5 +26,13 @@ impl MintError {
         Self {
             source: source.into(),
         }
+    }
+
+    /// Whether minting again soon can help: the key source is an auth backend that could
+    /// not reach its API (or the cluster's minter), not one that refused.
+    pub fn is_temporary(&self) -> bool {
+        self.source
+            .downcast_ref::<AuthError>()
+            .is_some_and(AuthError::is_temporary)
     }
 }

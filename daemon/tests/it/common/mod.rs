@@ -23,6 +23,7 @@ pub mod pod;
 pub mod podman;
 pub mod private_bed;
 pub mod process;
+pub mod token_review;
 pub mod turn;
 
 pub use daemon::{Daemon, DaemonOptions};
