@@ -190,7 +190,7 @@ impl CookieBudget {
     fn available(&mut self, from: IpAddr, now: Instant) -> Option<usize> {
         let expired = self
             .window_start
-            .map_or(true, |start| now.saturating_duration_since(start) >= WINDOW);
+            .is_none_or(|start| now.saturating_duration_since(start) >= WINDOW);
         if expired {
             self.window_start = Some(now);
             self.sent = [0; COOKIE_BUCKETS];
