@@ -23,9 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bed as b  # noqa: E402  (the bench helpers live next to this file)
 
-# Sends `count` distinct forged initiations round-robin at `rate` per second
-# for `seconds`, to `host:port`; prints how many went out. Runs in the
-# peer's namespace, as its own process, so its CPU is not the daemon's.
+# Sends 4096 distinct forged initiations round-robin at `rate` per second
+# for `seconds`, to `host:port`, and counts the cookie replies that come
+# back; prints how many went out, how many replies came, and its own CPU
+# time. Runs in the peer's namespace, as its own process, so its CPU is
+# not the daemon's.
 SENDER = r"""
 import hashlib, os, socket, struct, sys, time
 host, port, key_hex, rate, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
@@ -38,12 +40,21 @@ for _ in range(4096):
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setblocking(False)
 batch = max(1, rate // 200)
-sent = dropped = 0
+sent = dropped = replies = 0
+def drain():
+    global replies
+    while True:
+        try:
+            if s.recv(128)[:1] == b"\x03":
+                replies += 1
+        except BlockingIOError:
+            return
 start = time.monotonic()
 while True:
     now = time.monotonic()
     if now - start >= seconds:
         break
+    drain()
     due = int((now - start) * rate)
     while sent + dropped < due:
         for _ in range(min(batch, due - sent - dropped)):
@@ -53,8 +64,19 @@ while True:
             except BlockingIOError:
                 dropped += 1
     time.sleep(0.002)
-print(f'{{"sent": {sent}, "not_sent": {dropped}, "seconds": {time.monotonic() - start:.3f}}}')
+elapsed = time.monotonic() - start
+time.sleep(0.2)
+drain()
+print(f'{{"sent": {sent}, "not_sent": {dropped}, "cookie_replies": {replies}, "seconds": {elapsed:.3f}, "cpu_s": {time.process_time():.3f}}}')
 """
+
+
+def udp_receive_errors():
+    """Datagrams this namespace's UDP sockets (the daemon's) lost because
+    the socket's buffer was full: what arrived faster than it was read."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(dict(zip(rows[0][1:], rows[1][1:]))["RcvbufErrors"])
 
 
 def node_key_hex(peer, ip):
@@ -123,9 +145,10 @@ def part_flood(args, bed, work):
                         text=True,
                     )
                     time.sleep(2)  # the pod is under load before iperf3 starts
-                cpu0 = b.cpu_seconds(daemon.pid)
+                cpu0, lost0 = b.cpu_seconds(daemon.pid), udp_receive_errors()
                 res = b.iperf(target["ipv4"], 5201, args.seconds, 1, False, netns="bpeer")
                 res["daemon_cpu_s"] = b.cpu_seconds(daemon.pid) - cpu0
+                res["udp_rcvbuf_errors"] = udp_receive_errors() - lost0
                 if sender is not None:
                     stdout, stderr = sender.communicate(timeout=args.seconds + 30)
                     try:
@@ -159,7 +182,8 @@ def summarize(samples):
         return [s["bits_per_second"] / 1e6 for s in samples if s["flooded"] == flooded and "bits_per_second" in s]
 
     quiet, flood = mbit(False), mbit(True)
-    sent = [s["flood"].get("sent", 0) / s["flood"].get("seconds", 1) for s in samples if "flood" in s]
+    floods = [s["flood"] for s in samples if "sent" in s.get("flood", {})]
+    sent = [f["sent"] / f["seconds"] for f in floods]
     ratios = [
         f["bits_per_second"] / q["bits_per_second"]
         for q, f in zip(
@@ -173,6 +197,9 @@ def summarize(samples):
         "ratio": b.spread(ratios),
         "ratio_of_medians": (b.spread(flood)["median"] / b.spread(quiet)["median"]) if quiet and flood else None,
         "forged_per_s": b.spread(sent),
+        "cookie_replies_per_s": b.spread([f.get("cookie_replies", 0) / f["seconds"] for f in floods]),
+        "sender_cpu_share": b.spread([f.get("cpu_s", 0) / f["seconds"] for f in floods]),
+        "udp_rcvbuf_errors_flood": b.spread([s["udp_rcvbuf_errors"] for s in samples if s["flooded"]]),
         "daemon_cpu_s_quiet": b.spread([s["daemon_cpu_s"] for s in samples if not s["flooded"]]),
         "daemon_cpu_s_flood": b.spread([s["daemon_cpu_s"] for s in samples if s["flooded"]]),
     }

@@ -285,12 +285,14 @@ def render_shim(data, meta):
 def render_flood(data, meta):
     s = data["summary"]
     rows = [
-        ["quiet (no flood)", spread(s["quiet_mbit_s"], 1, 0, " Mbit/s"), spread(s["daemon_cpu_s_quiet"], 1, 1, " s"), "-"],
+        ["quiet (no flood)", spread(s["quiet_mbit_s"], 1, 0, " Mbit/s"), spread(s["daemon_cpu_s_quiet"], 1, 1, " s"), "-", "-", "-"],
         [
             "during the flood",
             spread(s["flood_mbit_s"], 1, 0, " Mbit/s"),
             spread(s["daemon_cpu_s_flood"], 1, 1, " s"),
             spread(s["forged_per_s"], 1, 0, "/s"),
+            spread(s.get("cookie_replies_per_s"), 1, 0, "/s"),
+            spread(s.get("udp_rcvbuf_errors_flood"), 1, 0),
         ],
     ]
     out = provenance(meta, data)
@@ -301,7 +303,19 @@ def render_flood(data, meta):
         f"({data.get('victim_endpoint', '?')}). Both pods are on the same daemon. Ratio per round "
         f"(flood / the quiet run before it): {spread(s['ratio'], 1, 2, 'x')}.\n\n"
     )
-    out += table(["run", "throughput of the other pod", "daemon CPU during iperf3", "forged initiations sent"], rows)
+    out += table(
+        [
+            "run",
+            "throughput of the other pod",
+            "daemon CPU during iperf3",
+            "forged initiations sent",
+            "cookie replies received",
+            "datagrams lost at full socket buffers",
+        ],
+        rows,
+    )
+    if s.get("sender_cpu_share"):
+        out += f"\nThe sender (one Python process) used {spread(s['sender_cpu_share'], 100, 0, ' %')} of a core.\n"
     if s.get("ratio"):
         r = s["ratio"]["median"]
         out += f"\nGoal: the other pod keeps >= 0.8x of its throughput. Median ratio {fmt_ratio(r)}: {met(r >= 0.8)}.\n"

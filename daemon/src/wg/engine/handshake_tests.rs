@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -5,7 +6,10 @@ use std::time::{Duration, Instant};
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 
-use super::{HandshakeGate, NodeBudget, Refusal, Verdict, COOKIE_REPLY_LEN};
+use super::{
+    HandshakeGate, NodeBudget, Refusal, Verdict, COOKIE_BUCKETS, COOKIE_REPLIES_PER_SOURCE_PER_SEC,
+    COOKIE_REPLY_LEN,
+};
 
 const FROM: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
 
@@ -49,7 +53,7 @@ fn gate(bed: &Bed, per_sec: u64, node_per_sec: u64) -> HandshakeGate {
 #[test]
 fn a_valid_initiation_passes_and_a_wrong_mac1_is_dropped_uncounted() {
     let mut bed = bed();
-    let gate = gate(&bed, 1, 100);
+    let mut gate = gate(&bed, 1, 100);
     let now = Instant::now();
     let mut forged = initiation(&mut bed.peer);
     // mac1 sits 32 bytes from the end.
@@ -74,7 +78,7 @@ fn a_valid_initiation_passes_and_a_wrong_mac1_is_dropped_uncounted() {
 fn an_initiation_for_another_key_fails_mac1() {
     let mut bed = bed();
     let other = x25519::PublicKey::from(&x25519::StaticSecret::from([0x33; 32]));
-    let gate = HandshakeGate::with_limit(&other, 10, Arc::new(NodeBudget::new(10)));
+    let mut gate = HandshakeGate::with_limit(&other, 10, Arc::new(NodeBudget::new(10)));
     let init = initiation(&mut bed.peer);
     assert_eq!(
         gate.check(Some(FROM), &init, Instant::now()),
@@ -85,7 +89,7 @@ fn an_initiation_for_another_key_fails_mac1() {
 #[test]
 fn under_load_direct_senders_get_cookies_and_relayed_ones_are_dropped() {
     let mut bed = bed();
-    let gate = gate(&bed, 3, 1000);
+    let mut gate = gate(&bed, 3, 1000);
     let now = Instant::now();
     for _ in 0..3 {
         let init = initiation(&mut bed.peer);
@@ -120,20 +124,121 @@ fn under_load_direct_senders_get_cookies_and_relayed_ones_are_dropped() {
     ));
 }
 
-#[test]
-fn a_flood_under_load_reaches_no_session() {
-    let mut bed = bed();
-    let gate = gate(&bed, 10, 1000);
-    let now = Instant::now();
-    let (mut passed, mut cookies) = (0, 0);
-    for _ in 0..1000 {
-        match gate.check(Some(FROM), &initiation(&mut bed.peer), now) {
+/// Sends one initiation of `peer` `count` times from `from` at `now` (the
+/// gate judges macs and load, not freshness): how many passed, were
+/// answered with a cookie, and were dropped for the cookie budget.
+fn flood(
+    gate: &mut HandshakeGate,
+    peer: &mut Tunn,
+    from: IpAddr,
+    count: usize,
+    now: Instant,
+) -> (usize, usize, usize) {
+    let init = initiation(peer);
+    let (mut passed, mut cookies, mut silent) = (0, 0, 0);
+    for _ in 0..count {
+        match gate.check(Some(from), &init, now) {
             Verdict::Pass => passed += 1,
             Verdict::Cookie(_) => cookies += 1,
+            Verdict::Drop(Refusal::CookieBudget) => silent += 1,
             Verdict::Drop(why) => panic!("{why}"),
         }
     }
-    assert_eq!((passed, cookies), (10, 990));
+    (passed, cookies, silent)
+}
+
+#[test]
+fn a_flood_under_load_reaches_no_session_and_gets_only_its_cookie_budget() {
+    let mut bed = bed();
+    let mut gate = gate(&bed, 10, 1000);
+    let now = Instant::now();
+    let budget = usize::from(COOKIE_REPLIES_PER_SOURCE_PER_SEC);
+    assert_eq!(
+        flood(&mut gate, &mut bed.peer, FROM, 1000, now),
+        (10, budget, 990 - budget)
+    );
+    // Past the second, the source's budget is whole again.
+    let later = now + Duration::from_secs(1);
+    assert_eq!(
+        flood(&mut gate, &mut bed.peer, FROM, 100, later),
+        (0, budget, 100 - budget)
+    );
+}
+
+/// An address whose cookie budget is not `of`'s.
+fn another_bucket(gate: &HandshakeGate, of: IpAddr) -> IpAddr {
+    (10..=u8::MAX)
+        .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        .find(|addr| gate.cookies.bucket_of(*addr) != gate.cookies.bucket_of(of))
+        .expect("32 buckets: some address falls in another")
+}
+
+#[test]
+fn a_flooding_source_does_not_spend_another_sources_cookies() {
+    let mut bed = bed();
+    let mut gate = gate(&bed, 1, 1000);
+    let now = Instant::now();
+    flood(&mut gate, &mut bed.peer, FROM, 100, now);
+    let elsewhere = another_bucket(&gate, FROM);
+    assert!(matches!(
+        gate.check(Some(elsewhere), &initiation(&mut bed.peer), now),
+        Verdict::Cookie(_)
+    ));
+}
+
+#[test]
+fn every_source_together_gets_at_most_the_pods_cookie_budget() {
+    let mut bed = bed();
+    let mut gate = gate(&bed, 1, 1000);
+    let now = Instant::now();
+    let sources: Vec<IpAddr> = (0..=u8::MAX)
+        .map(|last| IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)))
+        .collect();
+    let cookies: usize = sources
+        .iter()
+        .map(|from| flood(&mut gate, &mut bed.peer, *from, 20, now).1)
+        .sum();
+    // Sources sharing a bucket share its budget.
+    let buckets: HashSet<usize> = sources.iter().map(|a| gate.cookies.bucket_of(*a)).collect();
+    assert!(buckets.len() <= COOKIE_BUCKETS);
+    assert_eq!(
+        cookies,
+        buckets.len() * usize::from(COOKIE_REPLIES_PER_SOURCE_PER_SEC)
+    );
+}
+
+#[test]
+fn a_peer_with_a_cookie_passes_while_its_sources_budget_is_spent() {
+    let mut bed = bed();
+    let mut gate = gate(&bed, 1, 1000);
+    let now = Instant::now();
+    assert_eq!(
+        gate.check(Some(FROM), &initiation(&mut bed.peer), now),
+        Verdict::Pass
+    );
+    let Verdict::Cookie(reply) = gate.check(Some(FROM), &initiation(&mut bed.peer), now) else {
+        panic!("no cookie under load");
+    };
+    let mut out = [0u8; 256];
+    assert!(matches!(
+        bed.peer.decapsulate(Some(FROM), &reply, &mut out),
+        TunnResult::Done
+    ));
+    // Forgeries from the same address (with no cookie) spend its budget.
+    let mut forger = Tunn::new(
+        x25519::StaticSecret::from([0x66; 32]),
+        bed.pod_public,
+        None,
+        None,
+        9,
+        None,
+    );
+    let (_, _, silent) = flood(&mut gate, &mut forger, FROM, 100, now);
+    assert!(silent > 0, "the source's budget was not spent");
+    assert_eq!(
+        gate.check(Some(FROM), &initiation(&mut bed.peer), now),
+        Verdict::Pass
+    );
 }
 
 #[test]
@@ -150,8 +255,8 @@ fn the_node_budget_caps_handshakes_over_every_pod() {
         8,
         None,
     );
-    let first = HandshakeGate::with_limit(&bed.pod_public, 100, budget.clone());
-    let second = HandshakeGate::with_limit(&other, 100, budget.clone());
+    let mut first = HandshakeGate::with_limit(&bed.pod_public, 100, budget.clone());
+    let mut second = HandshakeGate::with_limit(&other, 100, budget.clone());
     let now = Instant::now();
     assert_eq!(
         first.check(Some(FROM), &initiation(&mut peer), now),

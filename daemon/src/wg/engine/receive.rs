@@ -123,7 +123,9 @@ impl PodState {
     }
 
     /// The handshake gate: whether a WireGuard datagram may go on to the
-    /// sessions. Under load a direct sender is answered with a cookie.
+    /// sessions. Under load a direct sender is answered with a cookie, within
+    /// its budget. Refusals are counted, never logged one by one: a flood
+    /// would turn each into a log line.
     fn admit_wireguard(&mut self, from: Option<SocketAddr>, datagram: &[u8]) -> bool {
         let now = std::time::Instant::now();
         match self.handshakes.check(from.map(|a| a.ip()), datagram, now) {
@@ -135,9 +137,7 @@ impl PodState {
                     }
                 }
             }
-            Verdict::Drop(reason) => {
-                trace!(pod = %self.identity.pod_id, ?from, %reason, "WireGuard datagram refused");
-            }
+            Verdict::Drop(_) => {}
         }
         self.counters.drop_packets(1);
         false
