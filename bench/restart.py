@@ -35,8 +35,9 @@ import bed as tb
 # The daemon compares live sessions with the remembered ones every 5 s.
 REMEMBERED_WITHIN = 30.0
 
-# The daemon's log: warnings, and the recovery milestones of every pod.
-DAEMON_LOG = "warn,tailnet_cnid::recovery=debug"
+# The daemon's log: warnings, pod events (their spans name the pod) and
+# every pod's recovery milestones.
+DAEMON_LOG = "warn,tailnet_cnid::podmgr=info,tailnet_cnid::recovery=debug"
 # A milestone line of the text log: time, then the pod, then the message.
 MILESTONE = re.compile(
     r"^(?P<time>\S+Z)\s.*?container_id=(?P<pod>[^\s}:]+).*tailnet_cnid::recovery: (?P<what>[a-z ]+?)(?:\s+\w+=|\s*$)"

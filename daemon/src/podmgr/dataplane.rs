@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug_span, info, warn, Instrument};
 
 use super::session_memory;
 use super::state::{RememberedSessions, SessionPeersFile, StateError};
@@ -254,7 +254,11 @@ async fn follow(
         let handle = slot.borrow().handle.clone();
         // Only the first attachment: a rotated key's peers have no session.
         if let Some(remembered) = remembered.take() {
-            if let Err(error) = session_memory::resume_before_netmap(&handle, &remembered).await {
+            let span = debug_span!(target: session_memory::RECOVERY_TIMELINE, "resume", container_id = %target.pod_id);
+            let resumed = session_memory::resume_before_netmap(&handle, &remembered)
+                .instrument(span)
+                .await;
+            if let Err(error) = resumed {
                 warn!(%error, "cannot resume sessions before the netmap");
             }
         }

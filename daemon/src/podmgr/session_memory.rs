@@ -109,7 +109,7 @@ pub async fn carry_over(
     prefs: RoutePrefs,
 ) {
     if !remembered.peers.is_empty() {
-        let span = debug_span!("resume", container_id = %file.container_id());
+        let span = debug_span!(target: RECOVERY_TIMELINE, "resume", container_id = %file.container_id());
         let started = Instant::now();
         let first_netmap = first_netmap(netmap.clone());
         let late = resume_without_records(current(), &remembered);
