@@ -205,7 +205,15 @@ pub fn supervise(
         current,
         keys: keys.clone(),
     };
-    let follow = follow(slot, attached_key, target, keys, netmap, reporter, remembered);
+    let follow = follow(
+        slot,
+        attached_key,
+        target,
+        keys,
+        netmap,
+        reporter,
+        remembered,
+    );
     let task = async move {
         match memory {
             Some(memory) => tokio::select! {

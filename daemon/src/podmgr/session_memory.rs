@@ -72,15 +72,15 @@ pub async fn resume_before_netmap(
         return Ok(());
     }
     // The engine filters nothing until told to: close it before any peer.
-    handle.set_filter(FilterCache::global().compile(&[])).await?;
+    handle
+        .set_filter(FilterCache::global().compile(&[]))
+        .await?;
     if !remembered.derp_map.is_empty() {
         handle
             .set_derp_map(Arc::new(remembered.derp_map.clone()))
             .await?;
     }
-    handle
-        .set_peers(remembered.peer_configs.clone())
-        .await?;
+    handle.set_peers(remembered.peer_configs.clone()).await?;
     let peers: Vec<ResumePeer> = remembered
         .peers
         .iter()
@@ -109,7 +109,8 @@ pub async fn carry_over(
     prefs: RoutePrefs,
 ) {
     if !remembered.peers.is_empty() {
-        let span = debug_span!(target: RECOVERY_TIMELINE, "resume", container_id = %file.container_id());
+        let span =
+            debug_span!(target: RECOVERY_TIMELINE, "resume", container_id = %file.container_id());
         let started = Instant::now();
         let first_netmap = first_netmap(netmap.clone());
         let late = resume_without_records(current(), &remembered);
@@ -171,10 +172,7 @@ async fn resume_without_records(handle: PodHandle, remembered: &RememberedSessio
 /// Logs when every peer of `peers` has completed a handshake since
 /// `started` (a recovery milestone), if that happens soon.
 async fn log_sessions_back(handle: PodHandle, peers: &[ResumePeer], started: Instant) {
-    let back = tokio::time::timeout(
-        SESSIONS_BACK_WITHIN,
-        sessions_back(&handle, peers, started),
-    );
+    let back = tokio::time::timeout(SESSIONS_BACK_WITHIN, sessions_back(&handle, peers, started));
     if matches!(back.await, Ok(true)) {
         debug!(target: RECOVERY_TIMELINE, "sessions back");
     }

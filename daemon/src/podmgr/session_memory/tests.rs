@@ -133,7 +133,10 @@ fn record(key: u8) -> PeerConfig {
     PeerConfig {
         node_key: [key; 32],
         disco_key: Some([key ^ 0xff; 32]),
-        allowed_ips: vec![("100.64.0.9".parse().unwrap(), 32), ("10.9.0.0".parse().unwrap(), 24)],
+        allowed_ips: vec![
+            ("100.64.0.9".parse().unwrap(), 32),
+            ("10.9.0.0".parse().unwrap(), 24),
+        ],
         endpoints: vec!["192.0.2.9:41641".parse().unwrap()],
         home_derp: Some(900),
     }
