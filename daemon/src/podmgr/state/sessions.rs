@@ -76,8 +76,13 @@ struct RegionOnDisk {
     nodes: Vec<RelayOnDisk>,
 }
 
+/// One relay server, field for field as the engine has it.
 #[derive(Serialize, Deserialize)]
-struct RelayOnDisk {
+struct RelayOnDisk(#[serde(with = "RelayFields")] DerpNodeConfig);
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "DerpNodeConfig")]
+struct RelayFields {
     name: String,
     host_name: String,
     ipv4: Option<Ipv4Addr>,
@@ -126,21 +131,7 @@ impl From<&DerpRegionConfig> for RegionOnDisk {
     fn from(region: &DerpRegionConfig) -> Self {
         Self {
             region_id: region.region_id,
-            nodes: region
-                .nodes
-                .iter()
-                .map(|node| RelayOnDisk {
-                    name: node.name.clone(),
-                    host_name: node.host_name.clone(),
-                    ipv4: node.ipv4,
-                    ipv6: node.ipv6,
-                    derp_port: node.derp_port,
-                    stun_port: node.stun_port,
-                    insecure_for_tests: node.insecure_for_tests,
-                    stun_only: node.stun_only,
-                    plain_http: node.plain_http,
-                })
-                .collect(),
+            nodes: region.nodes.iter().cloned().map(RelayOnDisk).collect(),
         }
     }
 }
@@ -152,17 +143,7 @@ impl From<RegionOnDisk> for DerpRegionConfig {
             nodes: region
                 .nodes
                 .into_iter()
-                .map(|node| DerpNodeConfig {
-                    name: node.name,
-                    host_name: node.host_name,
-                    ipv4: node.ipv4,
-                    ipv6: node.ipv6,
-                    derp_port: node.derp_port,
-                    stun_port: node.stun_port,
-                    insecure_for_tests: node.insecure_for_tests,
-                    stun_only: node.stun_only,
-                    plain_http: node.plain_http,
-                })
+                .map(|RelayOnDisk(node)| node)
                 .collect(),
         }
     }
