@@ -43,6 +43,7 @@ run_part() { # part
       local extra=(${BENCH_ARGS_RESTART:-})
       python3 bench/restart.py --bin "$BIN" --shim "$SHIM" --out "$OUT" \
         --command "${BENCH_COMMAND:-bench/run.sh restart}" "${extra[@]}"
+      ;;
     flood)
       # shellcheck disable=SC2206 # word splitting of the extra arguments is wanted
       local extra=(${BENCH_ARGS_FLOOD:-})
