@@ -47,6 +47,12 @@ def spread(s, scale=1.0, digits=0, unit=""):
     return f"{f(s['median'])}{unit} ({f(s['min'])}-{f(s['max'])})"
 
 
+def spread_of(values):
+    """The {median,min,max} record of a non-empty list."""
+    s = sorted(values)
+    return {"median": s[round(0.5 * (len(s) - 1))], "min": s[0], "max": s[-1], "n": len(s)}
+
+
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -216,7 +222,44 @@ def render_restart(data, meta):
         f"Goal: p99 < 1 s with sessions resumed: {met(bool(resumed) and resumed['median'] < 1.0)}.\n\n"
     )
     out += table(["restart", "p50", "p99", "max", "pods never back"], rows)
+    out += restart_milestones((data.get("resumed") or {}).get("rounds", []))
     return out
+
+
+# Recovery milestones in the order a pod passes them.
+RESTART_MILESTONES = (
+    "record loaded",
+    "plumbing checked",
+    "control session started",
+    "engine attached",
+    "resume handshakes sent before the netmap",
+    "sessions back",
+    "first netmap",
+)
+
+
+def restart_milestones(rounds):
+    """Where a resumed restart's time goes, from the daemon's log."""
+    rows = []
+    for what in RESTART_MILESTONES:
+        got = [rd["milestones"][what] for rd in rounds if what in rd.get("milestones", {})]
+        if not got:
+            continue
+        rows.append(
+            [
+                what,
+                spread(spread_of([g["p50_s"] for g in got]), digits=2, unit=" s"),
+                spread(spread_of([g["p99_s"] for g in got]), digits=2, unit=" s"),
+                min(g["pods"] for g in got),
+            ]
+        )
+    if not rows:
+        return ""
+    return (
+        "\nWhere the time goes with sessions resumed: each pod's recovery milestones "
+        "in the daemon's log (`tailnet_cnid::recovery`), time from the restart.\n\n"
+        + table(["milestone", "p50", "p99", "pods"], rows)
+    )
 
 
 def render_footprint(data, meta):
@@ -352,6 +395,11 @@ def render_summary(parts):
             v = b["reach_ms_p99"]["median"]
             ok = v < 1000 and not b.get("unreachable")
             rows.append([f"ADD-to-reachable p99, {b['pods']} at once", "< 1 s", f"{v / 1000:.2f} s", met(ok)])
+    restart = parts.get("restart")
+    if restart and (restart[0].get("resumed") or {}).get("p99_s"):
+        v = restart[0]["resumed"]["p99_s"]["median"]
+        ok = v < 1.0 and not restart[0]["resumed"].get("unreachable")
+        rows.append([f"reachable again after SIGKILL + restart, p99, {restart[0]['pods']} pods", "< 1 s", f"{v:.2f} s", met(ok)])
     fp = parts.get("footprint")
     if fp:
         last = fp[0]["stages"][-1]

@@ -13,14 +13,20 @@ to the first echo reply. Each round is run twice: as the daemon does it
 remembered sessions deleted before the restart (the peer finds out at its
 own rekey timeout), the behaviour before sessions were remembered.
 
+Where the time goes: the restarted daemon logs each pod's recovery
+milestones (tailnet_cnid::recovery); per milestone, the p50 and p99 time
+from the restart are kept with the resumed rounds.
+
 Writes OUT/restart.json. Standard library only.
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 import time
+from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +34,40 @@ import bed as tb
 
 # The daemon compares live sessions with the remembered ones every 5 s.
 REMEMBERED_WITHIN = 30.0
+
+# The daemon's log: warnings, pod events (their spans name the pod) and
+# every pod's recovery milestones.
+DAEMON_LOG = "warn,tailnet_cnid::podmgr=info,tailnet_cnid::recovery=debug"
+# A milestone line of the text log: time, then the pod, then the message.
+MILESTONE = re.compile(
+    r"^(?P<time>\S+Z)\s.*?container_id=(?P<pod>[^\s}:]+).*tailnet_cnid::recovery: (?P<what>[a-z ]+?)(?:\s+\w+=|\s*$)"
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def milestones(log_path, offset, restarted_at):
+    """Per milestone, the seconds from the restart (wall clock
+    `restarted_at`) at which each pod reached it, from the log after
+    `offset`."""
+    seen = {}
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    for line in text.splitlines():
+        m = MILESTONE.match(ANSI.sub("", line))
+        if not m:
+            continue
+        at = datetime.fromisoformat(m["time"].replace("Z", "+00:00")).timestamp()
+        # A pod's first time at each milestone.
+        seen.setdefault(m["what"].strip(), {}).setdefault(m["pod"], at - restarted_at)
+    return {
+        what: {
+            "pods": len(times),
+            "p50_s": round(tb.percentile(list(times.values()), 0.5), 3),
+            "p99_s": round(tb.percentile(list(times.values()), 0.99), 3),
+        }
+        for what, times in seen.items()
+    }
 
 
 def remembered(state_dir, pod):
@@ -63,6 +103,9 @@ def one_restart(args, bed, work, daemon, pinger, pods, forget):
         shutil.rmtree(state_dir / "sessions", ignore_errors=True)
     for pod in pods:
         pinger.watch(pod["ipv4"])
+    log_path = work / "daemon.log"
+    log_offset = log_path.stat().st_size if log_path.exists() else 0
+    restarted_wall = time.time()
     restarted_at = time.monotonic()
     daemon = tb.Daemon(bed, args.bin, work)
     replies = {pod["ipv4"]: pinger.wait(pod["ipv4"], args.reach_timeout) for pod in pods}
@@ -74,6 +117,7 @@ def one_restart(args, bed, work, daemon, pinger, pods, forget):
         "max_s": max(ok) if ok else None,
         "unreachable": len(reach) - len(ok),
         "reach_s": [round(v, 3) if v is not None else None for v in reach],
+        "milestones": milestones(log_path, log_offset, restarted_wall),
     }
 
 
@@ -88,6 +132,7 @@ def main():
     ap.add_argument("--reach-timeout", type=float, default=60.0)
     ap.add_argument("--command", default="", help="the command line recorded with the figures")
     args = ap.parse_args()
+    os.environ.setdefault("TAILNET_CNID_LOG", DAEMON_LOG)
     bed = tb.Bed()
     work = Path(os.environ.get("BENCH_WORK", "/run/tailnet-cni-bench")) / "restart"
     shutil.rmtree(work, ignore_errors=True)
@@ -115,8 +160,10 @@ def main():
                 daemon, got = one_restart(args, bed, work, daemon, pinger, pods, forget)
                 pods_api.daemon = daemon
                 results[kind].append(got)
-                summary = {k: v for k, v in got.items() if k != "reach_s"}
+                summary = {k: v for k, v in got.items() if k not in ("reach_s", "milestones")}
                 tb.log(f"restart round {r + 1}, {kind}: {json.dumps(summary)}")
+                for what, figures in got["milestones"].items():
+                    tb.log(f"  {what}: {json.dumps(figures)}")
         for kind, rounds in results.items():
             out[kind] = {
                 "rounds": rounds,

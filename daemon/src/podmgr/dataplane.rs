@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug_span, info, warn, Instrument};
 
 use super::session_memory;
-use super::state::{SessionPeersFile, StateError};
+use super::state::{RememberedSessions, SessionPeersFile, StateError};
 use super::sync::PodRouting;
 use super::tun::open_tun;
 use crate::control::keys::NodePublic;
@@ -190,15 +190,30 @@ pub fn supervise(
         handle: first,
         key: attached_key,
     });
-    let memory = sessions.map(|file| {
+    let remembered = sessions.as_ref().map(session_memory::recall);
+    let memory = sessions.zip(remembered.clone()).map(|(file, remembered)| {
         let current = current.clone();
-        session_memory::carry_over(move || current.borrow().handle.clone(), file)
+        session_memory::carry_over(
+            move || current.borrow().handle.clone(),
+            file,
+            remembered,
+            netmap.clone(),
+            target.routing.prefs.clone(),
+        )
     });
     let data = PodDataPlane {
         current,
         keys: keys.clone(),
     };
-    let follow = follow(slot, attached_key, target, keys, netmap, reporter);
+    let follow = follow(
+        slot,
+        attached_key,
+        target,
+        keys,
+        netmap,
+        reporter,
+        remembered,
+    );
     let task = async move {
         match memory {
             Some(memory) => tokio::select! {
@@ -218,10 +233,13 @@ async fn follow(
     mut keys: watch::Receiver<IdentityKeys>,
     netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
+    mut remembered: Option<RememberedSessions>,
 ) {
     loop {
         let wanted = keys.borrow_and_update().clone();
         if wanted.node_public() != attached_key {
+            // The remembered sessions were made with the replaced key.
+            remembered = None;
             let old = slot.borrow().handle.clone();
             if let Err(error) = old.detach().await {
                 warn!(%error, "old data-plane attachment already gone");
@@ -242,6 +260,16 @@ async fn follow(
             }
         }
         let handle = slot.borrow().handle.clone();
+        // Only the first attachment: a rotated key's peers have no session.
+        if let Some(remembered) = remembered.take() {
+            let span = debug_span!(target: session_memory::RECOVERY_TIMELINE, "resume", container_id = %target.pod_id);
+            let resumed = session_memory::resume_before_netmap(&handle, &remembered)
+                .instrument(span)
+                .await;
+            if let Err(error) = resumed {
+                warn!(%error, "cannot resume sessions before the netmap");
+            }
+        }
         let routing = target.routing.clone();
         let sync = super::sync::run(netmap.clone(), reporter.clone(), handle, routing);
         tokio::pin!(sync);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::add::spec_of;
 use super::release::ReleaseBy;
@@ -13,6 +13,7 @@ use super::{lock, LivePod, PodManager};
 use crate::podmgr::dataplane::AttachError;
 use crate::podmgr::keyfile::{read_keys, KeyFileError};
 use crate::podmgr::plumbing::PlumbError;
+use crate::podmgr::session_memory::RECOVERY_TIMELINE;
 use crate::podmgr::state::{PodPhase, PodRecord};
 
 /// Why a recorded pod could not be resumed.
@@ -60,6 +61,7 @@ impl<B: Backends> PodManager<B> {
             }
             return;
         }
+        debug!(target: RECOVERY_TIMELINE, "record loaded");
         if let Err(reason) = self.resume(&record).await {
             warn!(%reason, "cannot resume pod; it stays recorded for DEL or GC");
             self.set_view(&record, Some(reason.to_string()));
@@ -80,6 +82,7 @@ impl<B: Backends> PodManager<B> {
             .check(pod_net, &spec)
             .await
             .map_err(ResumeError::Drift)?;
+        debug!(target: RECOVERY_TIMELINE, "plumbing checked");
         let session = self.control.start_session(
             keys.clone(),
             SessionSpec {
@@ -89,6 +92,7 @@ impl<B: Backends> PodManager<B> {
                 resumed: true,
             },
         );
+        debug!(target: RECOVERY_TIMELINE, "control session started");
         let data = match self.attach(record, pod_net, &keys, &session) {
             Ok(data) => data,
             Err(e) => {
@@ -96,6 +100,7 @@ impl<B: Backends> PodManager<B> {
                 return Err(e.into());
             }
         };
+        debug!(target: RECOVERY_TIMELINE, "engine attached");
         lock(&self.live).insert(
             record.container_id.clone(),
             LivePod {

@@ -87,6 +87,7 @@ fn the_sessions_file_round_trips_and_is_private() {
     let sessions = RememberedSessions {
         udp_port: Some(41641),
         peers,
+        ..RememberedSessions::default()
     };
     file.save(&sessions).unwrap();
     assert_eq!(file.load().unwrap(), sessions);
@@ -122,7 +123,79 @@ fn a_corrupt_sessions_file_is_an_error_and_bad_keys_are_skipped() {
             peers: vec![ResumePeer {
                 node_key: [0x11; 32],
                 direct: None
-            }]
+            }],
+            ..RememberedSessions::default()
         }
     );
+}
+
+fn record(key: u8) -> PeerConfig {
+    PeerConfig {
+        node_key: [key; 32],
+        disco_key: Some([key ^ 0xff; 32]),
+        allowed_ips: vec![
+            ("100.64.0.9".parse().unwrap(), 32),
+            ("10.9.0.0".parse().unwrap(), 24),
+        ],
+        endpoints: vec!["192.0.2.9:41641".parse().unwrap()],
+        home_derp: Some(900),
+    }
+}
+
+#[test]
+fn peer_records_and_the_derp_map_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::podmgr::state::StateStore::open(dir.path()).unwrap();
+    let file = SessionPeersFile::of(store.state_dir(), "pod3").unwrap();
+    let sessions = RememberedSessions {
+        udp_port: Some(41642),
+        peers: vec![
+            ResumePeer {
+                node_key: [0x02; 32],
+                direct: Some("192.0.2.2:41641".parse().unwrap()),
+            },
+            ResumePeer {
+                node_key: [0x09; 32],
+                direct: None,
+            },
+        ],
+        // Only 0x09's netmap record was known.
+        peer_configs: vec![record(0x09)],
+        derp_map: vec![crate::wg::DerpRegionConfig {
+            region_id: 900,
+            nodes: vec![crate::wg::DerpNodeConfig {
+                name: "900a".into(),
+                host_name: "derp.test".into(),
+                ipv4: Some("127.0.0.1".parse().unwrap()),
+                ipv6: None,
+                derp_port: 3340,
+                stun_port: 0,
+                insecure_for_tests: true,
+                stun_only: false,
+                plain_http: true,
+            }],
+        }],
+    };
+    file.save(&sessions).unwrap();
+    assert_eq!(file.load().unwrap(), sessions);
+}
+
+#[test]
+fn records_follow_the_live_peers_and_skip_unknown_ones() {
+    let live = vec![
+        ResumePeer {
+            node_key: [0x03; 32],
+            direct: None,
+        },
+        ResumePeer {
+            node_key: [0x01; 32],
+            direct: None,
+        },
+        ResumePeer {
+            node_key: [0x05; 32],
+            direct: None,
+        },
+    ];
+    let known: Vec<Arc<PeerConfig>> = [0x01, 0x02, 0x03].map(record).map(Arc::new).to_vec();
+    assert_eq!(records_of(&live, &known), vec![record(0x03), record(0x01)]);
 }

@@ -1,19 +1,25 @@
 //! The peers a pod had live WireGuard sessions with, one small file per pod
 //! (`<state_dir>/sessions/<container_id>.json`), so a restarted daemon can
 //! re-handshake with them at once. Written only when the set changes.
+//!
+//! Besides each peer's key and last direct endpoint, the file keeps what
+//! the engine needs to reach those peers before control answers: their
+//! records as the engine had them (addresses, disco key, endpoints, home
+//! relay) and the DERP map. Version 1 files, without them, still load.
 
 use std::fs;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{check_id, write_private_atomic, StateError, RECORD_SUFFIX, SESSIONS_DIR};
 use crate::wg::engine::ResumePeer;
+use crate::wg::{DerpNodeConfig, DerpRegionConfig, PeerConfig};
 
 /// Format of the file; a newer one is read as far as it is understood.
-const SESSIONS_VERSION: u32 = 1;
+const SESSIONS_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
@@ -22,6 +28,9 @@ struct OnDisk {
     #[serde(default)]
     udp_port: Option<u16>,
     peers: Vec<PeerOnDisk>,
+    /// The DERP map the sessions were relayed with (version 2).
+    #[serde(default)]
+    derp_map: Vec<RegionOnDisk>,
 }
 
 /// What a pod's sessions need to resume after a restart.
@@ -31,6 +40,11 @@ pub struct RememberedSessions {
     pub udp_port: Option<u16>,
     /// The peers with live sessions.
     pub peers: Vec<ResumePeer>,
+    /// Those peers as the engine had them from the netmap, for each one
+    /// whose record was known: enough to handshake before control answers.
+    pub peer_configs: Vec<PeerConfig>,
+    /// The DERP map the pod had, so its home relay comes up at once.
+    pub derp_map: Vec<DerpRegionConfig>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -40,6 +54,99 @@ struct PeerOnDisk {
     /// The direct endpoint the session last used.
     #[serde(default)]
     direct: Option<SocketAddr>,
+    /// The peer's netmap record as the engine had it (version 2).
+    #[serde(default)]
+    record: Option<PeerRecordOnDisk>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerRecordOnDisk {
+    /// Hex.
+    #[serde(default)]
+    disco_key: Option<String>,
+    allowed_ips: Vec<(IpAddr, u8)>,
+    endpoints: Vec<SocketAddr>,
+    #[serde(default)]
+    home_derp: Option<u16>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RegionOnDisk {
+    region_id: u16,
+    nodes: Vec<RelayOnDisk>,
+}
+
+/// One relay server, field for field as the engine has it.
+#[derive(Serialize, Deserialize)]
+struct RelayOnDisk(#[serde(with = "RelayFields")] DerpNodeConfig);
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "DerpNodeConfig")]
+struct RelayFields {
+    name: String,
+    host_name: String,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    derp_port: u16,
+    stun_port: u16,
+    insecure_for_tests: bool,
+    stun_only: bool,
+    plain_http: bool,
+}
+
+fn parse_key(hex_key: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(hex_key, &mut key).ok()?;
+    Some(key)
+}
+
+impl PeerRecordOnDisk {
+    fn of(config: &PeerConfig) -> Self {
+        Self {
+            disco_key: config.disco_key.map(hex::encode),
+            allowed_ips: config.allowed_ips.clone(),
+            endpoints: config.endpoints.clone(),
+            home_derp: config.home_derp,
+        }
+    }
+
+    /// The engine's view of peer `node_key`; `None` if the disco key is
+    /// damaged (the peer then waits for its netmap record).
+    fn config(self, node_key: [u8; 32]) -> Option<PeerConfig> {
+        let disco_key = match self.disco_key {
+            Some(hex_key) => Some(parse_key(&hex_key)?),
+            None => None,
+        };
+        Some(PeerConfig {
+            node_key,
+            disco_key,
+            allowed_ips: self.allowed_ips,
+            endpoints: self.endpoints,
+            home_derp: self.home_derp,
+        })
+    }
+}
+
+impl From<&DerpRegionConfig> for RegionOnDisk {
+    fn from(region: &DerpRegionConfig) -> Self {
+        Self {
+            region_id: region.region_id,
+            nodes: region.nodes.iter().cloned().map(RelayOnDisk).collect(),
+        }
+    }
+}
+
+impl From<RegionOnDisk> for DerpRegionConfig {
+    fn from(region: RegionOnDisk) -> Self {
+        Self {
+            region_id: region.region_id,
+            nodes: region
+                .nodes
+                .into_iter()
+                .map(|RelayOnDisk(node)| node)
+                .collect(),
+        }
+    }
 }
 
 /// One pod's remembered session peers.
@@ -59,6 +166,11 @@ impl SessionPeersFile {
                 .join(SESSIONS_DIR)
                 .join(format!("{container_id}{RECORD_SUFFIX}")),
         })
+    }
+
+    /// The pod the file belongs to.
+    pub fn container_id(&self) -> &str {
+        &self.container_id
     }
 
     pub fn path(&self) -> &Path {
@@ -87,22 +199,24 @@ impl SessionPeersFile {
                 path: self.path.clone(),
                 source,
             })?;
-        let peers = on_disk
-            .peers
-            .into_iter()
-            .filter_map(|peer| {
-                let mut node_key = [0u8; 32];
-                hex::decode_to_slice(&peer.node_key, &mut node_key).ok()?;
-                Some(ResumePeer {
-                    node_key,
-                    direct: peer.direct,
-                })
-            })
-            .collect();
-        Ok(RememberedSessions {
+        let mut remembered = RememberedSessions {
             udp_port: on_disk.udp_port,
-            peers,
-        })
+            derp_map: on_disk.derp_map.into_iter().map(Into::into).collect(),
+            ..RememberedSessions::default()
+        };
+        for peer in on_disk.peers {
+            let Some(node_key) = parse_key(&peer.node_key) else {
+                continue;
+            };
+            remembered.peers.push(ResumePeer {
+                node_key,
+                direct: peer.direct,
+            });
+            if let Some(config) = peer.record.and_then(|record| record.config(node_key)) {
+                remembered.peer_configs.push(config);
+            }
+        }
+        Ok(remembered)
     }
 
     /// Replaces what is remembered atomically.
@@ -116,8 +230,14 @@ impl SessionPeersFile {
                 .map(|peer| PeerOnDisk {
                     node_key: hex::encode(peer.node_key),
                     direct: peer.direct,
+                    record: sessions
+                        .peer_configs
+                        .iter()
+                        .find(|config| config.node_key == peer.node_key)
+                        .map(PeerRecordOnDisk::of),
                 })
                 .collect(),
+            derp_map: sessions.derp_map.iter().map(RegionOnDisk::from).collect(),
         };
         let bytes = serde_json::to_vec(&on_disk).map_err(|source| StateError::Encode {
             container_id: self.container_id.clone(),

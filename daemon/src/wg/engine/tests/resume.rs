@@ -121,3 +121,63 @@ fn pod_config(id: &str, key: u8, last_octet: u8) -> (PodDataConfig, PacketFd) {
     };
     (pod, device)
 }
+
+/// With the peers' records and the DERP map remembered, a restarted pod
+/// handshakes before its control session answers; inbound stays closed
+/// until the netmap's filter, and the netmap's peer set decides who keeps
+/// a session.
+#[tokio::test]
+async fn remembered_records_resume_sessions_before_the_netmap() {
+    use crate::podmgr::session_memory::resume_before_netmap;
+    use crate::podmgr::state::RememberedSessions;
+
+    let relay = local_relay().await;
+    let before = Engine::new(EngineConfig::default());
+    let peer_engine = Engine::new(EngineConfig::default());
+    let (a, b) = pods_on_relay(&relay, (&before, 0x61), (&peer_engine, 0x62)).await;
+    introduce(&a, &b).await;
+    let ab = ipv4_udp(a.addr, b.addr, b"before");
+    assert_eq!(deliver_eventually(&a, &b, &ab).await, ab);
+    let remembered = RememberedSessions {
+        udp_port: None,
+        peers: vec![ResumePeer {
+            node_key: b.key,
+            direct: None,
+        }],
+        peer_configs: vec![peer_of(&b, Some(900))],
+        derp_map: derp_map(&relay).to_vec(),
+    };
+
+    a.handle.clone().detach().await.unwrap();
+    drop(before);
+    let after = Engine::new(EngineConfig::default());
+    let a = attach(&after, "a", [0x61; 32], Ipv4Addr::new(100, 64, 0, 1));
+    resume_before_netmap(&a.handle, &remembered).await.unwrap();
+
+    // No netmap yet: the session comes back all the same.
+    let mut back = false;
+    for _ in 0..(FAR_BELOW_PEER_REKEY.as_millis() / 20) {
+        let stats = a.handle.stats().await.unwrap();
+        if stats.peers.iter().any(|p| p.last_handshake.is_some()) {
+            assert_eq!(stats.resume_handshakes, 1);
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "the remembered peer answered the resume handshake");
+    // ... but the pod takes no unsolicited traffic before control's filter.
+    let ba = ipv4_udp(b.addr, a.addr, b"too early");
+    assert!(deliver_within(&b, &a, &ba, Duration::from_millis(600))
+        .await
+        .is_err());
+    assert!(a.handle.stats().await.unwrap().filtered_packets > 0);
+
+    // The first netmap no longer lists the peer: its session ends.
+    a.handle.set_peers(Vec::new()).await.unwrap();
+    let stats = a.handle.stats().await.unwrap();
+    assert!(stats.peers.is_empty(), "{:?}", stats.peers);
+
+    a.handle.clone().detach().await.unwrap();
+    b.handle.clone().detach().await.unwrap();
+}
