@@ -163,6 +163,17 @@ impl RelayLinks {
             .retain(|region, link| Some(*region) == home || link.last_used.elapsed() < idle);
     }
 
+    /// When the first link other than the home region's has been unused
+    /// for `idle`, if any such link is open.
+    pub(super) fn next_idle_close(&self, idle: Duration) -> Option<Instant> {
+        let home = self.home_region;
+        self.links
+            .iter()
+            .filter(|(region, _)| Some(**region) != home)
+            .map(|(_, link)| link.last_used + idle)
+            .min()
+    }
+
     fn in_map(&self, region: u16) -> bool {
         self.derp_map.iter().any(|r| r.region_id == region)
     }

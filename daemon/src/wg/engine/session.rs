@@ -236,6 +236,18 @@ impl Peers {
         known
     }
 
+    /// Whether any peer has a WireGuard session, whose timers must run.
+    pub(super) fn has_live_session(&self) -> bool {
+        self.sessions.values().any(|p| p.tunn.is_some())
+    }
+
+    /// When remembered peers no netmap named are forgotten, if any wait.
+    pub(super) fn pending_initiations_deadline(&self) -> Option<tokio::time::Instant> {
+        self.pending_initiations
+            .as_ref()
+            .map(|pending| tokio::time::Instant::from_std(pending.until))
+    }
+
     /// Timer: forgets remembered peers no netmap named in time.
     pub(super) fn expire_pending_initiations(&mut self) {
         if self

@@ -9,7 +9,9 @@ use tokio::time::Instant;
 use super::pod::PodState;
 use crate::wg::path::Path;
 
-/// How often a pod publishes the snapshot behind [`super::PodHandle::stats_now`].
+/// How often, at most, a pod publishes the snapshot behind
+/// [`super::PodHandle::stats_now`]: only after its counters or sessions
+/// changed, so an idle pod publishes nothing.
 pub const STATS_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the next packet to a peer travels.
@@ -69,6 +71,8 @@ pub(super) struct Counters {
     pub(super) totals: PodStats,
     published: watch::Sender<PodStats>,
     last_published: Option<Instant>,
+    /// Something the snapshot shows may have changed since it was published.
+    changed: bool,
 }
 
 impl Counters {
@@ -78,6 +82,7 @@ impl Counters {
             totals: PodStats::default(),
             published,
             last_published: None,
+            changed: false,
         };
         (counters, receiver)
     }
@@ -85,21 +90,49 @@ impl Counters {
     pub(super) fn drop_packets(&mut self, n: u64) {
         self.totals.dropped_packets += n;
     }
+
+    /// Traffic or a command may have changed what a snapshot shows.
+    pub(super) fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
+    /// When the next snapshot is due: a publish interval after the last,
+    /// and only once something changed.
+    fn publish_deadline(&self) -> Option<Instant> {
+        if !self.changed {
+            return None;
+        }
+        Some(
+            self.last_published
+                .map_or_else(Instant::now, |t| t + STATS_PUBLISH_INTERVAL),
+        )
+    }
 }
 
 impl PodState {
-    /// Timer: publish a snapshot of the peers in use every
-    /// [`STATS_PUBLISH_INTERVAL`].
+    /// Timer: publish a snapshot of the peers in use, at most every
+    /// [`STATS_PUBLISH_INTERVAL`] and only after a change; watchers are
+    /// woken only when it differs from the last.
     pub(super) fn publish_stats_if_due(&mut self) {
         if self
             .counters
-            .last_published
-            .is_none_or(|t| t.elapsed() >= STATS_PUBLISH_INTERVAL)
+            .publish_deadline()
+            .is_some_and(|due| due <= Instant::now())
         {
             self.counters.last_published = Some(Instant::now());
+            self.counters.changed = false;
             let snapshot = self.snapshot_stats(PeerSelection::InUse);
-            self.counters.published.send_replace(snapshot);
+            self.counters.published.send_if_modified(|published| {
+                let modified = *published != snapshot;
+                *published = snapshot;
+                modified
+            });
         }
+    }
+
+    /// When the timer must run for the next snapshot, if one is owed.
+    pub(super) fn stats_deadline(&self) -> Option<Instant> {
+        self.counters.publish_deadline()
     }
 
     pub(super) fn snapshot_stats(&self, selection: PeerSelection) -> PodStats {
