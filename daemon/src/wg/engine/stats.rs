@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::pod::PodState;
+use super::session::PeerSession;
 use crate::wg::path::Path;
 
 /// How often, at most, a pod publishes the snapshot behind
@@ -138,37 +139,60 @@ impl PodState {
     pub(super) fn snapshot_stats(&self, selection: PeerSelection) -> PodStats {
         let now = std::time::Instant::now();
         let mut stats = self.counters.totals.clone();
-        stats.peers = self
-            .peers
-            .sessions
-            .iter()
-            .filter(|(_, p)| {
-                selection == PeerSelection::All
-                    || p.tunn.is_some()
-                    || p.last_sent_via != PathKind::None
-            })
-            .map(|(key, p)| {
-                let path = p.path(now);
-                PeerStats {
-                    node_key: *key,
-                    // The path the next packet takes: a validated direct
-                    // endpoint, else the relay once anything was relayed.
-                    path: match path {
-                        Path::Direct(_) => PathKind::Direct,
-                        Path::Relay if p.last_sent_via == PathKind::None => PathKind::None,
-                        Path::Relay => PathKind::Relay,
-                    },
-                    relay_region: p.relayed_to,
-                    direct_endpoint: match path {
-                        Path::Direct(addr) => Some(addr),
-                        Path::Relay => None,
-                    },
-                    last_handshake: p.tunn.as_ref().and_then(|t| t.time_since_last_handshake()),
-                    tx_bytes: p.tx_bytes,
-                    rx_bytes: p.rx_bytes,
-                }
-            })
-            .collect();
+        let sessions = &self.peers.sessions;
+        stats.peers = match selection {
+            PeerSelection::All => self
+                .peers
+                .table
+                .iter()
+                .map(|config| match sessions.get(&config.node_key) {
+                    Some(session) => peer_stats(&config.node_key, session, now),
+                    None => PeerStats::untouched(config.node_key),
+                })
+                .collect(),
+            PeerSelection::InUse => sessions
+                .iter()
+                .filter(|(_, p)| p.tunn.is_some() || p.last_sent_via != PathKind::None)
+                .map(|(key, p)| peer_stats(key, p, now))
+                .collect(),
+        };
         stats
+    }
+}
+
+impl PeerStats {
+    /// A peer the pod has exchanged nothing with.
+    fn untouched(node_key: [u8; 32]) -> Self {
+        Self {
+            node_key,
+            path: PathKind::None,
+            relay_region: None,
+            direct_endpoint: None,
+            last_handshake: None,
+            tx_bytes: 0,
+            rx_bytes: 0,
+        }
+    }
+}
+
+fn peer_stats(key: &[u8; 32], p: &PeerSession, now: std::time::Instant) -> PeerStats {
+    let path = p.path(now);
+    PeerStats {
+        node_key: *key,
+        // The path the next packet takes: a validated direct
+        // endpoint, else the relay once anything was relayed.
+        path: match path {
+            Path::Direct(_) => PathKind::Direct,
+            Path::Relay if p.last_sent_via == PathKind::None => PathKind::None,
+            Path::Relay => PathKind::Relay,
+        },
+        relay_region: p.relayed_to,
+        direct_endpoint: match path {
+            Path::Direct(addr) => Some(addr),
+            Path::Relay => None,
+        },
+        last_handshake: p.tunn.as_ref().and_then(|t| t.time_since_last_handshake()),
+        tx_bytes: p.tx_bytes,
+        rx_bytes: p.rx_bytes,
     }
 }
