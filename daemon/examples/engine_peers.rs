@@ -10,62 +10,22 @@
 //!
 //!     cargo run --release -p tailnet-cnid --example engine_peers [-- OUT.json]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod measure;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use measure::device::packet_device;
 use tailnet_cnid::wg::{
     DerpNodeConfig, DerpRegionConfig, Engine, EngineConfig, PeerConfig, PodDataConfig,
 };
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: measure::Counting = measure::Counting;
 
 const PODS: usize = 50;
 const IDLE_WINDOW: Duration = Duration::from_secs(6);
-
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
-}
-
-/// CPU time (user + system) of the whole process.
-fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 /// Context switches of every thread of the process so far.
 fn context_switches() -> u64 {
@@ -155,12 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let map = derp_map();
         let mut pods = Vec::new();
         for i in 0..PODS {
-            let (fd, other_end) = socketpair(
-                AddressFamily::Unix,
-                SockType::Datagram,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            )?;
+            let (fd, other_end) = packet_device()?;
             let mut private = [0x40u8; 32];
             private[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
             let handle = engine.attach_pod(PodDataConfig {
@@ -177,7 +132,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             handle.stats().await?;
         }
         settle().await;
-        let before = live();
+        let before = measure::live();
         for (handle, _) in &pods {
             handle.set_shared_peers(tailnet[..peers].to_vec()).await?;
         }
@@ -185,23 +140,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             handle.stats().await?;
         }
         settle().await;
-        let per_peer_per_pod = (live() - before) as f64 / (PODS * peers) as f64;
+        let per_peer_per_pod = (measure::live() - before) as f64 / (PODS * peers) as f64;
 
         // One peer joins: every pod takes the new set.
-        let cpu_before = cpu_time();
+        let cpu_before = measure::cpu_time();
         for (handle, _) in &pods {
             handle.set_shared_peers(tailnet.clone()).await?;
         }
         for (handle, _) in &pods {
             handle.stats().await?;
         }
-        let delta_ms = (cpu_time() - cpu_before).as_secs_f64() * 1e3;
+        let delta_ms = (measure::cpu_time() - cpu_before).as_secs_f64() * 1e3;
 
         settle().await;
-        let (cpu_before, switches_before) = (cpu_time(), context_switches());
+        let (cpu_before, switches_before) = (measure::cpu_time(), context_switches());
         tokio::time::sleep(IDLE_WINDOW).await;
         let window = IDLE_WINDOW.as_secs_f64();
-        let idle_cpu = (cpu_time() - cpu_before).as_secs_f64() / window * 100.0;
+        let idle_cpu = (measure::cpu_time() - cpu_before).as_secs_f64() / window * 100.0;
         let switches = (context_switches() - switches_before) as f64 / window;
 
         println!(

@@ -50,7 +50,7 @@ impl PeerTable {
     pub fn new(mut peers: Vec<Arc<PeerConfig>>) -> Self {
         peers.truncate(MAX_PEERS);
         // Stable: the first record of a key stays first.
-        peers.sort_by(|a, b| a.node_key.cmp(&b.node_key));
+        peers.sort_by_key(|p| p.node_key);
         peers.dedup_by(|later, earlier| later.node_key == earlier.node_key);
         peers.shrink_to_fit();
         let mut hosts = Vec::new();
