@@ -4,7 +4,8 @@
 #
 #   bench/run.sh              every part (about 15 minutes on 2 cores, builds aside)
 #   bench/run.sh shim         the shim's size and VERSION latency
-#   bench/run.sh engine       engine memory per attached pod (in-process relay)
+#   bench/run.sh engine       engine memory per attached pod (in-process relay), and
+#                             bytes per peer per pod and idle cost with 1,000/5,000 peers
 #   bench/run.sh control      registration latency, 1 and 50 at once (root)
 #   bench/run.sh pods         CNI ADD and ADD-to-reachable, 1 pod and 50 at once (root)
 #   bench/run.sh restart      SIGKILL + restart with 50 pods: time until each answers (root)
@@ -23,7 +24,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 OUT=$(mkdir -p "$TARGET/bench" && realpath "$TARGET/bench")
 export BENCH_COMMAND=${BENCH_COMMAND:-$(echo "bench/run.sh $*" | sed "s/ *$//")}
 
-usage() { sed -n '2,18p' "$0" >&2; exit 2; }
+usage() { sed -n '2,19p' "$0" >&2; exit 2; }
 
 # Installs what the benchmarks run, once (idempotent).
 ensure_tools() {
@@ -78,8 +79,10 @@ PY
 
 bench_engine() {
   echo "== engine: resident memory per attached pod (in-process relay)" >&2
-  cargo build --quiet --release -p tailnet-cnid --example engine_memory
+  cargo build --quiet --release -p tailnet-cnid --example engine_memory --example engine_peers
   "$TARGET/release/examples/engine_memory" "$OUT/engine.json"
+  echo "== engine: bytes per peer per pod, idle pods (1,000 and 5,000 shared peers)" >&2
+  "$TARGET/release/examples/engine_peers" "$OUT/engine-peers.json"
   write_meta engine
 }
 

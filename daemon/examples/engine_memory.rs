@@ -7,11 +7,14 @@
 //!
 //!     cargo run --release -p tailnet-cnid --example engine_memory [-- OUT.json]
 
+#[path = "measure/device.rs"]
+mod device;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use device::packet_device;
 use tailnet_cnid::wg::local_relay::LocalRelay;
 use tailnet_cnid::wg::{
     DerpNodeConfig, DerpRegionConfig, Engine, EngineConfig, PeerConfig, PodDataConfig,
@@ -57,12 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let before = resident_bytes();
         let mut kept = Vec::new();
         for i in 0..pods {
-            let (fd, other_end) = socketpair(
-                AddressFamily::Unix,
-                SockType::Datagram,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            )?;
+            let (fd, other_end) = packet_device()?;
             let mut private = [0u8; 32];
             // Bytes 0 and 31 are clamped by X25519: vary the middle.
             private[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());

@@ -10,12 +10,12 @@
 //!
 //!     cargo run --release -p tailnet-cnid --example peer_memory [-- OUT.json]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod measure;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use measure::device::packet_device;
 use tailnet_cnid::control::json::from_slice;
 use tailnet_cnid::control::netmap::Interner;
 use tailnet_cnid::control::tailcfg::MapResponse;
@@ -23,48 +23,8 @@ use tailnet_cnid::control::NetMap;
 use tailnet_cnid::podmgr::sync::PodSync;
 use tailnet_cnid::wg::{Engine, EngineConfig, PodDataConfig};
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
-}
-
-/// CPU time (user + system) of the whole process.
-fn cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+static ALLOC: measure::Counting = measure::Counting;
 
 fn key(prefix: &str, fill: u8, i: usize) -> String {
     let mut bytes = [fill; 32];
@@ -108,17 +68,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let engine = Engine::new(EngineConfig::default());
         let nodes: Vec<String> = (0..=pods).map(node_json).collect();
         settle().await;
-        let base = live();
+        let base = measure::live();
 
         // Pods attached with the netmap's DERP map and filter, no peers yet.
         let mut members = Vec::new();
         for (i, node) in nodes.iter().take(pods).enumerate() {
-            let (fd, other_end) = socketpair(
-                AddressFamily::Unix,
-                SockType::Datagram,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            )?;
+            let (fd, other_end) = packet_device()?;
             let mut private = [0x40u8; 32];
             private[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
             let mut disco = [0x50u8; 32];
@@ -144,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             members.push((handle, other_end, sync, map));
         }
         settle().await;
-        let attached = live();
+        let attached = measure::live();
 
         // Every pod learns the tailnet: all other pods are its peers.
         for (i, (_, _, sync, map)) in members.iter_mut().enumerate() {
@@ -162,10 +117,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             handle.stats().await?;
         }
         settle().await;
-        let with_peers = live();
+        let with_peers = measure::live();
 
         // One node joins: every pod gets the delta and updates its engine.
-        let cpu_before = cpu_time();
+        let cpu_before = measure::cpu_time();
         let delta = format!(r#"{{"PeersChanged": [{}]}}"#, nodes[pods]);
         for (_, _, sync, map) in members.iter_mut() {
             map.apply(map_response(&delta)?, &interner);
@@ -174,14 +129,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (handle, ..) in &members {
             handle.stats().await?;
         }
-        let delta_cpu = cpu_time() - cpu_before;
+        let delta_cpu = measure::cpu_time() - cpu_before;
 
         // Idle: timers only.
         settle().await;
         let idle_window = Duration::from_secs(4);
-        let cpu_before = cpu_time();
+        let cpu_before = measure::cpu_time();
         tokio::time::sleep(idle_window).await;
-        let idle_cpu = (cpu_time() - cpu_before).as_secs_f64() / idle_window.as_secs_f64();
+        let idle_cpu = (measure::cpu_time() - cpu_before).as_secs_f64() / idle_window.as_secs_f64();
 
         let n = pods as isize;
         let per_pod = (with_peers - base) / n;

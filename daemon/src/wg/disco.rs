@@ -15,13 +15,15 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use tailnet_wire::disco::{
     self, CallMeMaybe, DiscoError, DiscoPublic, Message, Ping, Pong, SharedKey, TxId,
 };
 
-/// A WireGuard node key.
-pub type NodeKey = [u8; 32];
+use super::peer_table::PeerTable;
+
+pub use super::peer_table::NodeKey;
 
 /// The address a pong names when the ping came through a relay: Tailscale's
 /// "DERP magic" IP, with the region id as the port.
@@ -98,10 +100,9 @@ pub enum Reaction {
 pub struct DiscoState {
     private: [u8; 32],
     public: DiscoPublic,
-    /// Peer disco public key → that peer's node key.
-    by_disco: HashMap<DiscoPublic, NodeKey>,
-    /// Node key → disco key, for sealing.
-    by_node: HashMap<NodeKey, DiscoPublic>,
+    /// The pod's peers, shared with its sessions: disco key → node key
+    /// and back.
+    peers: Arc<PeerTable>,
     /// Box keys of the peers disco messages went to or came from.
     shared: RefCell<HashMap<DiscoPublic, SharedKey>>,
     /// Transaction ids of the last pings of each peer that pinged us.
@@ -130,7 +131,7 @@ impl std::fmt::Debug for DiscoState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiscoState")
             .field("public", &hex::encode(self.public))
-            .field("peers", &self.by_disco.len())
+            .field("peers", &self.peers.len())
             .finish_non_exhaustive()
     }
 }
@@ -140,8 +141,7 @@ impl DiscoState {
         Self {
             private,
             public: disco::public_key(&private),
-            by_disco: HashMap::new(),
-            by_node: HashMap::new(),
+            peers: Arc::default(),
             shared: RefCell::new(HashMap::new()),
             recent_pings: RefCell::new(HashMap::new()),
         }
@@ -151,26 +151,34 @@ impl DiscoState {
         &self.public
     }
 
-    /// Replace the peer table: (node key, disco key) of every peer that has
-    /// one. Box keys of unchanged peers are kept.
-    pub fn set_peers<'a>(&mut self, peers: impl IntoIterator<Item = (NodeKey, &'a DiscoPublic)>) {
-        self.by_disco.clear();
-        self.by_node.clear();
-        for (node_key, disco_key) in peers {
-            // Our own key would let a peer's echo pass for a message.
-            if *disco_key == self.public || self.by_disco.contains_key(disco_key) {
-                continue;
-            }
-            self.by_disco.insert(*disco_key, node_key);
-            self.by_node.insert(node_key, *disco_key);
-        }
-        let by_disco = &self.by_disco;
+    /// Replace the peer table (the pod's own, shared). Box keys and ping
+    /// ids of peers whose disco key stays are kept.
+    pub fn set_peers(&mut self, peers: Arc<PeerTable>) {
+        let known = |disco_key: &DiscoPublic| peers.by_disco(disco_key).is_some();
         self.shared
             .get_mut()
-            .retain(|disco_key, _| by_disco.contains_key(disco_key));
+            .retain(|disco_key, _| known(disco_key));
         self.recent_pings
             .get_mut()
-            .retain(|disco_key, _| by_disco.contains_key(disco_key));
+            .retain(|disco_key, _| known(disco_key));
+        self.peers = peers;
+    }
+
+    /// The disco key of `peer`, unless it has none (or ours: a peer's echo
+    /// must never pass for a message).
+    fn disco_key_of(&self, peer: &NodeKey) -> Option<DiscoPublic> {
+        self.peers
+            .get(peer)?
+            .disco_key
+            .filter(|key| *key != self.public)
+    }
+
+    /// The peer whose disco key is `sender`.
+    fn peer_of(&self, sender: &DiscoPublic) -> Option<NodeKey> {
+        if *sender == self.public {
+            return None;
+        }
+        self.peers.by_disco(sender).map(|p| p.node_key)
     }
 
     /// Runs `f` with the box key shared with `disco_key`, computed on first use.
@@ -184,13 +192,13 @@ impl DiscoState {
 
     /// Whether the peer can be spoken to (it has a disco key).
     pub fn knows(&self, peer: &NodeKey) -> bool {
-        self.by_node.contains_key(peer)
+        self.disco_key_of(peer).is_some()
     }
 
     /// Seal `message` for `peer`; `None` when the peer has no disco key.
     pub fn seal(&self, peer: &NodeKey, message: &Message) -> Option<Vec<u8>> {
-        let disco_key = self.by_node.get(peer)?;
-        Some(self.with_shared(disco_key, |shared| shared.seal(message)))
+        let disco_key = self.disco_key_of(peer)?;
+        Some(self.with_shared(&disco_key, |shared| shared.seal(message)))
     }
 
     /// A ping for `peer` carrying our node key.
@@ -218,10 +226,7 @@ impl DiscoState {
     /// Authenticate and interpret one disco packet.
     pub fn receive(&self, packet: &[u8], via: Via) -> Result<Reaction, DiscoRejected> {
         let sender = disco::sender_key(packet).ok_or(DiscoRejected::NotDisco)?;
-        let peer_key = *self
-            .by_disco
-            .get(&sender)
-            .ok_or(DiscoRejected::UnknownSender)?;
+        let peer_key = self.peer_of(&sender).ok_or(DiscoRejected::UnknownSender)?;
         if let Via::Relay { src, .. } = via {
             if src != peer_key {
                 return Err(DiscoRejected::RelaySenderMismatch);
@@ -294,10 +299,27 @@ mod tests {
     const PEER_NODE: NodeKey = [0xaa; 32];
     const OTHER_NODE: NodeKey = [0xbb; 32];
 
+    /// A pod's peer table of (node key, disco key) pairs.
+    fn table(peers: &[(NodeKey, DiscoPublic)]) -> Arc<PeerTable> {
+        let records = peers
+            .iter()
+            .map(|(node_key, disco_key)| {
+                Arc::new(crate::wg::config::PeerConfig {
+                    node_key: *node_key,
+                    disco_key: Some(*disco_key),
+                    allowed_ips: vec![],
+                    endpoints: vec![],
+                    home_derp: None,
+                })
+            })
+            .collect();
+        Arc::new(PeerTable::new(records))
+    }
+
     fn pod() -> DiscoState {
         let mut state = DiscoState::new(POD_DISCO);
         let peer_public = disco::public_key(&PEER_DISCO);
-        state.set_peers([(PEER_NODE, &peer_public)]);
+        state.set_peers(table(&[(PEER_NODE, peer_public)]));
         state
     }
 
@@ -499,16 +521,16 @@ mod tests {
         let via = Via::Udp("127.0.0.1:1".parse().unwrap());
         // The peer rotates its disco key: old packets no longer pass.
         let rotated = disco::public_key(&STRANGER_DISCO);
-        state.set_peers([(PEER_NODE, &rotated)]);
+        state.set_peers(table(&[(PEER_NODE, rotated)]));
         assert_eq!(
             state.receive(&packet, via),
             Err(DiscoRejected::UnknownSender)
         );
         // A peer may not claim our own disco key.
         let ours = *state.public();
-        state.set_peers([(OTHER_NODE, &ours)]);
+        state.set_peers(table(&[(OTHER_NODE, ours)]));
         assert!(!state.knows(&OTHER_NODE));
-        state.set_peers([]);
+        state.set_peers(table(&[]));
         assert!(!state.knows(&PEER_NODE));
         assert_eq!(state.seal(&PEER_NODE, &ping(1)), None);
     }
@@ -518,7 +540,10 @@ mod tests {
         let mut state = DiscoState::new(POD_DISCO);
         let peer_public = disco::public_key(&PEER_DISCO);
         let other_public = disco::public_key(&STRANGER_DISCO);
-        state.set_peers([(PEER_NODE, &peer_public), (OTHER_NODE, &other_public)]);
+        state.set_peers(table(&[
+            (PEER_NODE, peer_public),
+            (OTHER_NODE, other_public),
+        ]));
         assert!(state.shared.borrow().is_empty());
         let via = Via::Udp("127.0.0.1:1".parse().unwrap());
         assert!(state.receive(&from_peer(&ping(1)), via).is_ok());
@@ -527,7 +552,7 @@ mod tests {
             vec![&peer_public]
         );
         // A peer that leaves the netmap takes its key along.
-        state.set_peers([(OTHER_NODE, &other_public)]);
+        state.set_peers(table(&[(OTHER_NODE, other_public)]));
         assert!(state.shared.borrow().is_empty());
     }
 

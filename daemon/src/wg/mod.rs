@@ -8,6 +8,7 @@
 //! - [`engine`]: the engine, per-pod tasks and their handles.
 //! - [`derp_client`]: relay connections (I/O around `tailnet_wire::derp`).
 //! - [`routing`]: cryptokey routing and packet address checks.
+//! - [`peer_table`]: a pod's peers over shared records: by key, address, disco key.
 //! - [`path`]: per-peer choice between the direct path and the relay.
 //! - [`disco`]: per-pod disco keys and the reaction to each disco message.
 //! - [`stun`]: per-pod endpoint discovery through the DERP map's STUN servers.
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod local_relay;
 pub mod packet_fd;
 pub mod path;
+pub mod peer_table;
 pub mod routing;
 pub mod stun;
 pub mod udp;

@@ -111,6 +111,11 @@ impl<T: Clone> AllowedIps<T> {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Heap bytes the entries take.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(IpAddr, u8, T)>()
+    }
 }
 
 #[cfg(test)]

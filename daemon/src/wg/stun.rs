@@ -111,6 +111,19 @@ impl StunProber {
             .collect()
     }
 
+    /// When [`Self::poll`] next has work: a round to send, a request to
+    /// time out or a mapping to expire. `None` with no servers and nothing
+    /// outstanding.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let round = (!self.servers.is_empty()).then(|| self.next_round.unwrap_or(now));
+        let timeouts = self
+            .pending
+            .values()
+            .map(|(_, sent)| *sent + REQUEST_TIMEOUT);
+        let expiries = self.mapped.values().map(|(_, seen)| *seen + MAPPING_TTL);
+        round.into_iter().chain(timeouts).chain(expiries).min()
+    }
+
     /// A STUN datagram from `from` (canonical form). Only an answer to one
     /// of our pending requests, from the server it was sent to, counts.
     pub fn on_response(
@@ -314,5 +327,26 @@ mod tests {
         assert!(p.endpoints().is_empty());
         let round = p.poll(t0 + Duration::from_millis(1), &mut next);
         assert_eq!(round.iter().map(|r| r.0).collect::<Vec<_>>(), vec![b]);
+    }
+
+    #[test]
+    fn next_deadline_names_the_round_the_timeouts_and_the_expiries() {
+        let t0 = Instant::now();
+        let mut p = StunProber::default();
+        assert_eq!(p.next_deadline(t0), None, "no servers, nothing pending");
+        let server: SocketAddr = "10.0.0.9:3478".parse().unwrap();
+        p.set_servers(vec![server]);
+        assert_eq!(p.next_deadline(t0), Some(t0), "first round at once");
+        let mut next = ids();
+        let round = p.poll(t0, &mut next);
+        assert_eq!(round.len(), 1);
+        // Unanswered: the retry comes before the request's timeout.
+        assert_eq!(p.next_deadline(t0), Some(t0 + RETRY_INTERVAL));
+        p.set_servers(Vec::new());
+        assert_eq!(
+            p.next_deadline(t0),
+            None,
+            "pending requests went with their server"
+        );
     }
 }

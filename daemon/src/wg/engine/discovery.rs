@@ -65,6 +65,19 @@ impl Discovery {
         (discovery, endpoints_rx)
     }
 
+    /// When the pod's STUN rounds or its re-read of the host's interfaces
+    /// next need the timer; nothing without a socket.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.udp_port?;
+        let now = Instant::now();
+        let stun = self
+            .stun
+            .next_deadline(now.into_std())
+            .map(Instant::from_std);
+        let local = self.local_endpoints_at + LOCAL_ENDPOINTS_REFRESH;
+        Some(stun.map_or(local, |stun| stun.min(local)))
+    }
+
     /// Report `region` as the pod's home relay.
     pub(super) fn set_preferred_relay(&mut self, region: Option<u16>) {
         self.endpoints.send_modify(|e| e.preferred_derp = region);

@@ -70,6 +70,12 @@ impl PodFilter {
         }
     }
 
+    /// When the next sweep is due: only while flows are tracked.
+    pub(super) fn sweep_deadline(&self) -> Option<Instant> {
+        let tracked = self.filter.as_ref()?.state().tracked_flows();
+        (tracked > 0).then(|| self.last_sweep + FILTER_SWEEP_INTERVAL)
+    }
+
     /// Timer: reclaim the memory of expired flows now and then.
     pub(super) fn sweep_if_due(&mut self) {
         if let Some(filter) = &mut self.filter {

@@ -23,6 +23,7 @@
 //! - `filter`: the tailnet packet filter as a pod applies it.
 //! - `dns`: the pod's MagicDNS resolver (queries to 100.100.100.100).
 //! - `stats`: counters and their snapshots.
+//! - `timers`: the pod's one timer, set to its next deadline.
 
 mod discovery;
 mod dns;
@@ -34,11 +35,12 @@ mod relay;
 mod session;
 mod socket;
 mod stats;
+mod timers;
 mod transmit;
 
 use std::collections::HashSet;
 use std::io;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,6 +90,8 @@ struct EngineInner {
     next_index: AtomicU32,
     /// Handshakes every pod together may hand to X25519 each second.
     handshake_budget: Arc<handshake::NodeBudget>,
+    /// Timer passes every pod together has run: what idle pods cost.
+    timer_wakeups: AtomicU64,
 }
 
 impl Engine {
@@ -98,6 +102,7 @@ impl Engine {
                 pods: Mutex::new(HashSet::new()),
                 next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
                 handshake_budget: Arc::new(handshake::NodeBudget::default()),
+                timer_wakeups: AtomicU64::new(0),
             }),
         }
     }
@@ -105,6 +110,14 @@ impl Engine {
     /// Number of attached pods.
     pub fn pod_count(&self) -> usize {
         self.inner.pods.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Timer passes run by every pod since the engine started. An idle
+    /// pod runs one only when a deadline of its own comes (a STUN refresh,
+    /// a link to close); one with live sessions every
+    /// [`EngineConfig::timer_interval`].
+    pub fn timer_wakeups(&self) -> u64 {
+        self.inner.timer_wakeups.load(Ordering::Relaxed)
     }
 
     /// Start serving a pod. Must be called inside a tokio runtime.

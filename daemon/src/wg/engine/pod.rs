@@ -1,13 +1,15 @@
 //! One pod's state and the task that serves it: a single loop over its
-//! commands, relay packets, packet device, UDP socket and timer.
+//! commands, relay packets, packet device, UDP socket and one timer, set to
+//! the next deadline the pod has (see `timers`).
 
 use std::io;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use boringtun::x25519;
 use tokio::sync::{mpsc, watch};
-use tokio::time::MissedTickBehavior;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::discovery::Discovery;
@@ -18,6 +20,7 @@ use super::relay::RelayLinks;
 use super::session::Peers;
 use super::socket::PodSocket;
 use super::stats::{Counters, PeerSelection, PodStats};
+use super::timers::TimerState;
 use super::{Command, EngineInner};
 use crate::wg::config::PodEndpoints;
 use crate::wg::derp_client::{DerpInbound, HomeRelay};
@@ -51,6 +54,8 @@ pub(super) struct PodState {
     pub(super) handshakes: HandshakeGate,
     pub(super) dns: PodResolver,
     pub(super) counters: Counters,
+    /// When the timer pass last ran and what it must do next.
+    pub(super) timers: TimerState,
     pub(super) engine: Arc<EngineInner>,
     /// Reused for every encapsulation/decapsulation.
     pub(super) out_buf: Vec<u8>,
@@ -111,6 +116,7 @@ impl PodState {
             filter: PodFilter::default(),
             dns,
             counters,
+            timers: TimerState::new(Instant::now()),
             out_buf: vec![0u8; (engine.config.max_packet_size + WG_OVERHEAD).max(MIN_WG_BUFFER)],
             engine,
         };
@@ -127,6 +133,9 @@ impl PodState {
     }
 
     fn handle_command(&mut self, cmd: Command) {
+        if !matches!(cmd, Command::Stats(_)) {
+            self.counters.mark_changed();
+        }
         match cmd {
             Command::SetPeers(peers) => self.set_peers(peers),
             Command::SetDerpMap(map) => self.set_derp_map(map),
@@ -147,13 +156,23 @@ impl PodState {
         }
     }
 
+    /// The timer pass: whatever of the pod's periodic work is due. Each
+    /// part checks its own deadline; per-session work runs only over the
+    /// peers with state.
     fn on_timer(&mut self) {
-        self.handshakes.tick();
-        self.update_session_timers();
+        let now = Instant::now();
+        if self.timers.start_pass(now) {
+            self.handshakes.tick();
+        }
+        self.engine.timer_wakeups.fetch_add(1, Ordering::Relaxed);
+        if self.peers.has_live_session() {
+            self.update_session_timers();
+            self.poll_disco(now.into_std());
+            // Time since the last handshake moves while a session lives.
+            self.counters.mark_changed();
+        }
         self.peers.expire_pending_initiations();
-        let now = std::time::Instant::now();
-        self.poll_disco(now);
-        self.poll_stun(now);
+        self.poll_stun(now.into_std());
         self.publish_stats_if_due();
         self.filter.sweep_if_due();
         self.socket.release_idle_batches();
@@ -169,11 +188,12 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
         mut relayed,
         mut dns_replies,
     } = inputs;
-    let mut timer = tokio::time::interval(state.engine.config.timer_interval);
-    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Sized to the device MTU, not 64 KiB: per-pod memory matters.
     let mut tun_buf = vec![0u8; state.engine.config.max_packet_size];
     let udp = state.socket.shared_udp();
+    let mut armed = state.next_wake();
+    let timer = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
+    tokio::pin!(timer);
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -188,7 +208,9 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
             msg = relayed.recv() => {
                 // The pod holds a sender itself, so this never yields None.
                 if let Some(msg) = msg {
+                    state.timers.note_wireguard(Instant::now());
                     state.handle_relayed(&device, msg).await;
+                    state.counters.mark_changed();
                 }
             }
             reply = dns_replies.recv() => {
@@ -211,6 +233,7 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
                             }
                         }
                         state.flush_tx();
+                        state.counters.mark_changed();
                     }
                     Err(e) => {
                         warn!(pod = %state.identity.pod_id, error = %e, "packet device failed; detaching");
@@ -219,11 +242,26 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
                 }
             }
             ready = udp_readable(udp.as_deref()) => match (ready, udp.as_deref()) {
-                (Ok(()), Some(sock)) => state.drain_udp(&device, sock).await,
+                (Ok(()), Some(sock)) => {
+                    state.timers.note_wireguard(Instant::now());
+                    state.drain_udp(&device, sock).await;
+                    state.counters.mark_changed();
+                }
                 (Ok(()), None) => {}
                 (Err(e), _) => debug!(pod = %state.identity.pod_id, error = %e, "UDP socket failed"),
             },
-            _ = timer.tick() => state.on_timer(),
+            () = &mut timer, if armed.is_some() => {
+                state.on_timer();
+                // The elapsed sleep must be set again even to the same deadline.
+                armed = None;
+            }
+        }
+        let next = state.next_wake();
+        if next != armed {
+            if let Some(deadline) = next {
+                timer.as_mut().reset(deadline);
+            }
+            armed = next;
         }
     }
     info!(pod = %state.identity.pod_id, "pod detached from data plane");

@@ -105,7 +105,7 @@ impl PodState {
             trace!(pod = %self.identity.pod_id, "ignoring non-WireGuard relay packet");
             return;
         }
-        if !self.peers.sessions.contains_key(&msg.src) {
+        if !self.peers.contains(&msg.src) {
             trace!(pod = %self.identity.pod_id, "relay packet from unknown peer");
             self.counters.drop_packets(1);
             return;
@@ -193,7 +193,7 @@ impl PodState {
         // addresses the pod would route to it, as installed for this pod. So
         // an exit node cannot speak for another peer's address, nor for a
         // tailnet address no peer owns.
-        if self.peers.routes.owner(src) != Some(&peer_key) {
+        if self.peers.table.owner(src) != Some(&peer_key) {
             debug!(pod = %self.identity.pod_id, %src, "dropping packet outside the peer's allowed IPs");
             self.counters.drop_packets(1);
             return;

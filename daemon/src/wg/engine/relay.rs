@@ -163,6 +163,17 @@ impl RelayLinks {
             .retain(|region, link| Some(*region) == home || link.last_used.elapsed() < idle);
     }
 
+    /// When the first link other than the home region's has been unused
+    /// for `idle`, if any such link is open.
+    pub(super) fn next_idle_close(&self, idle: Duration) -> Option<Instant> {
+        let home = self.home_region;
+        self.links
+            .iter()
+            .filter(|(region, _)| Some(**region) != home)
+            .map(|(_, link)| link.last_used + idle)
+            .min()
+    }
+
     fn in_map(&self, region: u16) -> bool {
         self.derp_map.iter().any(|r| r.region_id == region)
     }
@@ -183,13 +194,16 @@ impl PodState {
     /// know it, else where it last reached us from, else ours. Returns the
     /// region used, or `None` if the packet was dropped.
     pub(super) fn relay_to_peer(&mut self, peer_key: &NodeKey, packet: Vec<u8>) -> Option<u16> {
-        let peer = self.peers.sessions.get(peer_key)?;
+        let home_derp = self.peers.config(peer_key)?.home_derp;
+        let relayed_from = self
+            .peers
+            .sessions
+            .get(peer_key)
+            .and_then(|p| p.relayed_from);
         let known = |r: &u16| self.relay.in_map(*r);
-        let Some(region) = peer
-            .config
-            .home_derp
+        let Some(region) = home_derp
             .filter(known)
-            .or(peer.relayed_from.filter(known))
+            .or(relayed_from.filter(known))
             .or(self.relay.home_region())
         else {
             trace!(pod = %self.identity.pod_id, "no DERP region to reach peer");

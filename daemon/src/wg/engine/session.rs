@@ -1,5 +1,7 @@
-//! A pod's peers: their WireGuard sessions (created on first use), path
-//! state, cryptokey routing, and which session a direct datagram is for.
+//! A pod's peers: the shared records of its peer set (a [`PeerTable`]:
+//! cryptokey routing, lookups by key), the state of the few it talks to
+//! (WireGuard session, path state, counters; created on first contact),
+//! and which session a direct datagram is for.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +20,7 @@ use super::pod::{Identity, PodState};
 use super::stats::PathKind;
 use crate::wg::config::PeerConfig;
 use crate::wg::path::{Path, PathState};
-use crate::wg::routing::AllowedIps;
+use crate::wg::peer_table::PeerTable;
 
 /// A peer's node key.
 pub(super) type NodeKey = [u8; 32];
@@ -40,7 +42,7 @@ struct PendingInitiations {
     until: Instant,
 }
 
-/// One peer as the pod sees it.
+/// A peer the pod has talked to.
 pub(super) struct PeerSession {
     /// Shared with every other pod that has this peer.
     pub(super) config: Arc<PeerConfig>,
@@ -110,62 +112,70 @@ impl PeerSession {
     }
 }
 
-/// The pod's peer set with its sessions and cryptokey routing table.
+/// The pod's peer set and the state of the peers it talks to.
 #[derive(Default)]
 pub(super) struct Peers {
+    /// Every peer: shared records, routes, lookups by key. Shared with the
+    /// pod's disco state.
+    pub(super) table: Arc<PeerTable>,
+    /// Peers the pod exchanged packets or disco with: in a large tailnet
+    /// a small part of the table.
     pub(super) sessions: HashMap<NodeKey, PeerSession>,
     /// Receiver index (as given to `Tunn::new`) → peer.
     index_to_peer: HashMap<u32, NodeKey>,
-    /// Cryptokey routing, outbound half: destination → peer.
-    pub(super) routes: AllowedIps<NodeKey>,
     pending_initiations: Option<PendingInitiations>,
 }
 
 impl Peers {
+    /// The peer's state, created on first contact; `None` for a key not
+    /// in the peer set.
     pub(super) fn get_mut(&mut self, key: &NodeKey) -> Option<&mut PeerSession> {
+        if !self.sessions.contains_key(key) {
+            let config = self.table.get(key)?.clone();
+            self.sessions.insert(*key, PeerSession::new(config));
+        }
         self.sessions.get_mut(key)
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.sessions.len()
+    /// Whether `key` is in the peer set.
+    pub(super) fn contains(&self, key: &NodeKey) -> bool {
+        self.table.contains(key)
     }
 
-    /// Replace the peer set: sessions of peers that stay survive, with
+    /// The peer's record.
+    pub(super) fn config(&self, key: &NodeKey) -> Option<&Arc<PeerConfig>> {
+        self.table.get(key)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Replace the peer set: state of peers that stay survives, with
     /// their path state following changed endpoints. Returns how many
     /// peers the old set had.
     fn replace(&mut self, peers: Vec<Arc<PeerConfig>>) -> usize {
-        let mut next = HashMap::with_capacity(peers.len());
-        for config in peers {
-            let key = config.node_key;
-            let session = match self.sessions.remove(&key) {
-                Some(mut existing) => {
-                    if !Arc::ptr_eq(&existing.config, &config) {
-                        if let Some(state) = existing.path_state.as_deref_mut() {
-                            if existing.config.endpoints != config.endpoints {
-                                state.set_endpoints(&config.endpoints);
-                            }
-                        }
-                        existing.config = config;
-                    }
-                    existing
+        let removed = self.table.len();
+        self.table = Arc::new(PeerTable::new(peers));
+        let table = &self.table;
+        let index_to_peer = &mut self.index_to_peer;
+        self.sessions.retain(|key, session| {
+            let Some(config) = table.get(key) else {
+                if let Some(index) = session.local_index {
+                    index_to_peer.remove(&index);
                 }
-                None => PeerSession::new(config),
+                return false;
             };
-            next.insert(key, session);
-        }
-        let removed = self.sessions.len();
-        for gone in self.sessions.values() {
-            if let Some(index) = gone.local_index {
-                self.index_to_peer.remove(&index);
+            if !Arc::ptr_eq(&session.config, config) {
+                if let Some(state) = session.path_state.as_deref_mut() {
+                    if session.config.endpoints != config.endpoints {
+                        state.set_endpoints(&config.endpoints);
+                    }
+                }
+                session.config = config.clone();
             }
-        }
-        self.sessions = next;
-        self.routes = AllowedIps::from_entries(self.sessions.values().flat_map(|p| {
-            p.config
-                .allowed_ips
-                .iter()
-                .map(|(ip, len)| (*ip, *len, p.config.node_key))
-        }));
+            true
+        });
         removed
     }
 
@@ -179,6 +189,7 @@ impl Peers {
         next_index: &AtomicU32,
         limiter: impl FnOnce() -> Arc<RateLimiter>,
     ) -> Option<&mut Tunn> {
+        self.get_mut(peer_key)?;
         let peer = self.sessions.get_mut(peer_key)?;
         if peer.tunn.is_none() {
             let index = next_index.fetch_add(1, Ordering::Relaxed) & 0x00ff_ffff;
@@ -212,8 +223,7 @@ impl Peers {
                     parse_handshake_anon(&identity.node_secret, &identity.node_public, &init)
                         .ok()?;
                 return self
-                    .sessions
-                    .contains_key(&half.peer_static_public)
+                    .contains(&half.peer_static_public)
                     .then_some(half.peer_static_public);
             }
             Packet::HandshakeResponse(p) => p.receiver_idx,
@@ -228,12 +238,24 @@ impl Peers {
     fn take_known(&mut self, peers: Vec<ResumePeer>, until: Instant) -> Vec<ResumePeer> {
         let (known, unknown): (Vec<_>, Vec<_>) = peers
             .into_iter()
-            .partition(|peer| self.sessions.contains_key(&peer.node_key));
+            .partition(|peer| self.table.contains(&peer.node_key));
         self.pending_initiations = (!unknown.is_empty()).then_some(PendingInitiations {
             peers: unknown,
             until,
         });
         known
+    }
+
+    /// Whether any peer has a WireGuard session, whose timers must run.
+    pub(super) fn has_live_session(&self) -> bool {
+        self.sessions.values().any(|p| p.tunn.is_some())
+    }
+
+    /// When remembered peers no netmap named are forgotten, if any wait.
+    pub(super) fn pending_initiations_deadline(&self) -> Option<tokio::time::Instant> {
+        self.pending_initiations
+            .as_ref()
+            .map(|pending| tokio::time::Instant::from_std(pending.until))
     }
 
     /// Timer: forgets remembered peers no netmap named in time.
@@ -278,13 +300,8 @@ impl Peers {
 impl PodState {
     pub(super) fn set_peers(&mut self, peers: Vec<Arc<PeerConfig>>) {
         let removed = self.peers.replace(peers);
-        self.discovery.disco.set_peers(
-            self.peers
-                .sessions
-                .values()
-                .filter_map(|p| p.config.disco_key.as_ref().map(|d| (p.config.node_key, d))),
-        );
-        debug!(pod = %self.identity.pod_id, peers = self.peers.len(), removed, routes = self.peers.routes.len(), "peers updated");
+        self.discovery.disco.set_peers(self.peers.table.clone());
+        debug!(pod = %self.identity.pod_id, peers = self.peers.len(), removed, routes = self.peers.table.route_count(), "peers updated");
         if let Some(pending) = self.peers.pending_initiations.take() {
             for peer in self.peers.take_known(pending.peers, pending.until) {
                 self.initiate_handshake(&peer);
@@ -355,3 +372,7 @@ impl PodState {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

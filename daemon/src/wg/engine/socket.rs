@@ -125,6 +125,12 @@ impl PodSocket {
         self.rx_batch = Some(batch);
     }
 
+    /// Whether batch buffers are held, which the timer frees once the pod
+    /// goes quiet.
+    pub(super) fn holds_batches(&self) -> bool {
+        self.tx_batch.is_some() || self.rx_batch.is_some()
+    }
+
     /// Timer: free the batch buffers of a pod that has gone quiet.
     pub(super) fn release_idle_batches(&mut self) {
         if self.tx_batch.is_none() && self.rx_batch.is_none() {

@@ -7,9 +7,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::pod::PodState;
+use super::session::PeerSession;
 use crate::wg::path::Path;
 
-/// How often a pod publishes the snapshot behind [`super::PodHandle::stats_now`].
+/// How often, at most, a pod publishes the snapshot behind
+/// [`super::PodHandle::stats_now`]: only after its counters or sessions
+/// changed, so an idle pod publishes nothing.
 pub const STATS_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the next packet to a peer travels.
@@ -69,6 +72,8 @@ pub(super) struct Counters {
     pub(super) totals: PodStats,
     published: watch::Sender<PodStats>,
     last_published: Option<Instant>,
+    /// Something the snapshot shows may have changed since it was published.
+    changed: bool,
 }
 
 impl Counters {
@@ -78,6 +83,7 @@ impl Counters {
             totals: PodStats::default(),
             published,
             last_published: None,
+            changed: false,
         };
         (counters, receiver)
     }
@@ -85,57 +91,108 @@ impl Counters {
     pub(super) fn drop_packets(&mut self, n: u64) {
         self.totals.dropped_packets += n;
     }
+
+    /// Traffic or a command may have changed what a snapshot shows.
+    pub(super) fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
+    /// When the next snapshot is due: a publish interval after the last,
+    /// and only once something changed.
+    fn publish_deadline(&self) -> Option<Instant> {
+        if !self.changed {
+            return None;
+        }
+        Some(
+            self.last_published
+                .map_or_else(Instant::now, |t| t + STATS_PUBLISH_INTERVAL),
+        )
+    }
 }
 
 impl PodState {
-    /// Timer: publish a snapshot of the peers in use every
-    /// [`STATS_PUBLISH_INTERVAL`].
+    /// Timer: publish a snapshot of the peers in use, at most every
+    /// [`STATS_PUBLISH_INTERVAL`] and only after a change; watchers are
+    /// woken only when it differs from the last.
     pub(super) fn publish_stats_if_due(&mut self) {
         if self
             .counters
-            .last_published
-            .is_none_or(|t| t.elapsed() >= STATS_PUBLISH_INTERVAL)
+            .publish_deadline()
+            .is_some_and(|due| due <= Instant::now())
         {
             self.counters.last_published = Some(Instant::now());
+            self.counters.changed = false;
             let snapshot = self.snapshot_stats(PeerSelection::InUse);
-            self.counters.published.send_replace(snapshot);
+            self.counters.published.send_if_modified(|published| {
+                let modified = *published != snapshot;
+                *published = snapshot;
+                modified
+            });
         }
+    }
+
+    /// When the timer must run for the next snapshot, if one is owed.
+    pub(super) fn stats_deadline(&self) -> Option<Instant> {
+        self.counters.publish_deadline()
     }
 
     pub(super) fn snapshot_stats(&self, selection: PeerSelection) -> PodStats {
         let now = std::time::Instant::now();
         let mut stats = self.counters.totals.clone();
-        stats.peers = self
-            .peers
-            .sessions
-            .iter()
-            .filter(|(_, p)| {
-                selection == PeerSelection::All
-                    || p.tunn.is_some()
-                    || p.last_sent_via != PathKind::None
-            })
-            .map(|(key, p)| {
-                let path = p.path(now);
-                PeerStats {
-                    node_key: *key,
-                    // The path the next packet takes: a validated direct
-                    // endpoint, else the relay once anything was relayed.
-                    path: match path {
-                        Path::Direct(_) => PathKind::Direct,
-                        Path::Relay if p.last_sent_via == PathKind::None => PathKind::None,
-                        Path::Relay => PathKind::Relay,
-                    },
-                    relay_region: p.relayed_to,
-                    direct_endpoint: match path {
-                        Path::Direct(addr) => Some(addr),
-                        Path::Relay => None,
-                    },
-                    last_handshake: p.tunn.as_ref().and_then(|t| t.time_since_last_handshake()),
-                    tx_bytes: p.tx_bytes,
-                    rx_bytes: p.rx_bytes,
-                }
-            })
-            .collect();
+        let sessions = &self.peers.sessions;
+        stats.peers = match selection {
+            PeerSelection::All => self
+                .peers
+                .table
+                .iter()
+                .map(|config| match sessions.get(&config.node_key) {
+                    Some(session) => peer_stats(&config.node_key, session, now),
+                    None => PeerStats::untouched(config.node_key),
+                })
+                .collect(),
+            PeerSelection::InUse => sessions
+                .iter()
+                .filter(|(_, p)| p.tunn.is_some() || p.last_sent_via != PathKind::None)
+                .map(|(key, p)| peer_stats(key, p, now))
+                .collect(),
+        };
         stats
+    }
+}
+
+impl PeerStats {
+    /// A peer the pod has exchanged nothing with.
+    fn untouched(node_key: [u8; 32]) -> Self {
+        Self {
+            node_key,
+            path: PathKind::None,
+            relay_region: None,
+            direct_endpoint: None,
+            last_handshake: None,
+            tx_bytes: 0,
+            rx_bytes: 0,
+        }
+    }
+}
+
+fn peer_stats(key: &[u8; 32], p: &PeerSession, now: std::time::Instant) -> PeerStats {
+    let path = p.path(now);
+    PeerStats {
+        node_key: *key,
+        // The path the next packet takes: a validated direct
+        // endpoint, else the relay once anything was relayed.
+        path: match path {
+            Path::Direct(_) => PathKind::Direct,
+            Path::Relay if p.last_sent_via == PathKind::None => PathKind::None,
+            Path::Relay => PathKind::Relay,
+        },
+        relay_region: p.relayed_to,
+        direct_endpoint: match path {
+            Path::Direct(addr) => Some(addr),
+            Path::Relay => None,
+        },
+        last_handshake: p.tunn.as_ref().and_then(|t| t.time_since_last_handshake()),
+        tx_bytes: p.tx_bytes,
+        rx_bytes: p.rx_bytes,
     }
 }

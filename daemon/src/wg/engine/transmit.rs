@@ -40,7 +40,7 @@ impl PodState {
         // Remember the flows the pod opens so the filter lets their replies in.
         self.filter.note_outbound(packet);
         // A tailnet address no peer owns is dropped, never sent to an exit node.
-        let Some(peer_key) = self.peers.routes.owner(dst).copied() else {
+        let Some(peer_key) = self.peers.table.owner(dst).copied() else {
             trace!(pod = %self.identity.pod_id, %dst, "no peer for destination");
             self.counters.drop_packets(1);
             return;

@@ -6,6 +6,7 @@ mod direct;
 mod dns;
 mod filter;
 mod hostile;
+mod idle;
 mod relay;
 mod resume;
 
