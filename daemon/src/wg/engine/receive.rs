@@ -45,9 +45,12 @@ impl PodState {
                 }
             };
             for i in 0..n {
-                if let Some((datagram, from)) = batch.get(i) {
-                    self.handle_udp(device, datagram, udp::canonical(from))
-                        .await;
+                let Some((_, from)) = batch.get(i) else {
+                    continue;
+                };
+                let from = udp::canonical(from);
+                for datagram in batch.datagrams(i) {
+                    self.handle_udp(device, datagram, from).await;
                 }
             }
             if n < batch.capacity() {
