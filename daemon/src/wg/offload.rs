@@ -174,7 +174,7 @@ impl Default for TcpCoalescer {
 impl TcpCoalescer {
     pub fn new() -> Self {
         Self {
-            frame: Vec::with_capacity(VNET_HDR_LEN + MAX_JOINED_LEN),
+            frame: Vec::new(),
             first: None,
             next_seq: 0,
             segments: 0,
@@ -196,6 +196,8 @@ impl TcpCoalescer {
         };
         let Some(first) = self.first else {
             self.frame.clear();
+            // Once per buffer: joined segments then never reallocate.
+            self.frame.reserve(VNET_HDR_LEN + MAX_JOINED_LEN);
             self.frame.extend_from_slice(&PLAIN_VNET_HDR);
             self.frame.extend_from_slice(packet);
             self.first = Some(seg);
@@ -242,6 +244,12 @@ impl TcpCoalescer {
     pub fn clear(&mut self) {
         self.first = None;
         self.frame.clear();
+    }
+
+    /// Forget the held segment and free the buffer.
+    pub fn release(&mut self) {
+        self.clear();
+        self.frame = Vec::new();
     }
 
     fn finish_joined(&mut self, first: &Segment) {
@@ -300,4 +308,4 @@ fn pseudo_header_sum(packet: &[u8], v6: bool, tcp_len: usize) -> u64 {
 
 #[cfg(test)]
 #[path = "offload_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -1,10 +1,10 @@
 use super::*;
 
-const SRC4: [u8; 4] = [100, 64, 0, 1];
-const DST4: [u8; 4] = [100, 64, 0, 2];
+pub(crate) const SRC4: [u8; 4] = [100, 64, 0, 1];
+pub(crate) const DST4: [u8; 4] = [100, 64, 0, 2];
 
 /// A TCP segment with correct checksums, as a peer's stack sends it.
-fn tcp4(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn tcp4(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     let total = 20 + 32 + payload.len();
     let mut p = vec![0u8; total];
     p[0] = 0x45;
@@ -58,7 +58,7 @@ fn fill_tcp(tcp: &mut [u8], seq: u32, flags: u8, payload: &[u8]) {
     tcp[32..].copy_from_slice(payload);
 }
 
-fn payload(n: usize, tag: u8) -> Vec<u8> {
+pub(crate) fn payload(n: usize, tag: u8) -> Vec<u8> {
     (0..n).map(|i| (i as u8).wrapping_mul(31) ^ tag).collect()
 }
 
