@@ -124,14 +124,9 @@ fn gso_runs_stay_under_the_ip_packet_limit() {
     assert_eq!(batch.gso_run(0), GSO_MAX_BYTES / 3000);
 }
 
-/// Whatever the kernel offers: with GSO the peer sees the same
-/// datagrams, in order, as without (or the send fails and the caller
-/// falls back).
-#[test]
-fn gso_sends_arrive_as_separate_datagrams() {
-    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let to = rx.local_addr().unwrap();
+/// A batch of datagrams for `to` that GSO can group (every tenth one
+/// shorter), each filled with its index, and their lengths.
+fn gso_burst(to: SocketAddr) -> (DatagramBatch, Vec<usize>) {
     let mut out = DatagramBatch::new(BATCH_SLOTS, 1400);
     let lens: Vec<usize> = (0..BATCH_SLOTS)
         .map(|i| if i % 10 == 9 { 300 } else { 1300 })
@@ -140,13 +135,36 @@ fn gso_sends_arrive_as_separate_datagrams() {
         out.next_slot().unwrap()[..*len].fill(i as u8);
         out.commit(*len, to);
     }
+    (out, lens)
+}
+
+/// Send all of `out`, with GSO until the kernel refuses it; whether GSO
+/// was used throughout.
+fn send_all(tx: &std::net::UdpSocket, out: &DatagramBatch) -> bool {
     let mut sent = 0;
+    let mut gso = true;
     while sent < out.len() {
-        sent += match send_batch(tx.as_fd(), &out, sent, true) {
+        sent += match send_batch(tx.as_fd(), out, sent, gso) {
             Ok(n) => n,
-            Err(_) => send_batch(tx.as_fd(), &out, sent, false).unwrap(),
+            Err(_) => {
+                gso = false;
+                send_batch(tx.as_fd(), out, sent, false).unwrap()
+            }
         };
     }
+    gso
+}
+
+/// Whatever the kernel offers: with GSO the peer sees the same
+/// datagrams, in order, as without (or the send fails and the caller
+/// falls back).
+#[test]
+fn gso_sends_arrive_as_separate_datagrams() {
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = rx.local_addr().unwrap();
+    let (out, lens) = gso_burst(to);
+    send_all(&tx, &out);
     let mut inb = DatagramBatch::new(BATCH_SLOTS, 1400);
     let mut got = Vec::new();
     while got.len() < lens.len() {
@@ -212,25 +230,8 @@ fn gro_receive_splits_gso_bursts_back_into_datagrams() {
         nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::UdpGroSegment, &true).is_ok();
     assert_eq!(gro, crate::wg::udp::gro_enabled(&rx));
     let to = rx.local_addr().unwrap();
-    let mut out = DatagramBatch::new(BATCH_SLOTS, 1400);
-    let lens: Vec<usize> = (0..BATCH_SLOTS)
-        .map(|i| if i % 10 == 9 { 300 } else { 1300 })
-        .collect();
-    for (i, len) in lens.iter().enumerate() {
-        out.next_slot().unwrap()[..*len].fill(i as u8);
-        out.commit(*len, to);
-    }
-    let mut sent = 0;
-    let mut gso = true;
-    while sent < out.len() {
-        sent += match send_batch(tx.as_fd(), &out, sent, gso) {
-            Ok(n) => n,
-            Err(_) => {
-                gso = false;
-                send_batch(tx.as_fd(), &out, sent, false).unwrap()
-            }
-        };
-    }
+    let (out, lens) = gso_burst(to);
+    let gso = send_all(&tx, &out);
     let mut inb = DatagramBatch::for_receive(gro, 1400);
     let mut got = Vec::new();
     let mut slots = 0;
