@@ -6,24 +6,17 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use crate::wg::packet_fd::{TunIfReq, TUN_IFNAMSIZ};
+
 const TUN_CLONE_DEVICE: &str = "/dev/net/tun";
-const IFNAMSIZ: usize = 16;
-
-/// `struct ifreq` as TUNSETIFF reads it: the name and the flags member of
-/// the union, padded to the full size of the kernel struct (40 bytes).
-#[repr(C)]
-struct IfReqFlags {
-    name: [libc::c_char; IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 /// One packet per read/write, no packet-information header, single queue:
-/// the engine reads with one fd per pod.
-const TUN_FLAGS: libc::c_int = libc::IFF_TUN | libc::IFF_NO_PI;
+/// the engine reads with one fd per pod. The virtio-net header lets the
+/// engine write a burst of one TCP flow as one segment; no TUNSETOFFLOAD,
+/// so reads stay plain packets with complete checksums.
+const TUN_FLAGS: libc::c_int = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
 
 fn attach(name: &str) -> io::Result<File> {
-    if name.is_empty() || name.len() >= IFNAMSIZ || name.contains('\0') {
+    if name.is_empty() || name.len() >= TUN_IFNAMSIZ || name.contains('\0') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("invalid TUN name {name:?}"),
@@ -34,11 +27,7 @@ fn attach(name: &str) -> io::Result<File> {
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(TUN_CLONE_DEVICE)?;
-    let mut req = IfReqFlags {
-        name: [0; IFNAMSIZ],
-        flags: TUN_FLAGS as libc::c_short,
-        _pad: [0; 22],
-    };
+    let mut req = TunIfReq::new(TUN_FLAGS);
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
@@ -100,6 +89,6 @@ mod tests {
 
     #[test]
     fn ifreq_has_the_kernel_size() {
-        assert_eq!(std::mem::size_of::<IfReqFlags>(), 40);
+        assert_eq!(std::mem::size_of::<TunIfReq>(), 40);
     }
 }

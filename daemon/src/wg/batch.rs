@@ -29,6 +29,15 @@ pub const BATCH_SLOTS: usize = 32;
 const UDP_SEGMENT: libc::c_int = 103;
 /// Payload bound of one GSO send (an IP packet holds at most 64 KiB).
 const GSO_MAX_BYTES: usize = 65_000;
+/// `UDP_GRO` (linux/udp.h): the cmsg giving the segment size of a
+/// datagram the kernel coalesced from a burst (UDP GRO).
+const UDP_GRO: libc::c_int = 104;
+
+/// Slots of a receive batch on a socket with UDP GRO: each holds one
+/// coalesced burst of up to 64 KiB, so fewer slots move more datagrams.
+pub const GRO_SLOTS: usize = 16;
+/// A coalesced burst never exceeds one IP packet's payload.
+pub const GRO_SLOT_LEN: usize = 1 << 16;
 
 /// A fixed number of equal-size datagram slots, filled front to back.
 pub struct DatagramBatch {
@@ -36,6 +45,9 @@ pub struct DatagramBatch {
     slot_len: usize,
     lens: Vec<usize>,
     addrs: Vec<SocketAddr>,
+    /// Segment size of each slot that holds a GRO burst, 0 for a single
+    /// datagram.
+    segments: Vec<usize>,
 }
 
 impl DatagramBatch {
@@ -48,6 +60,17 @@ impl DatagramBatch {
             slot_len,
             lens: Vec::with_capacity(slots),
             addrs: Vec::with_capacity(slots),
+            segments: Vec::with_capacity(slots),
+        }
+    }
+
+    /// A batch to receive into: few big slots when the socket coalesces
+    /// bursts (`gro`), else [`BATCH_SLOTS`] slots of `slot_len`.
+    pub fn for_receive(gro: bool, slot_len: usize) -> Self {
+        if gro {
+            Self::new(GRO_SLOTS, GRO_SLOT_LEN.max(slot_len))
+        } else {
+            Self::new(BATCH_SLOTS, slot_len)
         }
     }
 
@@ -75,6 +98,7 @@ impl DatagramBatch {
     pub fn clear(&mut self) {
         self.lens.clear();
         self.addrs.clear();
+        self.segments.clear();
     }
 
     /// The next free slot, to be filled and then [`commit`](Self::commit)ted;
@@ -87,11 +111,18 @@ impl DatagramBatch {
     /// Record the next free slot as holding `len` bytes for `addr`.
     /// Returns false (and records nothing) when the batch is full.
     pub fn commit(&mut self, len: usize, addr: SocketAddr) -> bool {
+        self.commit_burst(len, addr, 0)
+    }
+
+    /// Record the next free slot as `len` bytes of datagrams from `addr`,
+    /// each `segment` bytes long but the last (0: one datagram).
+    pub fn commit_burst(&mut self, len: usize, addr: SocketAddr, segment: usize) -> bool {
         if self.is_full() {
             return false;
         }
         self.lens.push(len.min(self.slot_len));
         self.addrs.push(addr);
+        self.segments.push(segment);
         true
     }
 
@@ -134,11 +165,27 @@ impl DatagramBatch {
         let start = i * self.slot_len;
         Some((&self.buf[start..start + len], self.addrs[i]))
     }
+
+    /// The datagrams slot `i` holds, in arrival order: one, or the
+    /// segments of a coalesced burst.
+    pub fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+        let data = self.get(i).map_or(&[][..], |(data, _)| data);
+        let segment = match self.segments.get(i) {
+            Some(&segment) if segment > 0 => segment,
+            _ => data.len().max(1),
+        };
+        // An empty slot (a truncated datagram) still stands for one
+        // datagram, which `chunks` would skip.
+        let truncated = (i < self.len() && data.is_empty()).then_some(data);
+        data.chunks(segment).chain(truncated)
+    }
 }
 
 /// Receive up to a batch of datagrams without blocking, replacing the
 /// batch's contents. Truncated datagrams (longer than a slot) are kept as
-/// empty entries, which no protocol accepts. `WouldBlock` when none wait.
+/// empty entries, which no protocol accepts. A slot may hold a burst the
+/// kernel coalesced (UDP GRO), read back with [`DatagramBatch::datagrams`].
+/// Returns the slots filled; `WouldBlock` when none wait.
 pub fn recv_batch(fd: BorrowedFd<'_>, batch: &mut DatagramBatch) -> io::Result<usize> {
     batch.clear();
     let n = batch.capacity().min(BATCH_SLOTS);
@@ -147,6 +194,7 @@ pub fn recv_batch(fd: BorrowedFd<'_>, batch: &mut DatagramBatch) -> io::Result<u
     let mut iovs: [libc::iovec; BATCH_SLOTS] = unsafe { zeroed() };
     // SAFETY: as above.
     let mut hdrs: [libc::mmsghdr; BATCH_SLOTS] = unsafe { zeroed() };
+    let mut cmsgs = [CmsgBuf([0; 32]); BATCH_SLOTS];
     let slot_len = batch.slot_len;
     let base = batch.buf.as_mut_ptr();
     for i in 0..n {
@@ -157,6 +205,8 @@ pub fn recv_batch(fd: BorrowedFd<'_>, batch: &mut DatagramBatch) -> io::Result<u
         hdrs[i].msg_hdr.msg_namelen = size_of::<SockaddrStorage>() as libc::socklen_t;
         hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
         hdrs[i].msg_hdr.msg_iovlen = 1;
+        hdrs[i].msg_hdr.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+        hdrs[i].msg_hdr.msg_controllen = cmsgs[i].0.len();
     }
     // SAFETY: every header points at live buffers of the sizes given, which
     // outlive the call; the kernel writes at most those sizes.
@@ -178,9 +228,28 @@ pub fn recv_batch(fd: BorrowedFd<'_>, batch: &mut DatagramBatch) -> io::Result<u
         let len = if truncated { 0 } else { hdr.msg_len as usize };
         let addr =
             from_sockaddr(name, hdr.msg_hdr.msg_namelen).unwrap_or(SocketAddr::from(UNSPECIFIED));
-        batch.commit(len, addr);
+        batch.commit_burst(len, addr, gro_segment(&hdr.msg_hdr));
     }
     Ok(got)
+}
+
+/// The segment size the kernel reported for a coalesced datagram, 0 when
+/// it holds one datagram.
+fn gro_segment(hdr: &libc::msghdr) -> usize {
+    // SAFETY: `hdr` is a header recvmmsg filled: msg_control points at its
+    // live CmsgBuf and msg_controllen says how much the kernel wrote, so
+    // the CMSG_* walk stays inside it; the data is read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                return usize::try_from(size).unwrap_or(0);
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    0
 }
 
 /// Room for one cmsg carrying a u16, aligned for `cmsghdr`.
@@ -308,183 +377,5 @@ fn from_sockaddr(raw: &SockaddrStorage, len: libc::socklen_t) -> Option<SocketAd
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsFd;
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn slots_fill_in_order_until_full() {
-        let mut batch = DatagramBatch::new(2, 8);
-        assert!(batch.is_empty());
-        batch.next_slot().unwrap()[..3].copy_from_slice(b"one");
-        assert!(batch.commit(3, addr("10.0.0.1:1")));
-        batch.next_slot().unwrap()[..5].copy_from_slice(b"two!!");
-        assert!(batch.commit(5, addr("[fd00::2]:2")));
-        assert!(batch.is_full());
-        assert!(batch.next_slot().is_none());
-        assert!(!batch.commit(1, addr("10.0.0.3:3")));
-        assert_eq!(batch.get(0), Some((&b"one"[..], addr("10.0.0.1:1"))));
-        assert_eq!(batch.get(1), Some((&b"two!!"[..], addr("[fd00::2]:2"))));
-        assert_eq!(batch.get(2), None);
-        batch.clear();
-        assert!(batch.is_empty());
-        assert_eq!(batch.next_slot().unwrap().len(), 8);
-    }
-
-    #[test]
-    fn commit_clamps_lengths_to_the_slot() {
-        let mut batch = DatagramBatch::new(1, 4);
-        assert!(batch.commit(100, addr("10.0.0.1:1")));
-        assert_eq!(batch.get(0).unwrap().0.len(), 4);
-    }
-
-    #[test]
-    fn sockaddrs_round_trip() {
-        for a in [
-            addr("192.0.2.7:41641"),
-            addr("[2001:db8::1]:9"),
-            addr("[::ffff:10.1.2.3]:5"),
-        ] {
-            let raw = SockaddrStorage::from(a);
-            let len = sockaddr_len(a);
-            assert_eq!(from_sockaddr(&raw, len), Some(a));
-            assert_eq!(from_sockaddr(&raw, len - 1), None, "short length");
-        }
-        // SAFETY: all-zero is a valid SockaddrStorage (a union of plain C
-        // structs); its family is AF_UNSPEC.
-        let raw: SockaddrStorage = unsafe { zeroed() };
-        assert_eq!(from_sockaddr(&raw, 128), None, "AF_UNSPEC");
-    }
-
-    #[test]
-    fn a_batch_crosses_loopback_in_order_with_sources() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = rx.local_addr().unwrap();
-        let mut out = DatagramBatch::new(BATCH_SLOTS + 3, 64);
-        for i in 0..out.capacity() {
-            let slot = out.next_slot().unwrap();
-            slot[..2].copy_from_slice(&(i as u16).to_be_bytes());
-            assert!(out.commit(2 + i % 7, to));
-        }
-        // One call sends at most BATCH_SLOTS; the caller resumes after them.
-        let mut sent = 0;
-        while sent < out.len() {
-            sent += send_batch(tx.as_fd(), &out, sent, false).unwrap();
-        }
-        assert_eq!(sent, BATCH_SLOTS + 3);
-        assert_eq!(send_batch(tx.as_fd(), &out, sent, false).unwrap(), 0);
-
-        let mut inb = DatagramBatch::new(BATCH_SLOTS, 64);
-        let mut seen = 0;
-        while seen < sent {
-            let n = recv_batch(rx.as_fd(), &mut inb).unwrap();
-            assert_eq!(n, inb.len());
-            for i in 0..n {
-                let (data, from) = inb.get(i).unwrap();
-                assert_eq!(from, tx.local_addr().unwrap());
-                assert_eq!(data.len(), 2 + seen % 7);
-                assert_eq!(data[..2], (seen as u16).to_be_bytes());
-                seen += 1;
-            }
-        }
-        let err = recv_batch(rx.as_fd(), &mut inb).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-        assert!(inb.is_empty());
-    }
-
-    #[test]
-    fn gso_runs_group_equal_datagrams_to_one_destination() {
-        let (a, b) = (addr("10.0.0.1:1"), addr("10.0.0.2:2"));
-        let mut batch = DatagramBatch::new(8, 64);
-        for (len, to) in [
-            (40, a),
-            (40, a),
-            (40, a),
-            (12, a),
-            (40, a),
-            (40, b),
-            (50, b),
-            (0, b),
-        ] {
-            batch.next_slot().unwrap();
-            batch.commit(len, to);
-        }
-        // Three full segments and a shorter tail.
-        assert_eq!(batch.gso_run(0), 4);
-        // A new destination ends a run.
-        assert_eq!(batch.gso_run(4), 1);
-        // A longer datagram cannot follow a shorter segment size.
-        assert_eq!(batch.gso_run(5), 1);
-        assert_eq!(batch.gso_run(6), 1, "an empty tail would be lost");
-        assert_eq!(batch.gso_run(7), 1);
-        assert_eq!(batch.gso_run(8), 0);
-    }
-
-    #[test]
-    fn gso_runs_stay_under_the_ip_packet_limit() {
-        let to = addr("10.0.0.1:1");
-        let mut batch = DatagramBatch::new(BATCH_SLOTS, 3000);
-        while batch.next_slot().is_some() {
-            batch.commit(3000, to);
-        }
-        assert_eq!(batch.gso_run(0), GSO_MAX_BYTES / 3000);
-    }
-
-    /// Whatever the kernel offers: with GSO the peer sees the same
-    /// datagrams, in order, as without (or the send fails and the caller
-    /// falls back).
-    #[test]
-    fn gso_sends_arrive_as_separate_datagrams() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = rx.local_addr().unwrap();
-        let mut out = DatagramBatch::new(BATCH_SLOTS, 1400);
-        let lens: Vec<usize> = (0..BATCH_SLOTS)
-            .map(|i| if i % 10 == 9 { 300 } else { 1300 })
-            .collect();
-        for (i, len) in lens.iter().enumerate() {
-            out.next_slot().unwrap()[..*len].fill(i as u8);
-            out.commit(*len, to);
-        }
-        let mut sent = 0;
-        while sent < out.len() {
-            sent += match send_batch(tx.as_fd(), &out, sent, true) {
-                Ok(n) => n,
-                Err(_) => send_batch(tx.as_fd(), &out, sent, false).unwrap(),
-            };
-        }
-        let mut inb = DatagramBatch::new(BATCH_SLOTS, 1400);
-        let mut got = Vec::new();
-        while got.len() < lens.len() {
-            let n = recv_batch(rx.as_fd(), &mut inb).unwrap();
-            got.extend((0..n).map(|i| inb.get(i).unwrap().0.to_vec()));
-        }
-        for (i, (data, len)) in got.iter().zip(&lens).enumerate() {
-            assert_eq!(data.len(), *len, "datagram {i}");
-            assert!(data.iter().all(|b| *b == i as u8), "datagram {i}");
-        }
-    }
-
-    #[test]
-    fn oversized_datagrams_arrive_empty() {
-        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        tx.send_to(&[7u8; 100], rx.local_addr().unwrap()).unwrap();
-        tx.send_to(&[8u8; 10], rx.local_addr().unwrap()).unwrap();
-        let mut inb = DatagramBatch::new(4, 16);
-        let mut lens = Vec::new();
-        while lens.len() < 2 {
-            match recv_batch(rx.as_fd(), &mut inb) {
-                Ok(n) => lens.extend((0..n).map(|i| inb.get(i).unwrap().0.to_vec())),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
-                Err(e) => panic!("{e}"),
-            }
-        }
-        assert_eq!(lens, vec![Vec::new(), vec![8u8; 10]]);
-    }
-}
+#[path = "batch_tests.rs"]
+mod tests;

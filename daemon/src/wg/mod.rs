@@ -13,6 +13,7 @@
 //! - [`disco`]: per-pod disco keys and the reaction to each disco message.
 //! - [`stun`]: per-pod endpoint discovery through the DERP map's STUN servers.
 //! - [`packet_fd`]: async packet I/O on TUN (or test) descriptors.
+//! - [`offload`]: virtio-net headers and TCP segment joining for the TUN.
 //! - [`udp`]: the per-pod UDP socket for direct paths.
 //! - [`batch`]: batched datagram I/O (recvmmsg/sendmmsg) on that socket.
 //! - [`local_relay`]: a minimal DERP relay for tests and local debugging.
@@ -23,6 +24,7 @@ pub mod derp_client;
 pub mod disco;
 pub mod engine;
 pub mod local_relay;
+pub mod offload;
 pub mod packet_fd;
 pub mod path;
 pub mod peer_table;

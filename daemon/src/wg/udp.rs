@@ -48,6 +48,7 @@ pub fn bind_pod_socket(port: u16) -> io::Result<tokio::net::UdpSocket> {
         }
     };
     size_buffers(&fd);
+    enable_gro(&fd);
     tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 
@@ -65,6 +66,22 @@ fn size_buffers(fd: &impl AsFd) {
             debug!(%error, "cannot enlarge the UDP send buffer");
         }
     }
+}
+
+/// Let the kernel hand over a burst of datagrams from one sender as one
+/// (UDP GRO, split again by [`crate::wg::batch`]): a peer sending with
+/// GSO then costs one receive per burst. Kernels without it (before 5.0)
+/// refuse, and the socket receives datagram by datagram.
+fn enable_gro(fd: &impl AsFd) {
+    if let Err(error) = socket::setsockopt(fd, sockopt::UdpGroSegment, &true) {
+        debug!(%error, "no UDP GRO on the pod socket");
+    }
+}
+
+/// Whether the socket coalesces bursts (UDP GRO), which receive batches
+/// must be sized for.
+pub fn gro_enabled(fd: &impl AsFd) -> bool {
+    socket::getsockopt(fd, sockopt::UdpGroSegment).unwrap_or(false)
 }
 
 /// Map IPv4-mapped IPv6 source addresses (from the dual-stack socket) back

@@ -45,9 +45,12 @@ impl PodState {
                 }
             };
             for i in 0..n {
-                if let Some((datagram, from)) = batch.get(i) {
-                    self.handle_udp(device, datagram, udp::canonical(from))
-                        .await;
+                let Some((_, from)) = batch.get(i) else {
+                    continue;
+                };
+                let from = udp::canonical(from);
+                for datagram in batch.datagrams(i) {
+                    self.handle_udp(device, datagram, from).await;
                 }
             }
             if n < batch.capacity() {
@@ -55,6 +58,17 @@ impl PodState {
             }
         }
         self.socket.put_rx_batch(batch);
+        self.flush_device(device).await;
+    }
+
+    /// Write the TCP segments joined while handling a burst, and free the
+    /// buffer they were joined in: a quiet pod holds none.
+    async fn flush_device(&mut self, device: &PacketFd) {
+        if let Err(e) = device.flush().await {
+            debug!(pod = %self.identity.pod_id, error = %e, "writing to packet device failed");
+            self.counters.drop_packets(1);
+        }
+        device.release();
     }
 
     /// A datagram on the pod's UDP socket: WireGuard, disco or STUN.
@@ -120,6 +134,7 @@ impl PodState {
         self.relay.touch(msg.region);
         self.decapsulate_from(device, msg.src, None, &msg.packet)
             .await;
+        self.flush_device(device).await;
     }
 
     /// The handshake gate: whether a WireGuard datagram may go on to the
@@ -220,7 +235,9 @@ impl PodState {
         peer.rx_bytes += packet.len() as u64;
         self.counters.totals.rx_packets += 1;
         self.counters.totals.rx_bytes += packet.len() as u64;
-        if let Err(e) = device.send(packet).await {
+        // Held to be joined with the next segments of its TCP flow; the
+        // burst's end writes it.
+        if let Err(e) = device.send_joined(packet).await {
             debug!(pod = %self.identity.pod_id, error = %e, "writing to packet device failed");
             self.counters.drop_packets(1);
         }

@@ -116,9 +116,10 @@ impl PodSocket {
     pub(super) fn take_rx_batch(&mut self) -> Box<DatagramBatch> {
         self.batch_idle_ticks = 0;
         let slot_len = self.slot_len;
+        let gro = self.udp.as_deref().is_some_and(udp::gro_enabled);
         self.rx_batch
             .take()
-            .unwrap_or_else(|| Box::new(DatagramBatch::new(BATCH_SLOTS, slot_len)))
+            .unwrap_or_else(|| Box::new(DatagramBatch::for_receive(gro, slot_len)))
     }
 
     pub(super) fn put_rx_batch(&mut self, batch: Box<DatagramBatch>) {
