@@ -80,8 +80,12 @@ impl Bed {
 
     /// Starts a daemon on what `world` holds (as after a restart).
     async fn start_in(world: World) -> Self {
+        Self::start_with_engine(world, Arc::new(FakeEngine::default())).await
+    }
+
+    /// [`Self::start_in`] on a given engine (one set to fail, say).
+    async fn start_with_engine(world: World, engine: Arc<FakeEngine>) -> Self {
         let records = Arc::new(FakeRecords::new(world.store()));
-        let engine = Arc::new(FakeEngine::default());
         let parts = Parts::<Fakes> {
             plumbing: world.plumbing.clone(),
             control: world.control.clone(),

@@ -89,3 +89,22 @@ async fn a_resumed_pod_keeps_its_tags_and_hostname() {
     assert_eq!(record.tags, vec![super::ALLOWED_TAG.to_string()]);
     bed.del(POD).await.expect("DEL");
 }
+
+#[tokio::test]
+async fn a_failed_attach_at_recovery_ends_the_resumed_session() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    let bed = Bed::start().await;
+    bed.add(POD).await.expect("ADD");
+    let world = bed.stop().await;
+
+    let engine = Arc::new(super::fakes::FakeEngine::default());
+    engine.fail_attach.store(true, Ordering::SeqCst);
+    let bed = Bed::start_with_engine(world, engine).await;
+    assert!(!bed.engine.attached().contains(POD));
+    assert!(
+        bed.control.running_sessions().is_empty(),
+        "the session started for the pod must not outlive its failed attach"
+    );
+}
