@@ -25,6 +25,7 @@ use tailnet_cnid::podmgr::plumbing::{
 };
 use tailnet_cnid::podmgr::tables::TableAllocator;
 use tailnet_cnid::podmgr::tun::open_tun;
+use tailnet_cnid::wg::offload::{PLAIN_VNET_HDR, VNET_HDR_LEN};
 
 use crate::common::{require, Needs, Unmet};
 
@@ -151,6 +152,13 @@ pub(crate) fn spec(id: &str, ns: &NamedNetns, n: u8) -> PodNetSpec {
     }
 }
 
+/// Writes one plain packet into a pod TUN, behind a virtio-net header that
+/// asks for no offload.
+fn write_packet(fd: &OwnedFd, packet: &[u8]) {
+    let framed = [PLAIN_VNET_HDR.as_slice(), packet].concat();
+    nix::unistd::write(fd, &framed).expect("writing to the TUN");
+}
+
 pub(crate) fn nonblocking_tun(name: &str) -> OwnedFd {
     let fd = open_tun(name).unwrap();
     // SAFETY: plain fcntl on a descriptor we own.
@@ -161,12 +169,14 @@ pub(crate) fn nonblocking_tun(name: &str) -> OwnedFd {
     fd
 }
 
+/// One packet from a pod TUN, without the virtio-net header the device
+/// carries (it is opened with `IFF_VNET_HDR`, as the engine opens it).
 fn read_packet(fd: &OwnedFd, within: Duration) -> Option<Vec<u8>> {
     let deadline = Instant::now() + within;
     let mut buf = vec![0u8; 2048];
     loop {
         match nix::unistd::read(fd, &mut buf) {
-            Ok(n) => return Some(buf[..n].to_vec()),
+            Ok(n) => return Some(buf.get(VNET_HDR_LEN..n).unwrap_or_default().to_vec()),
             Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10))
             }
@@ -606,7 +616,7 @@ fn two_pods_isolated_end_to_end() {
                 .set_read_timeout(Some(Duration::from_secs(3)))
                 .unwrap();
             let packet = udp_v4_packet(peer_v4, spec_a.ipv4.unwrap(), 6000, 5555, b"to-a");
-            nix::unistd::write(&tun_a, &packet).unwrap();
+            write_packet(&tun_a, &packet);
             let mut buf = [0u8; 64];
             let (n, from) = listener
                 .recv_from(&mut buf)
@@ -616,7 +626,7 @@ fn two_pods_isolated_end_to_end() {
 
             // A packet for A written into B's TUN must not reach A.
             let stray = udp_v4_packet(peer_v4, spec_a.ipv4.unwrap(), 6001, 5555, b"stray");
-            nix::unistd::write(&tun_b, &stray).unwrap();
+            write_packet(&tun_b, &stray);
             listener
                 .set_read_timeout(Some(Duration::from_millis(300)))
                 .unwrap();
