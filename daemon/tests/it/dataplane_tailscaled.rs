@@ -14,7 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,19 +28,8 @@ use tailnet_cnid::wg::{
 use crate::common::keys::NodeCleanup;
 use crate::common::netns::{ip, serve_hello, Netns};
 use crate::common::packet::icmp_v4;
-use crate::common::peer::tailscale;
-use crate::common::{self, require, run, Bed, KeySpec};
-
-/// A tailscaled we started; killed (by its own pid) when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Cleanup: nothing is left to do for a child that is already gone.
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
+use crate::common::peer::{tailscale, OwnTailscaled};
+use crate::common::{self, require, run, Bed};
 
 fn cli(bed: &Bed, socket: &Path, args: &[&str]) -> std::process::Output {
     tailscale(bed, socket, args)
@@ -84,56 +73,12 @@ struct Registered {
 /// Register a fresh node with control via a throwaway tailscaled, then stop
 /// it and keep its node key: the engine takes over that identity.
 fn register_identity(bed: &Bed, dir: &Path) -> Registered {
-    let state = dir.join("state");
-    let socket = dir.join("sock");
-    let daemon = Daemon(
-        Command::new(&bed.tailscaled_bin)
-            .env("TS_NO_LOGS_NO_SUPPORT", "true")
-            .args([
-                "--tun=userspace-networking",
-                "--no-logs-no-support",
-                "--port=0",
-            ])
-            .arg(format!("--state={}", state.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tailscaled"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "tailscaled socket never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let key = bed
-        .admin()
-        .mint(&KeySpec::single_use("dataplane test").expiring_in(3600))
-        .expect("admin API");
-    let hostname = format!("tncni-dp-{}", std::process::id());
-    let out = cli(
-        bed,
-        &socket,
-        &[
-            "up",
-            &format!("--login-server={}", bed.control_url),
-            &format!("--auth-key={key}"),
-            &format!("--hostname={hostname}"),
-            "--accept-dns=false",
-            "--timeout=60s",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "tailscale up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let me = status_self(bed, &socket);
+    let daemon = OwnTailscaled::start(bed, dir, "throwaway", "userspace-networking");
+    daemon.up(bed, &format!("tncni-dp-{}", std::process::id()), &[]);
+    let me = status_self(bed, &daemon.socket);
     let addresses = ips(&me);
     let public = key_hex(me["PublicKey"].as_str().unwrap(), "nodekey:");
+    let state = daemon.state.clone();
     drop(daemon);
 
     let state: serde_json::Value =

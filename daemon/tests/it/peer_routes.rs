@@ -24,7 +24,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -35,10 +35,9 @@ use tailnet_cnid::podmgr::plumbing::POD_GATEWAY_V4;
 
 use crate::common::keys::NodeCleanup;
 use crate::common::netns::{ip, serve_hello, Netns};
-use crate::common::peer::{peer_status, tailscale};
+use crate::common::peer::{peer_status, tailscale, OwnTailscaled};
 use crate::common::{
-    self, require, run, run_ok, shim, wait_until, Bed, Daemon, DaemonOptions, KeySpec, Pod,
-    CNI_PATH,
+    self, require, run, run_ok, shim, wait_until, Bed, Daemon, DaemonOptions, Pod, CNI_PATH,
 };
 
 const SUBNET: &str = "10.99.0.0/24";
@@ -62,60 +61,20 @@ fn prerequisites() -> Result<Bed, common::Unmet> {
         .bed()
 }
 
-/// A tailscaled we started; killed (by its own pid) when dropped.
-struct Tailscaled(Child);
-
-impl Drop for Tailscaled {
-    fn drop(&mut self) {
-        // Cleanup: nothing is left to do for a child that is already gone.
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
 /// The official tailscaled on a kernel TUN in the test's namespace,
 /// logged in, advertising the subnet and itself as exit node.
-fn start_router(bed: &Bed, dir: &Path, hostname: &str) -> (Tailscaled, PathBuf) {
-    let socket = dir.join("router.sock");
-    let daemon = Tailscaled(
-        Command::new(&bed.tailscaled_bin)
-            .env("TS_NO_LOGS_NO_SUPPORT", "true")
-            .args(["--tun=tnrt0", "--no-logs-no-support", "--port=0"])
-            .arg(format!("--state={}", dir.join("router.state").display()))
-            .arg(format!("--socket={}", socket.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tailscaled"),
-    );
-    wait_until(Duration::from_secs(30), "the router's socket", || {
-        socket.exists().then_some(())
-    });
-    let key = bed
-        .admin()
-        .mint(&KeySpec::single_use("peer routes test").expiring_in(3600))
-        .expect("admin API");
-    let out = tailscale(
+fn start_router(bed: &Bed, dir: &Path, hostname: &str) -> OwnTailscaled {
+    let router = OwnTailscaled::start(bed, dir, "router", "tnrt0");
+    router.up(
         bed,
-        &socket,
+        hostname,
         &[
-            "up",
-            &format!("--login-server={}", bed.control_url),
-            &format!("--auth-key={key}"),
-            &format!("--hostname={hostname}"),
             "--netfilter-mode=off",
-            "--accept-dns=false",
             &format!("--advertise-routes={SUBNET}"),
             "--advertise-exit-node",
-            "--timeout=60s",
         ],
     );
-    assert!(
-        out.status.success(),
-        "tailscale up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (daemon, socket)
+    router
 }
 
 /// The router's tailnet IPv4, from its own status.
@@ -328,8 +287,8 @@ fn peers_routes_are_installed_only_as_pods_opt_in() {
     let bed = require!(prerequisites());
     let dir = tempfile::tempdir().expect("tempdir");
     let router_name = format!("tnrt-{}", std::process::id());
-    let (_router, router_socket) = start_router(&bed, dir.path(), &router_name);
-    let router_v4 = router_ipv4(&bed, &router_socket);
+    let router = start_router(&bed, dir.path(), &router_name);
+    let router_v4 = router_ipv4(&bed, &router.socket);
     let router_node = bed
         .admin()
         .node_with_ipv4(router_v4)
