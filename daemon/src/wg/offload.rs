@@ -15,7 +15,7 @@
 //! The other direction, a large segment read from a TUN with TSO/USO
 //! cut into packets, is [`segment`].
 
-mod segment;
+pub(crate) mod segment;
 
 pub use segment::{complete_checksum, SegmentError, SegmentPlan, Splitter, MAX_FRAME_LEN};
 

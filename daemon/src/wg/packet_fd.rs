@@ -76,6 +76,11 @@ impl PacketFd {
         self.segmenting
     }
 
+    /// Large segments read and cut into packets so far.
+    pub fn frames_cut(&self) -> u64 {
+        self.splitter().frames_cut()
+    }
+
     /// Whether packets carry a virtio-net header on this device.
     pub fn has_vnet_hdr(&self) -> bool {
         self.vnet_hdr
@@ -356,6 +361,47 @@ mod tests {
         run(&["sysctl", "-qw", "net.ipv4.conf.all.send_redirects=0"]);
         run(&["sysctl", "-qw", "net.ipv4.conf.tvnet0.send_redirects=0"]);
         Ok(fd)
+    }
+
+    /// A UDP GSO send from the pod's stack reaches the device as one large
+    /// segment (the device took USO) and is read back as the datagrams the
+    /// wire would carry, checksums complete.
+    #[test]
+    fn a_large_segment_from_the_stack_is_read_as_wire_packets() {
+        use crate::wg::offload::segment::tests::checksums_verify;
+        use nix::sys::socket::{setsockopt, sockopt::UdpGsoSegment};
+        let fd = tailnet_testbed::require!(tun_in_private_netns());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let device = PacketFd::new(fd).unwrap();
+            assert!(device.is_segmenting(), "the TUN takes TSO");
+            let socket = std::net::UdpSocket::bind("10.77.0.1:0").unwrap();
+            setsockopt(&socket, UdpGsoSegment, &1000).unwrap();
+            let sent: Vec<u8> = (0..3500u32).map(|i| (i * 7) as u8).collect();
+            socket.send_to(&sent, "100.64.0.2:9999").unwrap();
+            let mut buf = [0u8; 1500];
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                let n = tokio::time::timeout(Duration::from_secs(5), device.recv(&mut buf))
+                    .await
+                    .expect("the datagrams")
+                    .unwrap();
+                let packet = &buf[..n];
+                if packet[0] >> 4 == 4 && packet[9] == 17 && packet[22..24] == 9999u16.to_be_bytes()
+                {
+                    assert!(checksums_verify(packet), "datagram {}", got.len());
+                    got.push(packet.to_vec());
+                }
+            }
+            let sizes: Vec<usize> = got.iter().map(Vec::len).collect();
+            assert_eq!(sizes, [1028, 1028, 1028, 528]);
+            let payload: Vec<u8> = got.iter().flat_map(|p| p[28..].to_vec()).collect();
+            assert_eq!(payload, sent);
+            assert_eq!(device.frames_cut(), 1, "one large segment was read and cut");
+        });
     }
 
     /// A joined segment is taken by the kernel: forwarded back out of the

@@ -224,6 +224,8 @@ pub struct Splitter {
     frame: Vec<u8>,
     plan: Option<SegmentPlan>,
     next: usize,
+    /// Frames loaded so far.
+    frames_cut: u64,
 }
 
 impl Splitter {
@@ -260,7 +262,13 @@ impl Splitter {
         let plan = SegmentPlan::new(hdr, &self.frame[..len])?;
         self.plan = Some(plan);
         self.next = 0;
+        self.frames_cut += 1;
         Ok(())
+    }
+
+    /// Frames loaded (and cut) so far.
+    pub fn frames_cut(&self) -> u64 {
+        self.frames_cut
     }
 
     /// Write the next packet into `out`; `None` when none is pending. A
@@ -285,4 +293,4 @@ impl Splitter {
 
 #[cfg(test)]
 #[path = "segment_tests.rs"]
-mod tests;
+pub(crate) mod tests;

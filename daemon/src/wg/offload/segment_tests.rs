@@ -14,7 +14,7 @@ fn reference_sum(bytes: &[u8]) -> u16 {
 }
 
 /// Whether the IPv4 header checksum and the transport checksum verify.
-fn checksums_verify(packet: &[u8]) -> bool {
+pub(crate) fn checksums_verify(packet: &[u8]) -> bool {
     let (v6, ip_len, protocol) = ip_header(packet).unwrap();
     let ip_ok = v6 || reference_sum(&packet[..ip_len]) == 0xffff;
     let l4 = &packet[ip_len..];
