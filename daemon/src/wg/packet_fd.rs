@@ -363,6 +363,13 @@ mod tests {
         Ok(fd)
     }
 
+    fn current_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// A UDP GSO send from the pod's stack reaches the device as one large
     /// segment (the device took USO) and is read back as the datagrams the
     /// wire would carry, checksums complete.
@@ -371,11 +378,7 @@ mod tests {
         use crate::wg::offload::segment::tests::checksums_verify;
         use nix::sys::socket::{setsockopt, sockopt::UdpGsoSegment};
         let fd = tailnet_testbed::require!(tun_in_private_netns());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        current_thread_runtime().block_on(async {
             let device = PacketFd::new(fd).unwrap();
             assert!(device.is_segmenting(), "the TUN takes TSO");
             let socket = std::net::UdpSocket::bind("10.77.0.1:0").unwrap();
@@ -405,17 +408,13 @@ mod tests {
     }
 
     /// A joined segment is taken by the kernel: forwarded back out of the
-    /// TUN (which has no TSO), it is cut into the original segments with
-    /// correct checksums.
+    /// TUN, it is read back as the original segments with correct
+    /// checksums (cut by the reader, as the TUN takes TSO).
     #[test]
     fn the_kernel_takes_joined_segments_and_cuts_them_back() {
         use crate::wg::offload::tests::{payload, tcp4};
         let fd = tailnet_testbed::require!(tun_in_private_netns());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        current_thread_runtime().block_on(async {
             let device = PacketFd::new(fd).unwrap();
             assert!(device.has_vnet_hdr());
             let mut sent = Vec::new();
