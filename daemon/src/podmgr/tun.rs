@@ -11,8 +11,9 @@ use crate::wg::packet_fd::{TunIfReq, TUN_IFNAMSIZ};
 const TUN_CLONE_DEVICE: &str = "/dev/net/tun";
 /// One packet per read/write, no packet-information header, single queue:
 /// the engine reads with one fd per pod. The virtio-net header lets the
-/// engine write a burst of one TCP flow as one segment; no TUNSETOFFLOAD,
-/// so reads stay plain packets with complete checksums.
+/// engine write a burst of one TCP flow as one segment, and read one large
+/// segment once the engine's reader offers TSO (`TUNSETOFFLOAD`, see
+/// `wg::packet_fd`); until then reads are plain packets.
 const TUN_FLAGS: libc::c_int = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
 
 fn attach(name: &str) -> io::Result<File> {

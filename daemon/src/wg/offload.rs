@@ -11,6 +11,13 @@
 //! the checksum is never computed over the payload (the packets were
 //! authenticated by WireGuard), which is what the kernel does with a
 //! segment GRO built.
+//!
+//! The other direction, a large segment read from a TUN with TSO/USO
+//! cut into packets, is [`segment`].
+
+pub(crate) mod segment;
+
+pub use segment::{complete_checksum, SegmentError, SegmentPlan, Splitter, MAX_FRAME_LEN};
 
 /// Bytes of `struct virtio_net_hdr` (without `num_buffers`, which a TUN
 /// only adds after TUNSETVNETHDRSZ).
@@ -22,6 +29,7 @@ const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
 
 /// An IP packet (total length field) holds at most this many bytes.
 const MAX_JOINED_LEN: usize = 65_535;
@@ -35,22 +43,56 @@ const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
 const TCP_URG: u8 = 0x20;
 
-/// The header a TUN reads in front of a packet, as far as the data plane
-/// cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The header a TUN reads in front of a packet (`struct virtio_net_hdr`;
+/// legacy headers are in the host's byte order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VnetHdr {
     pub flags: u8,
     pub gso_type: u8,
+    /// Bytes of the headers every segment repeats (a hint).
+    pub hdr_len: u16,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+    /// Where the checksummed part starts.
+    pub csum_start: u16,
+    /// Where the checksum field is, counted from `csum_start`.
+    pub csum_offset: u16,
 }
 
 impl VnetHdr {
     /// Decode the header at the start of a read; `None` when short.
     pub fn parse(bytes: &[u8]) -> Option<Self> {
         let hdr = bytes.get(..VNET_HDR_LEN)?;
+        let field = |at: usize| u16::from_ne_bytes([hdr[at], hdr[at + 1]]);
         Some(Self {
             flags: hdr[0],
             gso_type: hdr[1],
+            hdr_len: field(2),
+            gso_size: field(4),
+            csum_start: field(6),
+            csum_offset: field(8),
         })
+    }
+
+    /// The header's bytes as the device takes them.
+    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
+        let mut out = [0; VNET_HDR_LEN];
+        out[0] = self.flags;
+        out[1] = self.gso_type;
+        for (at, value) in [
+            (2, self.hdr_len),
+            (4, self.gso_size),
+            (6, self.csum_start),
+            (8, self.csum_offset),
+        ] {
+            out[at..at + 2].copy_from_slice(&value.to_ne_bytes());
+        }
+        out
+    }
+
+    /// Whether the packet behind it is a large segment to be cut.
+    pub fn is_segmented(&self) -> bool {
+        self.gso_type != GSO_NONE
     }
 
     /// Whether the packet behind it is one plain, complete IP packet: no
@@ -268,26 +310,31 @@ impl TcpCoalescer {
         let pseudo = fold(pseudo_header_sum(packet, first.v6, tcp_total));
         let check = ip_len + 16;
         packet[check..check + 2].copy_from_slice(&pseudo.to_be_bytes());
-        let gso_type = if first.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
-        let hdr_len = (ip_len + first.tcp_len) as u16;
-        let hdr = &mut self.frame[..VNET_HDR_LEN];
-        hdr[0] = F_NEEDS_CSUM;
-        hdr[1] = gso_type;
-        // Legacy virtio-net headers are in the host's byte order.
-        hdr[2..4].copy_from_slice(&hdr_len.to_ne_bytes());
-        hdr[4..6].copy_from_slice(&(first.payload as u16).to_ne_bytes());
-        hdr[6..8].copy_from_slice(&(ip_len as u16).to_ne_bytes());
-        hdr[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if first.v6 { GSO_TCPV6 } else { GSO_TCPV4 },
+            hdr_len: (ip_len + first.tcp_len) as u16,
+            gso_size: first.payload as u16,
+            csum_start: ip_len as u16,
+            csum_offset: 16,
+        };
+        self.frame[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
     }
 }
 
-/// One's complement sum of `bytes` as big-endian 16-bit words onto `sum`.
+/// One's complement sum of `bytes` as big-endian 16-bit words onto `sum`,
+/// unfolded. Taken four bytes at a time: as 2^16 is 1 modulo 0xffff, a
+/// 32-bit word adds the same as its two halves, in half the steps.
 fn sum_words(bytes: &[u8], mut sum: u64) -> u64 {
-    let mut words = bytes.chunks_exact(2);
+    let mut words = bytes.chunks_exact(4);
     for word in &mut words {
+        sum += u64::from(u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+    }
+    let mut rest = words.remainder().chunks_exact(2);
+    for word in &mut rest {
         sum += u64::from(u16::from_be_bytes([word[0], word[1]]));
     }
-    if let [last] = words.remainder() {
+    if let [last] = rest.remainder() {
         sum += u64::from(*last) << 8;
     }
     sum

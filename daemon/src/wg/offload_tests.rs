@@ -26,7 +26,7 @@ pub(crate) fn tcp4(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-fn tcp6(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn tcp6(seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     let tcp_total = 32 + payload.len();
     let mut p = vec![0u8; 40 + tcp_total];
     p[0] = 0x60;

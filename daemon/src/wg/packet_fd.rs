@@ -4,7 +4,10 @@
 //! A TUN opened with IFF_VNET_HDR as well (see `podmgr::tun`) puts a
 //! virtio-net header in front of every packet; then the engine's writes
 //! may be queued with [`PacketFd::send_joined`], which joins consecutive
-//! TCP segments into one write ([`crate::wg::offload`]).
+//! TCP segments into one write ([`crate::wg::offload`]). Such a TUN is
+//! also offered TSO (and USO where the kernel has it): the pod's stack
+//! then hands over one large segment per read, which [`PacketFd::recv`]
+//! cuts into wire-sized packets ([`crate::wg::offload::Splitter`]).
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -16,7 +19,19 @@ use nix::sys::uio::{readv, writev};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::offload::{TcpCoalescer, VnetHdr, PLAIN_VNET_HDR, VNET_HDR_LEN};
+use tracing::debug;
+
+use super::offload::{
+    complete_checksum, Splitter, TcpCoalescer, VnetHdr, PLAIN_VNET_HDR, VNET_HDR_LEN,
+};
+
+/// Offloads offered to a TUN, best first: checksums, TSO and USO; without
+/// USO (kernels before 6.2); none.
+const OFFLOAD_CHOICES: [libc::c_uint; 3] = [
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_USO4 | libc::TUN_F_USO6,
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6,
+    0,
+];
 
 pub struct PacketFd {
     fd: AsyncFd<OwnedFd>,
@@ -27,6 +42,10 @@ pub struct PacketFd {
     /// Segments queued by [`Self::send_joined`]; one task uses the device,
     /// so the lock is never contended.
     coalescer: Mutex<TcpCoalescer>,
+    /// Reads may hand over large segments (the device took TSO).
+    segmenting: bool,
+    /// The large segment being handed out packet by packet.
+    splitter: Mutex<Splitter>,
 }
 
 impl PacketFd {
@@ -36,6 +55,7 @@ impl PacketFd {
         let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
         fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
         let vnet_hdr = tun_flags(fd.as_fd()).is_some_and(|f| f & libc::IFF_VNET_HDR != 0);
+        let segmenting = vnet_hdr && offer_offloads(fd.as_fd()) != 0;
         // SAFETY: the AsyncFd owns the descriptor, so it stays open for as
         // long as it is registered with the reactor.
         let fd =
@@ -46,7 +66,19 @@ impl PacketFd {
             vnet_hdr,
             joining: AtomicBool::new(vnet_hdr),
             coalescer: Mutex::new(TcpCoalescer::new()),
+            segmenting,
+            splitter: Mutex::new(Splitter::new()),
         })
+    }
+
+    /// Whether reads may hand over large segments, cut here.
+    pub fn is_segmenting(&self) -> bool {
+        self.segmenting
+    }
+
+    /// Large segments read and cut into packets so far.
+    pub fn frames_cut(&self) -> u64 {
+        self.splitter().frames_cut()
     }
 
     /// Whether packets carry a virtio-net header on this device.
@@ -56,6 +88,10 @@ impl PacketFd {
 
     /// Read one packet. Cancel-safe: nothing is consumed unless it returns.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // The rest of a large segment is ready without the device.
+        if let Some(n) = self.splitter().next_into(buf) {
+            return Ok(n);
+        }
         self.fd
             .async_io(Interest::READABLE, |fd| self.read_packet(fd.as_fd(), buf))
             .await
@@ -132,22 +168,76 @@ impl PacketFd {
         self.coalescer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One read. With a virtio-net header, packets needing more than a
-    /// copy (segmentation or a checksum: offloads this device never asked
-    /// for) are skipped.
+    fn splitter(&self) -> MutexGuard<'_, Splitter> {
+        self.splitter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One packet: the next of a large segment read before, or one read
+    /// now. With a virtio-net header, a packet whose checksum is left to
+    /// compute gets it; a large segment is cut, its first packet returned
+    /// and the rest kept. What cannot be made whole (or does not fit
+    /// `buf`) is skipped, as the device would drop it.
     fn read_packet(&self, fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
         if !self.vnet_hdr {
             return nix::unistd::read(fd, buf).map_err(io::Error::from);
         }
+        let mut splitter = self.splitter();
+        if let Some(n) = splitter.next_into(buf) {
+            return Ok(n);
+        }
         loop {
             let mut hdr = PLAIN_VNET_HDR;
-            let n = readv(fd, &mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)])
-                .map_err(io::Error::from)?;
-            match VnetHdr::parse(&hdr) {
-                Some(parsed) if n >= VNET_HDR_LEN && parsed.is_plain() => {
-                    return Ok(n - VNET_HDR_LEN)
+            let read = if self.segmenting {
+                let room = splitter.read_room(buf.len());
+                let (spill_len, head_len) = (room.len(), buf.len());
+                readv(
+                    fd,
+                    &mut [
+                        IoSliceMut::new(&mut hdr),
+                        IoSliceMut::new(buf),
+                        IoSliceMut::new(room),
+                    ],
+                )
+                .map(|n| (n, head_len + spill_len))
+            } else {
+                readv(fd, &mut [IoSliceMut::new(&mut hdr), IoSliceMut::new(buf)])
+                    .map(|n| (n, buf.len()))
+            };
+            let (n, room) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    // Between bursts a device holds no frame buffer.
+                    splitter.release();
+                    return Err(e.into());
                 }
-                _ => continue,
+            };
+            let (Some(parsed), Some(len)) = (VnetHdr::parse(&hdr), n.checked_sub(VNET_HDR_LEN))
+            else {
+                continue;
+            };
+            // The kernel reports the full length of what it cut short.
+            if len > room {
+                continue;
+            }
+            if !parsed.is_segmented() {
+                let Some(packet) = buf.get_mut(..len) else {
+                    continue;
+                };
+                match complete_checksum(&parsed, packet) {
+                    Ok(()) => return Ok(len),
+                    Err(e) => {
+                        debug!(error = %e, "dropping a packet read from the device");
+                        continue;
+                    }
+                }
+            }
+            let head = buf.len().min(len);
+            if let Err(e) = splitter.load(&parsed, &buf[..head], len) {
+                debug!(error = %e, "dropping a segment read from the device");
+                continue;
+            }
+            if let Some(n) = splitter.next_into(buf) {
+                return Ok(n);
             }
         }
     }
@@ -182,6 +272,27 @@ impl TunIfReq {
             _pad: [0; 22],
         }
     }
+}
+
+/// Offer the TUN behind `fd` the best offloads it takes (see
+/// [`OFFLOAD_CHOICES`]); what it took, 0 for none. A TUN only hands
+/// over large segments after this.
+fn offer_offloads(fd: BorrowedFd<'_>) -> libc::c_uint {
+    for offloads in OFFLOAD_CHOICES {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        let rc = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD as _,
+                libc::c_ulong::from(offloads),
+            )
+        };
+        if rc == 0 {
+            return offloads;
+        }
+        debug!(offloads, error = %io::Error::last_os_error(), "TUN refused offloads");
+    }
+    0
 }
 
 /// The flags of the TUN behind `fd`; `None` when it is no TUN.
@@ -252,18 +363,58 @@ mod tests {
         Ok(fd)
     }
 
+    fn current_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A UDP GSO send from the pod's stack reaches the device as one large
+    /// segment (the device took USO) and is read back as the datagrams the
+    /// wire would carry, checksums complete.
+    #[test]
+    fn a_large_segment_from_the_stack_is_read_as_wire_packets() {
+        use crate::wg::offload::segment::tests::checksums_verify;
+        use nix::sys::socket::{setsockopt, sockopt::UdpGsoSegment};
+        let fd = tailnet_testbed::require!(tun_in_private_netns());
+        current_thread_runtime().block_on(async {
+            let device = PacketFd::new(fd).unwrap();
+            assert!(device.is_segmenting(), "the TUN takes TSO");
+            let socket = std::net::UdpSocket::bind("10.77.0.1:0").unwrap();
+            setsockopt(&socket, UdpGsoSegment, &1000).unwrap();
+            let sent: Vec<u8> = (0..3500u32).map(|i| (i * 7) as u8).collect();
+            socket.send_to(&sent, "100.64.0.2:9999").unwrap();
+            let mut buf = [0u8; 1500];
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                let n = tokio::time::timeout(Duration::from_secs(5), device.recv(&mut buf))
+                    .await
+                    .expect("the datagrams")
+                    .unwrap();
+                let packet = &buf[..n];
+                if packet[0] >> 4 == 4 && packet[9] == 17 && packet[22..24] == 9999u16.to_be_bytes()
+                {
+                    assert!(checksums_verify(packet), "datagram {}", got.len());
+                    got.push(packet.to_vec());
+                }
+            }
+            let sizes: Vec<usize> = got.iter().map(Vec::len).collect();
+            assert_eq!(sizes, [1028, 1028, 1028, 528]);
+            let payload: Vec<u8> = got.iter().flat_map(|p| p[28..].to_vec()).collect();
+            assert_eq!(payload, sent);
+            assert_eq!(device.frames_cut(), 1, "one large segment was read and cut");
+        });
+    }
+
     /// A joined segment is taken by the kernel: forwarded back out of the
-    /// TUN (which has no TSO), it is cut into the original segments with
-    /// correct checksums.
+    /// TUN, it is read back as the original segments with correct
+    /// checksums (cut by the reader, as the TUN takes TSO).
     #[test]
     fn the_kernel_takes_joined_segments_and_cuts_them_back() {
         use crate::wg::offload::tests::{payload, tcp4};
         let fd = tailnet_testbed::require!(tun_in_private_netns());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        current_thread_runtime().block_on(async {
             let device = PacketFd::new(fd).unwrap();
             assert!(device.has_vnet_hdr());
             let mut sent = Vec::new();
