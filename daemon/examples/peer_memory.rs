@@ -13,6 +13,7 @@
 mod measure;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use measure::device::packet_device;
@@ -95,7 +96,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ))?,
                 &interner,
             );
-            sync.apply(&map).await?;
+            // Published as the control session does: a copy per change.
+            sync.apply(&Arc::new(map.clone())).await?;
             members.push((handle, other_end, sync, map));
         }
         settle().await;
@@ -111,7 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 map_response(&format!(r#"{{"Peers": [{}]}}"#, peers.join(",")))?,
                 &interner,
             );
-            sync.apply(map).await?;
+            sync.apply(&Arc::new(map.clone())).await?;
         }
         for (handle, ..) in &members {
             handle.stats().await?;
@@ -124,7 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let delta = format!(r#"{{"PeersChanged": [{}]}}"#, nodes[pods]);
         for (_, _, sync, map) in members.iter_mut() {
             map.apply(map_response(&delta)?, &interner);
-            sync.apply(map).await?;
+            sync.apply(&Arc::new(map.clone())).await?;
         }
         for (handle, ..) in &members {
             handle.stats().await?;
