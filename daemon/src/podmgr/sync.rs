@@ -260,7 +260,7 @@ impl PodSync {
                 let change = self.shared.peer_delta(last, map, &self.routing.prefs);
                 let delta = delta::effective(change.peers, table);
                 let next = (!delta.is_empty()).then(|| Arc::new(table.apply(&delta)));
-                (next, change.names || dns_settings_changed(last, map))
+                (next, dns_inputs_changed(last, map, change.names))
             }
             _ => {
                 let peers = self.shared.peers_of(map, &self.routing.prefs);
@@ -329,10 +329,14 @@ impl PodSync {
     }
 }
 
-/// Whether what MagicDNS reads outside the peers changed: the self node,
-/// the domain, the DNS configuration.
-fn dns_settings_changed(old: &NetMap, new: &NetMap) -> bool {
-    !same_arc(old.self_node.as_ref(), new.self_node.as_ref())
+/// Whether what the MagicDNS table is made of changed from `old` to
+/// `new`, given whether peers' `names` (or addresses, or the peers) did:
+/// those count only while MagicDNS serves node names, as hashing every
+/// peer's name costs each pod more than the rest of a delta.
+fn dns_inputs_changed(old: &NetMap, new: &NetMap, names: bool) -> bool {
+    let serves_names = new.dns.as_ref().is_some_and(|dns| dns.proxied);
+    (names && serves_names)
+        || !same_arc(old.self_node.as_ref(), new.self_node.as_ref())
         || !same_arc(old.dns.as_ref(), new.dns.as_ref())
         || old.domain != new.domain
 }
@@ -495,6 +499,29 @@ mod tests {
         // Pods with the same grant share the router's conversion too.
         let again = shared.peers_of(&netmap, &RoutePrefs::default());
         assert!(Arc::ptr_eq(&plain[0], &again[0]));
+    }
+
+    #[test]
+    fn peer_names_matter_to_dns_only_while_it_serves_them() {
+        use crate::control::netmap::Interner;
+        use crate::control::tailcfg::MapResponse;
+        let interner = Interner::default();
+        let mut map = NetMap::default();
+        let dns_config = |proxied: bool| -> MapResponse {
+            let text =
+                format!(r#"{{"DNSConfig": {{"Proxied": {proxied}}}, "Domain": "tailnet."}}"#);
+            from_slice(text.as_bytes()).unwrap()
+        };
+        map.apply(dns_config(false), &interner);
+        assert!(!dns_inputs_changed(&map.clone(), &map, true));
+        let old = map.clone();
+        map.apply(dns_config(true), &interner);
+        assert!(
+            dns_inputs_changed(&old, &map, false),
+            "the DNS settings changed"
+        );
+        assert!(dns_inputs_changed(&map.clone(), &map, true));
+        assert!(!dns_inputs_changed(&map.clone(), &map, false));
     }
 
     #[test]
