@@ -16,12 +16,15 @@
 //!     cargo run --release -p tailnet-cnid --example engine_peers [-- OUT.json]
 
 mod measure;
+#[path = "measure/tailnet.rs"]
+mod tailnet;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use measure::device::packet_device;
+use tailnet::{node_json, DERP_MAP};
 use tailnet_cnid::control::json::from_slice;
 use tailnet_cnid::control::netmap::Interner;
 use tailnet_cnid::control::tailcfg::MapResponse;
@@ -52,32 +55,6 @@ fn context_switches() -> u64 {
         })
         .sum()
 }
-
-fn key(prefix: &str, fill: u8, i: usize) -> String {
-    let mut bytes = [fill; 32];
-    bytes[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-    format!("{prefix}:{}", hex::encode(bytes))
-}
-
-/// Node `i` as control describes it: two addresses, two endpoints, a
-/// disco key, a home relay.
-fn node_json(i: usize, port: u16) -> String {
-    let (hi, lo) = (i / 250, i % 250 + 1);
-    format!(
-        r#"{{"ID": {id}, "StableID": "n{id}", "Name": "node-{i}.tailnet.", "Key": "{nk}", "DiscoKey": "{dk}",
-            "Addresses": ["100.80.{hi}.{lo}/32", "fd7a:115c:a1e0::1:{hi}:{lo}/128"],
-            "Endpoints": ["10.88.{hi}.{lo}:{port}", "[fd00::{hi}:{lo}]:{port}"], "HomeDERP": 900, "Online": true}}"#,
-        id = i + 1,
-        nk = key("nodekey", 0x10, i),
-        dk = key("discokey", 0x20, i),
-    )
-}
-
-/// One STUN-only server on a closed loopback port: pods run their STUN
-/// rounds as in a real tailnet, without relay connections.
-const DERP_MAP: &str = r#"{"Regions": {"900": {"RegionID": 900, "RegionCode": "lo", "Nodes": [
-    {"Name": "900a", "RegionID": 900, "HostName": "localhost", "IPv4": "127.0.0.1", "IPv6": "none",
-     "STUNPort": 9, "STUNOnly": true}]}}}"#;
 
 /// One pod: its engine handle, the other end of its device, its sync and
 /// the netmap its control session keeps.
@@ -149,7 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tun_fd: fd,
                 node_private: private,
                 disco_private: private,
-                addresses: vec![IpAddr::V4(Ipv4Addr::new(100, 80, 0, i as u8 + 1))],
+                addresses: vec![IpAddr::V4(Ipv4Addr::new(100, 64, 0, i as u8 + 1))],
             })?;
             let sync = PodSync::new(handle.clone(), Default::default()).await?;
             pods.push(Pod {
