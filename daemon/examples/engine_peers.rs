@@ -1,30 +1,41 @@
 //! Benchmark: what a large tailnet costs each pod that never talks to it,
 //! and what idle pods cost.
 //!
-//! Attaches 50 pods to one engine and gives each the same synthetic tailnet
-//! of 1,000, then 5,000 peers (records shared between pods, as the netmap
-//! sync interns them). Reports heap bytes per peer per pod (a counting
-//! allocator: exact), the CPU time of one netmap change applied to every
-//! pod (a peer joins), and, with the pods idle, their CPU and the threads'
-//! context switches per second (each wake-up of an idle runtime is one).
+//! A synthetic tailnet of 1,000, then 5,000 nodes; 250 of them are pods
+//! attached to one engine, each with the netmap control would send it
+//! (every node but itself), decoded and synced by the daemon's own code
+//! (`control::netmap`, `podmgr::sync`). Reports the pods' peer tables in
+//! bytes per peer per pod (their own parts, and the bases they share,
+//! counted once), the whole heap per peer per pod (with each pod's netmap,
+//! held twice as the control session holds and publishes it; a counting
+//! allocator: exact), the CPU time of one netmap delta decoded, applied
+//! and synced to every pod (a node joins; a node's endpoints change),
+//! and, with the pods idle, their CPU and the threads' context switches
+//! per second (each wake-up of an idle runtime is one).
 //!
 //!     cargo run --release -p tailnet-cnid --example engine_peers [-- OUT.json]
 
 mod measure;
+#[path = "measure/tailnet.rs"]
+mod tailnet;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use measure::device::packet_device;
-use tailnet_cnid::wg::{
-    DerpNodeConfig, DerpRegionConfig, Engine, EngineConfig, PeerConfig, PodDataConfig,
-};
+use tailnet::{node_json, DERP_MAP};
+use tailnet_cnid::control::json::from_slice;
+use tailnet_cnid::control::netmap::Interner;
+use tailnet_cnid::control::tailcfg::MapResponse;
+use tailnet_cnid::control::NetMap;
+use tailnet_cnid::podmgr::sync::PodSync;
+use tailnet_cnid::wg::{Engine, EngineConfig, PodDataConfig, PodHandle};
 
 #[global_allocator]
 static ALLOC: measure::Counting = measure::Counting;
 
-const PODS: usize = 50;
+const PODS: usize = 250;
 const IDLE_WINDOW: Duration = Duration::from_secs(6);
 
 /// Context switches of every thread of the process so far.
@@ -45,60 +56,51 @@ fn context_switches() -> u64 {
         .sum()
 }
 
-/// Peer `i` of the synthetic tailnet: two addresses, two endpoints, a disco key.
-fn peer(i: usize) -> Arc<PeerConfig> {
-    let mut node_key = [0x10u8; 32];
-    node_key[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-    let mut disco_key = [0x20u8; 32];
-    disco_key[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-    let (hi, lo) = ((i / 250) as u8, (i % 250) as u8 + 1);
-    Arc::new(PeerConfig {
-        node_key,
-        disco_key: Some(disco_key),
-        allowed_ips: vec![
-            (IpAddr::V4(Ipv4Addr::new(100, 80, hi, lo)), 32),
-            (
-                IpAddr::V6(Ipv6Addr::new(
-                    0xfd7a,
-                    0x115c,
-                    0xa1e0,
-                    0,
-                    0,
-                    1,
-                    hi.into(),
-                    lo.into(),
-                )),
-                128,
-            ),
-        ],
-        endpoints: vec![
-            SocketAddr::from(([10, 88, hi, lo], 41641)),
-            SocketAddr::from((
-                Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, hi.into(), lo.into()),
-                41641,
-            )),
-        ],
-        home_derp: Some(900),
-    })
+/// One pod: its engine handle, the other end of its device, its sync and
+/// the netmap its control session keeps.
+struct Pod {
+    handle: PodHandle,
+    _device: std::os::fd::OwnedFd,
+    sync: PodSync,
+    map: NetMap,
 }
 
-/// One STUN-only server on a closed loopback port: pods run their STUN
-/// rounds as in a real tailnet, without relay connections.
-fn derp_map() -> Arc<Vec<DerpRegionConfig>> {
-    Arc::new(vec![DerpRegionConfig {
-        region_id: 900,
-        nodes: vec![DerpNodeConfig {
-            name: "900a".into(),
-            host_name: "localhost".into(),
-            ipv4: Some(Ipv4Addr::LOCALHOST),
-            ipv6: None,
-            derp_port: 0,
-            stun_port: 9,
-            insecure_for_tests: true,
-            stun_only: true,
-            plain_http: true,
-        }],
-    }])
+/// Decodes `message` into every pod's netmap and publishes it (a copy, as
+/// the control session does), then syncs every pod and waits until every
+/// pod task took the change; returns the CPU time of each half in
+/// milliseconds.
+async fn deliver(
+    pods: &mut [Pod],
+    message: impl Fn(usize) -> String,
+    interner: &Interner,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let start = measure::cpu_time();
+    let mut published = Vec::with_capacity(pods.len());
+    for (i, pod) in pods.iter_mut().enumerate() {
+        let decoded: MapResponse = from_slice(message(i).as_bytes())?;
+        pod.map.apply(decoded, interner);
+        published.push(Arc::new(pod.map.clone()));
+    }
+    let decoded = measure::cpu_time();
+    for (pod, map) in pods.iter_mut().zip(&published) {
+        pod.sync.apply(map).await?;
+    }
+    for pod in pods.iter() {
+        pod.handle.stats().await?;
+    }
+    let synced = measure::cpu_time();
+    drop(published);
+    // The barrier walks every peer of every pod for its statistics: its
+    // own cost, measured alone, is not the delta's.
+    for pod in pods.iter() {
+        pod.handle.stats().await?;
+    }
+    let barrier = measure::cpu_time() - synced;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok((
+        ms(decoded - start),
+        ms((synced - decoded).saturating_sub(barrier)),
+    ))
 }
 
 async fn settle() {
@@ -110,9 +112,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args().nth(1);
     let mut results = Vec::new();
     for peers in [1_000usize, 5_000] {
+        let interner = Interner::default();
         let engine = Engine::new(EngineConfig::default());
-        let tailnet: Vec<Arc<PeerConfig>> = (0..=peers).map(peer).collect();
-        let map = derp_map();
+        // Node `peers` joins later.
+        let nodes: Vec<String> = (0..=peers).map(|i| node_json(i, 41641)).collect();
         let mut pods = Vec::new();
         for i in 0..PODS {
             let (fd, other_end) = packet_device()?;
@@ -125,32 +128,56 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 disco_private: private,
                 addresses: vec![IpAddr::V4(Ipv4Addr::new(100, 64, 0, i as u8 + 1))],
             })?;
-            handle.set_derp_map(map.clone()).await?;
-            pods.push((handle, other_end));
+            let sync = PodSync::new(handle.clone(), Default::default()).await?;
+            pods.push(Pod {
+                handle,
+                _device: other_end,
+                sync,
+                map: NetMap::default(),
+            });
         }
-        for (handle, _) in &pods {
-            handle.stats().await?;
-        }
+        deliver(
+            &mut pods,
+            |i| {
+                format!(
+                    r#"{{"Node": {}, "DERPMap": {DERP_MAP}, "PacketFilter": [{{"SrcIPs": ["*"], "DstPorts": [{{"IP": "*", "Ports": {{"First": 0, "Last": 65535}}}}]}}]}}"#,
+                    nodes[i]
+                )
+            },
+            &interner,
+        )
+        .await?;
         settle().await;
         let before = measure::live();
-        for (handle, _) in &pods {
-            handle.set_shared_peers(tailnet[..peers].to_vec()).await?;
-        }
-        for (handle, _) in &pods {
-            handle.stats().await?;
-        }
+        // The full netmap: every node but the pod itself.
+        deliver(
+            &mut pods,
+            |i| {
+                let others: Vec<&str> = (0..peers)
+                    .filter(|&j| j != i)
+                    .map(|j| nodes[j].as_str())
+                    .collect();
+                format!(r#"{{"Peers": [{}]}}"#, others.join(","))
+            },
+            &interner,
+        )
+        .await?;
         settle().await;
-        let per_peer_per_pod = (measure::live() - before) as f64 / (PODS * peers) as f64;
+        let per_peer_per_pod = |bytes: f64| bytes / (PODS * (peers - 1)) as f64;
+        let heap = per_peer_per_pod((measure::live() - before) as f64);
+        let (own, shared) = table_bytes(&pods);
+        let (own, shared) = (
+            per_peer_per_pod(own as f64),
+            per_peer_per_pod(shared as f64),
+        );
 
-        // One peer joins: every pod takes the new set.
-        let cpu_before = measure::cpu_time();
-        for (handle, _) in &pods {
-            handle.set_shared_peers(tailnet.clone()).await?;
-        }
-        for (handle, _) in &pods {
-            handle.stats().await?;
-        }
-        let delta_ms = (measure::cpu_time() - cpu_before).as_secs_f64() * 1e3;
+        // One node joins, then one node's endpoints change.
+        let join = format!(r#"{{"PeersChanged": [{}]}}"#, nodes[peers]);
+        let (join_decode, join_sync) = deliver(&mut pods, |_| join.clone(), &interner).await?;
+        let patch =
+            r#"{"PeersChangedPatch": [{"NodeID": 300, "Endpoints": ["10.88.1.51:41642"]}]}"#;
+        let (patch_decode, patch_sync) =
+            deliver(&mut pods, |_| patch.to_string(), &interner).await?;
 
         settle().await;
         let (cpu_before, switches_before) = (measure::cpu_time(), context_switches());
@@ -160,17 +187,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let switches = (context_switches() - switches_before) as f64 / window;
 
         println!(
-            "{PODS} pods x {peers:>5} peers: {per_peer_per_pod:>6.1} B per peer per pod, \
-             one change to all pods {delta_ms:>7.1} ms CPU, idle {idle_cpu:>5.2} % of a core, \
-             {switches:>6.1} context switches/s"
+            "{PODS} pods x {peers:>5} peers: tables {own:>5.2} B own + {shared:>5.2} B shared per peer per pod, \
+             heap {heap:>6.1} B per peer per pod with netmaps; \
+             a join to all pods {join_decode:>6.1} ms CPU decoding + {join_sync:>6.1} ms syncing, \
+             an endpoint patch {patch_decode:>6.1} + {patch_sync:>6.1} ms; \
+             idle {idle_cpu:>5.2} % of a core, {switches:>6.1} context switches/s"
         );
         results.push(serde_json::json!({
-            "pods": PODS, "peers": peers, "bytes_per_peer_per_pod": per_peer_per_pod,
-            "delta_cpu_ms": delta_ms, "idle_cpu_percent": idle_cpu,
+            "pods": PODS, "peers": peers - 1,
+            "table_own_bytes_per_peer_per_pod": own,
+            "table_shared_bytes_per_peer_per_pod": shared,
+            "heap_bytes_per_peer_per_pod": heap,
+            "join_decode_cpu_ms": join_decode, "join_sync_cpu_ms": join_sync,
+            "patch_decode_cpu_ms": patch_decode, "patch_sync_cpu_ms": patch_sync,
+            "idle_cpu_percent": idle_cpu,
             "context_switches_per_s": switches,
         }));
-        for (handle, _) in pods {
-            handle.detach().await?;
+        for pod in pods {
+            pod.handle.detach().await?;
         }
         settle().await;
     }
@@ -178,4 +212,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
     }
     Ok(())
+}
+
+/// Bytes of the pods' own table parts, and of the distinct bases they
+/// share.
+fn table_bytes(pods: &[Pod]) -> (usize, usize) {
+    let tables: Vec<_> = pods.iter().filter_map(|p| p.sync.peer_table()).collect();
+    let own = tables.iter().map(|t| t.index_bytes()).sum();
+    let mut shared = 0;
+    for (i, table) in tables.iter().enumerate() {
+        if !tables[..i].iter().any(|t| t.shares_base_with(table)) {
+            shared += table.base_bytes();
+        }
+    }
+    (own, shared)
 }

@@ -11,11 +11,15 @@
 //!     cargo run --release -p tailnet-cnid --example peer_memory [-- OUT.json]
 
 mod measure;
+#[path = "measure/tailnet.rs"]
+mod tailnet;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use measure::device::packet_device;
+use tailnet::{node_json, DERP_MAP};
 use tailnet_cnid::control::json::from_slice;
 use tailnet_cnid::control::netmap::Interner;
 use tailnet_cnid::control::tailcfg::MapResponse;
@@ -25,31 +29,6 @@ use tailnet_cnid::wg::{Engine, EngineConfig, PodDataConfig};
 
 #[global_allocator]
 static ALLOC: measure::Counting = measure::Counting;
-
-fn key(prefix: &str, fill: u8, i: usize) -> String {
-    let mut bytes = [fill; 32];
-    bytes[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-    format!("{prefix}:{}", hex::encode(bytes))
-}
-
-/// Node `i` as control describes it: two addresses, two endpoints, a home relay.
-fn node_json(i: usize) -> String {
-    let (hi, lo) = (i / 250, i % 250 + 1);
-    format!(
-        r#"{{"ID": {id}, "StableID": "n{id}", "Name": "pod-{i}.tailnet.", "Key": "{nk}", "DiscoKey": "{dk}",
-            "Addresses": ["100.64.{hi}.{lo}/32", "fd7a:115c:a1e0::{hi}:{lo}/128"],
-            "Endpoints": ["10.88.{hi}.{lo}:41641", "[fd00::{hi}:{lo}]:41641"], "HomeDERP": 900, "Online": true}}"#,
-        id = i + 1,
-        nk = key("nodekey", 0x10, i),
-        dk = key("discokey", 0x20, i),
-    )
-}
-
-/// A region with one STUN-only server on a closed loopback port: the DERP
-/// map goes through the daemon's conversion without relay connections.
-const DERP_MAP: &str = r#"{"Regions": {"900": {"RegionID": 900, "RegionCode": "lo", "Nodes": [
-    {"Name": "900a", "RegionID": 900, "HostName": "localhost", "IPv4": "127.0.0.1", "IPv6": "none",
-     "STUNPort": 9, "STUNOnly": true}]}}}"#;
 
 fn map_response(text: &str) -> Result<MapResponse, Box<dyn std::error::Error>> {
     Ok(from_slice(text.as_bytes())?)
@@ -66,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for pods in [50usize, 250] {
         let interner = Interner::default();
         let engine = Engine::new(EngineConfig::default());
-        let nodes: Vec<String> = (0..=pods).map(node_json).collect();
+        let nodes: Vec<String> = (0..=pods).map(|i| node_json(i, 41641)).collect();
         settle().await;
         let base = measure::live();
 
@@ -95,7 +74,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ))?,
                 &interner,
             );
-            sync.apply(&map).await?;
+            // Published as the control session does: a copy per change.
+            sync.apply(&Arc::new(map.clone())).await?;
             members.push((handle, other_end, sync, map));
         }
         settle().await;
@@ -111,7 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 map_response(&format!(r#"{{"Peers": [{}]}}"#, peers.join(",")))?,
                 &interner,
             );
-            sync.apply(map).await?;
+            sync.apply(&Arc::new(map.clone())).await?;
         }
         for (handle, ..) in &members {
             handle.stats().await?;
@@ -124,7 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let delta = format!(r#"{{"PeersChanged": [{}]}}"#, nodes[pods]);
         for (_, _, sync, map) in members.iter_mut() {
             map.apply(map_response(&delta)?, &interner);
-            sync.apply(map).await?;
+            sync.apply(&Arc::new(map.clone())).await?;
         }
         for (handle, ..) in &members {
             handle.stats().await?;

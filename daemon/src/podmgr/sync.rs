@@ -24,7 +24,12 @@ use super::plumbing::PodRouteTarget;
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
+use crate::wg::peer_table::PeerTable;
 use crate::wg::{DerpNodeConfig, DerpRegionConfig, DnsTable, EngineError, PeerConfig, PodHandle};
+
+#[path = "sync_delta.rs"]
+mod delta;
+pub use delta::NetmapDelta;
 
 /// How long endpoint changes settle before they are sent to control.
 const ENDPOINT_DEBOUNCE: Duration = Duration::from_millis(250);
@@ -166,12 +171,6 @@ impl SharedConversions {
     }
 }
 
-/// Whether two peer lists give the engine the same peers; pointers first,
-/// so the usual case (shared conversions) costs no deep comparison.
-fn same_peers(a: &[Arc<PeerConfig>], b: &[Arc<PeerConfig>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
-}
-
 /// Every rule of every named filter in the netmap, compiled (shared with
 /// other pods that got the same rules).
 pub fn filter_of(map: &NetMap, cache: &FilterCache) -> Arc<CompiledRules> {
@@ -197,7 +196,11 @@ pub struct PodSync {
     /// success, so a failure is retried with the next netmap.
     last_subnets: Option<Vec<(IpAddr, u8)>>,
     last_derp: Option<Arc<DerpMap>>,
-    last_peers: Option<Vec<Arc<PeerConfig>>>,
+    /// The netmap last applied: the next one is compared with it, so a
+    /// delta costs what it changed.
+    last_map: Option<Arc<NetMap>>,
+    /// The peer table last sent (shared with the engine).
+    last_peers: Option<Arc<PeerTable>>,
     last_filter: Arc<CompiledRules>,
     /// The table last sent, and the digest of the netmap it came from.
     last_dns: Option<(u64, Arc<DnsTable>)>,
@@ -217,6 +220,7 @@ impl PodSync {
             routing,
             last_subnets: None,
             last_derp: None,
+            last_map: None,
             last_peers: None,
             last_filter,
             last_dns: None,
@@ -225,8 +229,13 @@ impl PodSync {
         })
     }
 
+    /// The peer table the engine last got.
+    pub fn peer_table(&self) -> Option<&Arc<PeerTable>> {
+        self.last_peers.as_ref()
+    }
+
     /// Brings the data plane in line with `map`.
-    pub async fn apply(&mut self, map: &NetMap) -> Result<(), EngineError> {
+    pub async fn apply(&mut self, map: &Arc<NetMap>) -> Result<(), EngineError> {
         // Before peers, so a new peer never meets a stale filter.
         let filter = filter_of(map, self.cache);
         if !Arc::ptr_eq(&filter, &self.last_filter) {
@@ -244,6 +253,35 @@ impl PodSync {
                 self.last_derp = Some(derp.clone());
             }
         }
+        // From the last netmap only what changed; the first is converted
+        // whole.
+        let (table, dns_inputs_changed) = match (&self.last_map, &self.last_peers) {
+            (Some(last), Some(table)) => {
+                let change = self.shared.peer_delta(last, map, &self.routing.prefs);
+                let delta = delta::effective(change.peers, table);
+                let next = (!delta.is_empty()).then(|| Arc::new(table.apply(&delta)));
+                (next, dns_inputs_changed(last, map, change.names))
+            }
+            _ => {
+                let peers = self.shared.peers_of(map, &self.routing.prefs);
+                (Some(Arc::new(PeerTable::new(peers))), true)
+            }
+        };
+        if dns_inputs_changed {
+            self.update_dns(map).await?;
+        }
+        if let Some(table) = table {
+            debug!(peers = table.len(), "updating data-plane peers");
+            self.data.set_peer_table(table.clone()).await?;
+            self.last_peers = Some(table);
+        }
+        self.last_map = Some(map.clone());
+        self.route_subnets(map).await;
+        Ok(())
+    }
+
+    /// Sends the pod's MagicDNS table when what it is made of changed.
+    async fn update_dns(&mut self, map: &NetMap) -> Result<(), EngineError> {
         let digest = dns_inputs_digest(map);
         if self
             .last_dns
@@ -256,17 +294,6 @@ impl PodSync {
             }
             self.last_dns = Some((digest, dns));
         }
-        let peers = self.shared.peers_of(map, &self.routing.prefs);
-        if self
-            .last_peers
-            .as_deref()
-            .is_none_or(|last| !same_peers(last, &peers))
-        {
-            debug!(peers = peers.len(), "updating data-plane peers");
-            self.data.set_shared_peers(peers.clone()).await?;
-            self.last_peers = Some(peers);
-        }
-        self.route_subnets(map).await;
         Ok(())
     }
 
@@ -299,6 +326,26 @@ impl PodSync {
                 self.last_subnets = None;
             }
         }
+    }
+}
+
+/// Whether what the MagicDNS table is made of changed from `old` to
+/// `new`, given whether peers' `names` (or addresses, or the peers) did:
+/// those count only while MagicDNS serves node names, as hashing every
+/// peer's name costs each pod more than the rest of a delta.
+fn dns_inputs_changed(old: &NetMap, new: &NetMap, names: bool) -> bool {
+    let serves_names = new.dns.as_ref().is_some_and(|dns| dns.proxied);
+    (names && serves_names)
+        || !same_arc(old.self_node.as_ref(), new.self_node.as_ref())
+        || !same_arc(old.dns.as_ref(), new.dns.as_ref())
+        || old.domain != new.domain
+}
+
+/// Whether both are the same allocation, or both absent.
+fn same_arc<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (a, b) => a.is_none() && b.is_none(),
     }
 }
 
@@ -390,7 +437,8 @@ mod tests {
         let pb = shared.peers_of(&b, &RoutePrefs::default());
         assert!(!Arc::ptr_eq(&a.peers[&1], &b.peers[&1]));
         assert!(Arc::ptr_eq(&pa[0], &pb[0]));
-        assert!(same_peers(&pa, &pb));
+        let table = |peers: &[Arc<PeerConfig>]| PeerTable::new(peers.to_vec());
+        assert!(table(&pa).same_peers(&table(&pb)));
 
         // New endpoints make a new config, for that pod only.
         b.apply(
@@ -400,7 +448,7 @@ mod tests {
         let pb = shared.peers_of(&b, &RoutePrefs::default());
         assert_eq!(pb[0].endpoints, vec!["10.0.0.9:41641".parse().unwrap()]);
         assert_eq!(pa[0].endpoints, vec!["10.0.0.1:41641".parse().unwrap()]);
-        assert!(!same_peers(&pa, &pb));
+        assert!(!table(&pa).same_peers(&table(&pb)));
         assert!(Arc::ptr_eq(&pa[1], &pb[1]));
     }
 
@@ -451,6 +499,29 @@ mod tests {
         // Pods with the same grant share the router's conversion too.
         let again = shared.peers_of(&netmap, &RoutePrefs::default());
         assert!(Arc::ptr_eq(&plain[0], &again[0]));
+    }
+
+    #[test]
+    fn peer_names_matter_to_dns_only_while_it_serves_them() {
+        use crate::control::netmap::Interner;
+        use crate::control::tailcfg::MapResponse;
+        let interner = Interner::default();
+        let mut map = NetMap::default();
+        let dns_config = |proxied: bool| -> MapResponse {
+            let text =
+                format!(r#"{{"DNSConfig": {{"Proxied": {proxied}}}, "Domain": "tailnet."}}"#);
+            from_slice(text.as_bytes()).unwrap()
+        };
+        map.apply(dns_config(false), &interner);
+        assert!(!dns_inputs_changed(&map.clone(), &map, true));
+        let old = map.clone();
+        map.apply(dns_config(true), &interner);
+        assert!(
+            dns_inputs_changed(&old, &map, false),
+            "the DNS settings changed"
+        );
+        assert!(dns_inputs_changed(&map.clone(), &map, true));
+        assert!(!dns_inputs_changed(&map.clone(), &map, false));
     }
 
     #[test]

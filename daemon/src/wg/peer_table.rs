@@ -1,105 +1,191 @@
-//! A pod's peer set over records shared between pods (sans-IO): which peer
-//! a node key, a destination address or a disco key names.
+//! A pod's peer set (sans-IO): which peer a node key, a destination
+//! address or a disco key names.
 //!
-//! Every pod of a tailnet sees nearly the same peers, and a pod talks to
-//! few of them, so the records (`Arc<PeerConfig>`, interned by the netmap
-//! sync) are shared and a pod keeps only small indices into its own list:
+//! Pods of one tailnet see nearly the same peers: each sees the tailnet
+//! minus itself and the peers its ACLs hide. So a pod's table is a view:
+//! a [`PeerIndex`] shared by the tailnet's pods (the base), the base
+//! positions this pod does not see, and a small index of its own for the
+//! peers the base lacks or holds with another record. A netmap delta
+//! changes only that difference; once it outgrows a small part of the
+//! base, the pod moves to a fresher base (see [`SharedBases`]).
 //!
-//! - the list itself, sorted by node key: one pointer per peer;
-//! - host routes (/32, /128: a peer's own addresses, nearly all routes),
-//!   a 4-byte reference each, sorted by address;
-//! - disco keys, a 4-byte reference per peer that has one, sorted by key;
-//! - the few wider prefixes (subnet routers, exit nodes) in an
-//!   [`AllowedIps`].
-//!
-//! Lookups are binary searches through those references into the records.
+//! Lookups are binary searches in the base, then in the (mostly empty)
+//! difference; the answers are those of one index built from the view's
+//! peers alone.
 
+#[path = "peer_index.rs"]
+mod index;
+#[path = "peer_bases.rs"]
+mod shared;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use self::index::PeerIndex;
 use super::config::PeerConfig;
-use super::routing::AllowedIps;
+
+pub use self::index::MAX_PEERS;
+pub use self::shared::SharedBases;
 
 /// A WireGuard node key.
 pub type NodeKey = [u8; 32];
 
-/// Allowed IPs of one peer a host reference can name; the rest of a
-/// (rare) longer list goes to the prefix table.
-const HOST_SLOTS: usize = 1 << SLOT_BITS;
-const SLOT_BITS: u32 = 8;
-/// Peers one table can index (the rest of a larger set is ignored).
-pub const MAX_PEERS: usize = (u32::MAX >> SLOT_BITS) as usize;
+/// What changed in a pod's peer set since its last table.
+#[derive(Debug, Default, Clone)]
+pub struct PeerDelta {
+    /// Peers that joined or whose record changed; of two with one node
+    /// key the later stays.
+    pub upserted: Vec<Arc<PeerConfig>>,
+    /// Node keys of peers that left (applied before `upserted`).
+    pub removed: Vec<NodeKey>,
+}
 
-/// One pod's peers and their routes.
+impl PeerDelta {
+    pub fn is_empty(&self) -> bool {
+        self.upserted.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// One pod's peers and their routes: a shared base and the pod's own
+/// difference from it.
 #[derive(Debug, Default)]
 pub struct PeerTable {
-    /// Sorted by node key, one record per key.
-    peers: Vec<Arc<PeerConfig>>,
-    /// `peer << SLOT_BITS | slot`: `peers[peer].allowed_ips[slot]` is a
-    /// host route. Sorted by that address.
-    hosts: Vec<u32>,
-    /// Indices of the peers with a disco key, sorted by it.
-    by_disco: Vec<u32>,
-    /// Routes wider than a host, to peer indices.
-    prefixes: AllowedIps<u32>,
+    base: Arc<PeerIndex>,
+    /// Base positions the pod does not see (peers it lacks, or holds with
+    /// the record in `extra`), sorted.
+    hidden: Box<[u32]>,
+    /// Peers the base lacks or holds with another record.
+    extra: PeerIndex,
+}
+
+/// A view's difference from its base, both lists sorted.
+#[derive(Debug, Default)]
+struct Difference {
+    hidden: Vec<u32>,
+    /// Sorted by node key.
+    extra: Vec<Arc<PeerConfig>>,
+}
+
+impl Difference {
+    /// How `peers` (sorted by node key, no repeats) differ from `base`;
+    /// `None` once that is more than `limit` entries.
+    fn between(base: &PeerIndex, peers: &[Arc<PeerConfig>], limit: usize) -> Option<Self> {
+        let mut difference = Self::default();
+        let (mut theirs, mut ours) = (base.records().iter().peekable(), peers.iter().peekable());
+        let mut position = 0u32;
+        loop {
+            match (theirs.peek(), ours.peek()) {
+                (None, None) => return Some(difference),
+                (Some(b), Some(p)) if b.node_key == p.node_key => {
+                    if !same_record(b, p) {
+                        difference.hidden.push(position);
+                        difference.extra.push((*p).clone());
+                    }
+                    theirs.next();
+                    ours.next();
+                    position += 1;
+                }
+                (Some(b), Some(p)) if p.node_key < b.node_key => {
+                    difference.extra.push((*p).clone());
+                    ours.next();
+                }
+                (None, Some(p)) => {
+                    difference.extra.push((*p).clone());
+                    ours.next();
+                }
+                (Some(_), _) => {
+                    difference.hidden.push(position);
+                    theirs.next();
+                    position += 1;
+                }
+            }
+            if difference.len() > limit {
+                return None;
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.hidden.len() + self.extra.len()
+    }
+}
+
+/// Whether two records are the same; pointers first, as records are
+/// shared.
+fn same_record(a: &Arc<PeerConfig>, b: &Arc<PeerConfig>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 impl PeerTable {
-    /// The table of `peers`; of two records with one node key the first
+    /// The table of `peers`, over a base shared with other pods' tables
+    /// where one is close; of two records with one node key the first
     /// given stays.
-    pub fn new(mut peers: Vec<Arc<PeerConfig>>) -> Self {
-        peers.truncate(MAX_PEERS);
-        // Stable: the first record of a key stays first.
-        peers.sort_by_key(|p| p.node_key);
-        peers.dedup_by(|later, earlier| later.node_key == earlier.node_key);
-        peers.shrink_to_fit();
-        let mut hosts = Vec::new();
-        let mut prefixes = Vec::new();
-        for (index, peer) in peers.iter().enumerate() {
-            // Bounded by MAX_PEERS above.
-            let index = index as u32;
-            for (slot, &(ip, len)) in peer.allowed_ips.iter().enumerate() {
-                if slot < HOST_SLOTS && is_host(ip, len) {
-                    hosts.push(index << SLOT_BITS | slot as u32);
-                } else {
-                    prefixes.push((ip, len, index));
+    pub fn new(peers: Vec<Arc<PeerConfig>>) -> Self {
+        SharedBases::global().table_of(peers)
+    }
+
+    /// This table with `delta` applied: the peers it leaves, the peers it
+    /// changes and adds, as [`Self::new`] would build them.
+    pub fn apply(&self, delta: &PeerDelta) -> Self {
+        SharedBases::global().apply(self, delta)
+    }
+
+    fn view(base: Arc<PeerIndex>, difference: Difference) -> Self {
+        Self {
+            base,
+            hidden: difference.hidden.into_boxed_slice(),
+            extra: PeerIndex::from_sorted(difference.extra),
+        }
+    }
+
+    /// The difference from the base once `delta` is applied.
+    fn difference_after(&self, delta: &PeerDelta) -> Difference {
+        let mut hidden: BTreeSet<u32> = self.hidden.iter().copied().collect();
+        let mut extra: BTreeMap<NodeKey, Arc<PeerConfig>> = self
+            .extra
+            .records()
+            .iter()
+            .map(|p| (p.node_key, p.clone()))
+            .collect();
+        for key in &delta.removed {
+            extra.remove(key);
+            hidden.extend(self.base.position(key));
+        }
+        for peer in &delta.upserted {
+            let key = peer.node_key;
+            match self.base.position(&key) {
+                Some(at) if self.base.record(at).is_some_and(|b| same_record(b, peer)) => {
+                    hidden.remove(&at);
+                    extra.remove(&key);
+                }
+                Some(at) => {
+                    hidden.insert(at);
+                    extra.insert(key, peer.clone());
+                }
+                None => {
+                    extra.insert(key, peer.clone());
                 }
             }
         }
-        let mut table = Self {
-            peers,
-            hosts,
-            by_disco: Vec::new(),
-            prefixes: AllowedIps::from_entries(prefixes),
-        };
-        let mut hosts = std::mem::take(&mut table.hosts);
-        hosts.sort_by_key(|&r| table.host_addr(r));
-        hosts.shrink_to_fit();
-        table.hosts = hosts;
-        let mut by_disco: Vec<u32> = (0..table.peers.len() as u32)
-            .filter(|&i| table.disco_at(i).is_some())
-            .collect();
-        by_disco.sort_by_key(|&i| table.disco_at(i));
-        by_disco.shrink_to_fit();
-        table.by_disco = by_disco;
-        table
+        Difference {
+            hidden: hidden.into_iter().collect(),
+            extra: extra.into_values().collect(),
+        }
     }
 
-    /// The address host reference `r` names.
-    fn host_addr(&self, r: u32) -> Option<IpAddr> {
-        let peer = self.peers.get((r >> SLOT_BITS) as usize)?;
-        let slot = (r & (HOST_SLOTS as u32 - 1)) as usize;
-        peer.allowed_ips.get(slot).map(|(ip, _)| *ip)
-    }
-
-    fn key_at(&self, index: u32) -> Option<&NodeKey> {
-        self.peers.get(index as usize).map(|p| &p.node_key)
+    /// Whether the pod sees the base's peer at `position`.
+    fn visible(&self, position: u32) -> bool {
+        self.hidden.binary_search(&position).is_err()
     }
 
     /// The record of the peer with `key`.
     pub fn get(&self, key: &NodeKey) -> Option<&Arc<PeerConfig>> {
-        let at = self.peers.binary_search_by(|p| p.node_key.cmp(key)).ok()?;
-        self.peers.get(at)
+        if let Some(at) = self.extra.position(key) {
+            return self.extra.record(at);
+        }
+        let at = self.base.position(key)?;
+        self.visible(at).then(|| self.base.record(at)).flatten()
     }
 
     pub fn contains(&self, key: &NodeKey) -> bool {
@@ -109,67 +195,130 @@ impl PeerTable {
     /// The peer whose disco key is `disco` (of two with one key, the one
     /// with the lower node key).
     pub fn by_disco(&self, disco: &[u8; 32]) -> Option<&Arc<PeerConfig>> {
-        let wanted = Some(*disco);
-        let first = self
-            .by_disco
-            .partition_point(|&i| self.disco_at(i) < wanted);
-        let peer = self.peers.get(*self.by_disco.get(first)? as usize)?;
-        (peer.disco_key == wanted).then_some(peer)
-    }
-
-    fn disco_at(&self, index: u32) -> Option<[u8; 32]> {
-        self.peers.get(index as usize)?.disco_key
+        let ours = self
+            .extra
+            .disco_positions(disco)
+            .next()
+            .and_then(|at| self.extra.record(at));
+        let shared = self
+            .base
+            .disco_positions(disco)
+            .find(|&at| self.visible(at))
+            .and_then(|at| self.base.record(at));
+        lower_key(ours, shared)
     }
 
     /// Whom `addr` belongs to, for a packet to it or from it: a peer's own
     /// address first, else the longest wider prefix, where a default route
     /// (an exit node's) never covers a tailnet address (see
-    /// [`AllowedIps::owner`]).
+    /// [`super::routing::AllowedIps::owner`]). Of two peers with one
+    /// route, the one with the lower node key.
     pub fn owner(&self, addr: IpAddr) -> Option<&NodeKey> {
-        let first = self
-            .hosts
-            .partition_point(|&r| self.host_addr(r) < Some(addr));
-        if let Some(&r) = self.hosts.get(first) {
-            if self.host_addr(r) == Some(addr) {
-                return self.key_at(r >> SLOT_BITS);
-            }
+        let ours = self
+            .extra
+            .host_positions(addr)
+            .next()
+            .and_then(|at| self.extra.record(at));
+        let shared = self
+            .base
+            .host_positions(addr)
+            .find(|&at| self.visible(at))
+            .and_then(|at| self.base.record(at));
+        if let Some(host) = lower_key(ours, shared) {
+            return Some(&host.node_key);
         }
-        let index = *self.prefixes.owner(addr)?;
-        self.key_at(index)
+        let ours = self.extra.prefix_owner(addr, |_| true);
+        let shared = self.base.prefix_owner(addr, |at| self.visible(at));
+        match (
+            with_record(&self.extra, ours),
+            with_record(&self.base, shared),
+        ) {
+            (Some((a, ours)), Some((b, shared))) if a == b => lower_key(Some(ours), Some(shared)),
+            (Some((a, ours)), Some((b, shared))) => Some(if a > b { ours } else { shared }),
+            (ours, shared) => ours.or(shared).map(|(_, record)| record),
+        }
+        .map(|record| &record.node_key)
     }
 
     /// Every record, by node key.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<PeerConfig>> {
-        self.peers.iter()
+        let mut shared = self
+            .base
+            .records()
+            .iter()
+            .zip(0u32..)
+            .filter(|&(_, at)| self.visible(at))
+            .map(|(record, _)| record)
+            .peekable();
+        let mut ours = self.extra.records().iter().peekable();
+        // A key is never in both: the base's record is hidden then.
+        std::iter::from_fn(move || match (shared.peek(), ours.peek()) {
+            (Some(s), Some(o)) if o.node_key < s.node_key => ours.next(),
+            (Some(_), _) => shared.next(),
+            (None, _) => ours.next(),
+        })
     }
 
     /// Number of peers.
     pub fn len(&self) -> usize {
-        self.peers.len()
+        self.base.len() - self.hidden.len() + self.extra.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
+        self.len() == 0
     }
 
     /// Number of routes (host and wider).
     pub fn route_count(&self) -> usize {
-        self.hosts.len() + self.prefixes.len()
+        let hidden: usize = self
+            .hidden
+            .iter()
+            .filter_map(|&at| self.base.record(at))
+            .map(|p| p.allowed_ips.len())
+            .sum();
+        self.base.route_count() - hidden + self.extra.route_count()
     }
 
-    /// Heap bytes the pod's own indices take (the records are shared).
+    /// Heap bytes the pod's own part takes (the base and the records are
+    /// shared).
     pub fn index_bytes(&self) -> usize {
-        self.peers.capacity() * std::mem::size_of::<Arc<PeerConfig>>()
-            + (self.hosts.capacity() + self.by_disco.capacity()) * std::mem::size_of::<u32>()
-            + self.prefixes.heap_bytes()
+        self.hidden.len() * std::mem::size_of::<u32>() + self.extra.heap_bytes()
+    }
+
+    /// Heap bytes of the base, shared with every table over it.
+    pub fn base_bytes(&self) -> usize {
+        self.base.heap_bytes()
+    }
+
+    /// Whether both tables are views of one base.
+    pub fn shares_base_with(&self, other: &PeerTable) -> bool {
+        Arc::ptr_eq(&self.base, &other.base)
+    }
+
+    /// Whether both tables hold the same records.
+    pub fn same_peers(&self, other: &PeerTable) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .zip(other.iter())
+                .all(|(a, b)| same_record(a, b))
     }
 }
 
-/// Whether `ip/len` names a single address.
-fn is_host(ip: IpAddr, len: u8) -> bool {
-    match ip {
-        IpAddr::V4(_) => len == 32,
-        IpAddr::V6(_) => len == 128,
+/// A found prefix length with the record at its position.
+fn with_record(index: &PeerIndex, found: Option<(u8, u32)>) -> Option<(u8, &Arc<PeerConfig>)> {
+    let (len, at) = found?;
+    Some((len, index.record(at)?))
+}
+
+/// Of two records, the one with the lower node key.
+fn lower_key<'a>(
+    a: Option<&'a Arc<PeerConfig>>,
+    b: Option<&'a Arc<PeerConfig>>,
+) -> Option<&'a Arc<PeerConfig>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.node_key <= b.node_key { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 

@@ -96,12 +96,18 @@ impl<T: Clone> AllowedIps<T> {
     /// tailnet address. A 100.x or fd7a address no peer owns is nobody's,
     /// so it is neither sent to an exit node nor accepted from one.
     pub fn owner(&self, addr: IpAddr) -> Option<&T> {
+        self.owner_where(addr, |_| true).map(|(_, v)| v)
+    }
+
+    /// [`Self::owner`] among the entries `keep` accepts, with the length
+    /// of the prefix that matched.
+    pub fn owner_where(&self, addr: IpAddr, keep: impl Fn(&T) -> bool) -> Option<(u8, &T)> {
         let tailnet = is_tailnet_addr(addr);
         self.entries
             .iter()
             .filter(|(_, len, _)| !(tailnet && *len == 0))
-            .find(|(p, len, _)| prefix_contains(*p, *len, addr))
-            .map(|(_, _, v)| v)
+            .find(|(p, len, v)| prefix_contains(*p, *len, addr) && keep(v))
+            .map(|(_, len, v)| (*len, v))
     }
 
     pub fn len(&self) -> usize {

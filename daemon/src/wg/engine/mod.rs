@@ -51,6 +51,7 @@ use tracing::info;
 use super::config::{DerpRegionConfig, EngineConfig, PeerConfig, PodDataConfig, PodEndpoints};
 use super::derp_client::HomeRelay;
 use super::packet_fd::PacketFd;
+use super::peer_table::PeerTable;
 use pod::{PodInputs, PodState};
 
 pub use dns::{
@@ -195,7 +196,7 @@ impl Engine {
 
 /// A request from a [`PodHandle`] to its pod task.
 enum Command {
-    SetPeers(Vec<Arc<PeerConfig>>),
+    SetPeers(Arc<PeerTable>),
     SetDerpMap(Arc<Vec<DerpRegionConfig>>),
     SetFilter(Arc<CompiledRules>),
     InitiateHandshakes(Vec<ResumePeer>),
@@ -242,7 +243,13 @@ impl PodHandle {
     /// [`Self::set_peers`] with configs shared between pods: every pod of
     /// a tailnet sees the same peers, so each holds pointers, not copies.
     pub async fn set_shared_peers(&self, peers: Vec<Arc<PeerConfig>>) -> Result<(), EngineError> {
-        self.send(Command::SetPeers(peers)).await
+        self.set_peer_table(Arc::new(PeerTable::new(peers))).await
+    }
+
+    /// [`Self::set_peers`] with a table built (or a delta applied) by the
+    /// caller, shared with other pods.
+    pub async fn set_peer_table(&self, table: Arc<PeerTable>) -> Result<(), EngineError> {
+        self.send(Command::SetPeers(table)).await
     }
 
     pub async fn set_derp_map(&self, map: Arc<Vec<DerpRegionConfig>>) -> Result<(), EngineError> {

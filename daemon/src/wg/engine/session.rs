@@ -154,9 +154,9 @@ impl Peers {
     /// Replace the peer set: state of peers that stay survives, with
     /// their path state following changed endpoints. Returns how many
     /// peers the old set had.
-    fn replace(&mut self, peers: Vec<Arc<PeerConfig>>) -> usize {
+    fn replace(&mut self, table: Arc<PeerTable>) -> usize {
         let removed = self.table.len();
-        self.table = Arc::new(PeerTable::new(peers));
+        self.table = table;
         let table = &self.table;
         let index_to_peer = &mut self.index_to_peer;
         self.sessions.retain(|key, session| {
@@ -298,8 +298,8 @@ impl Peers {
 }
 
 impl PodState {
-    pub(super) fn set_peers(&mut self, peers: Vec<Arc<PeerConfig>>) {
-        let removed = self.peers.replace(peers);
+    pub(super) fn set_peers(&mut self, table: Arc<PeerTable>) {
+        let removed = self.peers.replace(table);
         self.discovery.disco.set_peers(self.peers.table.clone());
         debug!(pod = %self.identity.pod_id, peers = self.peers.len(), removed, routes = self.peers.table.route_count(), "peers updated");
         if let Some(pending) = self.peers.pending_initiations.take() {

@@ -16,10 +16,14 @@ fn tailnet(n: u8) -> Vec<Arc<PeerConfig>> {
     (1..=n).map(|k| record(k, "10.0.0.1:41641")).collect()
 }
 
+fn table(peers: Vec<Arc<PeerConfig>>) -> Arc<PeerTable> {
+    Arc::new(PeerTable::new(peers))
+}
+
 #[test]
 fn peers_get_state_only_once_talked_to() {
     let mut peers = Peers::default();
-    peers.replace(tailnet(200));
+    peers.replace(table(tailnet(200)));
     assert_eq!(peers.len(), 200);
     assert!(peers.sessions.is_empty(), "no peer was talked to");
     assert!(!peers.has_live_session());
@@ -37,13 +41,16 @@ fn peers_get_state_only_once_talked_to() {
 #[test]
 fn state_of_remaining_peers_survives_a_new_netmap_and_follows_its_endpoints() {
     let mut peers = Peers::default();
-    peers.replace(tailnet(3));
+    peers.replace(table(tailnet(3)));
     let talked = peers.get_mut(&[2; 32]).unwrap();
     talked.tx_bytes = 42;
     talked.path_state_mut();
     peers.get_mut(&[3; 32]).unwrap().tx_bytes = 7;
     // Peer 2 moves, peer 3 leaves.
-    let removed = peers.replace(vec![record(1, "10.0.0.1:41641"), record(2, "10.0.0.2:1")]);
+    let removed = peers.replace(table(vec![
+        record(1, "10.0.0.1:41641"),
+        record(2, "10.0.0.2:1"),
+    ]));
     assert_eq!(removed, 3);
     assert_eq!(peers.len(), 2);
     assert!(!peers.sessions.contains_key(&[3; 32]));
@@ -55,7 +62,7 @@ fn state_of_remaining_peers_survives_a_new_netmap_and_follows_its_endpoints() {
 #[test]
 fn a_session_is_live_while_its_tunn_exists() {
     let mut peers = Peers::default();
-    peers.replace(tailnet(2));
+    peers.replace(table(tailnet(2)));
     let secret = x25519::StaticSecret::from([9; 32]);
     let index = AtomicU32::new(1);
     let public = x25519::PublicKey::from(&secret);
@@ -65,7 +72,7 @@ fn a_session_is_live_while_its_tunn_exists() {
     assert!(peers.tunn_for(&[9; 32], &secret, &index, limiter).is_none());
     assert_eq!(peers.sessions.len(), 1);
     // The peer leaves: its session and receiver index go.
-    peers.replace(vec![record(2, "10.0.0.1:41641")]);
+    peers.replace(table(vec![record(2, "10.0.0.1:41641")]));
     assert!(!peers.has_live_session());
     assert!(peers.index_to_peer.is_empty());
 }
