@@ -79,6 +79,21 @@ def udp_receive_errors():
     return int(dict(zip(rows[0][1:], rows[1][1:]))["RcvbufErrors"])
 
 
+def context_switches(pid):
+    """Context switches of every thread of pid so far: how often the
+    daemon was woken (and put to sleep), which a flood read a datagram at
+    a time multiplies."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
+
+
 def node_key_hex(peer, ip):
     """The raw node key of the tailnet node holding ip, as the peer sees it."""
     for p in (peer.status().get("Peer") or {}).values():
@@ -146,9 +161,12 @@ def part_flood(args, bed, work):
                     )
                     time.sleep(2)  # the pod is under load before iperf3 starts
                 cpu0, lost0 = b.cpu_seconds(daemon.pid), udp_receive_errors()
+                switches0, wall0 = context_switches(daemon.pid), time.monotonic()
                 res = b.iperf(target["ipv4"], 5201, args.seconds, 1, False, netns="bpeer")
                 res["daemon_cpu_s"] = b.cpu_seconds(daemon.pid) - cpu0
                 res["udp_rcvbuf_errors"] = udp_receive_errors() - lost0
+                res["daemon_ctx_switches"] = context_switches(daemon.pid) - switches0
+                res["wall_s"] = time.monotonic() - wall0
                 if sender is not None:
                     stdout, stderr = sender.communicate(timeout=args.seconds + 30)
                     try:
@@ -202,6 +220,12 @@ def summarize(samples):
         "udp_rcvbuf_errors_flood": b.spread([s["udp_rcvbuf_errors"] for s in samples if s["flooded"]]),
         "daemon_cpu_s_quiet": b.spread([s["daemon_cpu_s"] for s in samples if not s["flooded"]]),
         "daemon_cpu_s_flood": b.spread([s["daemon_cpu_s"] for s in samples if s["flooded"]]),
+        "daemon_ctx_switches_per_s_quiet": b.spread(
+            [s["daemon_ctx_switches"] / s["wall_s"] for s in samples if not s["flooded"]]
+        ),
+        "daemon_ctx_switches_per_s_flood": b.spread(
+            [s["daemon_ctx_switches"] / s["wall_s"] for s in samples if s["flooded"]]
+        ),
     }
 
 

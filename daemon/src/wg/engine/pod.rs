@@ -2,7 +2,6 @@
 //! commands, relay packets, packet device, UDP socket and one timer, set to
 //! the next deadline the pod has (see `timers`).
 
-use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use super::filter::PodFilter;
 use super::handshake::HandshakeGate;
 use super::relay::RelayLinks;
 use super::session::Peers;
-use super::socket::PodSocket;
+use super::socket::{self, PodSocket};
 use super::stats::{Counters, PeerSelection, PodStats};
 use super::timers::TimerState;
 use super::{Command, EngineInner};
@@ -241,7 +240,7 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
                     }
                 }
             }
-            ready = udp_readable(udp.as_deref()) => match (ready, udp.as_deref()) {
+            ready = socket::readable(udp.as_deref(), state.socket.pacing.not_before()) => match (ready, udp.as_deref()) {
                 (Ok(()), Some(sock)) => {
                     state.timers.note_wireguard(Instant::now());
                     state.drain_udp(&device, sock).await;
@@ -265,14 +264,4 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
         }
     }
     info!(pod = %state.identity.pod_id, "pod detached from data plane");
-}
-
-/// Wait until the pod's socket has datagrams (forever without a socket).
-/// Only readiness is awaited: the buffers are taken after the wake-up, so
-/// an idle pod holds none.
-async fn udp_readable(sock: Option<&tokio::net::UdpSocket>) -> io::Result<()> {
-    match sock {
-        Some(sock) => sock.readable().await,
-        None => std::future::pending().await,
-    }
 }

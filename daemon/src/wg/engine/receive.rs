@@ -26,17 +26,36 @@ use crate::wg::udp;
 
 /// UDP receive batches drained per wake-up before serving other events.
 const UDP_ROUNDS: usize = 2;
+/// The same for a flooded socket, whose reads are deferred: enough for
+/// what a flood queues meanwhile, still bounded.
+const FLOODED_UDP_ROUNDS: usize = 8;
+
+/// What became of one datagram from the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Received {
+    /// Went on to a session, disco or STUN.
+    Handled,
+    /// Dropped before any of them: not for the pod, or refused at the
+    /// handshake gate.
+    Refused,
+}
 
 impl PodState {
     /// Receive and handle what waits on the UDP socket, a batch per system
     /// call, bounded so other events still get served.
     pub(super) async fn drain_udp(&mut self, device: &PacketFd, sock: &UdpSocket) {
         let mut batch = self.socket.take_rx_batch();
-        for _ in 0..UDP_ROUNDS {
-            let received = sock.try_io(Interest::READABLE, || {
+        let rounds = if self.socket.pacing.is_deferring() {
+            FLOODED_UDP_ROUNDS
+        } else {
+            UDP_ROUNDS
+        };
+        let (mut received, mut refused) = (0, 0);
+        for _ in 0..rounds {
+            let result = sock.try_io(Interest::READABLE, || {
                 batch::recv_batch(sock.as_fd(), &mut batch)
             });
-            let n = match received {
+            let n = match result {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -50,7 +69,10 @@ impl PodState {
                 };
                 let from = udp::canonical(from);
                 for datagram in batch.datagrams(i) {
-                    self.handle_udp(device, datagram, from).await;
+                    received += 1;
+                    if self.handle_udp(device, datagram, from).await == Received::Refused {
+                        refused += 1;
+                    }
                 }
             }
             if n < batch.capacity() {
@@ -58,6 +80,9 @@ impl PodState {
             }
         }
         self.socket.put_rx_batch(batch);
+        self.socket
+            .pacing
+            .after_drain(received, refused, tokio::time::Instant::now());
         self.flush_device(device).await;
     }
 
@@ -72,29 +97,34 @@ impl PodState {
     }
 
     /// A datagram on the pod's UDP socket: WireGuard, disco or STUN.
-    async fn handle_udp(&mut self, device: &PacketFd, datagram: &[u8], from: SocketAddr) {
+    async fn handle_udp(
+        &mut self,
+        device: &PacketFd,
+        datagram: &[u8],
+        from: SocketAddr,
+    ) -> Received {
         match demux::classify(datagram) {
             PacketKind::WireGuard => {}
             PacketKind::Disco => {
                 self.handle_disco(datagram, Via::Udp(from));
-                return;
+                return Received::Handled;
             }
             PacketKind::Stun => {
                 self.handle_stun(datagram, from);
-                return;
+                return Received::Handled;
             }
             PacketKind::Other => {
                 trace!(pod = %self.identity.pod_id, %from, "ignoring unknown datagram");
-                return;
+                return Received::Refused;
             }
         }
         if !self.admit_wireguard(Some(from), datagram) {
-            return;
+            return Received::Refused;
         }
         let Some(peer_key) = self.peers.peer_for_datagram(&self.identity, datagram) else {
             trace!(pod = %self.identity.pod_id, %from, "WireGuard datagram for no known session");
             self.counters.drop_packets(1);
-            return;
+            return Received::Refused;
         };
         if let Some(peer) = self.peers.get_mut(&peer_key) {
             peer.path_state_mut()
@@ -102,6 +132,7 @@ impl PodState {
         }
         self.decapsulate_from(device, peer_key, Some(from.ip()), datagram)
             .await;
+        Received::Handled
     }
 
     /// A packet one of the pod's relay links delivered: disco or WireGuard.

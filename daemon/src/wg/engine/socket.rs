@@ -1,9 +1,12 @@
-//! The pod's UDP socket (direct paths, disco, STUN) and the batch buffers
-//! it uses while the pod is busy.
+//! The pod's UDP socket (direct paths, disco, STUN), the batch buffers
+//! it uses while the pod is busy, and how eagerly it is read.
 
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::pod::{MIN_WG_BUFFER, WG_OVERHEAD};
@@ -38,6 +41,8 @@ pub(super) struct PodSocket {
     batch_idle_ticks: u8,
     /// Whether sends still try UDP GSO (off after the first refusal).
     pub(super) gso: bool,
+    /// When the socket may next be read.
+    pub(super) pacing: ReadPacing,
 }
 
 impl PodSocket {
@@ -73,6 +78,7 @@ impl PodSocket {
             rx_batch: None,
             batch_idle_ticks: 0,
             gso: true,
+            pacing: ReadPacing::default(),
         }
     }
 
@@ -116,10 +122,13 @@ impl PodSocket {
     pub(super) fn take_rx_batch(&mut self) -> Box<DatagramBatch> {
         self.batch_idle_ticks = 0;
         let slot_len = self.slot_len;
-        let gro = self.udp.as_deref().is_some_and(udp::gro_enabled);
-        self.rx_batch
-            .take()
-            .unwrap_or_else(|| Box::new(DatagramBatch::for_receive(gro, slot_len)))
+        let udp = self.udp.as_deref();
+        // Asked only when allocating: a system call per wake-up would be
+        // paid for every datagram of a flood read one at a time.
+        self.rx_batch.take().unwrap_or_else(|| {
+            let gro = udp.is_some_and(udp::gro_enabled);
+            Box::new(DatagramBatch::for_receive(gro, slot_len))
+        })
     }
 
     pub(super) fn put_rx_batch(&mut self, batch: Box<DatagramBatch>) {
@@ -144,3 +153,84 @@ impl PodSocket {
         }
     }
 }
+
+/// Datagrams over which the share of refusals is judged.
+const PACING_SAMPLE: u32 = 32;
+/// How long the next read of a flooded socket waits. The kernel queues
+/// what arrives meanwhile (and drops past the socket's buffer, at no cost
+/// to the daemon), so one wake-up reads a batch instead of a datagram or
+/// two; the pod's real datagrams wait at most this long.
+pub(super) const FLOODED_READ_DELAY: Duration = Duration::from_millis(2);
+/// A socket not read for this long starts a fresh judgement: a flood
+/// long gone does not slow the traffic after it.
+const PACING_MEMORY: Duration = Duration::from_secs(1);
+
+/// How eagerly the pod reads its socket. A flood of datagrams the pod
+/// refuses (forged handshakes, junk) would otherwise wake the pod for each
+/// one, and the wake-ups, more than the refusals, are what it costs the
+/// node. Once three in four of a sample of [`PACING_SAMPLE`] datagrams were
+/// refused, every read waits [`FLOODED_READ_DELAY`] after the last, until a
+/// sample with more real traffic in it.
+#[derive(Debug, Default)]
+pub(super) struct ReadPacing {
+    /// The sample so far.
+    received: u32,
+    refused: u32,
+    /// What the last complete sample showed.
+    flooded: bool,
+    last_drain: Option<Instant>,
+    not_before: Option<Instant>,
+}
+
+impl ReadPacing {
+    /// Counts what one drain of the socket read and refused, and decides
+    /// when the socket is read next.
+    pub(super) fn after_drain(&mut self, received: usize, refused: usize, now: Instant) {
+        let stale = self
+            .last_drain
+            .is_some_and(|last| now.saturating_duration_since(last) >= PACING_MEMORY);
+        if stale {
+            *self = Self::default();
+        }
+        self.last_drain = Some(now);
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.received = self.received.saturating_add(count(received));
+        self.refused = self.refused.saturating_add(count(refused.min(received)));
+        if self.received >= PACING_SAMPLE {
+            self.flooded = u64::from(self.refused) * 4 >= u64::from(self.received) * 3;
+            self.received = 0;
+            self.refused = 0;
+        }
+        self.not_before = self.flooded.then(|| now + FLOODED_READ_DELAY);
+    }
+
+    /// When the socket may be read next; `None` is at once.
+    pub(super) fn not_before(&self) -> Option<Instant> {
+        self.not_before
+    }
+
+    /// Whether reads are deferred: the socket is flooded.
+    pub(super) fn is_deferring(&self) -> bool {
+        self.flooded
+    }
+}
+
+/// Wait until the pod's socket has datagrams and may be read (forever
+/// without a socket). Only readiness is awaited: the buffers are taken
+/// after the wake-up, so an idle pod holds none.
+pub(super) async fn readable(
+    sock: Option<&UdpSocket>,
+    not_before: Option<Instant>,
+) -> io::Result<()> {
+    let Some(sock) = sock else {
+        return std::future::pending().await;
+    };
+    if let Some(deadline) = not_before {
+        tokio::time::sleep_until(deadline).await;
+    }
+    sock.readable().await
+}
+
+#[cfg(test)]
+#[path = "socket_tests.rs"]
+mod tests;
