@@ -83,7 +83,10 @@ fn a_pod_bound_from_the_pool_is_known_by_its_hostname_and_no_pooled_node_outlive
     let seen = wait_until(
         Duration::from_secs(30),
         "the peer to see the hostname",
-        || peer_entry(&bed, &ipv4).filter(|peer| peer["HostName"] == Value::from(hostname.clone())),
+        || {
+            peer_entry(&bed, &ipv4)
+                .filter(|peer| peer["HostName"].as_str() == Some(hostname.as_str()))
+        },
     );
     eprintln!("POOL peer sees {}", seen["HostName"]);
 

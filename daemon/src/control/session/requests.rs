@@ -75,46 +75,15 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use tailnet_auth::Secret;
-
-    use super::super::super::identity::IdentityKeys;
-    use super::super::super::rotation::{RotationPolicy, Rotator};
     use super::super::super::tailcfg::ZERO_TIME;
-    use super::super::{handle, AuthKeySource, ControlClient, ControlConfig, IdentityOptions};
-    use super::super::{supervisor::Session, MintError};
-
-    struct NoKeys;
-
-    #[tonic::async_trait]
-    impl AuthKeySource for NoKeys {
-        async fn auth_key(&self) -> Result<Secret, MintError> {
-            Err(MintError::new("not in this test"))
-        }
-    }
-
-    /// A session registered as `pool-1`, not running.
-    fn session() -> Session {
-        let config = ControlConfig::new("http://127.0.0.1:9", None).expect("a loopback URL");
-        let keys = IdentityKeys::generate();
-        let (published, _pending) = handle::channels(keys.clone());
-        Session {
-            client: ControlClient::new(config).expect("a client"),
-            keys,
-            rotator: Rotator::new(RotationPolicy::default()),
-            options: IdentityOptions::new("pool-1", vec!["tag:web".into()]),
-            auth: Arc::new(NoKeys),
-            published,
-            backend_log_id: "log".into(),
-        }
-    }
+    use super::super::tailnet_lock_tests::unstarted;
+    use super::super::IdentityOptions;
 
     /// A pooled identity bound to a pod tells the server the pod's hostname
     /// in every later request, map polls and re-registrations alike.
     #[test]
     fn a_reported_hostname_replaces_the_one_registered() {
-        let session = session();
+        let session = unstarted(IdentityOptions::new("pool-1", vec!["tag:web".into()]));
         assert_eq!(session.map_request(false).hostinfo.hostname, "pool-1");
 
         session

@@ -18,7 +18,7 @@ use super::seams::{
 };
 use super::step_clock::{Step, StepClock};
 use super::{lock, now_secs, AttachmentOf, LivePod, PodManager, SessionOf};
-use crate::control::IdentityKeys;
+use crate::control::{IdentityKeys, SelfNode};
 use crate::k8s::PodRef;
 use crate::podmgr::dataplane::AttachError;
 use crate::podmgr::faults;
@@ -312,6 +312,18 @@ impl<B: Backends> PodManager<B> {
                 "control server sent no self node",
             ));
         };
+        self.save_registered(record, &node, session)
+    }
+
+    /// Records `node` and its addresses as the pod's (phase Registered) and
+    /// hands `session` back; on error the session is stopped and the node
+    /// left in `record` for the release.
+    pub(super) fn save_registered(
+        &self,
+        record: &mut PodRecord,
+        node: &SelfNode,
+        session: SessionOf<B>,
+    ) -> Result<SessionOf<B>, CniError> {
         record.node_id = Some(node.id);
         record.stable_id = Some(node.stable_id.clone());
         record.ipv4 = node.ipv4;

@@ -9,17 +9,16 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tailnet_auth::NodeRef;
-use tailnet_cni_proto::{budget, cni_code};
+use tailnet_cni_proto::budget;
 use tracing::{debug, info, warn};
 
 use super::register::wait_registered;
 use super::seams::{Backends, ControlPlane, PodSession, Records, SessionSpec};
 use super::{PodManager, SessionOf};
 use crate::control::{IdentityKeys, SelfNode};
-use crate::podmgr::faults;
 use crate::podmgr::keyfile::{read_keys, write_keys};
 use crate::podmgr::pool::{Pooled, Slot, TagSet};
-use crate::podmgr::state::{PodPhase, PodRecord};
+use crate::podmgr::state::PodRecord;
 use crate::rpc::CniError;
 
 /// How long a pass waits after a registration for the pool failed, so an
@@ -52,30 +51,14 @@ impl<B: Backends> PodManager<B> {
         };
         // `take` hands out only identities with a self node.
         let Some(node) = pooled.session.self_node() else {
-            pooled.session.shutdown();
+            self.pool.set_aside(pooled);
             return Ok(None);
         };
         record.identity_file = Some(pooled.key_file);
-        record.node_id = Some(node.id);
-        record.stable_id = Some(node.stable_id.clone());
-        record.ipv4 = node.ipv4;
-        record.ipv6 = node.ipv6;
-        record.state = PodPhase::Registered;
-        if let Err(e) = self.save(record) {
-            pooled.session.shutdown();
-            return Err(e);
-        }
-        faults::point("add:registered");
-        if record.ipv4.is_none() && record.ipv6.is_none() {
-            pooled.session.shutdown();
-            return Err(CniError::new(
-                cni_code::CONTROL_FAILURE,
-                "control server assigned no tailnet address",
-            ));
-        }
-        pooled.session.set_hostname(&record.hostname);
+        let session = self.save_registered(record, &node, pooled.session)?;
+        session.set_hostname(&record.hostname);
         info!(pooled_as = %pooled.hostname, hostname = %record.hostname, "bound a pooled identity");
-        Ok(Some((pooled.keys, pooled.session)))
+        Ok(Some((pooled.keys, session)))
     }
 
     /// Stops filling and logs out every pooled identity, removing its node

@@ -168,6 +168,12 @@ impl<S: PodSession> IdentityPool<S> {
         taken
     }
 
+    /// Sets `pooled` aside for retirement and wakes the filling task.
+    pub fn set_aside(&self, pooled: Pooled<S>) {
+        self.books().retiring.push(pooled);
+        self.wake.notify_one();
+    }
+
     /// One tag set per identity to register now, each counted as being
     /// filled until [`Self::filled`].
     pub fn claim_missing(&self) -> Vec<TagSet> {
