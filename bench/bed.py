@@ -166,6 +166,23 @@ class Bed:
     def rscale_pid(self):
         return int((self.dir / "rscale.pid").read_text())
 
+    def admin_get(self, path):
+        token = Path(self.token_file).read_text().strip()
+        req = urllib.request.Request(
+            f"{self.control_url}/api/v1/admin/{path}", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    def enabled_pool_nodes(self):
+        listed = self.admin_get("nodes")
+        nodes = listed.get("nodes", listed) if isinstance(listed, dict) else listed
+        return sum(
+            1
+            for n in nodes
+            if str(n.get("hostname", "")).startswith("bench-pool-") and n.get("status") != "disabled"
+        )
+
     def mint_key(self):
         body = json.dumps(
             {
@@ -193,7 +210,9 @@ class Bed:
 class Daemon:
     """The real tailnet-cnid (release build) with a private socket and state."""
 
-    def __init__(self, bed, bin_dir, work):
+    def __init__(self, bed, bin_dir, work, pool=None):
+        """`pool`: the warm identity pool's size per tag set, filled from
+        the start for pods' default tags; None keeps the daemon's default."""
         self.work = work
         self.socket = work / "d.sock"
         self.bin = bin_dir / "tailnet-cnid"
@@ -204,8 +223,9 @@ class Daemon:
             'cluster_name = "bench"\n'
             f'control_url = "{bed.control_url}"\n'
             "allow_insecure_http = true\n"
-            'selection = "all"\n\n'
-            "[auth]\n"
+            'selection = "all"\n'
+            + (f"pool_size = {pool}\npool_tags = [[]]\n" if pool is not None else "")
+            + "\n[auth]\n"
             'kind = "rscale"\n'
             f'api_url = "{bed.control_url}"\n'
             f'token_file = "{bed.token_file}"\n'
@@ -227,6 +247,12 @@ class Daemon:
     def status(self):
         r = run([str(self.bin), "status", "--json", "--socket", str(self.socket)], timeout=30)
         return json.loads(r.stdout)
+
+    def wait_pool_full(self, bed, size, live=0):
+        """Waits until the pool holds `size` identities: as many enabled
+        `bench-pool-*` nodes as that plus the `live` pods bound from it (a
+        bound node keeps its name on rscale, and is disabled on DEL)."""
+        wait_until(120, f"a pool of {size}", lambda: bed.enabled_pool_nodes() >= size + live, interval=0.5)
 
     def stop(self):
         self.proc.stop()
@@ -619,16 +645,21 @@ def start_peer(bed, work):
 def part_pods(args, bed, work):
     """CNI ADD (shim exec to result) and ADD-to-reachable (shim exec until
     the official peer gets an echo reply from the pod), 1 pod at a time and
-    a burst at once, next to the bridge plugin's ADD."""
+    a burst at once, next to the bridge plugin's ADD. With `--pool N` the
+    daemon keeps N identities warm and each measurement starts with a full
+    pool (N >= the burst: every ADD binds one)."""
     ns = start_peer(bed, work)
-    daemon = Daemon(bed, args.bin, work)
+    daemon = Daemon(bed, args.bin, work, pool=args.pool)
+    pool = args.pool or 0
     peer = Tailscaled(bed, work, "peer", "kernel", tun="tsbpeer", netns="bpeer")
     pods = Pods(daemon, args.shim, work, "bpods")
     pinger = Pinger("bpeer", interval=0.025)
-    out = {"machine": machine(), "peer": "official tailscaled, kernel TUN, own namespace"}
+    out = {"machine": machine(), "peer": "official tailscaled, kernel TUN, own namespace", "pool": pool}
     try:
         singles = []
         for i in range(args.single):
+            if pool:
+                daemon.wait_pool_full(bed, pool)
             pod = pods.new_netns()
             pods.add(pod, on_added=lambda p: pinger.watch(p["ipv4"]))
             got = pinger.wait(pod["ipv4"], args.reach_timeout)
@@ -654,6 +685,8 @@ def part_pods(args, bed, work):
 
         rounds = []
         for r in range(args.rounds):
+            if pool:
+                daemon.wait_pool_full(bed, pool)
             batch = [pods.new_netns() for _ in range(args.burst)]
             start = threading.Event()
 
@@ -948,6 +981,9 @@ def main():
     ap.add_argument("--single", type=int, default=10, help="pods: sequential single-pod runs")
     ap.add_argument("--burst", type=int, default=50, help="pods: pods started at once")
     ap.add_argument("--reach-timeout", type=float, default=60.0)
+    ap.add_argument(
+        "--pool", type=int, default=50, help="pods: the daemon's pool_size (0: off; >= --burst to serve it)"
+    )
     ap.add_argument("--seconds", type=int, default=5, help="throughput: iperf3 -t")
     ap.add_argument("--stages", type=int, nargs="+", default=[50, 250], help="footprint: pod counts")
     ap.add_argument("--parallel", type=int, default=10, help="footprint: ADDs at once")

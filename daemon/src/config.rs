@@ -129,6 +129,16 @@ pub struct Config {
     /// How many pod registrations run at once; more wait their turn.
     #[serde(default = "default_max_parallel_adds")]
     pub max_parallel_adds: usize,
+    /// Identities kept registered ahead of demand for each tag set pods
+    /// join with, so that ADD binds one instead of registering; 0 turns
+    /// the pool off. A tag set is filled after its first ADD, or from the
+    /// start when listed in `pool_tags`.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Tag sets the pool fills from the start (`[]`: the auth backend's
+    /// configured tags).
+    #[serde(default)]
+    pub pool_tags: Vec<Vec<String>>,
     /// Seconds between reconcile passes, which release pods whose network
     /// namespace is gone and sweep plumbing no pod owns. 0 turns them off.
     #[serde(default = "default_reconcile_interval_secs")]
@@ -177,6 +187,9 @@ fn default_allowed_uids() -> Vec<u32> {
 }
 fn default_max_parallel_adds() -> usize {
     64
+}
+fn default_pool_size() -> usize {
+    2
 }
 fn default_reconcile_interval_secs() -> u64 {
     60

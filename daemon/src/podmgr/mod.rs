@@ -12,6 +12,7 @@ pub mod netns;
 mod nl;
 pub mod peer_routes;
 pub mod plumbing;
+pub mod pool;
 pub mod session_memory;
 pub mod state;
 pub mod sync;

@@ -23,6 +23,7 @@ mod magicdns;
 mod minter;
 mod peer_routes;
 mod plumbing;
+mod pool;
 mod privileges;
 mod reliability;
 mod restart_sessions;

@@ -1,6 +1,6 @@
 //! The pod manager's side of a session: waiting for registration, the
 //! netmap, state and confirmed keys as watch channels, endpoint reports,
-//! logout and shutdown.
+//! renaming, logout and shutdown.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,17 +17,21 @@ use super::supervisor::Session;
 /// How long a logout waits for the server's answer.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The endpoints last reported by the data plane, sent with every map
-/// request.
+/// What the handle last reported, sent with every map request: the data
+/// plane's endpoints and, once the identity is bound to a pod that was not
+/// the one it registered for, the pod's hostname.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct Reported {
     pub endpoints: Vec<SocketAddr>,
     pub preferred_derp: Option<u16>,
+    /// Replaces the hostname the session was started with.
+    pub hostname: Option<String>,
 }
 
 /// What the handle asks of its session.
 pub(super) enum Command {
-    EndpointsChanged,
+    /// [`Reported`] changed: send it to the server.
+    ReportChanged,
     Logout(oneshot::Sender<Result<(), ControlError>>),
 }
 
@@ -175,6 +179,25 @@ impl IdentityHandle {
         self.reporter().report(endpoints, preferred_derp);
     }
 
+    /// Renames the identity: its Hostinfo carries `hostname` from the next
+    /// map request on, which is sent at once when the session is connected.
+    /// For an identity registered ahead of demand and then bound to a pod.
+    pub fn set_hostname(&self, hostname: &str) {
+        {
+            let mut current = self
+                .endpoints
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if current.hostname.as_deref() == Some(hostname) {
+                return;
+            }
+            current.hostname = Some(hostname.to_string());
+        }
+        // As for endpoints: a full queue already holds a wake-up, a closed
+        // one means the session has ended.
+        self.commands.try_send(Command::ReportChanged).ok();
+    }
+
     /// A cloneable way to report endpoints, for the task that watches the
     /// data plane.
     pub fn reporter(&self) -> EndpointReporter {
@@ -213,22 +236,19 @@ pub struct EndpointReporter {
 
 impl EndpointReporter {
     pub fn report(&self, endpoints: Vec<SocketAddr>, preferred_derp: Option<u16>) {
-        let new = Reported {
-            endpoints,
-            preferred_derp,
-        };
         {
             let mut current = self
                 .endpoints
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if *current == new {
+            if current.endpoints == endpoints && current.preferred_derp == preferred_derp {
                 return;
             }
-            *current = new;
+            current.endpoints = endpoints;
+            current.preferred_derp = preferred_derp;
         }
         // A full queue already holds a wake-up, after which the session reads
         // the current endpoints; a closed one means the session has ended.
-        self.commands.try_send(Command::EndpointsChanged).ok();
+        self.commands.try_send(Command::ReportChanged).ok();
     }
 }

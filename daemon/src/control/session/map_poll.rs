@@ -69,7 +69,7 @@ impl Session {
                 () = renew_due => check_key = true,
                 command = commands.recv() => match command {
                     None => return Err(SessionError::HandleDropped),
-                    Some(Command::EndpointsChanged) => {
+                    Some(Command::ReportChanged) => {
                         // The new set is recorded already and would not be
                         // reported again: reconnect, and the next poll
                         // carries it.

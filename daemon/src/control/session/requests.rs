@@ -1,5 +1,5 @@
-//! The requests a session sends, built from its keys, options and the
-//! endpoints last reported.
+//! The requests a session sends, built from its keys, options and what the
+//! handle last reported (endpoints, a new hostname).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -20,7 +20,10 @@ impl Session {
             ipn_version: self.client.inner.version.clone(),
             backend_log_id: self.backend_log_id.clone(),
             os: "linux".into(),
-            hostname: self.options.hostname.clone(),
+            hostname: reported
+                .hostname
+                .clone()
+                .unwrap_or_else(|| self.options.hostname.clone()),
             app: "tailnet-cni".into(),
             request_tags: self.options.tags.clone(),
             net_info: reported.preferred_derp.map(|region| NetInfo {
@@ -67,5 +70,38 @@ impl Session {
             nl_key: lock
                 .map(|lock| format!("{PUBLIC_PREFIX}{}", hex::encode(lock.rotation_public()))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::tailcfg::ZERO_TIME;
+    use super::super::tailnet_lock_tests::unstarted;
+    use super::super::IdentityOptions;
+
+    /// A pooled identity bound to a pod tells the server the pod's hostname
+    /// in every later request, map polls and re-registrations alike.
+    #[test]
+    fn a_reported_hostname_replaces_the_one_registered() {
+        let session = unstarted(IdentityOptions::new("pool-1", vec!["tag:web".into()]));
+        assert_eq!(session.map_request(false).hostinfo.hostname, "pool-1");
+
+        session
+            .published
+            .endpoints
+            .lock()
+            .expect("reported")
+            .hostname = Some("unit-default-web".into());
+        assert_eq!(
+            session.map_request(false).hostinfo.hostname,
+            "unit-default-web"
+        );
+        assert_eq!(
+            session.map_request(true).hostinfo.hostname,
+            "unit-default-web"
+        );
+        let register = session.register_request(None, ZERO_TIME);
+        assert_eq!(register.hostinfo.hostname, "unit-default-web");
+        assert_eq!(register.hostinfo.request_tags, ["tag:web"]);
     }
 }

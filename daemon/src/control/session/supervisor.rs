@@ -87,7 +87,7 @@ impl Session {
                 _ = &mut sleep => return None,
                 command = commands.recv() => match command {
                     None => return Some(Exit::Abandoned),
-                    Some(Command::EndpointsChanged) => {}
+                    Some(Command::ReportChanged) => {}
                     Some(Command::Logout(reply)) => {
                         // The caller may have stopped waiting; the logout stands.
                         reply.send(self.logout_once().await).ok();

@@ -29,7 +29,7 @@ impl KeyStore for Saved {
 }
 
 /// Never asked: these tests hand keys to the session directly.
-struct NoKeys;
+pub(super) struct NoKeys;
 
 #[tonic::async_trait]
 impl AuthKeySource for NoKeys {
@@ -39,6 +39,11 @@ impl AuthKeySource for NoKeys {
 }
 
 fn session(store: Arc<Saved>) -> Session {
+    unstarted(IdentityOptions::new("locked", vec![]).key_store(store))
+}
+
+/// A session with fresh keys and `options` that has not started.
+pub(super) fn unstarted(options: IdentityOptions) -> Session {
     let config = ControlConfig::new("http://127.0.0.1:9", None).expect("a loopback URL");
     let keys = IdentityKeys::generate();
     let (published, _pending) = handle::channels(keys.clone());
@@ -46,7 +51,7 @@ fn session(store: Arc<Saved>) -> Session {
         client: ControlClient::new(config).expect("a client"),
         keys,
         rotator: Rotator::new(RotationPolicy::default()),
-        options: IdentityOptions::new("locked", vec![]).key_store(store),
+        options,
         auth: Arc::new(NoKeys),
         published,
         backend_log_id: "log".into(),

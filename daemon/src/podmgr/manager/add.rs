@@ -16,8 +16,9 @@ use super::seams::{
     AttachSpec, Backends, ControlPlane, DataPlane, Plumbing, PodAttachment, PodSession, Records,
     SessionSpec,
 };
+use super::step_clock::{Step, StepClock};
 use super::{lock, now_secs, AttachmentOf, LivePod, PodManager, SessionOf};
-use crate::control::IdentityKeys;
+use crate::control::{IdentityKeys, SelfNode};
 use crate::k8s::PodRef;
 use crate::podmgr::dataplane::AttachError;
 use crate::podmgr::faults;
@@ -44,6 +45,9 @@ const TAILNET_ROUTES: [&str; 2] = ["100.64.0.0/10", "fd7a:115c:a1e0::/48"];
 
 impl<B: Backends> PodManager<B> {
     pub(super) async fn do_add(&self, req: AddRequest) -> Result<AddResponse, CniError> {
+        // The pool fills only while no ADD is being served.
+        let _serving = self.pool.serving();
+        let mut clock = StepClock::start();
         let pod = req
             .pod
             .ok_or_else(|| CniError::new(cni_code::INVALID_CONFIG, "request names no pod"))?;
@@ -90,6 +94,7 @@ impl<B: Backends> PodManager<B> {
             debug!("pod not selected for the tailnet");
             return Ok(AddResponse::default());
         };
+        clock.lap(Step::Select);
 
         let _guard = self.locks.lock(&pod.container_id).await;
         // A runtime never ADDs a container twice without a DEL; a record here
@@ -136,13 +141,14 @@ impl<B: Backends> PodManager<B> {
         };
         self.save(&record)?;
         faults::point("add:pending-saved");
+        clock.lap(Step::Record);
 
         let pod_ref = PodRef {
             namespace: record.namespace.clone(),
             name: record.name.clone(),
             uid: record.uid.clone(),
         };
-        match self.bring_up(&mut record, tags, mtu).await {
+        match self.bring_up(&mut record, tags, mtu, &mut clock).await {
             Ok(response) => {
                 let addresses: Vec<IpAddr> = response
                     .ips
@@ -173,21 +179,17 @@ impl<B: Backends> PodManager<B> {
         record: &mut PodRecord,
         tags: Vec<String>,
         mtu: u32,
+        clock: &mut StepClock,
     ) -> Result<AddResponse, CniError> {
-        // 1. Keys, on disk before anything can register them.
-        let keys = IdentityKeys::generate();
-        let key_file = self
-            .records
-            .identity_path(&record.container_id)
-            .map_err(|e| CniError::new(cni_code::IO_FAILURE, e.to_string()))?;
-        write_keys(&key_file, &keys)
-            .map_err(|e| CniError::new(cni_code::IO_FAILURE, e.to_string()))?;
-        record.identity_file = Some(key_file.clone());
-        self.save(record)?;
-        faults::point("add:keys-saved");
-
-        // 2. Registration and the first netmap.
-        let session = self.register(record, &keys, key_file, tags).await?;
+        // 1-2. A registered identity from the pool, else a new one.
+        let (keys, session) = match self.bind_pooled(record, &tags)? {
+            Some(bound) => {
+                clock.pooled = true;
+                bound
+            }
+            None => self.register_new(record, tags).await?,
+        };
+        clock.lap(Step::Identity);
 
         // 3. Devices, addresses, routes, rules.
         let pod_net = match self.plumb(record, mtu).await {
@@ -198,6 +200,8 @@ impl<B: Backends> PodManager<B> {
             }
         };
 
+        clock.lap(Step::Plumb);
+
         // 4. Data plane.
         let data = match self.attach(record, &pod_net, &keys, &session) {
             Ok(data) => data,
@@ -206,6 +210,7 @@ impl<B: Backends> PodManager<B> {
                 return Err(CniError::new(cni_code::PLUMBING_FAILURE, e.to_string()));
             }
         };
+        clock.lap(Step::Attach);
         faults::point("add:attached");
         record.state = PodPhase::Running;
         if let Err(e) = self.save(record) {
@@ -225,6 +230,8 @@ impl<B: Backends> PodManager<B> {
             },
         );
         let relay = data.wait_home_relay(HOME_RELAY_WAIT).await;
+        clock.lap(Step::HomeRelay);
+        clock.report(&record.hostname);
         if !matches!(relay, HomeRelay::Connected | HomeRelay::Absent) {
             warn!(
                 hostname = %record.hostname,
@@ -240,6 +247,27 @@ impl<B: Backends> PodManager<B> {
             "pod is on the tailnet"
         );
         Ok(add_response(record, &pod_net))
+    }
+
+    /// A new identity: keys on disk before anything can register them,
+    /// then its registration and first netmap.
+    async fn register_new(
+        &self,
+        record: &mut PodRecord,
+        tags: Vec<String>,
+    ) -> Result<(IdentityKeys, SessionOf<B>), CniError> {
+        let keys = IdentityKeys::generate();
+        let key_file = self
+            .records
+            .identity_path(&record.container_id)
+            .map_err(|e| CniError::new(cni_code::IO_FAILURE, e.to_string()))?;
+        write_keys(&key_file, &keys)
+            .map_err(|e| CniError::new(cni_code::IO_FAILURE, e.to_string()))?;
+        record.identity_file = Some(key_file.clone());
+        self.save(record)?;
+        faults::point("add:keys-saved");
+        let session = self.register(record, &keys, key_file, tags).await?;
+        Ok((keys, session))
     }
 
     /// Starts the identity's session and waits for its registration; records
@@ -284,6 +312,18 @@ impl<B: Backends> PodManager<B> {
                 "control server sent no self node",
             ));
         };
+        self.save_registered(record, &node, session)
+    }
+
+    /// Records `node` and its addresses as the pod's (phase Registered) and
+    /// hands `session` back; on error the session is stopped and the node
+    /// left in `record` for the release.
+    pub(super) fn save_registered(
+        &self,
+        record: &mut PodRecord,
+        node: &SelfNode,
+        session: SessionOf<B>,
+    ) -> Result<SessionOf<B>, CniError> {
         record.node_id = Some(node.id);
         record.stable_id = Some(node.stable_id.clone());
         record.ipv4 = node.ipv4;

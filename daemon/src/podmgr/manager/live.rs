@@ -107,6 +107,10 @@ impl PodSession for IdentityHandle {
         IdentityHandle::self_node(self)
     }
 
+    fn set_hostname(&self, hostname: &str) {
+        IdentityHandle::set_hostname(self, hostname)
+    }
+
     async fn logout(self) -> Result<(), ControlError> {
         IdentityHandle::logout(self).await
     }

@@ -22,11 +22,13 @@ mod del;
 mod gc;
 pub mod live;
 mod mint;
+mod pool;
 mod reconcile;
 mod recover;
 mod register;
 pub mod release;
 pub mod seams;
+mod step_clock;
 mod views;
 
 #[cfg(test)]
@@ -51,7 +53,8 @@ use self::views::PodView;
 use super::locks::PodLocks;
 use super::magicdns::dns_settings;
 use super::plumbing::Plumber;
-use super::state::{PodRecord, StateStore};
+use super::pool::IdentityPool;
+use super::state::{PodRecord, StateError, StateStore};
 use super::tables::TableAllocator;
 use crate::config::Config;
 use crate::control::{ControlClient, ControlConfig, RotationPolicy};
@@ -98,6 +101,8 @@ pub struct PodManager<B: Backends = Live> {
     tables: TableAllocator,
     locks: PodLocks,
     registrations: Semaphore,
+    /// Identities registered ahead of demand, bound by ADD.
+    pool: IdentityPool<SessionOf<B>>,
     /// Plumbing setups hold it shared, the sweep of unowned links holds it
     /// exclusively: a link being created is never judged stale.
     sweep_gate: tokio::sync::RwLock<()>,
@@ -158,7 +163,7 @@ impl<B: Backends> PodManager<B> {
         metrics: Arc<Metrics>,
         selector: Selector,
         parts: Parts<B>,
-    ) -> Result<Arc<Self>, super::state::StateError> {
+    ) -> Result<Arc<Self>, StateError> {
         let loaded = parts.records.load_all()?;
         for error in &loaded.errors {
             warn!(%error, "skipping unreadable pod record");
@@ -169,8 +174,20 @@ impl<B: Backends> PodManager<B> {
                 .iter()
                 .filter_map(|r| r.pod_net.as_ref().map(|n| n.table)),
         );
+        let pool = IdentityPool::open(
+            &config.state_dir,
+            &config.cluster_name,
+            config.pool_size,
+            &config.pool_tags,
+        )
+        .map_err(|source| StateError::Io {
+            op: "creating the pool directory in",
+            path: config.state_dir.clone(),
+            source,
+        })?;
         let manager = Arc::new(Self {
             registrations: Semaphore::new(config.max_parallel_adds),
+            pool,
             sweep_gate: tokio::sync::RwLock::new(()),
             plumbing: parts.plumbing,
             control: parts.control,
@@ -187,6 +204,7 @@ impl<B: Backends> PodManager<B> {
             config,
         });
         manager.recover(loaded.records).await;
+        manager.start_pool();
         *manager
             .readiness
             .write()
@@ -212,8 +230,9 @@ impl<B: Backends> PodManager<B> {
     }
 
     /// Stops every pod's data plane and control session, leaving their
-    /// devices and state in place for the next start.
+    /// devices and state in place for the next start; logs out the pool.
     pub async fn shutdown(&self) {
+        self.close_pool().await;
         let live: Vec<(String, LivePod<B>)> = lock(&self.live).drain().collect();
         for (container_id, pod) in live {
             if let Err(error) = pod.data.detach().await {

@@ -74,6 +74,9 @@ pub trait PodSession: Send + Sync + 'static {
     fn state(&self) -> watch::Receiver<SessionState>;
     /// The node control registered, once it has sent a netmap naming it.
     fn self_node(&self) -> Option<SelfNode>;
+    /// Tells control the identity's new hostname (a pooled identity bound
+    /// to a pod), with the next map request.
+    fn set_hostname(&self, hostname: &str);
     /// Expires the node key at the server and ends the session.
     async fn logout(self) -> Result<(), ControlError>;
     /// Ends the session, keeping the node registered.

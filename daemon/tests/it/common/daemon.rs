@@ -35,6 +35,9 @@ pub struct DaemonOptions {
     pub selection: String,
     /// Top-level config lines added as they are (e.g. `dns_upstream = ...`).
     pub extra_config: String,
+    /// The config's `pool_size`: 0 (no warm identities, so a test sees
+    /// only its pods' nodes) unless a test of the pool sets it.
+    pub pool_size: usize,
 }
 
 impl DaemonOptions {
@@ -56,6 +59,7 @@ impl DaemonOptions {
             crash_at: None,
             selection: "all".into(),
             extra_config: String::new(),
+            pool_size: 0,
         }
     }
 
@@ -91,7 +95,7 @@ impl Daemon {
             format!(
                 "socket = \"{socket}\"\nstate_dir = \"{state}\"\ncluster_name = \"{cluster}\"\n\
                  control_url = \"{url}\"\nallow_insecure_http = {insecure}\nselection = \"{selection}\"\nhealth_addr = \"{health}\"\n\
-                 reconcile_interval_secs = {reconcile}\nlog_format = \"{format}\"\n{extra}\n[auth]\n{auth}",
+                 reconcile_interval_secs = {reconcile}\nlog_format = \"{format}\"\npool_size = {pool}\n{extra}\n[auth]\n{auth}",
                 socket = socket.display(),
                 state = state_dir.display(),
                 cluster = options.cluster,
@@ -102,6 +106,7 @@ impl Daemon {
                 auth = options.auth,
                 selection = options.selection,
                 extra = options.extra_config,
+                pool = options.pool_size,
             ),
         )
         .expect("daemon config");

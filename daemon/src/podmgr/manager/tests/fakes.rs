@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -160,8 +160,11 @@ pub struct FakeControl {
     next_node: AtomicI64,
     /// Nodes in the tailnet.
     nodes: Mutex<HashSet<i64>>,
-    /// Sessions started and not yet ended, by hostname.
-    running: Arc<Mutex<Vec<String>>>,
+    /// The node each registered node key belongs to, for resumed sessions.
+    by_key: Mutex<HashMap<String, SelfNode>>,
+    next_session: AtomicU64,
+    /// Sessions started and not yet ended: their id and current hostname.
+    running: Arc<Mutex<Vec<(u64, String)>>>,
     /// Every session started, in order.
     started: Mutex<Vec<SessionSpec>>,
     pub fail_remove_node: AtomicBool,
@@ -177,6 +180,8 @@ impl Default for FakeControl {
             registration: Mutex::new(Registration::Accept),
             next_node: AtomicI64::new(1),
             nodes: Mutex::default(),
+            by_key: Mutex::default(),
+            next_session: AtomicU64::new(1),
             running: Arc::default(),
             started: Mutex::default(),
             fail_remove_node: AtomicBool::new(false),
@@ -200,7 +205,10 @@ impl FakeControl {
 
     /// Hostnames of the sessions still running.
     pub fn running_sessions(&self) -> Vec<String> {
-        guard(&self.running).clone()
+        guard(&self.running)
+            .iter()
+            .map(|(_, hostname)| hostname.clone())
+            .collect()
     }
 
     /// What every session was started for, in order.
@@ -213,21 +221,29 @@ impl FakeControl {
 impl ControlPlane for Arc<FakeControl> {
     type Session = FakeSession;
 
-    fn start_session(&self, _keys: IdentityKeys, spec: SessionSpec) -> FakeSession {
+    fn start_session(&self, keys: IdentityKeys, spec: SessionSpec) -> FakeSession {
         let registration = *guard(&self.registration);
+        let node_key = keys.node_public().to_string();
         let node = if spec.resumed {
-            None
+            // A node key the server knows, of a node still in the tailnet.
+            guard(&self.by_key)
+                .get(&node_key)
+                .filter(|node| guard(&self.nodes).contains(&node.id))
+                .cloned()
         } else {
             let id = self.register_node();
             let with_address = registration != Registration::AcceptWithoutAddress;
-            Some(SelfNode {
+            let node = SelfNode {
                 id,
                 stable_id: format!("n{id}"),
                 ipv4: with_address.then(|| Ipv4Addr::new(100, 64, 0, id as u8)),
                 ipv6: with_address
                     .then(|| Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, id as u16)),
-            })
+            };
+            guard(&self.by_key).insert(node_key, node.clone());
+            Some(node)
         };
+        let id = self.next_session.fetch_add(1, Ordering::SeqCst);
         let state = match registration {
             Registration::RegisterThenRefuse => SessionState::NeedsAuth {
                 error: std::sync::Arc::new(SessionError::KeyStillExpired {
@@ -239,10 +255,10 @@ impl ControlPlane for Arc<FakeControl> {
             },
             _ => SessionState::Connected,
         };
-        guard(&self.running).push(spec.hostname.clone());
+        guard(&self.running).push((id, spec.hostname.clone()));
         guard(&self.started).push(spec.clone());
         FakeSession {
-            hostname: spec.hostname,
+            id,
             node,
             state: watch::channel(state),
             running: self.running.clone(),
@@ -269,20 +285,17 @@ impl ControlPlane for Arc<FakeControl> {
 /// One fake session; it counts as running until it is shut down or logged
 /// out.
 pub struct FakeSession {
-    hostname: String,
+    id: u64,
     node: Option<SelfNode>,
     /// The sender is held as the session's task holds it: a live session.
     state: (watch::Sender<SessionState>, watch::Receiver<SessionState>),
-    running: Arc<Mutex<Vec<String>>>,
+    running: Arc<Mutex<Vec<(u64, String)>>>,
     hang_logout: Arc<AtomicBool>,
 }
 
 impl FakeSession {
     fn end(&self) {
-        let mut running = guard(&self.running);
-        if let Some(at) = running.iter().position(|h| *h == self.hostname) {
-            running.remove(at);
-        }
+        guard(&self.running).retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -301,6 +314,14 @@ impl PodSession for FakeSession {
 
     fn self_node(&self) -> Option<SelfNode> {
         self.node.clone()
+    }
+
+    fn set_hostname(&self, hostname: &str) {
+        for (id, current) in guard(&self.running).iter_mut() {
+            if *id == self.id {
+                *current = hostname.to_string();
+            }
+        }
     }
 
     async fn logout(self) -> Result<(), ControlError> {

@@ -6,6 +6,7 @@ mod check;
 mod del;
 mod fakes;
 mod gc;
+mod pool;
 mod recover;
 mod reports;
 
@@ -70,6 +71,8 @@ fn config(state_dir: PathBuf) -> Config {
     )
     .expect("test configuration");
     config.state_dir = state_dir;
+    // These tests describe ADD without the pool; `pool.rs` turns it on.
+    config.pool_size = 0;
     config
 }
 
@@ -85,6 +88,18 @@ impl Bed {
 
     /// [`Self::start_in`] on a given engine (one set to fail, say).
     async fn start_with_engine(world: World, engine: Arc<FakeEngine>) -> Self {
+        Self::start_configured(world, engine, |_| {}).await
+    }
+
+    /// [`Self::start_with_engine`] with the test configuration changed by
+    /// `adjust`.
+    async fn start_configured(
+        world: World,
+        engine: Arc<FakeEngine>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut config = config(world.dir.path().join("state"));
+        adjust(&mut config);
         let records = Arc::new(FakeRecords::new(world.store()));
         let parts = Parts::<Fakes> {
             plumbing: world.plumbing.clone(),
@@ -93,7 +108,7 @@ impl Bed {
             records: records.clone(),
         };
         let manager = PodManager::launch(
-            config(world.dir.path().join("state")),
+            config,
             Arc::new(Metrics::default()),
             Selector::without_api(Policy::new(Selection::All, vec![ALLOWED_TAG.into()])),
             parts,
