@@ -188,8 +188,11 @@ fn default_allowed_uids() -> Vec<u32> {
 fn default_max_parallel_adds() -> usize {
     64
 }
+/// Off unless asked: pooled nodes are devices the admin sees before any
+/// pod uses them, and some control servers keep a pooled node's first DNS
+/// name after the pod renames it.
 fn default_pool_size() -> usize {
-    2
+    0
 }
 fn default_reconcile_interval_secs() -> u64 {
     60
