@@ -21,6 +21,7 @@ use super::filters::FilterCache;
 use super::magicdns::{dns_inputs_digest, dns_table};
 use super::peer_routes::{accepted_subnets, installed, Grant, RoutePrefs};
 use super::plumbing::PodRouteTarget;
+use super::session_memory::FilterBeforeNetmap;
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
@@ -198,7 +199,9 @@ pub struct PodSync {
     last_subnets: Option<Vec<(IpAddr, u8)>>,
     last_derp: Option<Arc<DerpMap>>,
     last_peers: Option<Vec<Arc<PeerConfig>>>,
-    last_filter: Arc<CompiledRules>,
+    /// `None` while the pod enforces a filter remembered from before a
+    /// restart: control's first filter is then sent whatever it is.
+    last_filter: Option<Arc<CompiledRules>>,
     /// The table last sent, and the digest of the netmap it came from.
     last_dns: Option<(u64, Arc<DnsTable>)>,
     cache: &'static FilterCache,
@@ -206,12 +209,23 @@ pub struct PodSync {
 }
 
 impl PodSync {
-    /// Starts the pod closed: deny-all until control sends a filter. Peers'
-    /// routes are installed as `routing` opts into them.
-    pub async fn new(data: PodHandle, routing: PodRouting) -> Result<Self, EngineError> {
+    /// Starts the pod closed (deny-all until control sends a filter) unless
+    /// it enforces a remembered one. Peers' routes are installed as
+    /// `routing` opts into them.
+    pub async fn new(
+        data: PodHandle,
+        routing: PodRouting,
+        filter: FilterBeforeNetmap,
+    ) -> Result<Self, EngineError> {
         let cache = FilterCache::global();
-        let last_filter = cache.compile(&[]);
-        data.set_filter(last_filter.clone()).await?;
+        let last_filter = match filter {
+            FilterBeforeNetmap::Closed => {
+                let closed = cache.compile(&[]);
+                data.set_filter(closed.clone()).await?;
+                Some(closed)
+            }
+            FilterBeforeNetmap::Remembered => None,
+        };
         Ok(Self {
             data,
             routing,
@@ -229,10 +243,14 @@ impl PodSync {
     pub async fn apply(&mut self, map: &NetMap) -> Result<(), EngineError> {
         // Before peers, so a new peer never meets a stale filter.
         let filter = filter_of(map, self.cache);
-        if !Arc::ptr_eq(&filter, &self.last_filter) {
+        if self
+            .last_filter
+            .as_ref()
+            .is_none_or(|last| !Arc::ptr_eq(&filter, last))
+        {
             debug!(rules = map.filter_rules().count(), "updating packet filter");
             self.data.set_filter(filter.clone()).await?;
-            self.last_filter = filter;
+            self.last_filter = Some(filter);
         }
         if let Some(derp) = &map.derp_map {
             if self
@@ -302,15 +320,17 @@ impl PodSync {
     }
 }
 
-/// Runs until the session or the data plane goes away.
+/// Runs until the session or the data plane goes away; `filter` is what
+/// the pod enforces until its first netmap.
 pub async fn run(
     mut netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
     data: PodHandle,
     routing: PodRouting,
+    filter: FilterBeforeNetmap,
 ) {
     let mut endpoints = data.endpoints();
-    let Ok(mut sync) = PodSync::new(data, routing).await else {
+    let Ok(mut sync) = PodSync::new(data, routing, filter).await else {
         return;
     };
     loop {
