@@ -273,7 +273,7 @@ async fn follow(
             }
         }
         let routing = target.routing.clone();
-        let sync = super::sync::run(netmap.clone(), reporter.clone(), handle, routing, filter);
+        let sync = super::sync::run_from(netmap.clone(), reporter.clone(), handle, routing, filter);
         tokio::pin!(sync);
         loop {
             tokio::select! {

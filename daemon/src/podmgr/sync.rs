@@ -320,9 +320,19 @@ impl PodSync {
     }
 }
 
-/// Runs until the session or the data plane goes away; `filter` is what
-/// the pod enforces until its first netmap.
+/// Runs until the session or the data plane goes away; the pod is closed
+/// inbound until its first netmap.
 pub async fn run(
+    netmap: watch::Receiver<Option<Arc<NetMap>>>,
+    reporter: EndpointReporter,
+    data: PodHandle,
+    routing: PodRouting,
+) {
+    run_from(netmap, reporter, data, routing, FilterBeforeNetmap::Closed).await
+}
+
+/// [`run`] for a pod that enforces `filter` until its first netmap.
+pub async fn run_from(
     mut netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
     data: PodHandle,
