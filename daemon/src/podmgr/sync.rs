@@ -209,10 +209,15 @@ pub struct PodSync {
 }
 
 impl PodSync {
-    /// Starts the pod closed (deny-all until control sends a filter) unless
-    /// it enforces a remembered one. Peers' routes are installed as
-    /// `routing` opts into them.
-    pub async fn new(
+    /// Starts the pod closed: deny-all until control sends a filter. Peers'
+    /// routes are installed as `routing` opts into them.
+    pub async fn new(data: PodHandle, routing: PodRouting) -> Result<Self, EngineError> {
+        Self::starting_with(data, routing, FilterBeforeNetmap::Closed).await
+    }
+
+    /// [`Self::new`] for a pod that may enforce a remembered filter until
+    /// control sends one.
+    pub async fn starting_with(
         data: PodHandle,
         routing: PodRouting,
         filter: FilterBeforeNetmap,
@@ -340,7 +345,7 @@ pub async fn run_from(
     filter: FilterBeforeNetmap,
 ) {
     let mut endpoints = data.endpoints();
-    let Ok(mut sync) = PodSync::new(data, routing, filter).await else {
+    let Ok(mut sync) = PodSync::starting_with(data, routing, filter).await else {
         return;
     };
     loop {
