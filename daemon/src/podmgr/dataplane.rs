@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug_span, info, warn, Instrument};
 
-use super::session_memory;
+use super::session_memory::{self, FilterBeforeNetmap};
 use super::state::{RememberedSessions, SessionPeersFile, StateError};
 use super::sync::PodRouting;
 use super::tun::open_tun;
@@ -260,18 +260,20 @@ async fn follow(
             }
         }
         let handle = slot.borrow().handle.clone();
+        let mut filter = FilterBeforeNetmap::Closed;
         // Only the first attachment: a rotated key's peers have no session.
         if let Some(remembered) = remembered.take() {
             let span = debug_span!(target: session_memory::RECOVERY_TIMELINE, "resume", container_id = %target.pod_id);
-            let resumed = session_memory::resume_before_netmap(&handle, &remembered)
+            match session_memory::resume_before_netmap(&handle, &remembered)
                 .instrument(span)
-                .await;
-            if let Err(error) = resumed {
-                warn!(%error, "cannot resume sessions before the netmap");
+                .await
+            {
+                Ok(held) => filter = held,
+                Err(error) => warn!(%error, "cannot resume sessions before the netmap"),
             }
         }
         let routing = target.routing.clone();
-        let sync = super::sync::run(netmap.clone(), reporter.clone(), handle, routing);
+        let sync = super::sync::run_from(netmap.clone(), reporter.clone(), handle, routing, filter);
         tokio::pin!(sync);
         loop {
             tokio::select! {

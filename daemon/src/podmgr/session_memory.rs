@@ -11,13 +11,20 @@
 //!
 //! Until the first netmap the remembered peers are all the pod has; the
 //! netmap then replaces them, so a peer control has removed in the
-//! meantime loses its session right there. The packet filter is not
-//! remembered: the pod stays deny-all inbound until control's filter
-//! arrives, because an ACL tightened while the daemon was down must not be
-//! enforced late. Peers' traffic passes from the first netmap on.
+//! meantime loses its session right there.
+//!
+//! The packet filter is remembered too, with the time control last sent
+//! it, and enforced until the first netmap replaces it, as a client with a
+//! netmap cache does: peers' traffic passes again as soon as the sessions
+//! are back, without waiting for control's register and first map. A rule
+//! control removed while the daemon was down is thus enforced late, which
+//! is bounded twice: a filter older than [`REMEMBERED_FILTER_MAX_AGE`] is
+//! not used (the pod stays deny-all inbound until control's filter), and
+//! the remembered one closes by itself [`REMEMBERED_FILTER_WINDOW`] after
+//! the restart if control has not answered by then.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -25,8 +32,9 @@ use tracing::{debug, debug_span, info, warn, Instrument};
 
 use super::filters::FilterCache;
 use super::peer_routes::RoutePrefs;
-use super::state::{RememberedSessions, SessionPeersFile};
+use super::state::{RememberedFilter, RememberedSessions, SessionPeersFile};
 use super::sync::SharedConversions;
+use crate::control::tailcfg::FilterRule;
 use crate::control::NetMap;
 use crate::wg::engine::ResumePeer;
 use crate::wg::{EngineError, PeerConfig, PodHandle, PodStats};
@@ -37,6 +45,16 @@ use crate::wg::{EngineError, PeerConfig, PodHandle, PodStats};
 /// goes: `TAILNET_CNID_LOG=info,tailnet_cnid::recovery=debug`.
 pub const RECOVERY_TIMELINE: &str = "tailnet_cnid::recovery";
 
+/// How long after a restart a pod enforces its remembered packet filter at
+/// most while it waits for control's; past it the pod is closed inbound
+/// until control answers.
+pub const REMEMBERED_FILTER_WINDOW: Duration = Duration::from_secs(10);
+/// A remembered filter control last sent longer ago than this is not
+/// enforced at all: the pod stays closed inbound until control's filter.
+pub const REMEMBERED_FILTER_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+/// How often an unchanged filter's time is written again while the pod
+/// keeps getting it from control.
+const FILTER_REFRESH: Duration = Duration::from_secs(60);
 /// How often the set of live sessions is compared with the one on disk.
 const REMEMBER_EVERY: Duration = Duration::from_secs(5);
 /// WireGuard rejects a session this long after its handshake: older ones
@@ -60,21 +78,43 @@ pub fn recall(file: &SessionPeersFile) -> RememberedSessions {
     })
 }
 
+/// What a resumed pod's inbound filter is until its first netmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterBeforeNetmap {
+    /// Deny-all; replies to the pod's own flows pass.
+    Closed,
+    /// The remembered filter, for [`REMEMBERED_FILTER_WINDOW`] at most.
+    Remembered,
+}
+
 /// Brings back, on a freshly attached pod that has no netmap yet, what its
-/// remembered sessions need (deny-all filter first, then the DERP map and
-/// the remembered peers) and handshakes with those peers. Must run before
-/// the netmap sync starts, which then replaces all of it.
+/// remembered sessions need (the filter first, then the DERP map and the
+/// remembered peers) and handshakes with those peers. Must run before the
+/// netmap sync starts, which then replaces all of it.
 pub async fn resume_before_netmap(
     handle: &PodHandle,
     remembered: &RememberedSessions,
-) -> Result<(), EngineError> {
+) -> Result<FilterBeforeNetmap, EngineError> {
     if remembered.peer_configs.is_empty() {
-        return Ok(());
+        return Ok(FilterBeforeNetmap::Closed);
     }
-    // The engine filters nothing until told to: close it before any peer.
-    handle
-        .set_filter(FilterCache::global().compile(&[]))
-        .await?;
+    // The engine filters nothing until told to: set a filter before any peer.
+    let filter = match enforceable(remembered.filter.as_ref(), SystemTime::now()) {
+        Some(filter) => {
+            let rules: Vec<&FilterRule> = filter.rules.iter().collect();
+            let until = Instant::now() + REMEMBERED_FILTER_WINDOW;
+            handle
+                .set_remembered_filter(FilterCache::global().compile(&rules), until)
+                .await?;
+            FilterBeforeNetmap::Remembered
+        }
+        None => {
+            handle
+                .set_filter(FilterCache::global().compile(&[]))
+                .await?;
+            FilterBeforeNetmap::Closed
+        }
+    };
     if !remembered.derp_map.is_empty() {
         handle
             .set_derp_map(Arc::new(remembered.derp_map.clone()))
@@ -91,9 +131,20 @@ pub async fn resume_before_netmap(
     info!(
         target: RECOVERY_TIMELINE,
         peers = peers.len(),
+        ?filter,
         "resume handshakes sent before the netmap"
     );
-    Ok(())
+    Ok(filter)
+}
+
+/// `filter` if control sent it recently enough, as of `now`, to be enforced
+/// before control confirms it. A time ahead of `now` (the clock went back)
+/// proves nothing: not enforced.
+fn enforceable(filter: Option<&RememberedFilter>, now: SystemTime) -> Option<&RememberedFilter> {
+    filter.filter(|filter| {
+        now.duration_since(filter.received)
+            .is_ok_and(|age| age <= REMEMBERED_FILTER_MAX_AGE)
+    })
 }
 
 /// Handshakes with the remembered peers [`resume_before_netmap`] could not
@@ -232,12 +283,51 @@ fn remember(
             saved.derp_map.clone(),
         ),
     };
+    // Only worth keeping with sessions to resume.
+    let filter = if peers.is_empty() {
+        None
+    } else {
+        match map {
+            Some(map) => Some(filter_of(map, saved.filter.as_ref(), SystemTime::now())),
+            None => saved.filter.clone(),
+        }
+    };
     RememberedSessions {
         udp_port: handle.endpoints().borrow().udp_port,
         peer_configs: records_of(&peers, &known),
         peers,
         derp_map,
+        filter,
     }
+}
+
+/// `map`'s filter, received `now`; `saved` as it is while it holds the same
+/// rules and is younger than [`FILTER_REFRESH`], so that an unchanged
+/// filter costs one write per refresh.
+fn filter_of(map: &NetMap, saved: Option<&RememberedFilter>, now: SystemTime) -> RememberedFilter {
+    let rules: Vec<FilterRule> = map.filter_rules().cloned().collect();
+    match saved {
+        Some(saved)
+            if saved.rules == rules
+                && now
+                    .duration_since(saved.received)
+                    .is_ok_and(|age| age < FILTER_REFRESH) =>
+        {
+            saved.clone()
+        }
+        _ => RememberedFilter {
+            rules,
+            received: whole_seconds(now),
+        },
+    }
+}
+
+/// `time` to the second, as the file keeps it.
+fn whole_seconds(time: SystemTime) -> SystemTime {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// The records of `peers` among `known`, in the order of `peers`.

@@ -25,7 +25,7 @@ use super::plumbing::PodNet;
 
 mod sessions;
 
-pub use sessions::{RememberedSessions, SessionPeersFile};
+pub use sessions::{RememberedFilter, RememberedSessions, SessionPeersFile};
 
 const PODS_DIR: &str = "pods";
 const IDENTITIES_DIR: &str = "identities";

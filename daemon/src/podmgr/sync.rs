@@ -21,6 +21,7 @@ use super::filters::FilterCache;
 use super::magicdns::{dns_inputs_digest, dns_table};
 use super::peer_routes::{accepted_subnets, installed, Grant, RoutePrefs};
 use super::plumbing::PodRouteTarget;
+use super::session_memory::FilterBeforeNetmap;
 use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
@@ -201,7 +202,9 @@ pub struct PodSync {
     last_map: Option<Arc<NetMap>>,
     /// The peer table last sent (shared with the engine).
     last_peers: Option<Arc<PeerTable>>,
-    last_filter: Arc<CompiledRules>,
+    /// `None` while the pod enforces a filter remembered from before a
+    /// restart: control's first filter is then sent whatever it is.
+    last_filter: Option<Arc<CompiledRules>>,
     /// The table last sent, and the digest of the netmap it came from.
     last_dns: Option<(u64, Arc<DnsTable>)>,
     cache: &'static FilterCache,
@@ -212,9 +215,25 @@ impl PodSync {
     /// Starts the pod closed: deny-all until control sends a filter. Peers'
     /// routes are installed as `routing` opts into them.
     pub async fn new(data: PodHandle, routing: PodRouting) -> Result<Self, EngineError> {
+        Self::starting_with(data, routing, FilterBeforeNetmap::Closed).await
+    }
+
+    /// [`Self::new`] for a pod that may enforce a remembered filter until
+    /// control sends one.
+    pub async fn starting_with(
+        data: PodHandle,
+        routing: PodRouting,
+        filter: FilterBeforeNetmap,
+    ) -> Result<Self, EngineError> {
         let cache = FilterCache::global();
-        let last_filter = cache.compile(&[]);
-        data.set_filter(last_filter.clone()).await?;
+        let last_filter = match filter {
+            FilterBeforeNetmap::Closed => {
+                let closed = cache.compile(&[]);
+                data.set_filter(closed.clone()).await?;
+                Some(closed)
+            }
+            FilterBeforeNetmap::Remembered => None,
+        };
         Ok(Self {
             data,
             routing,
@@ -238,10 +257,14 @@ impl PodSync {
     pub async fn apply(&mut self, map: &Arc<NetMap>) -> Result<(), EngineError> {
         // Before peers, so a new peer never meets a stale filter.
         let filter = filter_of(map, self.cache);
-        if !Arc::ptr_eq(&filter, &self.last_filter) {
+        if self
+            .last_filter
+            .as_ref()
+            .is_none_or(|last| !Arc::ptr_eq(&filter, last))
+        {
             debug!(rules = map.filter_rules().count(), "updating packet filter");
             self.data.set_filter(filter.clone()).await?;
-            self.last_filter = filter;
+            self.last_filter = Some(filter);
         }
         if let Some(derp) = &map.derp_map {
             if self
@@ -349,15 +372,27 @@ fn same_arc<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
     }
 }
 
-/// Runs until the session or the data plane goes away.
+/// Runs until the session or the data plane goes away; the pod is closed
+/// inbound until its first netmap.
 pub async fn run(
-    mut netmap: watch::Receiver<Option<Arc<NetMap>>>,
+    netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
     data: PodHandle,
     routing: PodRouting,
 ) {
+    run_from(netmap, reporter, data, routing, FilterBeforeNetmap::Closed).await
+}
+
+/// [`run`] for a pod that enforces `filter` until its first netmap.
+pub async fn run_from(
+    mut netmap: watch::Receiver<Option<Arc<NetMap>>>,
+    reporter: EndpointReporter,
+    data: PodHandle,
+    routing: PodRouting,
+    filter: FilterBeforeNetmap,
+) {
     let mut endpoints = data.endpoints();
-    let Ok(mut sync) = PodSync::new(data, routing).await else {
+    let Ok(mut sync) = PodSync::starting_with(data, routing, filter).await else {
         return;
     };
     loop {

@@ -13,20 +13,26 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{
-    self, require, run_tag, take_turn, wait_for_page, wait_until, Daemon, DaemonOptions, Pod,
+    self, peer_fetch_within, require, run_tag, take_turn, wait_for_page, wait_until, Daemon,
+    DaemonOptions, Pod, PrivateBed,
 };
 
 const TOOLS: &[&str] = &["ip", "curl", "setpriv", "/usr/bin/busybox"];
 const RESUMED: &str = "tailnet_cni_resume_handshakes_total";
 
-/// The peers the daemon remembers for `container_id`.
-fn remembered_peers(state_dir: &Path, container_id: &str) -> Vec<Value> {
+/// The daemon's sessions file for `container_id`, if it parses.
+fn sessions_file(state_dir: &Path, container_id: &str) -> Option<Value> {
     let file = state_dir
         .join("sessions")
         .join(format!("{container_id}.json"));
     std::fs::read(file)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+}
+
+/// The peers the daemon remembers for `container_id`.
+fn remembered_peers(state_dir: &Path, container_id: &str) -> Vec<Value> {
+    sessions_file(state_dir, container_id)
         .and_then(|json| json["peers"].as_array().cloned())
         .unwrap_or_default()
 }
@@ -95,4 +101,78 @@ fn a_restarted_daemon_re_handshakes_with_the_peers_its_pods_had() {
         .enabled_nodes(&cluster)
         .expect("admin API")
         .is_empty());
+}
+
+/// After a restart the pod enforces the packet filter it remembered only
+/// until control sends its own: a rule removed at the control server while
+/// the daemon was down is enforced once the netmap arrives. (That the
+/// remembered filter lets peers in before any netmap is covered by
+/// `wg::engine::tests::resume::a_remembered_filter_admits_peers_before_the_netmap`.)
+#[test]
+fn a_rule_removed_at_control_while_the_daemon_was_down_is_enforced_after_the_restart() {
+    require!(common::daemon_bed(TOOLS));
+    let _turn = take_turn();
+    // The policy is tailnet-wide: a bed of our own.
+    let private = PrivateBed::up();
+    let bed = private.bed();
+    let work = tempfile::tempdir().expect("tempdir");
+    let cluster = format!("filter{}", run_tag());
+    let mut daemon = Daemon::start(work.path(), DaemonOptions::new(&bed, &cluster));
+
+    let web = Pod::create("filtered", 3);
+    let ipv4 = web
+        .add(&daemon.socket)
+        .expect_ok("ADD web")
+        .tailnet_ipv4()
+        .expect("web address");
+    let _server = web.serve(work.path(), "alive\n");
+    let url = format!("http://{ipv4}/");
+    assert_eq!(
+        wait_for_page(&bed.peer_socks5, &url, Duration::from_secs(60)),
+        "alive\n"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the pod's session and filter to be remembered",
+        || {
+            let file = sessions_file(&daemon.state_dir, &web.container_id)?;
+            (!remembered_peers(&daemon.state_dir, &web.container_id).is_empty()
+                && file["filter"]["rules"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty()))
+            .then_some(())
+        },
+    );
+
+    daemon.kill9();
+    // While the daemon is down the policy stops letting the peer in.
+    let policy = serde_json::json!({
+        "groups": [],
+        "rules": [
+            {"action": "accept", "sources": [ipv4], "destinations": [format!("{}:*", bed.peer_ipv4)]}
+        ]
+    });
+    bed.admin()
+        .call("PUT", "/api/v1/admin/policy", Some(&policy))
+        .expect("policy applied");
+    daemon.start_again();
+
+    wait_until(
+        Duration::from_secs(60),
+        "control's filter to refuse the peer",
+        || {
+            let refused = !peer_fetch_within(&bed.peer_socks5, &url, 3)
+                .status
+                .success();
+            let filtered = daemon.pod(&ipv4)["filtered_packets"].as_u64().unwrap_or(0);
+            (refused && filtered > 0).then_some(())
+        },
+    );
+    assert!(
+        !peer_fetch_within(&bed.peer_socks5, &url, 3)
+            .status
+            .success(),
+        "the rule removed at control let the peer in after the netmap"
+    );
+    web.del(&daemon.socket).expect_ok("DEL web");
 }

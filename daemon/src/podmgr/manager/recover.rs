@@ -8,7 +8,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::add::spec_of;
 use super::release::ReleaseBy;
-use super::seams::{Backends, ControlPlane, Plumbing, PodSession, SessionSpec};
+use super::seams::{Backends, ControlPlane, Plumbing, PodAttachment, PodSession, SessionSpec};
 use super::{lock, LivePod, PodManager};
 use crate::podmgr::dataplane::AttachError;
 use crate::podmgr::keyfile::{read_keys, KeyFileError};
@@ -70,6 +70,10 @@ impl<B: Backends> PodManager<B> {
 
     /// Brings a running pod back with the same keys: the control server
     /// recognises the node key, so no new node appears and the addresses stay.
+    ///
+    /// The control session and the engine attachment start at once and the
+    /// plumbing is checked meanwhile, so the pod's sessions and control's
+    /// answer do not wait for it; if the plumbing drifted, both are undone.
     async fn resume(&self, record: &PodRecord) -> Result<(), ResumeError> {
         let key_file = record
             .identity_file
@@ -78,11 +82,6 @@ impl<B: Backends> PodManager<B> {
         let keys = read_keys(key_file)?;
         let pod_net = record.pod_net.as_ref().ok_or(ResumeError::NoInterfaces)?;
         let spec = spec_of(record, pod_net.mtu);
-        self.plumbing
-            .check(pod_net, &spec)
-            .await
-            .map_err(ResumeError::Drift)?;
-        debug!(target: RECOVERY_TIMELINE, "plumbing checked");
         let session = self.control.start_session(
             keys.clone(),
             SessionSpec {
@@ -93,14 +92,29 @@ impl<B: Backends> PodManager<B> {
             },
         );
         debug!(target: RECOVERY_TIMELINE, "control session started");
-        let data = match self.attach(record, pod_net, &keys, &session) {
+        let attached = self.attach(record, pod_net, &keys, &session);
+        if attached.is_ok() {
+            debug!(target: RECOVERY_TIMELINE, "engine attached");
+        }
+        let checked = self.plumbing.check(pod_net, &spec).await;
+        debug!(target: RECOVERY_TIMELINE, "plumbing checked");
+        // A drift explains a failed attach too (a missing TUN, say).
+        if let Err(drift) = checked {
+            if let Ok(data) = attached {
+                if let Err(error) = data.detach().await {
+                    debug!(%error, "detaching a pod whose plumbing drifted");
+                }
+            }
+            session.shutdown();
+            return Err(ResumeError::Drift(drift));
+        }
+        let data = match attached {
             Ok(data) => data,
             Err(e) => {
                 session.shutdown();
                 return Err(e.into());
             }
         };
-        debug!(target: RECOVERY_TIMELINE, "engine attached");
         lock(&self.live).insert(
             record.container_id.clone(),
             LivePod {

@@ -175,6 +175,7 @@ fn peer_records_and_the_derp_map_round_trip() {
                 plain_http: true,
             }],
         }],
+        filter: None,
     };
     file.save(&sessions).unwrap();
     assert_eq!(file.load().unwrap(), sessions);
@@ -198,4 +199,96 @@ fn records_follow_the_live_peers_and_skip_unknown_ones() {
     ];
     let known: Vec<Arc<PeerConfig>> = [0x01, 0x02, 0x03].map(record).map(Arc::new).to_vec();
     assert_eq!(records_of(&live, &known), vec![record(0x03), record(0x01)]);
+}
+
+fn filter_rule(port: u16) -> FilterRule {
+    use crate::control::tailcfg::{NetPortRange, PortRange};
+    FilterRule {
+        srcips: vec!["100.64.0.0/10".into()],
+        dstports: vec![NetPortRange {
+            ip: "*".into(),
+            ports: PortRange {
+                first: port,
+                last: port,
+            },
+        }],
+        ipproto: vec![6, 17],
+    }
+}
+
+fn map_with_filter(ports: &[u16]) -> NetMap {
+    let mut map = NetMap::default();
+    map.filters.insert(
+        "base".into(),
+        ports.iter().copied().map(filter_rule).collect(),
+    );
+    map
+}
+
+fn at(unix_secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(unix_secs)
+}
+
+#[test]
+fn the_filter_and_when_it_was_received_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::podmgr::state::StateStore::open(dir.path()).unwrap();
+    let file = SessionPeersFile::of(store.state_dir(), "pod4").unwrap();
+    let sessions = RememberedSessions {
+        peers: vec![ResumePeer {
+            node_key: [0x04; 32],
+            direct: None,
+        }],
+        peer_configs: vec![record(0x04)],
+        filter: Some(RememberedFilter {
+            rules: vec![filter_rule(80), filter_rule(8081)],
+            received: at(1_800_000_000),
+        }),
+        ..RememberedSessions::default()
+    };
+    file.save(&sessions).unwrap();
+    assert_eq!(file.load().unwrap(), sessions);
+}
+
+#[test]
+fn a_remembered_filter_is_enforced_only_while_young_enough() {
+    let filter = RememberedFilter {
+        rules: vec![filter_rule(80)],
+        received: at(1_800_000_000),
+    };
+    let now = filter.received + REMEMBERED_FILTER_MAX_AGE;
+    assert_eq!(enforceable(Some(&filter), now), Some(&filter));
+    let later = now + Duration::from_secs(1);
+    assert_eq!(enforceable(Some(&filter), later), None, "too old");
+    let earlier = filter.received - Duration::from_secs(1);
+    assert_eq!(enforceable(Some(&filter), earlier), None, "from the future");
+    assert_eq!(enforceable(None, now), None);
+}
+
+#[test]
+fn an_unchanged_filter_is_rewritten_once_per_refresh_and_a_changed_one_at_once() {
+    let saved = RememberedFilter {
+        rules: vec![filter_rule(80)],
+        received: at(1_800_000_000),
+    };
+    let soon = saved.received + FILTER_REFRESH - Duration::from_secs(1);
+    assert_eq!(
+        filter_of(&map_with_filter(&[80]), Some(&saved), soon),
+        saved
+    );
+
+    let refreshed = filter_of(
+        &map_with_filter(&[80]),
+        Some(&saved),
+        saved.received + FILTER_REFRESH + Duration::from_millis(1500),
+    );
+    assert_eq!(refreshed.rules, saved.rules);
+    assert_eq!(
+        refreshed.received,
+        saved.received + FILTER_REFRESH + Duration::from_secs(1)
+    );
+
+    let changed = filter_of(&map_with_filter(&[8081]), Some(&saved), soon);
+    assert_eq!(changed.rules, vec![filter_rule(8081)]);
+    assert_eq!(changed.received, whole_seconds(soon));
 }

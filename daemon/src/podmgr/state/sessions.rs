@@ -6,20 +6,24 @@
 //! the engine needs to reach those peers before control answers: their
 //! records as the engine had them (addresses, disco key, endpoints, home
 //! relay) and the DERP map. Version 1 files, without them, still load.
+//! Version 3 adds the pod's last packet filter and when control last sent
+//! it, for the pod to enforce until control's first netmap after a restart.
 
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::{check_id, write_private_atomic, StateError, RECORD_SUFFIX, SESSIONS_DIR};
+use crate::control::tailcfg::{FilterRule, NetPortRange, PortRange};
 use crate::wg::engine::ResumePeer;
 use crate::wg::{DerpNodeConfig, DerpRegionConfig, PeerConfig};
 
 /// Format of the file; a newer one is read as far as it is understood.
-const SESSIONS_VERSION: u32 = 2;
+const SESSIONS_VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
@@ -31,6 +35,9 @@ struct OnDisk {
     /// The DERP map the sessions were relayed with (version 2).
     #[serde(default)]
     derp_map: Vec<RegionOnDisk>,
+    /// The pod's last packet filter (version 3).
+    #[serde(default)]
+    filter: Option<FilterOnDisk>,
 }
 
 /// What a pod's sessions need to resume after a restart.
@@ -45,6 +52,80 @@ pub struct RememberedSessions {
     pub peer_configs: Vec<PeerConfig>,
     /// The DERP map the pod had, so its home relay comes up at once.
     pub derp_map: Vec<DerpRegionConfig>,
+    /// The packet filter the pod had.
+    pub filter: Option<RememberedFilter>,
+}
+
+/// A pod's packet filter as control last sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RememberedFilter {
+    /// The rules, as in the netmap.
+    pub rules: Vec<FilterRule>,
+    /// When the pod last had these rules from control (kept to the second).
+    pub received: SystemTime,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FilterOnDisk {
+    received_unix_secs: u64,
+    rules: Vec<RuleOnDisk>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RuleOnDisk {
+    srcips: Vec<String>,
+    /// (destination, first port, last port).
+    dstports: Vec<(String, u16, u16)>,
+    ipproto: Vec<i64>,
+}
+
+impl From<&RememberedFilter> for FilterOnDisk {
+    fn from(filter: &RememberedFilter) -> Self {
+        let received_unix_secs = filter
+            .received
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        Self {
+            received_unix_secs,
+            rules: filter
+                .rules
+                .iter()
+                .map(|rule| RuleOnDisk {
+                    srcips: rule.srcips.clone(),
+                    dstports: rule
+                        .dstports
+                        .iter()
+                        .map(|dst| (dst.ip.clone(), dst.ports.first, dst.ports.last))
+                        .collect(),
+                    ipproto: rule.ipproto.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<FilterOnDisk> for RememberedFilter {
+    fn from(filter: FilterOnDisk) -> Self {
+        Self {
+            received: UNIX_EPOCH + Duration::from_secs(filter.received_unix_secs),
+            rules: filter
+                .rules
+                .into_iter()
+                .map(|rule| FilterRule {
+                    srcips: rule.srcips,
+                    dstports: rule
+                        .dstports
+                        .into_iter()
+                        .map(|(ip, first, last)| NetPortRange {
+                            ip,
+                            ports: PortRange { first, last },
+                        })
+                        .collect(),
+                    ipproto: rule.ipproto,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -202,6 +283,7 @@ impl SessionPeersFile {
         let mut remembered = RememberedSessions {
             udp_port: on_disk.udp_port,
             derp_map: on_disk.derp_map.into_iter().map(Into::into).collect(),
+            filter: on_disk.filter.map(Into::into),
             ..RememberedSessions::default()
         };
         for peer in on_disk.peers {
@@ -238,6 +320,7 @@ impl SessionPeersFile {
                 })
                 .collect(),
             derp_map: sessions.derp_map.iter().map(RegionOnDisk::from).collect(),
+            filter: sessions.filter.as_ref().map(FilterOnDisk::from),
         };
         let bytes = serde_json::to_vec(&on_disk).map_err(|source| StateError::Encode {
             container_id: self.container_id.clone(),

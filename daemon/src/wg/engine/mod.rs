@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use tailnet_wire::filter::CompiledRules;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::info;
 
 use super::config::{DerpRegionConfig, EngineConfig, PeerConfig, PodDataConfig, PodEndpoints};
@@ -199,6 +200,7 @@ enum Command {
     SetPeers(Arc<PeerTable>),
     SetDerpMap(Arc<Vec<DerpRegionConfig>>),
     SetFilter(Arc<CompiledRules>),
+    SetRememberedFilter(Arc<CompiledRules>, Instant),
     InitiateHandshakes(Vec<ResumePeer>),
     SetDns(Arc<DnsTable>),
     Stats(oneshot::Sender<PodStats>),
@@ -262,6 +264,17 @@ impl PodHandle {
     /// flows, so replies to the pod's own connections keep flowing.
     pub async fn set_filter(&self, rules: Arc<CompiledRules>) -> Result<(), EngineError> {
         self.send(Command::SetFilter(rules)).await
+    }
+
+    /// Enforce rules remembered from before a restart, until control's
+    /// first [`Self::set_filter`] replaces them or `until` passes, whichever
+    /// comes first; past `until` the pod is closed inbound (deny-all).
+    pub async fn set_remembered_filter(
+        &self,
+        rules: Arc<CompiledRules>,
+        until: Instant,
+    ) -> Result<(), EngineError> {
+        self.send(Command::SetRememberedFilter(rules, until)).await
     }
 
     /// Start a WireGuard handshake with each of `peers` now rather than when

@@ -142,6 +142,11 @@ impl PodState {
                 self.filter.set_rules(rules, &self.identity.addresses);
                 debug!(pod = %self.identity.pod_id, "packet filter updated");
             }
+            Command::SetRememberedFilter(rules, until) => {
+                self.filter
+                    .set_remembered_rules(rules, &self.identity.addresses, until);
+                debug!(pod = %self.identity.pod_id, "remembered packet filter set");
+            }
             Command::InitiateHandshakes(peers) => self.initiate_handshakes(peers),
             Command::SetDns(table) => {
                 self.dns.set_table(table);

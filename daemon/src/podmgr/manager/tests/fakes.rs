@@ -48,12 +48,23 @@ pub struct FakePlumbing {
     pub fail_teardown: AtomicBool,
     /// Plumb as on a node whose kernel has no IPv6.
     pub without_ipv6: AtomicBool,
+    /// Checks find the plumbing drifted.
+    pub fail_check: AtomicBool,
+    /// Checks wait for [`FakePlumbing::release_checks`].
+    pub hold_checks: AtomicBool,
+    checks_released: tokio::sync::Notify,
 }
 
 impl FakePlumbing {
     /// Container ids whose plumbing exists.
     pub fn built(&self) -> HashSet<String> {
         guard(&self.built).keys().cloned().collect()
+    }
+
+    /// Lets every held check, now and later, go on.
+    pub fn release_checks(&self) {
+        self.hold_checks.store(false, Ordering::SeqCst);
+        self.checks_released.notify_waiters();
     }
 
     /// Plumbing left by an earlier run of the daemon.
@@ -107,6 +118,19 @@ impl Plumbing for Arc<FakePlumbing> {
     }
 
     async fn check(&self, pod_net: &PodNet, _spec: &PodNetSpec) -> Result<(), PlumbError> {
+        loop {
+            let released = self.checks_released.notified();
+            tokio::pin!(released);
+            // Registered before the flag is read: a release in between wakes it.
+            released.as_mut().enable();
+            if !self.hold_checks.load(Ordering::SeqCst) {
+                break;
+            }
+            released.await;
+        }
+        if self.fail_check.load(Ordering::SeqCst) {
+            return Err(PlumbError::Drift("fake: a route is missing".into()));
+        }
         if guard(&self.built).get(&pod_net.container_id) == Some(pod_net) {
             Ok(())
         } else {

@@ -108,3 +108,57 @@ async fn a_failed_attach_at_recovery_ends_the_resumed_session() {
         "the session started for the pod must not outlive its failed attach"
     );
 }
+
+/// Neither the pod's sessions nor control's answer wait for the plumbing
+/// check: the session starts and the engine attaches while it runs.
+#[tokio::test]
+async fn a_resumed_pod_is_served_while_its_plumbing_is_checked() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let bed = Bed::start().await;
+    bed.add(POD).await.expect("ADD");
+    let world = bed.stop().await;
+    world.plumbing.hold_checks.store(true, Ordering::SeqCst);
+    let plumbing = world.plumbing.clone();
+    let control = world.control.clone();
+    let engine = Arc::new(super::fakes::FakeEngine::default());
+    let starting = tokio::spawn(Bed::start_with_engine(world, engine.clone()));
+
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        while !(engine.attached().contains(POD) && control.running_sessions().len() == 1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        served.is_ok(),
+        "session and attachment must not wait for the check"
+    );
+    assert!(!starting.is_finished(), "the check is still held");
+
+    plumbing.release_checks();
+    let bed = starting.await.expect("daemon starts");
+    assert_eq!(bed.record(POD).expect("record").state, PodPhase::Running);
+    bed.del(POD).await.expect("DEL");
+    bed.assert_gone(POD);
+}
+
+#[tokio::test]
+async fn drifted_plumbing_at_recovery_ends_the_session_and_the_attachment() {
+    use std::sync::atomic::Ordering;
+
+    let bed = Bed::start().await;
+    bed.add(POD).await.expect("ADD");
+    let world = bed.stop().await;
+    world.plumbing.fail_check.store(true, Ordering::SeqCst);
+
+    let bed = Bed::start_in(world).await;
+    assert!(!bed.engine.attached().contains(POD), "detached again");
+    assert!(
+        bed.control.running_sessions().is_empty(),
+        "the session started for the pod must not outlive the failed check"
+    );
+    assert!(bed.record(POD).is_some(), "kept for DEL or GC");
+}

@@ -131,3 +131,44 @@ async fn new_rules_keep_tracked_flows() {
     assert!(!crosses(&a, &b, &udp(a.addr, 9001, b.addr, 7001, b"new")).await);
     assert_eq!(b.handle.stats().await.unwrap().filtered_packets, 1);
 }
+
+#[tokio::test]
+async fn remembered_rules_hold_until_control_replaces_them_or_their_deadline() {
+    let relay = local_relay().await;
+    let (_engine, a, b) = connected_pair(&relay, 0x71).await;
+    let far = tokio::time::Instant::now() + Duration::from_secs(600);
+    b.handle
+        .set_remembered_filter(rules("*", "*", 80, 80), far)
+        .await
+        .unwrap();
+    assert!(crosses(&a, &b, &udp(a.addr, 5000, b.addr, 80, b"remembered")).await);
+    assert!(!crosses(&a, &b, &udp(a.addr, 5000, b.addr, 81, b"not remembered")).await);
+
+    // Control's rules replace the remembered ones: a rule control dropped
+    // no longer admits anything.
+    b.handle.set_filter(rules("*", "*", 81, 81)).await.unwrap();
+    assert!(!crosses(&a, &b, &udp(a.addr, 5001, b.addr, 80, b"dropped rule")).await);
+    assert!(crosses(&a, &b, &udp(a.addr, 5001, b.addr, 81, b"control's rule")).await);
+
+    // Past their deadline remembered rules close the pod however late
+    // control is...
+    let soon = tokio::time::Instant::now() + Duration::from_secs(1);
+    b.handle
+        .set_remembered_filter(rules("*", "*", 0, u16::MAX), soon)
+        .await
+        .unwrap();
+    assert!(crosses(&a, &b, &udp(a.addr, 5002, b.addr, 82, b"before")).await);
+    tokio::time::sleep_until(soon + Duration::from_millis(100)).await;
+    assert!(!crosses(&a, &b, &udp(a.addr, 5003, b.addr, 83, b"after")).await);
+
+    // ...while control's rules have no deadline.
+    let soon = tokio::time::Instant::now() + Duration::from_secs(1);
+    b.handle
+        .set_remembered_filter(rules("*", "*", 0, u16::MAX), soon)
+        .await
+        .unwrap();
+    b.handle.set_filter(rules("*", "*", 84, 84)).await.unwrap();
+    tokio::time::sleep_until(soon + Duration::from_millis(100)).await;
+    assert!(crosses(&a, &b, &udp(a.addr, 5004, b.addr, 84, b"control's")).await);
+    assert_eq!(b.handle.stats().await.unwrap().filtered_packets, 3);
+}

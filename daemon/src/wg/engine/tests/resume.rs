@@ -122,19 +122,20 @@ fn pod_config(id: &str, key: u8, last_octet: u8) -> (PodDataConfig, PacketFd) {
     (pod, device)
 }
 
-/// With the peers' records and the DERP map remembered, a restarted pod
-/// handshakes before its control session answers; inbound stays closed
-/// until the netmap's filter, and the netmap's peer set decides who keeps
-/// a session.
-#[tokio::test]
-async fn remembered_records_resume_sessions_before_the_netmap() {
+/// Pod `a` with a session to `b` on another engine, then `a` restarted
+/// on a new engine with `filter` remembered and its session back, before
+/// any netmap. Returns the engines with the pods.
+async fn restarted_with(
+    relay: &LocalRelay,
+    seed: u8,
+    filter: Option<crate::podmgr::state::RememberedFilter>,
+) -> ([Engine; 2], TestPod, TestPod) {
     use crate::podmgr::session_memory::resume_before_netmap;
     use crate::podmgr::state::RememberedSessions;
 
-    let relay = local_relay().await;
     let before = Engine::new(EngineConfig::default());
     let peer_engine = Engine::new(EngineConfig::default());
-    let (a, b) = pods_on_relay(&relay, (&before, 0x61), (&peer_engine, 0x62)).await;
+    let (a, b) = pods_on_relay(relay, (&before, seed), (&peer_engine, seed + 1)).await;
     introduce(&a, &b).await;
     let ab = ipv4_udp(a.addr, b.addr, b"before");
     assert_eq!(deliver_eventually(&a, &b, &ab).await, ab);
@@ -145,13 +146,14 @@ async fn remembered_records_resume_sessions_before_the_netmap() {
             direct: None,
         }],
         peer_configs: vec![peer_of(&b, Some(900))],
-        derp_map: derp_map(&relay).to_vec(),
+        derp_map: derp_map(relay).to_vec(),
+        filter,
     };
 
     a.handle.clone().detach().await.unwrap();
     drop(before);
     let after = Engine::new(EngineConfig::default());
-    let a = attach(&after, "a", [0x61; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let a = attach(&after, "a", [seed; 32], a.addr);
     resume_before_netmap(&a.handle, &remembered).await.unwrap();
 
     // No netmap yet: the session comes back all the same.
@@ -166,6 +168,17 @@ async fn remembered_records_resume_sessions_before_the_netmap() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(back, "the remembered peer answered the resume handshake");
+    ([after, peer_engine], a, b)
+}
+
+/// With the peers' records and the DERP map remembered, a restarted pod
+/// handshakes before its control session answers; without a remembered
+/// filter inbound stays closed until the netmap's, and the netmap's peer
+/// set decides who keeps a session.
+#[tokio::test]
+async fn remembered_records_resume_sessions_before_the_netmap() {
+    let relay = local_relay().await;
+    let (_engines, a, b) = restarted_with(&relay, 0x61, None).await;
     // ... but the pod takes no unsolicited traffic before control's filter.
     let ba = ipv4_udp(b.addr, a.addr, b"too early");
     assert!(deliver_within(&b, &a, &ba, Duration::from_millis(600))
@@ -177,6 +190,35 @@ async fn remembered_records_resume_sessions_before_the_netmap() {
     a.handle.set_peers(Vec::new()).await.unwrap();
     let stats = a.handle.stats().await.unwrap();
     assert!(stats.peers.is_empty(), "{:?}", stats.peers);
+
+    a.handle.clone().detach().await.unwrap();
+    b.handle.clone().detach().await.unwrap();
+}
+
+/// A filter control sent recently is enforced from the restart on: the
+/// peer's traffic passes before the netmap, within the remembered rules.
+#[tokio::test]
+async fn a_remembered_filter_admits_peers_before_the_netmap() {
+    use crate::control::tailcfg::{FilterRule, NetPortRange, PortRange};
+    use crate::podmgr::state::RememberedFilter;
+
+    let relay = local_relay().await;
+    let port_7 = FilterRule {
+        srcips: vec!["*".into()],
+        dstports: vec![NetPortRange {
+            ip: "*".into(),
+            ports: PortRange { first: 7, last: 7 },
+        }],
+        ipproto: Vec::new(),
+    };
+    let filter = RememberedFilter {
+        rules: vec![port_7],
+        received: std::time::SystemTime::now(),
+    };
+    let (_engines, a, b) = restarted_with(&relay, 0x71, Some(filter)).await;
+    let ba = ipv4_udp(b.addr, a.addr, b"before the netmap");
+    assert_eq!(deliver_eventually(&b, &a, &ba).await, ba);
+    assert_eq!(a.handle.stats().await.unwrap().filtered_packets, 0);
 
     a.handle.clone().detach().await.unwrap();
     b.handle.clone().detach().await.unwrap();
