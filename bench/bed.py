@@ -694,8 +694,8 @@ def part_pods(args, bed, work):
                 start.wait()
                 return pods.try_add(pod, on_added=lambda p: pinger.watch(p["ipv4"]))
 
-            with ThreadPoolExecutor(max_workers=args.burst) as pool:
-                futures = [pool.submit(one, p) for p in batch]
+            with ThreadPoolExecutor(max_workers=args.burst) as executor:
+                futures = [executor.submit(one, p) for p in batch]
                 t0 = time.monotonic()
                 start.set()
                 for f in futures:
