@@ -710,8 +710,8 @@ def part_pods(args, bed, work):
                 reach.append(pod["reach_ms"])
                 if got:
                     last = max(last, got)
-            with ThreadPoolExecutor(max_workers=args.burst) as pool:
-                list(pool.map(pods.delete, batch))
+            with ThreadPoolExecutor(max_workers=args.burst) as executor:
+                list(executor.map(pods.delete, batch))
             ok = [v for v in reach if v is not None]
             stats = {
                 "bridge_ms": [p["bridge_ms"] for p in batch],
