@@ -971,12 +971,40 @@ def part_footprint(args, bed, work):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["pods", "throughput", "footprint"])
+def add_common_arguments(ap):
+    """The arguments every part takes: what it runs and where it writes."""
     ap.add_argument("--bin", type=Path, required=True, help="dir holding release tailnet-cnid")
     ap.add_argument("--shim", type=Path, required=True, help="the tailnet-cni shim binary")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--command", default="", help="the command line recorded with the figures")
+
+
+def run_part(name, args, part, tools=("ip", "iperf3", "socat")):
+    """Runs `part(args, bed, work)` in a fresh work directory, stops every
+    process it started (also on failure) and writes its figures, with the
+    command that made them, to `<out>/<name>.json`."""
+    for tool in tools:
+        if not shutil.which(tool):
+            sys.exit(f"bench: '{tool}' is required")
+    bed = Bed()
+    work = Path(os.environ.get("BENCH_WORK", "/run/tailnet-cni-bench")) / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        result = part(args, bed, work)
+    finally:
+        for proc in reversed(STARTED):
+            proc.stop()
+    result["command"] = args.command
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    log(f"wrote {args.out / (name + '.json')}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("part", choices=["pods", "throughput", "footprint"])
+    add_common_arguments(ap)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--single", type=int, default=10, help="pods: sequential single-pod runs")
     ap.add_argument("--burst", type=int, default=50, help="pods: pods started at once")
@@ -990,25 +1018,9 @@ def main():
     ap.add_argument("--settle", type=float, default=15.0, help="footprint: seconds before sampling")
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--window-seconds", type=float, default=4.0)
-    ap.add_argument("--command", default="", help="the command line recorded with the figures")
     args = ap.parse_args()
-    for tool in ("ip", "iperf3", "socat"):
-        if not shutil.which(tool):
-            sys.exit(f"bench: '{tool}' is required")
-    bed = Bed()
-    work = Path(os.environ.get("BENCH_WORK", "/run/tailnet-cni-bench")) / args.part
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     part = {"pods": part_pods, "throughput": part_throughput, "footprint": part_footprint}[args.part]
-    try:
-        result = part(args, bed, work)
-    finally:
-        for proc in reversed(STARTED):
-            proc.stop()
-    result["command"] = args.command
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.part}.json").write_text(json.dumps(result, indent=1))
-    log(f"wrote {args.out / (args.part + '.json')}")
+    run_part(args.part, args, part)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ Standard library only, like bed.py, whose helpers it uses.
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -231,30 +229,11 @@ def summarize(samples):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin", type=Path, required=True, help="dir holding release tailnet-cnid")
-    ap.add_argument("--shim", type=Path, required=True, help="the tailnet-cni shim binary")
-    ap.add_argument("--out", type=Path, required=True)
+    b.add_common_arguments(ap)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10, help="iperf3 -t")
     ap.add_argument("--rate", type=int, default=20000, help="forged initiations per second")
-    ap.add_argument("--command", default="", help="the command line recorded with the figures")
-    args = ap.parse_args()
-    for tool in ("ip", "iperf3", "socat"):
-        if not shutil.which(tool):
-            sys.exit(f"bench: '{tool}' is required")
-    bed = b.Bed()
-    work = Path(os.environ.get("BENCH_WORK", "/run/tailnet-cni-bench")) / "flood"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        result = part_flood(args, bed, work)
-    finally:
-        for proc in reversed(b.STARTED):
-            proc.stop()
-    result["command"] = args.command
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "flood.json").write_text(json.dumps(result, indent=1))
-    b.log(f"wrote {args.out / 'flood.json'}")
+    b.run_part("flood", ap.parse_args(), part_flood)
 
 
 if __name__ == "__main__":

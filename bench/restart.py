@@ -121,22 +121,8 @@ def one_restart(args, bed, work, daemon, pinger, pods, forget):
     }
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin", type=Path, required=True, help="dir holding tailnet-cnid")
-    ap.add_argument("--shim", type=Path, required=True, help="the tailnet-cni shim binary")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--pods", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--parallel", type=int, default=10, help="ADDs at once")
-    ap.add_argument("--reach-timeout", type=float, default=60.0)
-    ap.add_argument("--command", default="", help="the command line recorded with the figures")
-    args = ap.parse_args()
+def part_restart(args, bed, work):
     os.environ.setdefault("TAILNET_CNID_LOG", DAEMON_LOG)
-    bed = tb.Bed()
-    work = Path(os.environ.get("BENCH_WORK", "/run/tailnet-cni-bench")) / "restart"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     out = {
         "machine": tb.machine(),
         "peer": "official tailscaled, kernel TUN, own namespace",
@@ -176,13 +162,21 @@ def main():
             list(pool.map(pods_api.delete, pods))
     finally:
         pinger.close()
+        # The processes in the peer's namespace go before it.
         for proc in reversed(tb.STARTED):
             proc.stop()
         ns.stop()
-    out["command"] = args.command
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "restart.json").write_text(json.dumps(out, indent=1))
-    tb.log(f"wrote {args.out / 'restart.json'}")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    tb.add_common_arguments(ap)
+    ap.add_argument("--pods", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--parallel", type=int, default=10, help="ADDs at once")
+    ap.add_argument("--reach-timeout", type=float, default=60.0)
+    tb.run_part("restart", ap.parse_args(), part_restart, tools=("ip",))
 
 
 if __name__ == "__main__":
