@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::pod::Server;
 use crate::common::{
-    self, peer_fetch_within, require, run_tag, take_turn, wait_for_page, wait_until, Daemon,
+    self, peer_fetch_within, require, run_tag, take_turn, wait_for_page, wait_until, Bed, Daemon,
     DaemonOptions, Pod, PrivateBed,
 };
 
@@ -37,6 +38,30 @@ fn remembered_peers(state_dir: &Path, container_id: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// A pod of `daemon` serving a page, once the test bed's peer fetches it
+/// over the tailnet; with its address, its URL and its server.
+fn pod_reached_by_the_peer(
+    bed: &Bed,
+    daemon: &Daemon,
+    dir: &Path,
+    name: &str,
+    index: u32,
+) -> (Pod, String, String, Server) {
+    let pod = Pod::create(name, index);
+    let ipv4 = pod
+        .add(&daemon.socket)
+        .expect_ok("ADD")
+        .tailnet_ipv4()
+        .expect("the pod's address");
+    let server = pod.serve(dir, "alive\n");
+    let url = format!("http://{ipv4}/");
+    assert_eq!(
+        wait_for_page(&bed.peer_socks5, &url, Duration::from_secs(60)),
+        "alive\n"
+    );
+    (pod, ipv4, url, server)
+}
+
 #[test]
 fn a_restarted_daemon_re_handshakes_with_the_peers_its_pods_had() {
     let bed = require!(common::daemon_bed(TOOLS));
@@ -45,18 +70,7 @@ fn a_restarted_daemon_re_handshakes_with_the_peers_its_pods_had() {
     let cluster = format!("resume{}", run_tag());
     let mut daemon = Daemon::start(work.path(), DaemonOptions::new(&bed, &cluster));
 
-    let web = Pod::create("web", 1);
-    let ipv4 = web
-        .add(&daemon.socket)
-        .expect_ok("ADD web")
-        .tailnet_ipv4()
-        .expect("web address");
-    let _server = web.serve(work.path(), "alive\n");
-    let url = format!("http://{ipv4}/");
-    assert_eq!(
-        wait_for_page(&bed.peer_socks5, &url, Duration::from_secs(60)),
-        "alive\n"
-    );
+    let (web, _, url, _server) = pod_reached_by_the_peer(&bed, &daemon, work.path(), "web", 1);
     // The session with the peer is on disk before the kill.
     wait_until(
         Duration::from_secs(30),
@@ -119,18 +133,8 @@ fn a_rule_removed_at_control_while_the_daemon_was_down_is_enforced_after_the_res
     let cluster = format!("filter{}", run_tag());
     let mut daemon = Daemon::start(work.path(), DaemonOptions::new(&bed, &cluster));
 
-    let web = Pod::create("filtered", 3);
-    let ipv4 = web
-        .add(&daemon.socket)
-        .expect_ok("ADD web")
-        .tailnet_ipv4()
-        .expect("web address");
-    let _server = web.serve(work.path(), "alive\n");
-    let url = format!("http://{ipv4}/");
-    assert_eq!(
-        wait_for_page(&bed.peer_socks5, &url, Duration::from_secs(60)),
-        "alive\n"
-    );
+    let (web, ipv4, url, _server) =
+        pod_reached_by_the_peer(&bed, &daemon, work.path(), "filtered", 3);
     wait_until(
         Duration::from_secs(30),
         "the pod's session and filter to be remembered",
