@@ -190,8 +190,16 @@ def render_pods(data, meta):
         "median (min-max) of the rounds' percentiles). ADD is the shim's exec to its result; "
         "ADD-to-reachable runs from the shim's exec until the official tailscaled peer "
         "gets an ICMP echo reply from the pod over the tailnet; the bridge plugin's ADD, run "
-        "first for every pod as a runtime would, is the floor.\n\n"
+        "first for every pod as a runtime would, is the floor."
     )
+    if data.get("pool"):
+        out += (
+            f" The daemon kept a warm pool of {data['pool']} identities (`pool_size`), full before "
+            "each single ADD and each burst, so every ADD bound a registered identity."
+        )
+    else:
+        out += " No warm pool: every ADD registered a new identity."
+    out += "\n\n"
     out += table(["", "bridge ADD (floor)", "our ADD", "ADD-to-reachable", "DEL"], rows)
     allr = b.get("all_reachable_s")
     out += (
