@@ -39,6 +39,11 @@ use crate::control::NetMap;
 use crate::wg::engine::ResumePeer;
 use crate::wg::{EngineError, PeerConfig, PodHandle, PodStats};
 
+/// How long a resumed pod waits for its home relay before it sends its
+/// resume handshakes anyway (they also go straight to the peer's last
+/// direct address).
+const RESUME_RELAY_WAIT: Duration = Duration::from_secs(1);
+
 /// Log target of each recovered pod's milestones (record loaded, plumbing
 /// checked, control session started, engine attached, resume handshakes
 /// sent, first netmap, sessions back), for finding where a restart's time
@@ -121,6 +126,12 @@ pub async fn resume_before_netmap(
             .await?;
     }
     handle.set_peers(remembered.peer_configs.clone()).await?;
+    if !remembered.derp_map.is_empty() {
+        // A peer answers over the path it last used, often the pod's home
+        // relay, which drops what arrives before the pod is connected:
+        // the handshake would then only come back at WireGuard's 5 s retry.
+        handle.wait_home_relay(RESUME_RELAY_WAIT).await;
+    }
     let peers: Vec<ResumePeer> = remembered
         .peers
         .iter()
