@@ -143,7 +143,10 @@ cmd_install() {
   # build-essential, pkg-config, libssl-dev: rscale is built from source.
   # containerd + runc: kubelet's path (containerd's CRI) in the tests; protobuf-compiler:
   # the CRI client crate (k8s-cri) of those tests generates its code at build time.
-  apt_install postgresql containernetworking-plugins podman busybox-static nftables iproute2 \
+  # crun: podman's runtime here, the one that runs containers without cgroups
+  # (runc refuses --cgroups=disabled, and satisfies podman's dependency when
+  # both are installed at once).
+  apt_install postgresql containernetworking-plugins podman crun busybox-static nftables iproute2 \
     curl iperf3 python3-pip openssl ca-certificates procps util-linux \
     build-essential pkg-config libssl-dev containerd runc protobuf-compiler
   install_rscale

@@ -96,6 +96,7 @@ network_config_dir = "$dir/net.d"
 
 [engine]
 cgroup_manager = "cgroupfs"
+runtime = "crun"
 events_logger = "file"
 events_logfile_path = "$dir/events.log"
 tmp_dir = "$dir/tmp"

@@ -4,24 +4,27 @@
 //! 1. Its mac1, keyed by the pod's public key: a sender that does not know
 //!    the pod's key is dropped for the cost of one BLAKE2s.
 //! 2. The pod's rate limiter: past [`POD_HANDSHAKES_PER_SEC`] in a second
-//!    the pod is under load, and a direct sender must prove it owns its
-//!    source address with a cookie (mac2); one without gets a cookie reply
-//!    instead of a handshake. Relayed messages have no address a cookie
-//!    could be bound to and are dropped while under load. Cookie replies
-//!    are themselves budgeted per source address
-//!    ([`COOKIE_REPLIES_PER_SOURCE_PER_SEC`]): past it a message is dropped
-//!    silently, so a flood costs neither a send nor an encryption per
-//!    forged packet, and other sources still get their cookies.
+//!    the pod is under load.
+//!    - A direct sender must then prove it owns its source address with a
+//!      cookie (mac2); one without gets a cookie reply instead of a
+//!      handshake. Cookie replies are budgeted per source address
+//!      ([`COOKIE_REPLIES_PER_SOURCE_PER_SEC`]): past it a message is
+//!      dropped silently, so a flood costs neither a send nor an
+//!      encryption per forged packet, and other sources still get theirs.
+//!    - A relayed message has no address a cookie could be bound to, but
+//!      its sender is the node key the relay authenticated, one of the
+//!      pod's peers. Each such sender may still start
+//!      [`RELAYED_HANDSHAKES_PER_PEER_PER_SEC`] handshakes: a peer whose
+//!      address a flood shares can always get through its relay.
 //! 3. The node's budget: at most [`NODE_HANDSHAKES_PER_SEC`] messages a
 //!    second, over every pod, reach X25519, so a flood spread over many
 //!    pods cannot take the node's CPU from the pods' traffic.
 //!
-//! The limiter is one per pod because mac1 and cookies are keyed by the
-//! receiver's public key; every session of the pod shares it, so `Tunn`
-//! applies the same count to what reaches it.
+//! The load is judged here, once. The pod's sessions get a limiter of
+//! their own that checks mac1 and is never under load: sharing this one
+//! would judge every message twice, and refuse in the session what the
+//! gate admitted from a relay.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,10 +35,11 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
 use boringtun::x25519;
 
-/// Handshake messages a pod takes in a second before it asks for cookies.
-/// A message that reaches a session is counted twice (here and by its
-/// `Tunn`, which shares the limiter), so this admits about half as many
-/// handshakes: still far more than a pod's peers ever start.
+use super::sender_budget::{Allowance, SenderBudget};
+use super::session::NodeKey;
+
+/// Handshake messages a pod takes in a second before it asks for cookies:
+/// far more than a pod's peers ever start.
 pub const POD_HANDSHAKES_PER_SEC: u64 = 100;
 /// Handshake messages the whole node hands to X25519 in a second. One
 /// costs about four scalar multiplications: a few percent of one core.
@@ -46,11 +50,23 @@ pub const COOKIE_REPLY_LEN: usize = 64;
 /// stays valid for two minutes, so a real peer needs one now and then; a
 /// flood past this is dropped without a reply.
 pub const COOKIE_REPLIES_PER_SOURCE_PER_SEC: u16 = 10;
-/// Counters the sources of cookie requests share (by a keyed hash of the
-/// address), so the budget's state is fixed in size whatever the number
-/// of senders. A pod sends at most this many times
-/// [`COOKIE_REPLIES_PER_SOURCE_PER_SEC`] replies a second.
-const COOKIE_BUCKETS: usize = 32;
+/// Cookie replies a second to every source past the ones counted one by
+/// one, together (see [`SenderBudget`]).
+const COOKIE_REPLIES_SHARED_PER_SEC: u16 = 64;
+/// Handshake messages a peer may send a pod through a relay in a second
+/// while the pod is under load. A peer retries every five seconds.
+pub const RELAYED_HANDSHAKES_PER_PEER_PER_SEC: u16 = 3;
+/// The same, for every relayed sender past the ones counted one by one.
+const RELAYED_HANDSHAKES_SHARED_PER_SEC: u16 = 16;
+
+/// Where a WireGuard datagram came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// The pod's UDP socket, from this address.
+    Address(IpAddr),
+    /// A relay, from the peer with this node key (the relay authenticated it).
+    Relayed(NodeKey),
+}
 
 /// What to do with one WireGuard datagram.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,19 +87,21 @@ pub enum Refusal {
     Malformed,
     #[error("handshake with a wrong mac1 (sender does not know the pod's key)")]
     BadMac,
-    #[error("handshake while the pod is under load, with no address for a cookie")]
-    UnderLoad,
+    #[error("relayed handshake while the pod is under load, past its sender's budget")]
+    RelayedBudget,
     #[error("handshake without a cookie, and its source's cookie replies are spent")]
     CookieBudget,
     #[error("the node's handshake budget for this second is spent")]
     NodeBudget,
 }
 
-/// One pod's gate: its rate limiter, its cookie replies and the node's
-/// budget.
+/// One pod's gate: its rate limiter, its cookie replies, its relayed
+/// senders' allowances and the node's budget.
 pub struct HandshakeGate {
-    limiter: Arc<RateLimiter>,
-    cookies: CookieBudget,
+    limiter: RateLimiter,
+    session_limiter: Arc<RateLimiter>,
+    cookies: SenderBudget<IpAddr>,
+    relayed: SenderBudget<NodeKey>,
     budget: Arc<NodeBudget>,
 }
 
@@ -99,112 +117,117 @@ impl HandshakeGate {
         budget: Arc<NodeBudget>,
     ) -> Self {
         Self {
-            limiter: Arc::new(RateLimiter::new(pod_public, per_sec)),
-            cookies: CookieBudget::new(),
+            limiter: RateLimiter::new(pod_public, per_sec),
+            session_limiter: Arc::new(RateLimiter::new(pod_public, u64::MAX)),
+            cookies: SenderBudget::new(
+                COOKIE_REPLIES_PER_SOURCE_PER_SEC,
+                COOKIE_REPLIES_SHARED_PER_SEC,
+            ),
+            relayed: SenderBudget::new(
+                RELAYED_HANDSHAKES_PER_PEER_PER_SEC,
+                RELAYED_HANDSHAKES_SHARED_PER_SEC,
+            ),
             budget,
         }
     }
 
-    /// The limiter every session of the pod is built with.
-    pub fn limiter(&self) -> Arc<RateLimiter> {
-        self.limiter.clone()
+    /// The limiter every session of the pod is built with: it checks mac1
+    /// and never reports load, which the gate judged already.
+    pub fn session_limiter(&self) -> Arc<RateLimiter> {
+        self.session_limiter.clone()
     }
 
     /// Starts a new counting period once a second has passed; call it from
-    /// the pod's timer (sessions with a shared limiter do not).
+    /// the pod's timer.
     pub fn tick(&self) {
         self.limiter.reset_count();
     }
 
-    /// Judges one datagram that looks like WireGuard. `from` is its source
-    /// on the pod's socket, `None` when a relay delivered it.
-    pub fn check(&mut self, from: Option<IpAddr>, datagram: &[u8], now: Instant) -> Verdict {
-        let mut reply = [0u8; COOKIE_REPLY_LEN];
-        // Room for a cookie reply only within its source's budget. Given
-        // none, the limiter still checks mac2 (a peer holding a cookie
-        // passes) but writes no reply, and reports the buffer too small.
-        let bucket = from.and_then(|addr| self.cookies.available(addr, now));
-        let room: &mut [u8] = match bucket {
-            Some(_) => &mut reply,
-            None => &mut [],
-        };
-        let handshake = match self.limiter.verify_packet(from, datagram, room) {
-            Ok(Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)) => true,
-            Ok(Packet::PacketData(_) | Packet::PacketCookieReply(_)) => false,
-            Err(TunnResult::WriteToNetwork(written)) => {
-                if written.len() != COOKIE_REPLY_LEN {
-                    return Verdict::Drop(Refusal::Malformed);
-                }
-                if let Some(bucket) = bucket {
-                    self.cookies.spend(bucket);
-                }
-                return Verdict::Cookie(reply);
-            }
-            Err(TunnResult::Err(WireGuardError::DestinationBufferTooSmall))
-                if from.is_some() && bucket.is_none() =>
-            {
-                return Verdict::Drop(Refusal::CookieBudget)
-            }
-            Err(TunnResult::Err(WireGuardError::InvalidMac)) => {
-                return Verdict::Drop(Refusal::BadMac)
-            }
-            Err(TunnResult::Err(WireGuardError::UnderLoad)) => {
-                return Verdict::Drop(Refusal::UnderLoad)
-            }
-            Err(_) => return Verdict::Drop(Refusal::Malformed),
+    /// Judges one datagram that looks like WireGuard, from `from`.
+    pub fn check(&mut self, from: Sender, datagram: &[u8], now: Instant) -> Verdict {
+        let handshake = match from {
+            Sender::Address(addr) => match self.check_direct(addr, datagram, now) {
+                Ok(handshake) => handshake,
+                Err(verdict) => return verdict,
+            },
+            Sender::Relayed(peer) => match self.check_relayed(peer, datagram, now) {
+                Ok(handshake) => handshake,
+                Err(refusal) => return Verdict::Drop(refusal),
+            },
         };
         if handshake && !self.budget.take(now) {
             return Verdict::Drop(Refusal::NodeBudget);
         }
         Verdict::Pass
     }
+
+    /// A datagram from `addr` on the pod's socket: whether it is a
+    /// handshake that passed, or what to do instead.
+    fn check_direct(
+        &mut self,
+        addr: IpAddr,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<bool, Verdict> {
+        let mut reply = [0u8; COOKIE_REPLY_LEN];
+        // Room for a cookie reply only within its source's budget. Given
+        // none, the limiter still checks mac2 (a peer holding a cookie
+        // passes) but writes no reply, and reports the buffer too small.
+        let allowance = self.cookies.available(addr, now);
+        let room: &mut [u8] = match allowance {
+            Some(_) => &mut reply,
+            None => &mut [],
+        };
+        match self.limiter.verify_packet(Some(addr), datagram, room) {
+            Ok(packet) => Ok(is_handshake(&packet)),
+            Err(TunnResult::WriteToNetwork(written)) => {
+                if written.len() != COOKIE_REPLY_LEN {
+                    return Err(Verdict::Drop(Refusal::Malformed));
+                }
+                if let Some(allowance) = allowance {
+                    self.cookies.spend(allowance);
+                }
+                Err(Verdict::Cookie(reply))
+            }
+            Err(TunnResult::Err(WireGuardError::DestinationBufferTooSmall))
+                if allowance.is_none() =>
+            {
+                Err(Verdict::Drop(Refusal::CookieBudget))
+            }
+            Err(TunnResult::Err(WireGuardError::InvalidMac)) => Err(Verdict::Drop(Refusal::BadMac)),
+            Err(_) => Err(Verdict::Drop(Refusal::Malformed)),
+        }
+    }
+
+    /// A datagram a relay delivered from `peer`: whether it is a handshake
+    /// that passed, or why it is refused.
+    fn check_relayed(
+        &mut self,
+        peer: NodeKey,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<bool, Refusal> {
+        match self.limiter.verify_packet(None, datagram, &mut []) {
+            Ok(packet) => Ok(is_handshake(&packet)),
+            Err(TunnResult::Err(WireGuardError::UnderLoad)) => {
+                let allowance: Allowance = self
+                    .relayed
+                    .available(peer, now)
+                    .ok_or(Refusal::RelayedBudget)?;
+                self.relayed.spend(allowance);
+                Ok(true)
+            }
+            Err(TunnResult::Err(WireGuardError::InvalidMac)) => Err(Refusal::BadMac),
+            Err(_) => Err(Refusal::Malformed),
+        }
+    }
 }
 
-/// The cookie replies a pod may still send this second, per source
-/// address. Sources share [`COOKIE_BUCKETS`] counters by a hash keyed at
-/// random for each pod, so a flooding source spends only its own bucket:
-/// a peer elsewhere shares it by chance (one in [`COOKIE_BUCKETS`]), and
-/// not predictably. Only the pod's task uses it, so it needs no atomics.
-struct CookieBudget {
-    key: RandomState,
-    window_start: Option<Instant>,
-    sent: [u16; COOKIE_BUCKETS],
-}
-
-impl CookieBudget {
-    fn new() -> Self {
-        Self {
-            key: RandomState::new(),
-            window_start: None,
-            sent: [0; COOKIE_BUCKETS],
-        }
-    }
-
-    fn bucket_of(&self, from: IpAddr) -> usize {
-        // The remainder is below COOKIE_BUCKETS, so it fits a usize.
-        (self.key.hash_one(from) % COOKIE_BUCKETS as u64) as usize
-    }
-
-    /// The bucket of `from` if it may still be sent a cookie reply at
-    /// `now`; a new window starts once a second has passed.
-    fn available(&mut self, from: IpAddr, now: Instant) -> Option<usize> {
-        let expired = self
-            .window_start
-            .is_none_or(|start| now.saturating_duration_since(start) >= WINDOW);
-        if expired {
-            self.window_start = Some(now);
-            self.sent = [0; COOKIE_BUCKETS];
-        }
-        let bucket = self.bucket_of(from);
-        (self.sent[bucket] < COOKIE_REPLIES_PER_SOURCE_PER_SEC).then_some(bucket)
-    }
-
-    /// Counts a reply sent to a source of `bucket`.
-    fn spend(&mut self, bucket: usize) {
-        if let Some(sent) = self.sent.get_mut(bucket) {
-            *sent = sent.saturating_add(1);
-        }
-    }
+fn is_handshake(packet: &Packet<'_>) -> bool {
+    matches!(
+        packet,
+        Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+    )
 }
 
 /// The node-wide handshake budget: a fixed one-second window shared by

@@ -1,4 +1,3 @@
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,8 +6,8 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 
 use super::{
-    HandshakeGate, NodeBudget, Refusal, Verdict, COOKIE_BUCKETS, COOKIE_REPLIES_PER_SOURCE_PER_SEC,
-    COOKIE_REPLY_LEN,
+    HandshakeGate, NodeBudget, Refusal, Sender, Verdict, COOKIE_REPLIES_PER_SOURCE_PER_SEC,
+    COOKIE_REPLY_LEN, RELAYED_HANDSHAKES_PER_PEER_PER_SEC,
 };
 
 const FROM: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
@@ -61,15 +60,15 @@ fn a_valid_initiation_passes_and_a_wrong_mac1_is_dropped_uncounted() {
     forged[at] ^= 1;
     for _ in 0..50 {
         assert_eq!(
-            gate.check(Some(FROM), &forged, now),
+            gate.check(Sender::Address(FROM), &forged, now),
             Verdict::Drop(Refusal::BadMac)
         );
     }
     // The forgeries did not count toward the load: a real one still passes.
     let real = initiation(&mut bed.peer);
-    assert_eq!(gate.check(Some(FROM), &real, now), Verdict::Pass);
+    assert_eq!(gate.check(Sender::Address(FROM), &real, now), Verdict::Pass);
     assert_eq!(
-        gate.check(Some(FROM), &[1, 2, 3], now),
+        gate.check(Sender::Address(FROM), &[1, 2, 3], now),
         Verdict::Drop(Refusal::Malformed)
     );
 }
@@ -81,26 +80,22 @@ fn an_initiation_for_another_key_fails_mac1() {
     let mut gate = HandshakeGate::with_limit(&other, 10, Arc::new(NodeBudget::new(10)));
     let init = initiation(&mut bed.peer);
     assert_eq!(
-        gate.check(Some(FROM), &init, Instant::now()),
+        gate.check(Sender::Address(FROM), &init, Instant::now()),
         Verdict::Drop(Refusal::BadMac)
     );
 }
 
 #[test]
-fn under_load_direct_senders_get_cookies_and_relayed_ones_are_dropped() {
+fn under_load_direct_senders_get_cookies() {
     let mut bed = bed();
     let mut gate = gate(&bed, 3, 1000);
     let now = Instant::now();
     for _ in 0..3 {
         let init = initiation(&mut bed.peer);
-        assert_eq!(gate.check(Some(FROM), &init, now), Verdict::Pass);
+        assert_eq!(gate.check(Sender::Address(FROM), &init, now), Verdict::Pass);
     }
-    assert_eq!(
-        gate.check(None, &initiation(&mut bed.peer), now),
-        Verdict::Drop(Refusal::UnderLoad)
-    );
     let init = initiation(&mut bed.peer);
-    let Verdict::Cookie(reply) = gate.check(Some(FROM), &init, now) else {
+    let Verdict::Cookie(reply) = gate.check(Sender::Address(FROM), &init, now) else {
         panic!("no cookie under load");
     };
     assert_eq!(reply.len(), COOKIE_REPLY_LEN);
@@ -114,12 +109,15 @@ fn under_load_direct_senders_get_cookies_and_relayed_ones_are_dropped() {
         TunnResult::Done
     ));
     let with_cookie = initiation(&mut bed.peer);
-    assert_eq!(gate.check(Some(FROM), &with_cookie, now), Verdict::Pass);
+    assert_eq!(
+        gate.check(Sender::Address(FROM), &with_cookie, now),
+        Verdict::Pass
+    );
     // The cookie is bound to the address: the same message from elsewhere
     // is answered with a cookie, not admitted.
     let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10));
     assert!(matches!(
-        gate.check(Some(elsewhere), &with_cookie, now),
+        gate.check(Sender::Address(elsewhere), &with_cookie, now),
         Verdict::Cookie(_)
     ));
 }
@@ -137,7 +135,7 @@ fn flood(
     let init = initiation(peer);
     let (mut passed, mut cookies, mut silent) = (0, 0, 0);
     for _ in 0..count {
-        match gate.check(Some(from), &init, now) {
+        match gate.check(Sender::Address(from), &init, now) {
             Verdict::Pass => passed += 1,
             Verdict::Cookie(_) => cookies += 1,
             Verdict::Drop(Refusal::CookieBudget) => silent += 1,
@@ -165,23 +163,15 @@ fn a_flood_under_load_reaches_no_session_and_gets_only_its_cookie_budget() {
     );
 }
 
-/// An address whose cookie budget is not `of`'s.
-fn another_bucket(gate: &HandshakeGate, of: IpAddr) -> IpAddr {
-    (10..=u8::MAX)
-        .map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
-        .find(|addr| gate.cookies.bucket_of(*addr) != gate.cookies.bucket_of(of))
-        .expect("32 buckets: some address falls in another")
-}
-
 #[test]
 fn a_flooding_source_does_not_spend_another_sources_cookies() {
     let mut bed = bed();
     let mut gate = gate(&bed, 1, 1000);
     let now = Instant::now();
     flood(&mut gate, &mut bed.peer, FROM, 100, now);
-    let elsewhere = another_bucket(&gate, FROM);
+    let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10));
     assert!(matches!(
-        gate.check(Some(elsewhere), &initiation(&mut bed.peer), now),
+        gate.check(Sender::Address(elsewhere), &initiation(&mut bed.peer), now),
         Verdict::Cookie(_)
     ));
 }
@@ -191,19 +181,102 @@ fn every_source_together_gets_at_most_the_pods_cookie_budget() {
     let mut bed = bed();
     let mut gate = gate(&bed, 1, 1000);
     let now = Instant::now();
-    let sources: Vec<IpAddr> = (0..=u8::MAX)
+    let cookies: usize = (0..=u8::MAX)
         .map(|last| IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)))
-        .collect();
-    let cookies: usize = sources
-        .iter()
-        .map(|from| flood(&mut gate, &mut bed.peer, *from, 20, now).1)
+        .map(|from| flood(&mut gate, &mut bed.peer, from, 20, now).1)
         .sum();
-    // Sources sharing a bucket share its budget.
-    let buckets: HashSet<usize> = sources.iter().map(|a| gate.cookies.bucket_of(*a)).collect();
-    assert!(buckets.len() <= COOKIE_BUCKETS);
+    assert_eq!(cookies, gate.cookies.window_total());
+    // A source that came first keeps its own budget whole.
+    let first = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0));
     assert_eq!(
-        cookies,
-        buckets.len() * usize::from(COOKIE_REPLIES_PER_SOURCE_PER_SEC)
+        flood(
+            &mut gate,
+            &mut bed.peer,
+            first,
+            20,
+            now + Duration::from_secs(1)
+        )
+        .1,
+        usize::from(COOKIE_REPLIES_PER_SOURCE_PER_SEC)
+    );
+}
+
+/// A peer's key, as a relay names the sender.
+fn key_of(peer: u8) -> [u8; 32] {
+    x25519::PublicKey::from(&x25519::StaticSecret::from([peer; 32])).to_bytes()
+}
+
+#[test]
+fn under_load_a_relayed_peer_passes_within_its_own_allowance() {
+    let mut bed = bed();
+    let mut gate = gate(&bed, 1, 1000);
+    let now = Instant::now();
+    let peer = Sender::Relayed(key_of(0x22));
+    // Not under load: relayed handshakes pass like any other.
+    assert_eq!(
+        gate.check(peer, &initiation(&mut bed.peer), now),
+        Verdict::Pass
+    );
+    // Under load: the peer's allowance, then nothing until the next second.
+    let allowance = usize::from(RELAYED_HANDSHAKES_PER_PEER_PER_SEC);
+    for _ in 0..allowance {
+        assert_eq!(
+            gate.check(peer, &initiation(&mut bed.peer), now),
+            Verdict::Pass
+        );
+    }
+    assert_eq!(
+        gate.check(peer, &initiation(&mut bed.peer), now),
+        Verdict::Drop(Refusal::RelayedBudget)
+    );
+    // Another relayed peer has its own allowance.
+    let mut other = Tunn::new(
+        x25519::StaticSecret::from([0x77; 32]),
+        bed.pod_public,
+        None,
+        None,
+        11,
+        None,
+    );
+    assert_eq!(
+        gate.check(Sender::Relayed(key_of(0x77)), &initiation(&mut other), now),
+        Verdict::Pass
+    );
+    // A forged mac1 is refused before any allowance is looked at.
+    let mut forged = initiation(&mut bed.peer);
+    let at = forged.len() - 32;
+    forged[at] ^= 1;
+    assert_eq!(
+        gate.check(peer, &forged, now + Duration::from_secs(1)),
+        Verdict::Drop(Refusal::BadMac)
+    );
+    assert_eq!(
+        gate.check(
+            peer,
+            &initiation(&mut bed.peer),
+            now + Duration::from_secs(1)
+        ),
+        Verdict::Pass
+    );
+}
+
+#[test]
+fn relayed_handshakes_under_load_still_spend_the_node_budget() {
+    let mut bed = bed();
+    let mut gate = gate(&bed, 1, 2);
+    let now = Instant::now();
+    let peer = Sender::Relayed(key_of(0x22));
+    assert_eq!(
+        gate.check(peer, &initiation(&mut bed.peer), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        gate.check(peer, &initiation(&mut bed.peer), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        gate.check(peer, &initiation(&mut bed.peer), now),
+        Verdict::Drop(Refusal::NodeBudget)
     );
 }
 
@@ -213,10 +286,11 @@ fn a_peer_with_a_cookie_passes_while_its_sources_budget_is_spent() {
     let mut gate = gate(&bed, 1, 1000);
     let now = Instant::now();
     assert_eq!(
-        gate.check(Some(FROM), &initiation(&mut bed.peer), now),
+        gate.check(Sender::Address(FROM), &initiation(&mut bed.peer), now),
         Verdict::Pass
     );
-    let Verdict::Cookie(reply) = gate.check(Some(FROM), &initiation(&mut bed.peer), now) else {
+    let Verdict::Cookie(reply) = gate.check(Sender::Address(FROM), &initiation(&mut bed.peer), now)
+    else {
         panic!("no cookie under load");
     };
     let mut out = [0u8; 256];
@@ -236,7 +310,7 @@ fn a_peer_with_a_cookie_passes_while_its_sources_budget_is_spent() {
     let (_, _, silent) = flood(&mut gate, &mut forger, FROM, 100, now);
     assert!(silent > 0, "the source's budget was not spent");
     assert_eq!(
-        gate.check(Some(FROM), &initiation(&mut bed.peer), now),
+        gate.check(Sender::Address(FROM), &initiation(&mut bed.peer), now),
         Verdict::Pass
     );
 }
@@ -259,25 +333,28 @@ fn the_node_budget_caps_handshakes_over_every_pod() {
     let mut second = HandshakeGate::with_limit(&other, 100, budget.clone());
     let now = Instant::now();
     assert_eq!(
-        first.check(Some(FROM), &initiation(&mut peer), now),
+        first.check(Sender::Address(FROM), &initiation(&mut peer), now),
         Verdict::Pass
     );
     assert_eq!(
-        second.check(Some(FROM), &initiation(&mut other_peer), now),
+        second.check(Sender::Address(FROM), &initiation(&mut other_peer), now),
         Verdict::Pass
     );
     assert_eq!(
-        first.check(Some(FROM), &initiation(&mut peer), now),
+        first.check(Sender::Address(FROM), &initiation(&mut peer), now),
         Verdict::Drop(Refusal::NodeBudget)
     );
     // Data messages are not handshakes and cost no budget.
     let mut data = vec![0u8; 32];
     data[0] = 4;
-    assert_eq!(first.check(Some(FROM), &data, now), Verdict::Pass);
+    assert_eq!(
+        first.check(Sender::Address(FROM), &data, now),
+        Verdict::Pass
+    );
     // The next second has a fresh budget.
     let later = now + Duration::from_secs(1);
     assert_eq!(
-        second.check(Some(FROM), &initiation(&mut other_peer), later),
+        second.check(Sender::Address(FROM), &initiation(&mut other_peer), later),
         Verdict::Pass
     );
 }

@@ -16,7 +16,8 @@
 //!   direct or relay).
 //! - `receive`: peer → packet device (decrypt, source checks, filter).
 //! - `handshake`: the gate handshakes pass before any X25519 work (mac1,
-//!   cookies under load, the node's handshake budget).
+//!   cookies under load, relayed peers' allowances, the node's handshake
+//!   budget); `sender_budget` counts the allowances per sender.
 //! - `socket`: the pod's UDP socket and its batch buffers.
 //! - `relay`: DERP links and the home relay.
 //! - `discovery`: disco and STUN I/O, the pod's endpoints.
@@ -32,6 +33,7 @@ mod handshake;
 mod pod;
 mod receive;
 mod relay;
+mod sender_budget;
 mod session;
 mod socket;
 mod stats;

@@ -14,7 +14,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::{debug, trace};
 
-use super::handshake::Verdict;
+use super::handshake::{Sender, Verdict};
 use super::pod::PodState;
 use super::session::NodeKey;
 use crate::wg::batch;
@@ -118,7 +118,7 @@ impl PodState {
                 return Received::Refused;
             }
         }
-        if !self.admit_wireguard(Some(from), datagram) {
+        if !self.admit_wireguard(Sender::Address(from.ip()), Some(from), datagram) {
             return Received::Refused;
         }
         let Some(peer_key) = self.peers.peer_for_datagram(&self.identity, datagram) else {
@@ -155,7 +155,7 @@ impl PodState {
             self.counters.drop_packets(1);
             return;
         }
-        if !self.admit_wireguard(None, &msg.packet) {
+        if !self.admit_wireguard(Sender::Relayed(msg.src), None, &msg.packet) {
             return;
         }
         let Some(peer) = self.peers.get_mut(&msg.src) else {
@@ -169,15 +169,20 @@ impl PodState {
     }
 
     /// The handshake gate: whether a WireGuard datagram may go on to the
-    /// sessions. Under load a direct sender is answered with a cookie, within
-    /// its budget. Refusals are counted, never logged one by one: a flood
-    /// would turn each into a log line.
-    fn admit_wireguard(&mut self, from: Option<SocketAddr>, datagram: &[u8]) -> bool {
+    /// sessions. Under load a direct sender is answered with a cookie, at
+    /// `reply_to`, within its budget. Refusals are counted, never logged one
+    /// by one: a flood would turn each into a log line.
+    fn admit_wireguard(
+        &mut self,
+        from: Sender,
+        reply_to: Option<SocketAddr>,
+        datagram: &[u8],
+    ) -> bool {
         let now = std::time::Instant::now();
-        match self.handshakes.check(from.map(|a| a.ip()), datagram, now) {
+        match self.handshakes.check(from, datagram, now) {
             Verdict::Pass => return true,
             Verdict::Cookie(reply) => {
-                if let (Some(sock), Some(to)) = (self.socket.udp(), from) {
+                if let (Some(sock), Some(to)) = (self.socket.udp(), reply_to) {
                     if let Err(e) = sock.try_send_to(&reply, to) {
                         trace!(pod = %self.identity.pod_id, %to, error = %e, "cookie reply not sent");
                     }

@@ -180,8 +180,8 @@ impl Peers {
     }
 
     /// The peer's session, creating its `Tunn` on first use with a
-    /// receiver index unique across the engine and the pod's shared
-    /// handshake limiter.
+    /// receiver index unique across the engine and the pod's session
+    /// limiter (mac1 only: the gate judged the load).
     pub(super) fn tunn_for(
         &mut self,
         peer_key: &NodeKey,
@@ -358,7 +358,7 @@ impl PodState {
             peer_key,
             &self.identity.node_secret,
             &self.engine.next_index,
-            || self.handshakes.limiter(),
+            || self.handshakes.session_limiter(),
         )
     }
 
