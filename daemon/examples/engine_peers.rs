@@ -6,9 +6,9 @@
 //! (every node but itself), decoded and synced by the daemon's own code
 //! (`control::netmap`, `podmgr::sync`). Reports the pods' peer tables in
 //! bytes per peer per pod (their own parts, and the bases they share,
-//! counted once), the whole heap per peer per pod (with each pod's netmap,
-//! held twice as the control session holds and publishes it; a counting
-//! allocator: exact), the CPU time of one netmap delta decoded, applied
+//! counted once), the whole heap per peer per pod (with each pod's netmap
+//! as the control session holds it and the copy it publishes, which shares
+//! it; a counting allocator: exact), the CPU time of one netmap delta decoded, applied
 //! and synced to every pod (a node joins; a node's endpoints change),
 //! and, with the pods idle, their CPU and the threads' context switches
 //! per second (each wake-up of an idle runtime is one).

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::tailcfg::{parse_prefix, DerpMap, DnsConfig, FilterRule, MapResponse, Node, PeerChange};
 
-pub use peers::{PeerChanged, PeerMap};
+pub use peers::{Keys, PeerChanged, PeerMap};
 
 /// Shares identical peer records and DERP maps across identities.
 #[derive(Debug, Default)]

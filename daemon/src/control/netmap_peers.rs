@@ -150,8 +150,8 @@ impl PeerMap {
             .map(|(id, node)| (id, node))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &i64> + '_ {
-        self.iter().map(|(id, _)| id)
+    pub fn keys(&self) -> Keys<'_> {
+        Keys(Cursor::new(&self.chunks))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Arc<Node>> + '_ {
@@ -238,7 +238,28 @@ impl PeerMap {
     }
 }
 
+/// The ids of a [`PeerMap`], in order.
+#[derive(Clone)]
+pub struct Keys<'a>(Cursor<'a>);
+
+impl<'a> Iterator for Keys<'a> {
+    type Item = &'a i64;
+
+    fn next(&mut self) -> Option<&'a i64> {
+        let (id, _) = self.0.peek()?;
+        self.0.advance();
+        Some(id)
+    }
+}
+
+impl fmt::Debug for Keys<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
 /// A position in a map's chunks.
+#[derive(Clone)]
 struct Cursor<'a> {
     chunks: &'a [Chunk],
     chunk: usize,

@@ -4,6 +4,9 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
+/// Changes as (id, old, new).
+type Listed = Vec<(i64, Option<Arc<Node>>, Option<Arc<Node>>)>;
+
 fn node(id: i64, version: u32) -> Arc<Node> {
     Arc::new(Node {
         id,
@@ -13,7 +16,7 @@ fn node(id: i64, version: u32) -> Arc<Node> {
 }
 
 /// What changed from `old` to `new`, found by comparing every peer.
-fn compared(old: &PeerMap, new: &PeerMap) -> Vec<(i64, Option<Arc<Node>>, Option<Arc<Node>>)> {
+fn compared(old: &PeerMap, new: &PeerMap) -> Listed {
     let old: BTreeMap<i64, Arc<Node>> = old.iter().map(|(k, v)| (*k, v.clone())).collect();
     let new: BTreeMap<i64, Arc<Node>> = new.iter().map(|(k, v)| (*k, v.clone())).collect();
     let mut ids: Vec<i64> = old.keys().chain(new.keys()).copied().collect();
@@ -30,7 +33,7 @@ fn compared(old: &PeerMap, new: &PeerMap) -> Vec<(i64, Option<Arc<Node>>, Option
         .collect()
 }
 
-fn owned(changes: Vec<PeerChanged<'_>>) -> Vec<(i64, Option<Arc<Node>>, Option<Arc<Node>>)> {
+fn owned(changes: Vec<PeerChanged<'_>>) -> Listed {
     changes
         .into_iter()
         .map(|c| (c.id, c.old.cloned(), c.new.cloned()))
