@@ -6,9 +6,9 @@
 //! (every node but itself), decoded and synced by the daemon's own code
 //! (`control::netmap`, `podmgr::sync`). Reports the pods' peer tables in
 //! bytes per peer per pod (their own parts, and the bases they share,
-//! counted once), the whole heap per peer per pod (with each pod's netmap,
-//! held twice as the control session holds and publishes it; a counting
-//! allocator: exact), the CPU time of one netmap delta decoded, applied
+//! counted once), the whole heap per peer per pod (with each pod's netmap
+//! as the control session holds it and the copy it publishes, which shares
+//! it; a counting allocator: exact), the CPU time of one netmap delta decoded, applied
 //! and synced to every pod (a node joins; a node's endpoints change),
 //! and, with the pods idle, their CPU and the threads' context switches
 //! per second (each wake-up of an idle runtime is one).
@@ -65,15 +65,30 @@ struct Pod {
     map: NetMap,
 }
 
+/// CPU time of the calling thread: the main task runs on the main thread,
+/// the pods' engine tasks on the workers.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// Decodes `message` into every pod's netmap and publishes it (a copy, as
 /// the control session does), then syncs every pod and waits until every
 /// pod task took the change; returns the CPU time of each half in
-/// milliseconds.
+/// milliseconds, and of the syncs alone (the main thread, without the
+/// engine's tasks and the barrier's subtraction).
 async fn deliver(
     pods: &mut [Pod],
     message: impl Fn(usize) -> String,
     interner: &Interner,
-) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+) -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
     let start = measure::cpu_time();
     let mut published = Vec::with_capacity(pods.len());
     for (i, pod) in pods.iter_mut().enumerate() {
@@ -82,9 +97,11 @@ async fn deliver(
         published.push(Arc::new(pod.map.clone()));
     }
     let decoded = measure::cpu_time();
+    let own_start = thread_cpu_time();
     for (pod, map) in pods.iter_mut().zip(&published) {
         pod.sync.apply(map).await?;
     }
+    let own = thread_cpu_time() - own_start;
     for pod in pods.iter() {
         pod.handle.stats().await?;
     }
@@ -100,6 +117,7 @@ async fn deliver(
     Ok((
         ms(decoded - start),
         ms((synced - decoded).saturating_sub(barrier)),
+        ms(own),
     ))
 }
 
@@ -173,10 +191,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         // One node joins, then one node's endpoints change.
         let join = format!(r#"{{"PeersChanged": [{}]}}"#, nodes[peers]);
-        let (join_decode, join_sync) = deliver(&mut pods, |_| join.clone(), &interner).await?;
+        let (join_decode, join_sync, join_own) =
+            deliver(&mut pods, |_| join.clone(), &interner).await?;
         let patch =
             r#"{"PeersChangedPatch": [{"NodeID": 300, "Endpoints": ["10.88.1.51:41642"]}]}"#;
-        let (patch_decode, patch_sync) =
+        let (patch_decode, patch_sync, patch_own) =
             deliver(&mut pods, |_| patch.to_string(), &interner).await?;
 
         settle().await;
@@ -189,8 +208,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "{PODS} pods x {peers:>5} peers: tables {own:>5.2} B own + {shared:>5.2} B shared per peer per pod, \
              heap {heap:>6.1} B per peer per pod with netmaps; \
-             a join to all pods {join_decode:>6.1} ms CPU decoding + {join_sync:>6.1} ms syncing, \
-             an endpoint patch {patch_decode:>6.1} + {patch_sync:>6.1} ms; \
+             a join to all pods {join_decode:>6.1} ms CPU decoding + {join_sync:>6.1} ms syncing \
+             (syncs alone {join_own:>5.1} ms), \
+             an endpoint patch {patch_decode:>6.1} + {patch_sync:>6.1} ms (syncs alone {patch_own:>5.1} ms); \
              idle {idle_cpu:>5.2} % of a core, {switches:>6.1} context switches/s"
         );
         results.push(serde_json::json!({
@@ -200,6 +220,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "heap_bytes_per_peer_per_pod": heap,
             "join_decode_cpu_ms": join_decode, "join_sync_cpu_ms": join_sync,
             "patch_decode_cpu_ms": patch_decode, "patch_sync_cpu_ms": patch_sync,
+            "join_sync_own_cpu_ms": join_own, "patch_sync_own_cpu_ms": patch_own,
             "idle_cpu_percent": idle_cpu,
             "context_switches_per_s": switches,
         }));

@@ -4,13 +4,21 @@
 //! Hundreds of identities on a node see the same thousands of peers: the
 //! [`Interner`] hands every identity the same `Arc<Node>` for an identical
 //! record, and the same `Arc<DerpMap>`, so a peer costs memory once per node
-//! rather than once per pod.
+//! rather than once per pod. An identity's peers are a persistent
+//! [`PeerMap`]: publishing the netmap on each change shares it rather than
+//! copying it, and what changed between two published netmaps costs the
+//! change ([`PeerMap::changes_from`]).
+
+#[path = "netmap_peers.rs"]
+mod peers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::tailcfg::{parse_prefix, DerpMap, DnsConfig, FilterRule, MapResponse, Node, PeerChange};
+
+pub use peers::{Keys, PeerChanged, PeerMap};
 
 /// Shares identical peer records and DERP maps across identities.
 #[derive(Debug, Default)]
@@ -65,13 +73,15 @@ impl Change {
     }
 }
 
+/// An identity's netmap; cheap to clone (every part is shared), so the
+/// session publishes a copy on each change.
 #[derive(Debug, Clone, Default)]
 pub struct NetMap {
     pub self_node: Option<Arc<Node>>,
-    pub peers: BTreeMap<i64, Arc<Node>>,
+    pub peers: PeerMap,
     pub derp_map: Option<Arc<DerpMap>>,
     /// Named packet filters; "base" is the classic `PacketFilter`.
-    pub filters: BTreeMap<String, Vec<FilterRule>>,
+    pub filters: BTreeMap<String, Arc<Vec<FilterRule>>>,
     pub domain: String,
     /// The last DNS configuration control sent; `None` until it sends one.
     pub dns: Option<Arc<DnsConfig>>,
@@ -96,10 +106,11 @@ impl NetMap {
             }
         }
         if let Some(peers) = msg.peers {
-            self.peers = peers
+            let fresh = peers
                 .into_iter()
                 .map(|p| (p.id, interner.node(p)))
                 .collect();
+            self.peers.replace_with(fresh);
             change.peers = true;
         }
         if let Some(changed) = msg.peerschanged {
@@ -131,7 +142,7 @@ impl NetMap {
             }
         }
         if let Some(base) = msg.packetfilter {
-            self.filters.insert("base".into(), base);
+            self.filters.insert("base".into(), Arc::new(base));
             change.filter = true;
         }
         if let Some(named) = msg.packetfilters {
@@ -143,7 +154,7 @@ impl NetMap {
                     continue;
                 }
                 match rules {
-                    Some(rules) => self.filters.insert(name, rules),
+                    Some(rules) => self.filters.insert(name, Arc::new(rules)),
                     None => self.filters.remove(&name),
                 };
             }
@@ -194,7 +205,7 @@ impl NetMap {
 
     /// Every filter rule in force.
     pub fn filter_rules(&self) -> impl Iterator<Item = &FilterRule> {
-        self.filters.values().flatten()
+        self.filters.values().flat_map(|rules| rules.iter())
     }
 }
 
@@ -319,6 +330,105 @@ mod tests {
         assert_eq!(map.filters.keys().collect::<Vec<_>>(), vec!["b"]);
         map.apply(msg(r#"{"PacketFilters": {"*": null, "c": []}}"#), &interner);
         assert_eq!(map.filters.keys().collect::<Vec<_>>(), vec!["c"]);
+    }
+
+    /// Control's deltas, applied at random, leave the peers a plain map
+    /// gets from the same messages, and each change list equals a compare
+    /// of every peer.
+    #[test]
+    fn deltas_keep_the_peers_and_change_lists_of_a_full_compare() {
+        use rand::{Rng, SeedableRng};
+        use std::collections::BTreeSet;
+        let node = |id: i64, port: u16| Node {
+            id,
+            key: format!("k{id}"),
+            endpoints: vec![format!("192.0.2.1:{port}")],
+            ..Default::default()
+        };
+        for seed in 0..20 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let interner = Interner::default();
+            let mut map = NetMap::default();
+            let mut model: BTreeMap<i64, Node> = BTreeMap::new();
+            for round in 0..80u16 {
+                let before = map.clone();
+                let mut msg = MapResponse::default();
+                match rng.gen_range(0..10) {
+                    0 => {
+                        let peers: Vec<Node> = (0..300)
+                            .filter(|_| rng.gen_ratio(9, 10))
+                            .map(|id| model.get(&id).cloned().unwrap_or_else(|| node(id, 1)))
+                            .collect();
+                        model = peers.iter().map(|n| (n.id, n.clone())).collect();
+                        msg.peers = Some(peers);
+                    }
+                    1..=3 => {
+                        let changed: Vec<Node> = (0..rng.gen_range(1..5))
+                            .map(|_| node(rng.gen_range(0..320), round))
+                            .collect();
+                        model.extend(changed.iter().map(|n| (n.id, n.clone())));
+                        msg.peerschanged = Some(changed);
+                    }
+                    4..=5 => {
+                        let removed: Vec<i64> = (0..rng.gen_range(1..5))
+                            .map(|_| rng.gen_range(0..320))
+                            .collect();
+                        for id in &removed {
+                            model.remove(id);
+                        }
+                        msg.peersremoved = Some(removed);
+                    }
+                    6..=7 => {
+                        let id = rng.gen_range(0..320);
+                        let endpoints = vec![format!("192.0.2.9:{}", rng.gen_range(1..4))];
+                        if let Some(peer) = model.get_mut(&id) {
+                            peer.endpoints = endpoints.clone();
+                        }
+                        msg.peerschangedpatch = Some(vec![PeerChange {
+                            nodeid: id,
+                            endpoints: Some(endpoints),
+                            ..Default::default()
+                        }]);
+                    }
+                    _ => {
+                        let id = rng.gen_range(0..320);
+                        let online = rng.gen_bool(0.5);
+                        if let Some(peer) = model.get_mut(&id) {
+                            peer.online = Some(online);
+                        }
+                        msg.onlinechange = Some([(id.to_string(), online)].into());
+                    }
+                }
+                map.apply(msg, &interner);
+                assert!(
+                    map.peers
+                        .iter()
+                        .map(|(id, n)| (*id, &**n))
+                        .eq(model.iter().map(|(id, n)| (*id, n))),
+                    "seed {seed}, round {round}"
+                );
+                let listed: Vec<i64> = map
+                    .peers
+                    .changes_from(&before.peers)
+                    .iter()
+                    .map(|c| c.id)
+                    .collect();
+                let ids: BTreeSet<i64> = before
+                    .peers
+                    .keys()
+                    .chain(map.peers.keys())
+                    .copied()
+                    .collect();
+                let compared: Vec<i64> = ids
+                    .into_iter()
+                    .filter(|id| match (before.peers.get(id), map.peers.get(id)) {
+                        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                        _ => true,
+                    })
+                    .collect();
+                assert_eq!(listed, compared, "seed {seed}, round {round}");
+            }
+        }
     }
 
     #[test]

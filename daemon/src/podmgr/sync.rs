@@ -255,16 +255,23 @@ impl PodSync {
 
     /// Brings the data plane in line with `map`.
     pub async fn apply(&mut self, map: &Arc<NetMap>) -> Result<(), EngineError> {
-        // Before peers, so a new peer never meets a stale filter.
-        let filter = filter_of(map, self.cache);
-        if self
-            .last_filter
+        // Before peers, so a new peer never meets a stale filter. Rules
+        // the last netmap shared are not looked up again.
+        let same_rules = self
+            .last_map
             .as_ref()
-            .is_none_or(|last| !Arc::ptr_eq(&filter, last))
-        {
-            debug!(rules = map.filter_rules().count(), "updating packet filter");
-            self.data.set_filter(filter.clone()).await?;
-            self.last_filter = Some(filter);
+            .is_some_and(|last| same_filters(last, map));
+        if !same_rules || self.last_filter.is_none() {
+            let filter = filter_of(map, self.cache);
+            if self
+                .last_filter
+                .as_ref()
+                .is_none_or(|last| !Arc::ptr_eq(&filter, last))
+            {
+                debug!(rules = map.filter_rules().count(), "updating packet filter");
+                self.data.set_filter(filter.clone()).await?;
+                self.last_filter = Some(filter);
+            }
         }
         if let Some(derp) = &map.derp_map {
             if self
@@ -278,16 +285,18 @@ impl PodSync {
         }
         // From the last netmap only what changed; the first is converted
         // whole.
-        let (table, dns_inputs_changed) = match (&self.last_map, &self.last_peers) {
+        let (table, dns_inputs_changed, subnets_touched) = match (&self.last_map, &self.last_peers)
+        {
             (Some(last), Some(table)) => {
                 let change = self.shared.peer_delta(last, map, &self.routing.prefs);
                 let delta = delta::effective(change.peers, table);
                 let next = (!delta.is_empty()).then(|| Arc::new(table.apply(&delta)));
-                (next, dns_inputs_changed(last, map, change.names))
+                let dns = dns_inputs_changed(last, map, change.names);
+                (next, dns, change.subnets)
             }
             _ => {
                 let peers = self.shared.peers_of(map, &self.routing.prefs);
-                (Some(Arc::new(PeerTable::new(peers))), true)
+                (Some(Arc::new(PeerTable::new(peers))), true, true)
             }
         };
         if dns_inputs_changed {
@@ -299,7 +308,9 @@ impl PodSync {
             self.last_peers = Some(table);
         }
         self.last_map = Some(map.clone());
-        self.route_subnets(map).await;
+        if subnets_touched || self.last_subnets.is_none() {
+            self.route_subnets(map).await;
+        }
         Ok(())
     }
 
@@ -322,7 +333,9 @@ impl PodSync {
 
     /// Routes the pod's accepted subnet routes into its tailnet interface,
     /// after the engine has the peers they lead to. A pod that does not
-    /// accept routes is never touched.
+    /// accept routes is never touched. Walks every peer: called only when
+    /// a peer that offers such routes changed (or the last attempt
+    /// failed).
     async fn route_subnets(&mut self, map: &NetMap) {
         let Some(pod) = self
             .routing
@@ -362,6 +375,17 @@ fn dns_inputs_changed(old: &NetMap, new: &NetMap, names: bool) -> bool {
         || !same_arc(old.self_node.as_ref(), new.self_node.as_ref())
         || !same_arc(old.dns.as_ref(), new.dns.as_ref())
         || old.domain != new.domain
+}
+
+/// Whether both netmaps hold the same filter rules (shared, so compared by
+/// pointer).
+fn same_filters(old: &NetMap, new: &NetMap) -> bool {
+    old.filters.len() == new.filters.len()
+        && old
+            .filters
+            .iter()
+            .zip(&new.filters)
+            .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
 }
 
 /// Whether both are the same allocation, or both absent.

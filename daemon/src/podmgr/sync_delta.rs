@@ -1,17 +1,15 @@
-//! What changed for a pod's data plane between two netmaps, found by
-//! comparing their shared records (pointers, in node-id order) instead of
-//! converting every peer again: a delta costs the peers it touches, plus
-//! one pointer comparison per peer.
+//! What changed for a pod's data plane between two netmaps: the peers
+//! whose shared records differ ([`crate::control::netmap::PeerMap`]
+//! skips what both netmaps share), converted alone: a delta costs the
+//! peers it touches, not the tailnet.
 
-use std::collections::btree_map;
-use std::iter::Peekable;
 use std::sync::Arc;
 
 use super::SharedConversions;
 use crate::control::keys::NodePublic;
 use crate::control::tailcfg::Node;
 use crate::control::NetMap;
-use crate::podmgr::peer_routes::RoutePrefs;
+use crate::podmgr::peer_routes::{accepted_subnets, RoutePrefs};
 use crate::wg::peer_table::{PeerDelta, PeerTable};
 
 /// A pod's peer changes from one netmap to the next.
@@ -22,37 +20,28 @@ pub struct NetmapDelta {
     /// Whether a peer joined, left, or changed its name or addresses
     /// (what MagicDNS reads).
     pub names: bool,
+    /// Whether a peer that offers subnet routes the pod accepts (before or
+    /// after) changed: only then can the pod's routes to them change.
+    pub subnets: bool,
 }
-
-type Nodes<'a> = Peekable<btree_map::Iter<'a, i64, Arc<Node>>>;
 
 impl SharedConversions {
     /// How a pod with `prefs` sees the peers change from `old` to `new`.
     pub fn peer_delta(&self, old: &NetMap, new: &NetMap, prefs: &RoutePrefs) -> NetmapDelta {
         let mut delta = NetmapDelta::default();
-        let (mut before, mut after): (Nodes, Nodes) =
-            (old.peers.iter().peekable(), new.peers.iter().peekable());
-        loop {
-            let (old_node, new_node) = match (before.peek(), after.peek()) {
-                (None, None) => return delta,
-                (Some((a, _)), Some((b, _))) if a == b => {
-                    let pair = (before.next().map(|e| e.1), after.next().map(|e| e.1));
-                    match pair {
-                        (Some(x), Some(y)) if Arc::ptr_eq(x, y) => continue,
-                        (Some(x), Some(y)) => {
-                            delta.names |= x.name != y.name || x.addresses != y.addresses;
-                        }
-                        _ => {}
-                    }
-                    pair
-                }
-                (Some((a, _)), Some((b, _))) if b < a => (None, after.next().map(|e| e.1)),
-                (None, Some(_)) => (None, after.next().map(|e| e.1)),
-                (Some(_), _) => (before.next().map(|e| e.1), None),
+        for changed in new.peers.changes_from(&old.peers) {
+            delta.names |= match (changed.old, changed.new) {
+                (Some(x), Some(y)) => x.name != y.name || x.addresses != y.addresses,
+                _ => true,
             };
-            delta.names |= old_node.is_none() || new_node.is_none();
-            self.record_change(old_node, new_node, prefs, &mut delta.peers);
+            delta.subnets |= prefs.accept_routes
+                && [changed.old, changed.new]
+                    .into_iter()
+                    .flatten()
+                    .any(|node| !accepted_subnets(prefs, [&**node]).is_empty());
+            self.record_change(changed.old, changed.new, prefs, &mut delta.peers);
         }
+        delta
     }
 
     /// The engine's side of one node changing from `old` to `new` (`None`:

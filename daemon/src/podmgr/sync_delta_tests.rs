@@ -112,3 +112,39 @@ fn a_netmap_delta_leaves_the_table_a_full_rebuild_would_make() {
         }
     }
 }
+
+#[test]
+fn only_a_router_changing_touches_a_pods_subnet_routes() {
+    let (interner, shared) = (Interner::default(), SharedConversions::default());
+    let accepting = RoutePrefs {
+        accept_routes: true,
+        exit_node: None,
+    };
+    let mut map = NetMap::default();
+    for id in 1..=3 {
+        map.peers.insert(id, interner.node(node(id, 1, 41641)));
+    }
+    let mut router = node(4, 1, 41641);
+    router.allowedips = Some(vec![router.addresses[0].clone(), "10.99.0.0/24".into()]);
+    map.peers.insert(4, interner.node(router.clone()));
+
+    let old = map.clone();
+    map.peers.insert(2, interner.node(node(2, 1, 9)));
+    map.peers.insert(5, interner.node(node(5, 1, 41641)));
+    assert!(!shared.peer_delta(&old, &map, &accepting).subnets);
+
+    let old = map.clone();
+    router.endpoints = vec!["192.0.2.1:9".into()];
+    map.peers.insert(4, interner.node(router));
+    assert!(shared.peer_delta(&old, &map, &accepting).subnets);
+    assert!(
+        !shared
+            .peer_delta(&old, &map, &RoutePrefs::default())
+            .subnets,
+        "a pod that accepts no routes has none to change"
+    );
+
+    let old = map.clone();
+    map.peers.remove(&4);
+    assert!(shared.peer_delta(&old, &map, &accepting).subnets);
+}

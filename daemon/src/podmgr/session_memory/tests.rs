@@ -220,7 +220,12 @@ fn map_with_filter(ports: &[u16]) -> NetMap {
     let mut map = NetMap::default();
     map.filters.insert(
         "base".into(),
-        ports.iter().copied().map(filter_rule).collect(),
+        ports
+            .iter()
+            .copied()
+            .map(filter_rule)
+            .collect::<Vec<_>>()
+            .into(),
     );
     map
 }
