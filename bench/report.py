@@ -231,19 +231,39 @@ def render_twonode(data, meta, crypto):
         ],
         rows,
     )
+    def cores(client, key):
+        """Cores both nodes' processes kept busy during the runs."""
+        vals = [
+            (x["cpu_s"].get("node_a", 0) + x["cpu_s"].get("node_b", 0)) / data["seconds"]
+            for x in data.get("samples", [])
+            if (x["client"], x["streams"], x["direction"]) == (client, *key) and "bits_per_second" in x
+        ]
+        return spread(spread_of(vals), digits=2) if vals else "n/a"
+
     rows = []
     for key in keys:
         c = lambda n: spread((by.get((n, *key)) or {}).get("nodes_cpu_s_per_gib"), digits=1)
         w = lambda n: spread((by.get((n, *key)) or {}).get("veth_per_payload"), digits=2)
-        rows.append([key[0], key[1], c("ours"), c("kernel"), w("ours"), w("kernel"), w("veth")])
+        rows.append([key[0], key[1], c("ours"), c("kernel"), cores("ours", key), cores("kernel", key), w("ours"), w("kernel"), w("veth")])
     out += (
         "\nCPU seconds per GiB of both nodes' processes together (the two daemons; the two "
-        "tailscaleds), and the bytes that crossed the veth between the nodes per payload byte "
-        "(>= 1: the run went direct; relayed traffic goes through rscale on loopback and "
-        "does not cross it):\n\n"
+        "tailscaleds; the kernel's work in other contexts, such as the iperf3 processes' own "
+        "TCP and softirqs, is not counted for either), the cores those processes kept busy, and "
+        "the bytes that crossed the veth between the nodes per payload byte (>= 1: the run went "
+        "direct; relayed traffic goes through rscale on loopback and does not cross it):\n\n"
     )
     out += table(
-        ["streams", "direction", "ours: CPU s/GiB", "kernel TUN: CPU s/GiB", "ours: veth/payload", "kernel TUN: veth/payload", "veth: veth/payload"],
+        [
+            "streams",
+            "direction",
+            "ours: CPU s/GiB",
+            "kernel TUN: CPU s/GiB",
+            "ours: cores busy",
+            "kernel TUN: cores busy",
+            "ours: veth/payload",
+            "kernel TUN: veth/payload",
+            "veth: veth/payload",
+        ],
         rows,
     )
     mtu = data.get("mtu", {})
