@@ -298,7 +298,8 @@ def render_profile(data, meta):
             f"\n**perf** (`{perf['command']}`): {res.get('bits_per_second', 0) / 1e6:,.0f} Mbit/s, "
             f"the daemon used {perf['daemon_cpu_s']:.1f} CPU s "
             f"({'n/a' if per_gib is None else f'{per_gib:.2f}'} s/GiB). Share of all samples on both "
-            "cores, by thread name:\n\n"
+            "cores, by thread name (`tokio-rt-worker`: the daemon; `tailscaled`: the peer; anything "
+            "else ran beside the benchmark or is iperf3):\n\n"
         )
         out += table(["thread name", "share"], [[f"`{p['comm']}`", f"{p['share'] * 100:.1f}%"] for p in perf["processes"][:8]])
         out += "\nThe daemon's samples by category (first matching pattern, see `bench/profile.py`):\n\n"
