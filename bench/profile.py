@@ -37,6 +37,7 @@ import bed as b  # noqa: E402  (the bench helpers live next to this file)
 CATEGORIES = (
     ("crypto", r"chacha|poly1305|aead|x25519|blake2|curve25519|ring_core"),
     ("checksum", r"csum|checksum"),
+    ("hashing", r"sip::|hash_one|hasher"),
     ("copies", r"memcpy|memmove|copy_user|copy_to_iter|copy_from_iter|_copy_|rep_movs|memset|rep_stos|check_object_size"),
     ("segmentation and coalescing", r"segment|gso|gro|tso|offload|coalesce"),
     # A cpu-clock sample is taken by a timer interrupt; in a VM without a
