@@ -107,8 +107,11 @@ json.dump(out, sys.stdout)' >"$OUT/crypto.json"
   write_meta crypto
 }
 
-# The release daemon with its symbols, for perf and callgrind: the same
-# code as the release build, linked without stripping.
+# The release daemon with its symbols, for perf and callgrind: the release
+# profile linked without stripping. Built without the examples, so the
+# examples' dev-dependency features are not unified into it (tonic and
+# rustix build with fewer features): the first build compiles the library
+# once more.
 build_profile_bin() {
   cargo rustc --quiet --release -p tailnet-cnid --bin tailnet-cnid -- -C strip=none
   mkdir -p "$TARGET/profile-bin"
