@@ -210,9 +210,11 @@ class Bed:
 class Daemon:
     """The real tailnet-cnid (release build) with a private socket and state."""
 
-    def __init__(self, bed, bin_dir, work, pool=None):
+    def __init__(self, bed, bin_dir, work, pool=None, netns=None, wrap=()):
         """`pool`: the warm identity pool's size per tag set, filled from
-        the start for pods' default tags; None keeps the daemon's default."""
+        the start for pods' default tags; None keeps the daemon's default.
+        `netns`: a namespace of its own (a second node; see `Namespace`),
+        else this one. `wrap`: a command the daemon runs under (a profiler)."""
         self.work = work
         self.socket = work / "d.sock"
         self.bin = bin_dir / "tailnet-cnid"
@@ -232,11 +234,12 @@ class Daemon:
         )
         self.proc = Proc(
             "tailnet-cnid",
-            [str(self.bin), "--config", str(config), "run"],
+            [*wrap, str(self.bin), "--config", str(config), "run"],
             work / "daemon.log",
+            netns=netns,
             extra_env={"TAILNET_CNID_LOG": os.environ.get("TAILNET_CNID_LOG", "warn")},
         )
-        wait_until(30, "the daemon socket", lambda: self.socket.exists() or not self.proc.alive())
+        wait_until(120 if wrap else 30, "the daemon socket", lambda: self.socket.exists() or not self.proc.alive())
         if not self.proc.alive():
             raise RuntimeError(f"the daemon exited; see {work / 'daemon.log'}")
 

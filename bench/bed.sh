@@ -5,10 +5,12 @@
 # netmaps), then the bed is stopped.
 #
 #   BIN=target/release SHIM=target/shim/tailnet-cni OUT=target/bench \
-#     scripts/isolated.sh bench/bed.sh control|pods|restart|throughput|footprint|flood ...
+#     scripts/isolated.sh bench/bed.sh control|pods|restart|throughput|twonode|profile|footprint|flood ...
 #
 # BENCH_COMMAND is recorded with the figures; BENCH_ARGS_<PART> (e.g.
-# BENCH_ARGS_THROUGHPUT="--rounds 5 --seconds 10") is passed to bench/bed.py.
+# BENCH_ARGS_THROUGHPUT="--rounds 5 --seconds 10") is passed to the part's
+# script. The profile part takes PROFILE_BIN, a directory whose tailnet-cnid
+# keeps its symbols (BIN's otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ "${TAILNET_ISOLATED:-}" == 1 ]] || { echo "bench/bed.sh: run through scripts/isolated.sh" >&2; exit 1; }
@@ -43,6 +45,18 @@ run_part() { # part
       local extra=(${BENCH_ARGS_RESTART:-})
       python3 bench/restart.py --bin "$BIN" --shim "$SHIM" --out "$OUT" \
         --command "${BENCH_COMMAND:-bench/run.sh restart}" "${extra[@]}"
+      ;;
+    twonode)
+      # shellcheck disable=SC2206 # word splitting of the extra arguments is wanted
+      local extra=(${BENCH_ARGS_TWONODE:-})
+      python3 bench/twonode.py --bin "$BIN" --shim "$SHIM" --out "$OUT" \
+        --command "${BENCH_COMMAND:-bench/run.sh twonode}" "${extra[@]}"
+      ;;
+    profile)
+      # shellcheck disable=SC2206 # word splitting of the extra arguments is wanted
+      local extra=(${BENCH_ARGS_PROFILE:-})
+      python3 bench/profile.py --bin "${PROFILE_BIN:-$BIN}" --shim "$SHIM" --out "$OUT" \
+        --command "${BENCH_COMMAND:-bench/run.sh profile}" "${extra[@]}"
       ;;
     flood)
       # shellcheck disable=SC2206 # word splitting of the extra arguments is wanted

@@ -172,6 +172,176 @@ def render_crypto(data, meta, throughput):
     return out
 
 
+def crypto_ceiling_mbit(crypto):
+    """One core's ChaCha20-Poly1305 rate at 1,024-byte blocks (close to the
+    1,280-byte MTU), Mbit/s; None without a crypto run."""
+    g = (crypto or {}).get("gbit_s", {})
+    v = g.get("1024")
+    return v[len(v) // 2] * 1000 if v else None
+
+
+def twonode_ratio(by, a, b, key):
+    x, y = by.get((a, *key)), by.get((b, *key))
+    if not x or not y or not x["mbit_s"] or not y["mbit_s"] or not y["mbit_s"]["median"]:
+        return None
+    return x["mbit_s"]["median"] / y["mbit_s"]["median"]
+
+
+def render_twonode(data, meta, crypto):
+    by = {(s["client"], s["streams"], s["direction"]): s for s in data["summary"]}
+    keys = sorted({(s["streams"], s["direction"]) for s in data["summary"]})
+    ceiling = crypto_ceiling_mbit(crypto)
+    pct = lambda v, of: "n/a" if v is None or not of else f"{v / of * 100:.0f}%"
+    med = lambda c, key: (by.get((c, *key)) or {}).get("mbit_s") and by[(c, *key)]["mbit_s"]["median"]
+    rows = []
+    for key in keys:
+        cell = lambda c: spread(by[(c, *key)]["mbit_s"]) if (c, *key) in by else "n/a"
+        veth = med("veth", key)
+        rows.append(
+            [
+                key[0],
+                key[1],
+                cell("ours"),
+                cell("kernel"),
+                cell("veth"),
+                fmt_ratio(twonode_ratio(by, "ours", "kernel", key)),
+                f"{pct(med('ours', key), veth)} / {pct(med('kernel', key), veth)}",
+                f"{pct(med('ours', key), ceiling)} / {pct(med('kernel', key), ceiling)}",
+            ]
+        )
+    out = provenance(meta, data)
+    m = data.get("machine", {})
+    out += (
+        f"\nLoad average (1 min) {m.get('loadavg_start', 0):.1f} at the start, "
+        f"{m.get('loadavg_end', 0):.1f} at the end: the machine was shared.\n"
+        f"\niperf3 TCP, {data['seconds']} s per run, {data['rounds']} rounds interleaved; "
+        "Mbit/s median (min-max). a->b: the client on node A sends; b->a: `-R`.\n\n"
+    )
+    out += table(
+        [
+            "streams",
+            "direction",
+            "ours: pod A -> pod B, two tailnet-cnid",
+            "two tailscaled kernel TUN",
+            "bare veth (plain TCP)",
+            "ours / kernel TUN",
+            "of the veth: ours / kernel TUN",
+            "of one core's ChaCha20-Poly1305"
+            + (f" ({ceiling / 1000:.1f} Gbit/s): ours / kernel TUN" if ceiling else " (no crypto run)"),
+        ],
+        rows,
+    )
+    def cores(client, key):
+        """Cores both nodes' processes kept busy during the runs."""
+        vals = [
+            (x["cpu_s"].get("node_a", 0) + x["cpu_s"].get("node_b", 0)) / data["seconds"]
+            for x in data.get("samples", [])
+            if (x["client"], x["streams"], x["direction"]) == (client, *key) and "bits_per_second" in x
+        ]
+        return spread(spread_of(vals), digits=2) if vals else "n/a"
+
+    rows = []
+    for key in keys:
+        c = lambda n: spread((by.get((n, *key)) or {}).get("nodes_cpu_s_per_gib"), digits=1)
+        w = lambda n: spread((by.get((n, *key)) or {}).get("veth_per_payload"), digits=2)
+        rows.append([key[0], key[1], c("ours"), c("kernel"), cores("ours", key), cores("kernel", key), w("ours"), w("kernel"), w("veth")])
+    out += (
+        "\nCPU seconds per GiB of both nodes' processes together (the two daemons; the two "
+        "tailscaleds; the kernel's work in other contexts, such as the iperf3 processes' own "
+        "TCP and softirqs, is not counted for either), the cores those processes kept busy, and "
+        "the bytes that crossed the veth between the nodes per payload byte (>= 1: the run went "
+        "direct; relayed traffic goes through rscale on loopback and does not cross it):\n\n"
+    )
+    out += table(
+        [
+            "streams",
+            "direction",
+            "ours: CPU s/GiB",
+            "kernel TUN: CPU s/GiB",
+            "ours: cores busy",
+            "kernel TUN: cores busy",
+            "ours: veth/payload",
+            "kernel TUN: veth/payload",
+            "veth: veth/payload",
+        ],
+        rows,
+    )
+    mtu = data.get("mtu", {})
+    ours_mtu = (mtu.get("ours_pod_a") or {}).get("mtu", "?")
+    kern_mtu = (mtu.get("kernel_k1") or {}).get("mtu", "?")
+    pa = data.get("paths_after", {})
+    path = lambda v: ", ".join(p.get("path", "?") for p in v) if isinstance(v, list) else v
+    out += (
+        f"\nMTU: our pods' `ts0` {ours_mtu}, the tailscaleds' TUN {kern_mtu}, the veth "
+        f"{mtu.get('veth', '?')}. Paths after the run: our pods `{path(pa.get('ours_node_a', []))}` / "
+        f"`{path(pa.get('ours_node_b', []))}` (`tailnet-cnid status --json` on each node), "
+        f"K1 to K2 `{pa.get('k1_to_k2', '?')}`, K2 to K1 `{pa.get('k2_to_k1', '?')}`.\n"
+    )
+    errors = sorted({e for s in data["summary"] for e in s.get("errors", [])})
+    if errors:
+        out += "\nFailed runs: " + "; ".join(f"`{e}`" for e in errors) + "\n"
+    return out
+
+
+def render_profile(data, meta):
+    out = provenance(meta, data)
+    m = data.get("machine", {})
+    out += (
+        f"\nLoad average (1 min) {m.get('loadavg_start', 0):.1f} at the start, "
+        f"{m.get('loadavg_end', 0):.1f} at the end.\n"
+    )
+    perf = data.get("perf")
+    if perf:
+        res = perf["iperf3"]
+        per_gib = perf.get("daemon_cpu_s_per_gib")
+        out += (
+            f"\n**perf** (`{perf['command']}`): {res.get('bits_per_second', 0) / 1e6:,.0f} Mbit/s, "
+            f"the daemon used {perf['daemon_cpu_s']:.1f} CPU s "
+            f"({'n/a' if per_gib is None else f'{per_gib:.2f}'} s/GiB). Share of all samples on both "
+            "cores, by thread name (`tokio-rt-worker`: the daemon; `tailscaled`: the peer; anything "
+            "else ran beside the benchmark or is iperf3):\n\n"
+        )
+        out += table(["thread name", "share"], [[f"`{p['comm']}`", f"{p['share'] * 100:.1f}%"] for p in perf["processes"][:8]])
+        out += "\nThe daemon's samples by category (first matching pattern, see `bench/profile.py`):\n\n"
+        out += table(
+            ["category", "share of the daemon", "CPU s per GiB"],
+            [
+                [k, f"{v * 100:.1f}%", "n/a" if per_gib is None else f"{v * per_gib:.2f}"]
+                for k, v in perf["categories"].items()
+                if v >= 0.005
+            ],
+        )
+        out += "\nTop functions of the daemon:\n\n"
+        out += table(
+            ["share", "where", "function", "category"],
+            [
+                [f"{f['share'] * 100:.1f}%", "kernel" if f["kernel"] else f"`{f['dso']}`", f"`{f['symbol'][:90]}`", f["category"]]
+                for f in perf["functions"][:15]
+            ],
+        )
+    cg = data.get("callgrind")
+    if cg:
+        res = cg["iperf3"]
+        out += (
+            f"\n**callgrind** (`{cg['command']}`): {res['bytes'] / 2**20:,.0f} MiB moved, "
+            f"{cg['instructions_per_gib'] / 1e9:.2f} G instructions per GiB in the daemon's user space "
+            "(the kernel's share is not counted). By category:\n\n"
+        )
+        out += table(
+            ["category", "share", "G instructions per GiB"],
+            [[k, f"{v * 100:.1f}%", f"{v * cg['instructions_per_gib'] / 1e9:.2f}"] for k, v in cg["categories"].items() if v >= 0.005],
+        )
+        out += "\nTop functions:\n\n"
+        out += table(
+            ["share", "G instr. per GiB", "function", "category"],
+            [
+                [f"{f['share'] * 100:.1f}%", f"{f['ir_per_gib'] / 1e9:.2f}", f"`{f['symbol'][:90]}`", f["category"]]
+                for f in cg["functions"][:15]
+            ],
+        )
+    return out
+
+
 def render_pods(data, meta):
     s = data["single"]
     b = data["burst"]
@@ -397,6 +567,14 @@ def render_summary(parts):
             r = cpu_ratio(by, "ours", "kernel", (1, direction))
             if r is not None:
                 rows.append([f"CPU s per GiB {direction}, 1 stream, tailnet-cnid / tailscaled kernel TUN", "<= 0.75x", fmt_ratio(r), met(r <= 0.75)])
+    tn = parts.get("twonode")
+    if tn:
+        # Issue 14: our engine at both ends against the official client at both ends.
+        by = {(s["client"], s["streams"], s["direction"]): s for s in tn[0]["summary"]}
+        for direction in ("a->b", "b->a"):
+            r = twonode_ratio(by, "ours", "kernel", (1, direction))
+            if r is not None:
+                rows.append([f"two nodes {direction}, 1 stream, ours at both ends / tailscaled kernel TUN at both ends", ">= 2x", fmt_ratio(r), met(r >= 2)])
     pods = parts.get("pods")
     if pods:
         # The goals of issue 15: ADD close to the primary CNI's own.
@@ -439,6 +617,7 @@ def render_summary(parts):
 SUMMARY_PART_OF = (
     ("throughput", "throughput"),
     ("CPU s per GiB", "throughput"),
+    ("two nodes", "twonode"),
     ("CNI ADD", "pods"),
     ("ADD-to-reachable", "pods"),
     ("reachable again", "restart"),
@@ -489,13 +668,17 @@ def replace_block(text, name, body):
 def main():
     out, doc = Path(sys.argv[1]), Path(sys.argv[2])
     parts = {}
-    for name in ("throughput", "crypto", "pods", "restart", "footprint", "control", "engine", "shim", "flood"):
+    for name in ("throughput", "twonode", "profile", "crypto", "pods", "restart", "footprint", "control", "engine", "shim", "flood"):
         data, meta = load(out, name)
         if data is not None:
             parts[name] = (data, meta)
     rendered = {}
     if "throughput" in parts:
         rendered["throughput"] = render_throughput(*parts["throughput"])
+    if "twonode" in parts:
+        rendered["twonode"] = render_twonode(*parts["twonode"], parts.get("crypto", (None,))[0])
+    if "profile" in parts:
+        rendered["profile"] = render_profile(*parts["profile"])
     if "crypto" in parts:
         rendered["crypto"] = render_crypto(*parts["crypto"], parts.get("throughput", (None,))[0])
     for name, fn in (

@@ -10,6 +10,9 @@
 #   bench/run.sh pods         CNI ADD and ADD-to-reachable, 1 pod and 50 at once (root)
 #   bench/run.sh restart      SIGKILL + restart with 50 pods: time until each answers (root)
 #   bench/run.sh throughput   iperf3: our engine vs official tailscaled (root)
+#   bench/run.sh twonode      iperf3 pod to pod across two of our daemons vs two official
+#                             kernel-TUN tailscaleds vs the bare veth between the nodes (root)
+#   bench/run.sh profile      perf (cpu-clock) and callgrind of 1 stream pod->peer (root; not in all)
 #   bench/run.sh footprint    daemon RSS and idle CPU at 0/50/250 pods (root)
 #   bench/run.sh flood        a pod's throughput while another's port takes forged handshakes (root)
 #   bench/run.sh crypto       openssl's ChaCha20-Poly1305, one core
@@ -24,7 +27,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 OUT=$(mkdir -p "$TARGET/bench" && realpath "$TARGET/bench")
 export BENCH_COMMAND=${BENCH_COMMAND:-$(echo "bench/run.sh $*" | sed "s/ *$//")}
 
-usage() { sed -n '2,19p' "$0" >&2; exit 2; }
+usage() { sed -n '2,22p' "$0" >&2; exit 2; }
 
 # Installs what the benchmarks run, once (idempotent).
 ensure_tools() {
@@ -104,15 +107,31 @@ json.dump(out, sys.stdout)' >"$OUT/crypto.json"
   write_meta crypto
 }
 
+# The release daemon with its symbols, for perf and callgrind: the release
+# profile linked without stripping. Built without the examples, so the
+# examples' dev-dependency features are not unified into it (tonic and
+# rustix build with fewer features): the first build compiles the library
+# once more.
+build_profile_bin() {
+  cargo rustc --quiet --release -p tailnet-cnid --bin tailnet-cnid -- -C strip=none
+  mkdir -p "$TARGET/profile-bin"
+  cp "$TARGET/release/tailnet-cnid" "$TARGET/profile-bin/tailnet-cnid"
+}
+
 # The parts that need the test bed, in one isolated namespace.
 bench_bed() { # parts...
   [[ $EUID -eq 0 ]] || { echo "bench: $* need root (network namespaces, the test bed)" >&2; exit 1; }
   ensure_tools iperf3 socat
   build_release
+  if [[ " $* " == *" profile "* ]]; then
+    ensure_tools linux-perf valgrind
+    build_profile_bin
+  fi
   local part
   local part status=0
   touch "$OUT/.bed-start"
-  BIN=$(realpath "$TARGET/release") SHIM=$(realpath "$TARGET/shim/tailnet-cni") OUT=$OUT \
+  PROFILE_BIN=$(realpath "$TARGET/profile-bin" 2>/dev/null || true) \
+    BIN=$(realpath "$TARGET/release") SHIM=$(realpath "$TARGET/shim/tailnet-cni") OUT=$OUT \
     scripts/isolated.sh bench/bed.sh "$@" || status=$?
   # Only parts that produced fresh figures get this run's provenance.
   for part in "$@"; do
@@ -128,11 +147,11 @@ parts=("$@")
 bed=()
 for part in "${parts[@]}"; do
   case "$part" in
-    all) bench_shim; bench_engine; bench_crypto; bed+=(control pods restart throughput footprint flood) ;;
+    all) bench_shim; bench_engine; bench_crypto; bed+=(control pods restart throughput twonode footprint flood) ;;
     shim) bench_shim ;;
     engine) bench_engine ;;
     crypto) bench_crypto ;;
-    control | pods | restart | throughput | footprint | flood) bed+=("$part") ;;
+    control | pods | restart | throughput | twonode | profile | footprint | flood) bed+=("$part") ;;
     report) ;;
     *) usage ;;
   esac
