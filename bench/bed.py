@@ -880,16 +880,23 @@ def part_throughput(args, bed, work):
     return out
 
 
-def summarize_throughput(samples):
+def runs_by_case(samples):
+    """Yields ((client, streams, direction), its runs, those that measured,
+    and each of those's CPU seconds per GiB by process), in order."""
     groups = {}
     for s in samples:
         groups.setdefault((s["client"], s["streams"], s["direction"]), []).append(s)
-    summary = []
-    for (client, streams, direction), runs in sorted(groups.items()):
+    for case, runs in sorted(groups.items()):
         good = [r for r in runs if "bits_per_second" in r]
         per_gib = [
             {k: v / (r["bytes"] / 2**30) for k, v in r["cpu_s"].items()} for r in good if r["bytes"]
         ]
+        yield case, runs, good, per_gib
+
+
+def summarize_throughput(samples):
+    summary = []
+    for (client, streams, direction), runs, good, per_gib in runs_by_case(samples):
         summary.append(
             {
                 "client": client,

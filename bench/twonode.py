@@ -258,15 +258,8 @@ def part_twonode(args, bed, work):
 
 
 def summarize(samples):
-    groups = {}
-    for s in samples:
-        groups.setdefault((s["client"], s["streams"], s["direction"]), []).append(s)
     summary = []
-    for (client, streams, direction), runs in sorted(groups.items()):
-        good = [r for r in runs if "bits_per_second" in r]
-        per_gib = [
-            {k: v / (r["bytes"] / 2**30) for k, v in r["cpu_s"].items()} for r in good if r["bytes"]
-        ]
+    for (client, streams, direction), runs, good, per_gib in b.runs_by_case(samples):
         summary.append(
             {
                 "client": client,
