@@ -39,7 +39,7 @@ fn check_node(node: &Node) {
 }
 
 fn check_map(map: &NetMap) {
-    for (id, peer) in &map.peers {
+    for (id, peer) in map.peers.iter() {
         assert_eq!(*id, peer.id, "peer filed under another node's ID");
         check_node(peer);
     }
