@@ -15,6 +15,14 @@ from pathlib import Path
 MIB = 2**20
 
 
+def failed_runs(data):
+    """The line naming every distinct error of the summary's runs, if any."""
+    errors = sorted({e for s in data["summary"] for e in s.get("errors", [])})
+    if not errors:
+        return ""
+    return "\nFailed runs: " + "; ".join(f"`{e}`" for e in errors) + "\n"
+
+
 def load(out, name):
     path = out / f"{name}.json"
     if not path.exists():
@@ -143,10 +151,7 @@ def render_throughput(data, meta):
         f"`tailnet-cnid status --json`), seen from the peer: ours `{p.get('peer_to_ours', '?')}`, "
         f"userspace `{p.get('peer_to_userspace', '?')}`, kernel `{p.get('peer_to_kernel', '?')}`.\n"
     )
-    errors = sorted({e for s in data["summary"] for e in s.get("errors", [])})
-    if errors:
-        out += "\nFailed runs: " + "; ".join(f"`{e}`" for e in errors) + "\n"
-    return out
+    return out + failed_runs(data)
 
 
 def render_crypto(data, meta, throughput):
@@ -277,10 +282,7 @@ def render_twonode(data, meta, crypto):
         f"`{path(pa.get('ours_node_b', []))}` (`tailnet-cnid status --json` on each node), "
         f"K1 to K2 `{pa.get('k1_to_k2', '?')}`, K2 to K1 `{pa.get('k2_to_k1', '?')}`.\n"
     )
-    errors = sorted({e for s in data["summary"] for e in s.get("errors", [])})
-    if errors:
-        out += "\nFailed runs: " + "; ".join(f"`{e}`" for e in errors) + "\n"
-    return out
+    return out + failed_runs(data)
 
 
 def render_profile(data, meta):
