@@ -140,6 +140,25 @@ def wait_until(seconds, what, probe, interval=0.2):
         time.sleep(interval)
 
 
+def waited(seconds, what, probe, interval=0.2):
+    """Like `wait_until`, but a timeout is logged and returns False."""
+    try:
+        return wait_until(seconds, what, probe, interval)
+    except RuntimeError as e:
+        log(str(e))
+        return False
+
+
+def with_cpu(watched, action):
+    """Runs `action()` and adds to its result dict `cpu_s`: the CPU seconds
+    each of the `watched` processes (name -> pid) used meanwhile."""
+    before = {k: cpu_seconds(p) for k, p in watched.items()}
+    res = action()
+    after = {k: cpu_seconds(p) for k, p in watched.items()}
+    res["cpu_s"] = {k: after[k] - before[k] for k in watched}
+    return res
+
+
 def machine():
     return {
         "nproc": os.cpu_count(),
@@ -834,10 +853,10 @@ def part_throughput(args, bed, work):
                 for reverse in (False, True):
                     for name, t in targets.items():
                         watched = {"client": t["pid"], "peer": peer.pid, "rscale": rscale}
-                        before = {k: cpu_seconds(p) for k, p in watched.items()}
-                        res = iperf(t["ip"], t["port"], args.seconds, streams, reverse, netns="bpeer")
-                        after = {k: cpu_seconds(p) for k, p in watched.items()}
-                        res["cpu_s"] = {k: after[k] - before[k] for k in watched}
+                        res = with_cpu(
+                            watched,
+                            lambda: iperf(t["ip"], t["port"], args.seconds, streams, reverse, netns="bpeer"),
+                        )
                         res.update(
                             client=name,
                             streams=streams,

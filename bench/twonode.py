@@ -93,11 +93,7 @@ def wait_direct_ours(daemons, pod_a, ip_b, seconds):
             any(p["path"] == "direct" for p in pod_path(d)) for d in daemons
         )
 
-    try:
-        return b.wait_until(seconds, "a direct path between our two pods", direct, interval=0.5)
-    except RuntimeError as e:
-        b.log(str(e))
-        return False
+    return b.waited(seconds, "a direct path between our two pods", direct, interval=0.5)
 
 
 def wait_direct_theirs(k1, k2, seconds):
@@ -105,11 +101,7 @@ def wait_direct_theirs(k1, k2, seconds):
         k1.cli("ping", "-c", "3", "--timeout", "2s", k2.ipv4, check=False, timeout=30)
         return k1.path_to(k2.ipv4).startswith("direct") and k2.path_to(k1.ipv4).startswith("direct")
 
-    try:
-        return b.wait_until(seconds, "a direct path between the two tailscaleds", direct, interval=0.5)
-    except RuntimeError as e:
-        b.log(str(e))
-        return False
+    return b.waited(seconds, "a direct path between the two tailscaleds", direct, interval=0.5)
 
 
 def part_twonode(args, bed, work):
@@ -210,13 +202,15 @@ def part_twonode(args, bed, work):
                 for reverse in (False, True):
                     for name, t in targets.items():
                         watched = dict(t["pids"], rscale=rscale)
-                        before = {k: b.cpu_seconds(p) for k, p in watched.items()}
-                        wire_before = veth_bytes(name)
-                        res = b.iperf(t["ip"], t["port"], args.seconds, streams, reverse, netns=t["client_ns"])
-                        wire = veth_bytes(name) - wire_before
-                        after = {k: b.cpu_seconds(p) for k, p in watched.items()}
-                        res["cpu_s"] = {k: after[k] - before[k] for k in watched}
-                        res["veth_bytes"] = wire
+
+                        def iperf_counted(name=name, t=t, streams=streams, reverse=reverse):
+                            wire_before = veth_bytes(name)
+                            res = b.iperf(t["ip"], t["port"], args.seconds, streams, reverse, netns=t["client_ns"])
+                            res["veth_bytes"] = veth_bytes(name) - wire_before
+                            return res
+
+                        res = b.with_cpu(watched, iperf_counted)
+                        wire = res["veth_bytes"]
                         res.update(
                             client=name,
                             streams=streams,
