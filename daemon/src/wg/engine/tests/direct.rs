@@ -2,12 +2,11 @@
 //! two engines upgrading to a direct path through disco and STUN, and
 //! recovery when a direct endpoint dies.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use boringtun::noise::{Tunn, TunnResult};
-use boringtun::x25519;
+use boringtun::noise::TunnResult;
 
 use super::*;
 use crate::wg::engine::PathKind;
@@ -20,41 +19,10 @@ use crate::wg::EngineConfig;
 async fn direct_udp_datagrams_reach_the_right_session() {
     let relay = local_relay().await;
     let engine = Engine::new(EngineConfig::default());
-    let pod = attach(&engine, "pod", [0xb1; 32], Ipv4Addr::new(100, 64, 0, 1));
-    let map = derp_map(&relay);
-    pod.handle.set_derp_map(map.clone()).await.unwrap();
+    let (pod, mut outside) = pod_with_outside_peer(&engine, &relay).await;
     let pod_addr = loopback_socket_of(&pod);
-
-    let outside_private = [0xb2; 32];
-    let outside_addr = Ipv4Addr::new(100, 64, 0, 9);
-    let outside_key =
-        x25519::PublicKey::from(&x25519::StaticSecret::from(outside_private)).to_bytes();
-    pod.handle
-        .set_peers(vec![PeerConfig {
-            node_key: outside_key,
-            disco_key: None,
-            allowed_ips: vec![(IpAddr::V4(outside_addr), 32)],
-            endpoints: vec![],
-            home_derp: Some(900),
-        }])
-        .await
-        .unwrap();
-    let mut conn = crate::wg::derp_client::connect(
-        &map[0].nodes[0],
-        &crate::wg::derp_client::RelayTrust::default(),
-        &outside_private,
-    )
-    .await
-    .unwrap();
-    let mut tunn = Tunn::new(
-        x25519::StaticSecret::from(outside_private),
-        x25519::PublicKey::from(pod.key),
-        None,
-        None,
-        99,
-        None,
-    );
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (tunn, sock) = (&mut outside.tunn, &outside.sock);
+    let outside_addr = outside.addr;
     let inner = ipv4_udp(outside_addr, pod.addr, b"direct hello");
     let mut buf = vec![0u8; 4096];
 
@@ -65,18 +33,10 @@ async fn direct_udp_datagrams_reach_the_right_session() {
     sock.send_to(init, pod_addr).await.unwrap();
 
     // The pod answers through the relay (no validated direct path yet).
-    let response = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if let crate::wg::derp_client::tests_support::Received::Packet(src, p) =
-                crate::wg::derp_client::tests_support::next(&mut conn.reader).await
-            {
-                assert_eq!(src, pod.key);
-                break p;
-            }
-        }
-    })
-    .await
-    .expect("handshake response over the relay");
+    let response = relayed_from_pod(&mut outside, &pod, Duration::from_secs(5))
+        .await
+        .expect("handshake response over the relay");
+    let (tunn, sock) = (&mut outside.tunn, &outside.sock);
     let mut out = vec![0u8; 4096];
     // The initiator confirms with a keepalive, then flushes its queued
     // packet: data messages carrying the pod's receiver index.

@@ -15,6 +15,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use boringtun::noise::Tunn;
 use boringtun::x25519;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tokio::time::Instant;
@@ -241,4 +242,76 @@ async fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A peer outside the engine: its boringtun session, a relay connection
+/// under its node key, and a UDP socket on 127.0.0.1.
+pub(super) struct OutsidePeer {
+    tunn: Tunn,
+    relay: crate::wg::derp_client::DerpConnection,
+    sock: tokio::net::UdpSocket,
+    addr: Ipv4Addr,
+}
+
+/// A pod with one outside peer, both homed on a local relay.
+async fn pod_with_outside_peer(engine: &Engine, relay: &LocalRelay) -> (TestPod, OutsidePeer) {
+    let pod = attach(engine, "pod", [0xd1; 32], Ipv4Addr::new(100, 64, 0, 1));
+    let map = derp_map(relay);
+    pod.handle.set_derp_map(map.clone()).await.unwrap();
+    let private = [0xd2; 32];
+    let addr = Ipv4Addr::new(100, 64, 0, 9);
+    let key = x25519::PublicKey::from(&x25519::StaticSecret::from(private)).to_bytes();
+    pod.handle
+        .set_peers(vec![PeerConfig {
+            node_key: key,
+            disco_key: None,
+            allowed_ips: vec![(IpAddr::V4(addr), 32)],
+            endpoints: vec![],
+            home_derp: Some(900),
+        }])
+        .await
+        .unwrap();
+    let conn = crate::wg::derp_client::connect(
+        &map[0].nodes[0],
+        &crate::wg::derp_client::RelayTrust::default(),
+        &private,
+    )
+    .await
+    .unwrap();
+    let tunn = Tunn::new(
+        x25519::StaticSecret::from(private),
+        x25519::PublicKey::from(pod.key),
+        None,
+        None,
+        55,
+        None,
+    );
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer = OutsidePeer {
+        tunn,
+        relay: conn,
+        sock,
+        addr,
+    };
+    (pod, peer)
+}
+
+/// The next WireGuard packet the relay hands `peer` from the pod.
+async fn relayed_from_pod(
+    peer: &mut OutsidePeer,
+    pod: &TestPod,
+    wait: Duration,
+) -> Option<Vec<u8>> {
+    use crate::wg::derp_client::tests_support::{next, Received};
+    tokio::time::timeout(wait, async {
+        loop {
+            if let Received::Packet(src, p) = next(&mut peer.relay.reader).await {
+                if src == pod.key {
+                    return p;
+                }
+            }
+        }
+    })
+    .await
+    .ok()
 }
