@@ -22,7 +22,7 @@ use super::sync::PodRouting;
 use super::tun::open_tun;
 use crate::control::keys::NodePublic;
 use crate::control::{EndpointReporter, IdentityKeys, NetMap};
-use crate::wg::{Engine, EngineError, PodDataConfig, PodHandle, PodStats};
+use crate::wg::{Engine, EngineError, PodDataConfig, PodHandle, PodStats, Reused};
 
 /// How long a re-attach waits for the engine to release the old one.
 const REATTACH_PATIENCE: Duration = Duration::from_secs(5);
@@ -127,21 +127,21 @@ pub struct AttachTarget {
 impl AttachTarget {
     /// Opens the pod's TUN and attaches it to the engine with `keys`.
     pub fn attach(&self, keys: &IdentityKeys) -> Result<PodHandle, AttachError> {
-        self.attach_on(keys, None)
+        self.attach_reusing(keys, Reused::default())
     }
 
-    /// [`Self::attach`] with the pod's UDP socket on `udp_port` if it is
-    /// free (the port its sessions used before a restart).
-    pub fn attach_on(
+    /// [`Self::attach`], taking over what `reused` holds: the UDP port its
+    /// sessions used before a restart, its identity's warm relay links.
+    pub fn attach_reusing(
         &self,
         keys: &IdentityKeys,
-        udp_port: Option<u16>,
+        reused: Reused,
     ) -> Result<PodHandle, AttachError> {
         let tun_fd = open_tun(&self.tun_name).map_err(|source| AttachError::OpenTun {
             tun: self.tun_name.clone(),
             source,
         })?;
-        let handle = self.engine.attach_pod_on(
+        let handle = self.engine.attach_pod_reusing(
             PodDataConfig {
                 pod_id: self.pod_id.clone(),
                 tun_fd,
@@ -149,7 +149,7 @@ impl AttachTarget {
                 disco_private: keys.disco_private_bytes(),
                 addresses: self.addresses.clone(),
             },
-            udp_port,
+            reused,
         )?;
         Ok(handle)
     }

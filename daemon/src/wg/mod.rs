@@ -37,6 +37,6 @@ pub use config::{
 };
 pub use derp_client::HomeRelay;
 pub use engine::{
-    DnsSettings, DnsTable, Engine, EngineError, PathKind, PeerStats, PodHandle, PodStats,
-    RouteTarget,
+    DnsSettings, DnsTable, Engine, EngineError, PathKind, PeerStats, PodHandle, PodStats, Reused,
+    RouteTarget, WarmRelay,
 };

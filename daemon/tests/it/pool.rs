@@ -1,6 +1,7 @@
 //! The warm identity pool against the real test bed (rscale and the
 //! official tailscaled): a pod ADDed from the pool is known to the peer by
-//! its own hostname and is reachable; the pool refills; a stopped daemon
+//! its own hostname and is reachable through the home relay its identity
+//! kept connected while pooled; the pool refills; a stopped daemon
 //! leaves no pooled node enabled, and neither does a killed one once it
 //! starts again, even with the pool turned off.
 //!
@@ -63,6 +64,12 @@ fn a_pod_bound_from_the_pool_is_known_by_its_hostname_and_no_pooled_node_outlive
         let ids = enabled(&bed, &pool_prefix);
         (ids.len() == POOL_SIZE).then_some(ids)
     });
+    // Each keeps its home relay connected while it waits.
+    wait_until(
+        Duration::from_secs(30),
+        "the pooled identities' home relays",
+        || (daemon.log_text().matches("DERP connected").count() >= POOL_SIZE).then_some(()),
+    );
 
     let web = Pod::create("poolweb", 1);
     let ipv4 = web
@@ -77,6 +84,12 @@ fn a_pod_bound_from_the_pool_is_known_by_its_hostname_and_no_pooled_node_outlive
         .expect("the pod's node");
     let node_id = node["id"].as_u64().expect("node id");
     assert!(pooled.contains(&node_id), "{node} is not a pooled node");
+    assert!(
+        daemon
+            .log_text()
+            .contains("takes over its identity's warm relay links"),
+        "the pod did not get its pooled identity's relay link"
+    );
 
     // The peer learns the pod's hostname through control.
     let hostname = web.hostname(&cluster);

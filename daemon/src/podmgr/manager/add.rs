@@ -17,7 +17,7 @@ use super::seams::{
     SessionSpec,
 };
 use super::step_clock::{Step, StepClock};
-use super::{lock, now_secs, AttachmentOf, LivePod, PodManager, SessionOf};
+use super::{lock, now_secs, AttachmentOf, BoundIdentity, LivePod, PodManager, SessionOf};
 use crate::control::{IdentityKeys, SelfNode};
 use crate::k8s::PodRef;
 use crate::podmgr::dataplane::AttachError;
@@ -31,7 +31,7 @@ use crate::podmgr::state::{PodPhase, PodRecord, SessionPeersFile, RECORD_VERSION
 use crate::podmgr::sync::PodRouting;
 use crate::rpc::CniError;
 use crate::selection::Decision;
-use crate::wg::HomeRelay;
+use crate::wg::{HomeRelay, WarmRelay};
 
 /// How long an ADD waits for the pod's home relay connection. Peers learn
 /// of a new pod from control at once and send their first handshake through
@@ -182,7 +182,11 @@ impl<B: Backends> PodManager<B> {
         clock: &mut StepClock,
     ) -> Result<AddResponse, CniError> {
         // 1-2. A registered identity from the pool, else a new one.
-        let (keys, session) = match self.bind_pooled(record, &tags)? {
+        let BoundIdentity {
+            keys,
+            session,
+            relay,
+        } = match self.bind_pooled(record, &tags)? {
             Some(bound) => {
                 clock.pooled = true;
                 bound
@@ -203,7 +207,7 @@ impl<B: Backends> PodManager<B> {
         clock.lap(Step::Plumb);
 
         // 4. Data plane.
-        let data = match self.attach(record, &pod_net, &keys, &session) {
+        let data = match self.attach(record, &pod_net, &keys, &session, relay) {
             Ok(data) => data,
             Err(e) => {
                 session.shutdown();
@@ -255,7 +259,7 @@ impl<B: Backends> PodManager<B> {
         &self,
         record: &mut PodRecord,
         tags: Vec<String>,
-    ) -> Result<(IdentityKeys, SessionOf<B>), CniError> {
+    ) -> Result<BoundIdentity<SessionOf<B>>, CniError> {
         let keys = IdentityKeys::generate();
         let key_file = self
             .records
@@ -267,7 +271,11 @@ impl<B: Backends> PodManager<B> {
         self.save(record)?;
         faults::point("add:keys-saved");
         let session = self.register(record, &keys, key_file, tags).await?;
-        Ok((keys, session))
+        Ok(BoundIdentity {
+            keys,
+            session,
+            relay: None,
+        })
     }
 
     /// Starts the identity's session and waits for its registration; records
@@ -381,6 +389,7 @@ impl<B: Backends> PodManager<B> {
         pod_net: &PodNet,
         keys: &IdentityKeys,
         session: &SessionOf<B>,
+        relay: Option<WarmRelay>,
     ) -> Result<AttachmentOf<B>, AttachError> {
         // What was plumbed: without IPv6 on the node the pod has no fd7a address.
         let addresses: Vec<IpAddr> = pod_net
@@ -402,7 +411,7 @@ impl<B: Backends> PodManager<B> {
             },
             session_peers: SessionPeersFile::of(&self.config.state_dir, &record.container_id)?,
         };
-        self.engine.attach(spec, keys, session)
+        self.engine.attach(spec, keys, session, relay)
     }
 }
 

@@ -28,7 +28,8 @@ use crate::podmgr::plumbing::{
 };
 use crate::podmgr::session_memory;
 use crate::podmgr::state::{LoadedRecords, PodRecord, StateError, StateStore};
-use crate::wg::{Engine, EngineError, HomeRelay, PodStats};
+use crate::podmgr::sync::SharedConversions;
+use crate::wg::{Engine, EngineError, HomeRelay, PodStats, Reused, WarmRelay};
 
 /// The backends `tailnet-cnid` runs on.
 pub struct Live;
@@ -128,11 +129,23 @@ impl DataPlane for LiveEngine {
     type Session = IdentityHandle;
     type Attachment = LiveAttachment;
 
+    fn warm_relay(
+        &self,
+        label: &str,
+        keys: &IdentityKeys,
+        session: &IdentityHandle,
+    ) -> Option<WarmRelay> {
+        let netmap = session.netmap().borrow().clone()?;
+        let derp = SharedConversions::global().derp_map(netmap.derp_map.as_ref()?);
+        Some(self.0.warm_relay(label, keys.node_private_bytes(), derp))
+    }
+
     fn attach(
         &self,
         spec: AttachSpec,
         keys: &IdentityKeys,
         session: &IdentityHandle,
+        relay: Option<WarmRelay>,
     ) -> Result<LiveAttachment, AttachError> {
         let target = AttachTarget {
             engine: self.0.clone(),
@@ -141,8 +154,11 @@ impl DataPlane for LiveEngine {
             addresses: spec.addresses,
             routing: spec.routing,
         };
-        let udp_port = session_memory::recall(&spec.session_peers).udp_port;
-        let first = target.attach_on(keys, udp_port)?;
+        let reused = Reused {
+            udp_port: session_memory::recall(&spec.session_peers).udp_port,
+            relay,
+        };
+        let first = target.attach_reusing(keys, reused)?;
         let (data, supervisor) = dataplane::supervise(
             first,
             keys.node_public(),

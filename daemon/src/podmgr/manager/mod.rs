@@ -57,12 +57,12 @@ use super::pool::IdentityPool;
 use super::state::{PodRecord, StateError, StateStore};
 use super::tables::TableAllocator;
 use crate::config::Config;
-use crate::control::{ControlClient, ControlConfig, RotationPolicy};
+use crate::control::{ControlClient, ControlConfig, IdentityKeys, RotationPolicy};
 use crate::metrics::{CniCommand, Metrics};
 use crate::rpc::{CniError, CniHandler};
 use crate::selection::{Policy, Selector};
 use crate::wg::derp_client::RelayTrust;
-use crate::wg::{Engine, EngineConfig};
+use crate::wg::{Engine, EngineConfig, WarmRelay};
 
 pub use self::reconcile::ReconcileReport;
 
@@ -79,6 +79,14 @@ pub struct Parts<B: Backends> {
     pub engine: B::Engine,
     /// Pod records and key files.
     pub records: B::Records,
+}
+
+/// An identity an ADD gives its pod: from the pool or newly registered.
+struct BoundIdentity<S> {
+    keys: IdentityKeys,
+    session: S,
+    /// A pooled identity's connected home relay.
+    relay: Option<WarmRelay>,
 }
 
 /// A pod the daemon is serving right now.

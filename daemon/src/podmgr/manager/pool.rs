@@ -13,8 +13,8 @@ use tailnet_cni_proto::budget;
 use tracing::{debug, info, warn};
 
 use super::register::wait_registered;
-use super::seams::{Backends, ControlPlane, PodSession, Records, SessionSpec};
-use super::{PodManager, SessionOf};
+use super::seams::{Backends, ControlPlane, DataPlane, PodSession, Records, SessionSpec};
+use super::{BoundIdentity, PodManager, SessionOf};
 use crate::control::{IdentityKeys, SelfNode};
 use crate::podmgr::keyfile::{read_keys, write_keys};
 use crate::podmgr::pool::{Pooled, Slot, TagSet};
@@ -45,7 +45,7 @@ impl<B: Backends> PodManager<B> {
         &self,
         record: &mut PodRecord,
         tags: &[String],
-    ) -> Result<Option<(IdentityKeys, SessionOf<B>)>, CniError> {
+    ) -> Result<Option<BoundIdentity<SessionOf<B>>>, CniError> {
         let Some(pooled) = self.pool.take(&TagSet::of(tags)) else {
             return Ok(None);
         };
@@ -58,7 +58,11 @@ impl<B: Backends> PodManager<B> {
         let session = self.save_registered(record, &node, pooled.session)?;
         session.set_hostname(&record.hostname);
         info!(pooled_as = %pooled.hostname, hostname = %record.hostname, "bound a pooled identity");
-        Ok(Some((pooled.keys, session)))
+        Ok(Some(BoundIdentity {
+            keys: pooled.keys,
+            session,
+            relay: pooled.relay,
+        }))
     }
 
     /// Stops filling and logs out every pooled identity, removing its node
@@ -121,12 +125,14 @@ impl<B: Backends> PodManager<B> {
             self.forget(&hostname, node, key_file).await;
             return None;
         }
-        debug!(%hostname, "pooled identity registered");
+        let relay = self.engine.warm_relay(&hostname, &keys, &session);
+        debug!(%hostname, warm_relay = relay.is_some(), "pooled identity registered");
         Some(Pooled {
             keys,
             key_file,
             hostname,
             session,
+            relay,
         })
     }
 
@@ -223,6 +229,7 @@ impl<B: Backends> PodManager<B> {
                     key_file,
                     hostname,
                     session,
+                    relay: None,
                 };
                 self.retire(pooled).await;
             }

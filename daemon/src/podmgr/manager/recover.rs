@@ -92,7 +92,7 @@ impl<B: Backends> PodManager<B> {
             },
         );
         debug!(target: RECOVERY_TIMELINE, "control session started");
-        let attached = self.attach(record, pod_net, &keys, &session);
+        let attached = self.attach(record, pod_net, &keys, &session, None);
         if attached.is_ok() {
             debug!(target: RECOVERY_TIMELINE, "engine attached");
         }

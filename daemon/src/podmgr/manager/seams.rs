@@ -17,7 +17,7 @@ use crate::podmgr::dataplane::{AttachError, DataPlaneDown};
 use crate::podmgr::plumbing::{PlumbError, PodNet, PodNetSpec, StaleCleanup, TeardownErrors};
 use crate::podmgr::state::{LoadedRecords, PodRecord, SessionPeersFile, StateError};
 use crate::podmgr::sync::PodRouting;
-use crate::wg::{EngineError, HomeRelay, PodStats};
+use crate::wg::{EngineError, HomeRelay, PodStats, WarmRelay};
 
 /// The backends one pod manager runs on, chosen together so that the
 /// engine reads the sessions the control plane starts.
@@ -103,12 +103,23 @@ pub trait DataPlane: Send + Sync + 'static {
     /// The control session that feeds an attached pod its netmap.
     type Session;
     type Attachment: PodAttachment;
-    /// Attaches a pod with `keys` and keeps it in sync with `session`.
+    /// Connects the home relay of a registered identity that serves no pod
+    /// yet (a pooled one), from its session's DERP map; `None` before the
+    /// session has one. `label` names the identity in the log.
+    fn warm_relay(
+        &self,
+        label: &str,
+        keys: &IdentityKeys,
+        session: &Self::Session,
+    ) -> Option<WarmRelay>;
+    /// Attaches a pod with `keys` and keeps it in sync with `session`;
+    /// `relay` is what [`Self::warm_relay`] opened for the identity.
     fn attach(
         &self,
         spec: AttachSpec,
         keys: &IdentityKeys,
         session: &Self::Session,
+        relay: Option<WarmRelay>,
     ) -> Result<Self::Attachment, AttachError>;
 }
 

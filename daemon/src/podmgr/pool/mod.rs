@@ -23,6 +23,7 @@ use tokio::sync::{watch, Notify};
 use super::hostname::pod_hostname;
 use super::manager::seams::PodSession;
 use crate::control::{IdentityKeys, SessionState};
+use crate::wg::WarmRelay;
 
 /// The directory under the state dir that holds pooled identities' keys.
 const POOL_DIR: &str = "pool";
@@ -53,6 +54,9 @@ pub struct Pooled<S> {
     /// The name it registered with.
     pub hostname: String,
     pub session: S,
+    /// Its home relay, kept connected so the ADD that binds it does not
+    /// wait for one.
+    pub relay: Option<WarmRelay>,
 }
 
 /// A new pooled identity's name and key file.

@@ -61,7 +61,7 @@ pub use dns::{
     is_service_addr, Decision as DnsDecision, DnsSettings, DnsTable, RouteTarget, SERVICE_V4,
     SERVICE_V6,
 };
-pub use relay::choose_home_region;
+pub use relay::{choose_home_region, WarmRelay};
 pub use session::ResumePeer;
 pub use stats::{PathKind, PeerStats, PodStats, STATS_PUBLISH_INTERVAL};
 
@@ -126,16 +126,26 @@ impl Engine {
 
     /// Start serving a pod. Must be called inside a tokio runtime.
     pub fn attach_pod(&self, pod: PodDataConfig) -> Result<PodHandle, EngineError> {
-        self.attach_pod_on(pod, None)
+        self.attach_pod_reusing(pod, Reused::default())
     }
 
-    /// [`Self::attach_pod`] with the pod's UDP socket on `udp_port` when it
-    /// is free: a pod attached again after a restart keeps the port its
-    /// peers still send to, so their answers to its handshakes arrive.
-    pub fn attach_pod_on(
+    /// Connects the home relay of the identity with `node_private` before
+    /// it serves a pod (see [`WarmRelay`]); `label` names it in the log.
+    /// Must be called inside a tokio runtime.
+    pub fn warm_relay(
+        &self,
+        label: &str,
+        node_private: [u8; 32],
+        derp_map: Arc<Vec<DerpRegionConfig>>,
+    ) -> WarmRelay {
+        WarmRelay::open(label, node_private, derp_map, &self.inner.config)
+    }
+
+    /// [`Self::attach_pod`], taking over what `reused` holds.
+    pub fn attach_pod_reusing(
         &self,
         pod: PodDataConfig,
-        udp_port: Option<u16>,
+        reused: Reused,
     ) -> Result<PodHandle, EngineError> {
         let PodDataConfig {
             pod_id,
@@ -164,7 +174,7 @@ impl Engine {
             node_private,
             disco_private,
             addresses,
-            udp_port,
+            reused,
         );
         let engine = self.clone();
         let id = pod_id.clone();
@@ -195,6 +205,18 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .remove(pod_id);
     }
+}
+
+/// What a pod's attachment takes over instead of making anew.
+#[derive(Default)]
+pub struct Reused {
+    /// The port of the pod's UDP socket before a restart, used when it is
+    /// free: the pod's peers still send to it, so their answers to its
+    /// handshakes arrive.
+    pub udp_port: Option<u16>,
+    /// Relay links the pod's identity opened while it waited in the pool;
+    /// ignored if they were opened with another node key.
+    pub relay: Option<WarmRelay>,
 }
 
 /// A request from a [`PodHandle`] to its pod task.

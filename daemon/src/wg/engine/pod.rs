@@ -20,7 +20,7 @@ use super::session::Peers;
 use super::socket::{self, PodSocket};
 use super::stats::{Counters, PeerSelection, PodStats};
 use super::timers::TimerState;
-use super::{Command, EngineInner};
+use super::{Command, EngineInner, Reused};
 use crate::wg::config::PodEndpoints;
 use crate::wg::derp_client::{DerpInbound, HomeRelay};
 use crate::wg::packet_fd::PacketFd;
@@ -90,11 +90,18 @@ impl PodState {
         node_private: [u8; 32],
         disco_private: [u8; 32],
         addresses: Vec<IpAddr>,
-        udp_port: Option<u16>,
+        reused: Reused,
     ) -> (Self, PodWatches, PodInbound) {
-        let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size, udp_port);
+        let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size, reused.udp_port);
         let (discovery, endpoints) = Discovery::new(disco_private, socket.port());
-        let (relay, home_relay, relayed) = RelayLinks::new(node_private, &engine.config);
+        let warm = reused
+            .relay
+            .and_then(|warm| warm.into_parts_for(&node_private));
+        if warm.is_some() {
+            debug!(pod = %pod_id, "takes over its identity's warm relay links");
+        }
+        let (relay, home_relay, relayed) =
+            warm.unwrap_or_else(|| RelayLinks::new(node_private, &engine.config));
         let (counters, stats) = Counters::new();
         let (dns, dns_replies) =
             PodResolver::new(engine.config.dns.clone(), engine.config.max_packet_size);

@@ -40,6 +40,59 @@ pub(super) struct RelayLinks {
     settings: LinkSettings,
 }
 
+/// An identity's relay links opened before it serves a pod: a pooled
+/// identity keeps its home relay connected, so the ADD that binds it need
+/// not wait for one. Handed to the pod at attach; dropping it closes the
+/// links.
+pub struct WarmRelay {
+    links: RelayLinks,
+    home_relay: watch::Receiver<HomeRelay>,
+    /// What the links received before the pod was attached.
+    inbound: mpsc::Receiver<DerpInbound>,
+}
+
+impl WarmRelay {
+    /// Opens the home region's link of `map` for the identity with
+    /// `node_private`; `label` names it in the log. Must be called inside a
+    /// tokio runtime.
+    pub(super) fn open(
+        label: &str,
+        node_private: [u8; 32],
+        map: Arc<Vec<DerpRegionConfig>>,
+        config: &EngineConfig,
+    ) -> Self {
+        let (mut links, home_relay, inbound) = RelayLinks::new(node_private, config);
+        links.set_map(map, label);
+        Self {
+            links,
+            home_relay,
+            inbound,
+        }
+    }
+
+    /// The home relay's connection state now.
+    pub fn home_relay(&self) -> HomeRelay {
+        *self.home_relay.borrow()
+    }
+
+    /// The links, if they were opened for `node_private` (a pooled
+    /// identity's key may have rotated since).
+    pub(super) fn into_parts_for(
+        self,
+        node_private: &[u8; 32],
+    ) -> Option<(
+        RelayLinks,
+        watch::Receiver<HomeRelay>,
+        mpsc::Receiver<DerpInbound>,
+    )> {
+        (self.links.node_private == *node_private).then_some((
+            self.links,
+            self.home_relay,
+            self.inbound,
+        ))
+    }
+}
+
 impl RelayLinks {
     /// No links yet; returns the home relay's state and the receiving end
     /// of every link's inbound packets.

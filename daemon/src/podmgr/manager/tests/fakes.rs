@@ -23,7 +23,7 @@ use crate::podmgr::plumbing::{
     Ipv6Unavailable, Place, PlumbError, PodNet, PodNetSpec, StaleCleanup, TeardownErrors,
 };
 use crate::podmgr::state::{LoadedRecords, PodPhase, PodRecord, StateError, StateStore};
-use crate::wg::{EngineError, HomeRelay, PodStats};
+use crate::wg::{Engine, EngineConfig, EngineError, HomeRelay, PodStats, WarmRelay};
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -368,11 +368,18 @@ pub struct FakeEngine {
     /// Pods whose data plane stopped serving them, and why.
     down: Arc<Mutex<HashMap<String, DataPlaneDown>>>,
     pub fail_attach: AtomicBool,
+    /// Pods attached with a warm relay.
+    attached_warm: Arc<Mutex<HashSet<String>>>,
 }
 
 impl FakeEngine {
     pub fn attached(&self) -> HashSet<String> {
         guard(&self.attached).clone()
+    }
+
+    /// Pods that were given their identity's warm relay at attach.
+    pub fn attached_warm(&self) -> HashSet<String> {
+        guard(&self.attached_warm).clone()
     }
 
     /// The pod stays attached, but its data plane no longer serves it.
@@ -385,11 +392,23 @@ impl DataPlane for Arc<FakeEngine> {
     type Session = FakeSession;
     type Attachment = FakeAttachment;
 
+    /// Real links, from an empty DERP map: nothing to connect to.
+    fn warm_relay(
+        &self,
+        label: &str,
+        keys: &IdentityKeys,
+        _session: &FakeSession,
+    ) -> Option<WarmRelay> {
+        let engine = Engine::new(EngineConfig::default());
+        Some(engine.warm_relay(label, keys.node_private_bytes(), Arc::new(Vec::new())))
+    }
+
     fn attach(
         &self,
         spec: AttachSpec,
         _keys: &IdentityKeys,
         _session: &FakeSession,
+        relay: Option<WarmRelay>,
     ) -> Result<FakeAttachment, AttachError> {
         if self.fail_attach.load(Ordering::SeqCst) {
             return Err(AttachError::OpenTun {
@@ -398,6 +417,9 @@ impl DataPlane for Arc<FakeEngine> {
             });
         }
         guard(&self.attached).insert(spec.pod_id.clone());
+        if relay.is_some() {
+            guard(&self.attached_warm).insert(spec.pod_id.clone());
+        }
         Ok(FakeAttachment {
             pod_id: spec.pod_id,
             attached: self.attached.clone(),

@@ -103,6 +103,8 @@ async fn add_binds_a_pooled_identity_renames_it_and_the_pool_refills() {
     let ips: Vec<&str> = response.ips.iter().map(|ip| ip.address.as_str()).collect();
     assert_eq!(ips, ["100.64.0.1/32", "fd7a:115c:a1e0::1/128"]);
     assert!(bed.engine.attached().contains(POD));
+    // With the home relay it kept connected while pooled.
+    assert!(bed.engine.attached_warm().contains(POD));
     // Its session now carries the pod's hostname.
     assert!(bed.control.running_sessions().contains(&response.hostname));
     assert!(!bed.control.running_sessions().contains(&pooled.hostname));
@@ -128,6 +130,10 @@ async fn without_a_pooled_identity_add_registers_and_the_set_is_filled_after() {
     let first = bed.record(POD).expect("record");
     assert!(bed.has_key_file(POD), "registered as before the pool");
     assert_eq!(first.node_id, Some(1));
+    assert!(
+        !bed.engine.attached_warm().contains(POD),
+        "a new identity has no warm relay"
+    );
 
     // That ADD's tag set is now kept warm: the next pod binds from it.
     bed.pool_filled(1).await;

@@ -9,6 +9,7 @@ mod hostile;
 mod idle;
 mod relay;
 mod resume;
+mod warm;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
@@ -20,7 +21,7 @@ use boringtun::x25519;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tokio::time::Instant;
 
-use super::{Engine, PodHandle};
+use super::{Engine, PodHandle, Reused};
 use crate::wg::config::{DerpNodeConfig, DerpRegionConfig, PeerConfig, PodDataConfig};
 use crate::wg::local_relay::LocalRelay;
 use crate::wg::packet_fd::PacketFd;
@@ -173,15 +174,34 @@ fn attach_with_disco(
     disco_private: [u8; 32],
     addr: Ipv4Addr,
 ) -> TestPod {
+    attach_reusing(
+        engine,
+        (name, private, disco_private),
+        addr,
+        Reused::default(),
+    )
+}
+
+/// A pod named and keyed by `(name, node private, disco private)` that
+/// takes over `reused`.
+fn attach_reusing(
+    engine: &Engine,
+    (name, private, disco_private): (&str, [u8; 32], [u8; 32]),
+    addr: Ipv4Addr,
+    reused: Reused,
+) -> TestPod {
     let (fd, device) = pair();
     let handle = engine
-        .attach_pod(PodDataConfig {
-            pod_id: name.into(),
-            tun_fd: fd,
-            node_private: private,
-            disco_private,
-            addresses: vec![IpAddr::V4(addr)],
-        })
+        .attach_pod_reusing(
+            PodDataConfig {
+                pod_id: name.into(),
+                tun_fd: fd,
+                node_private: private,
+                disco_private,
+                addresses: vec![IpAddr::V4(addr)],
+            },
+            reused,
+        )
         .unwrap();
     let key = x25519::PublicKey::from(&x25519::StaticSecret::from(private)).to_bytes();
     TestPod {

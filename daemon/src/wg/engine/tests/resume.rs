@@ -98,11 +98,11 @@ async fn a_pod_attached_again_gets_its_old_udp_port_when_free() {
         .unwrap()
         .port();
     let (pod, _device) = pod_config("port", 0x51, 5);
-    let handle = engine.attach_pod_on(pod, Some(free)).unwrap();
+    let handle = engine.attach_pod_reusing(pod, reuse_port(free)).unwrap();
     assert_eq!(handle.endpoints().borrow().udp_port, Some(free));
 
     let (taken, _other_device) = pod_config("taken", 0x52, 6);
-    let other = engine.attach_pod_on(taken, Some(free)).unwrap();
+    let other = engine.attach_pod_reusing(taken, reuse_port(free)).unwrap();
     let port = other.endpoints().borrow().udp_port;
     assert!(port.is_some() && port != Some(free), "{port:?}");
     handle.detach().await.unwrap();
@@ -222,4 +222,11 @@ async fn a_remembered_filter_admits_peers_before_the_netmap() {
 
     a.handle.clone().detach().await.unwrap();
     b.handle.clone().detach().await.unwrap();
+}
+
+fn reuse_port(port: u16) -> Reused {
+    Reused {
+        udp_port: Some(port),
+        relay: None,
+    }
 }
