@@ -15,6 +15,8 @@
 //! - [`packet_fd`]: async packet I/O on TUN (or test) descriptors.
 //! - [`offload`]: virtio-net headers and TCP segment joining for the TUN.
 //! - [`udp`]: the per-pod UDP socket for direct paths.
+//! - [`host_addresses`]: the host's addresses, every pod's local candidates,
+//!   read once for the node.
 //! - [`batch`]: batched datagram I/O (recvmmsg/sendmmsg) on that socket.
 //! - [`local_relay`]: a minimal DERP relay for tests and local debugging.
 
@@ -23,6 +25,7 @@ pub mod config;
 pub mod derp_client;
 pub mod disco;
 pub mod engine;
+pub mod host_addresses;
 pub mod local_relay;
 pub mod offload;
 pub mod packet_fd;

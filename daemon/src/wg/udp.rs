@@ -96,36 +96,6 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Candidate endpoints from the host's own interface addresses (the
-/// daemon runs in the host network namespace): every global or private
-/// unicast address, paired with the pod socket's port. Loopback and
-/// link-local addresses are useless to other machines.
-pub fn local_endpoints(port: u16) -> Vec<SocketAddr> {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    let mut out: Vec<SocketAddr> = addrs
-        .filter_map(|ifa| {
-            let addr = ifa.address?;
-            if let Some(v4) = addr.as_sockaddr_in() {
-                let ip = v4.ip();
-                (!ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified())
-                    .then(|| SocketAddr::from((ip, port)))
-            } else if let Some(v6) = addr.as_sockaddr_in6() {
-                let ip = v6.ip();
-                let link_local = (ip.segments()[0] & 0xffc0) == 0xfe80;
-                (!ip.is_loopback() && !link_local && !ip.is_unspecified())
-                    .then(|| SocketAddr::from((ip, port)))
-            } else {
-                None
-            }
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,14 +125,6 @@ mod tests {
                 rcv >= SOCKET_BUFFER_BYTES,
                 "root can force {SOCKET_BUFFER_BYTES}, got {rcv}"
             );
-        }
-    }
-
-    #[test]
-    fn local_endpoints_skip_loopback_and_carry_the_port() {
-        for ep in local_endpoints(41641) {
-            assert_eq!(ep.port(), 41641);
-            assert!(!ep.ip().is_loopback(), "{ep}");
         }
     }
 

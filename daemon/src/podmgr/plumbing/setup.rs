@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rtnetlink::Handle;
 use tracing::{debug, info, warn};
@@ -49,6 +49,7 @@ impl Plumber {
                 "routing table {table} is reserved by the kernel"
             )));
         }
+        let mut laps = Laps::start();
         let (netns, pod) = open_pod_netns(&spec.netns_path).await?;
         if nl::link_by_name(&pod, &spec.if_name)
             .await
@@ -80,9 +81,14 @@ impl Plumber {
         // Leftovers of an earlier, interrupted attempt for this container
         // would make the creates below fail; clear them first.
         self.clear_leftovers(&pod_net).await?;
+        laps.lap("open");
 
-        match self.build(spec, &netns, &pod, &mut pod_net).await {
+        match self
+            .build(spec, &netns, &pod, &mut pod_net, &mut laps)
+            .await
+        {
             Ok(()) => {
+                debug!(container_id = %spec.container_id, steps = %laps, "plumbing steps");
                 info!(
                     container_id = %spec.container_id,
                     tun = %pod_net.tun_name,
@@ -143,8 +149,10 @@ impl Plumber {
         netns: &Netns,
         pod: &Handle,
         pod_net: &mut PodNet,
+        laps: &mut Laps,
     ) -> Result<(), PlumbError> {
         let links = self.create_links(spec, netns, pod, pod_net).await?;
+        laps.lap("links");
         pod_net.pod_mac = format_mac(&links.pod_mac);
         pod_net.host_veth_mac = format_mac(&links.host_mac);
 
@@ -165,6 +173,7 @@ impl Plumber {
             }
         }
 
+        laps.lap("ipv6_check");
         // Host links: sysctls before they come up, so the kernel never
         // autoconfigures them.
         for (link, is_tun) in [(&links.tun, true), (&links.host_veth, false)] {
@@ -174,6 +183,7 @@ impl Plumber {
                 .map_err(netlink_err(format!("setting {} up", link.name)))?;
         }
 
+        laps.lap("host_up");
         // Inside the pod.
         for (family, address) in family::plumbed(pod_net) {
             nl::add_address(
@@ -210,6 +220,7 @@ impl Plumber {
                 )))?;
         }
 
+        laps.lap("pod_side");
         // Host side: the pod's table and the rules selecting it.
         for (family, address) in family::plumbed(pod_net) {
             add_neighbour(
@@ -246,8 +257,9 @@ impl Plumber {
             }
             ensure_forwarding(family)?;
         }
+        laps.lap("host_side");
         wait_until_operational(pod, &spec.if_name).await;
-        debug!(container_id = %spec.container_id, "pod plumbing complete");
+        laps.lap("operational");
         Ok(())
     }
 
@@ -425,6 +437,39 @@ fn ensure_forwarding(family: &Family) -> Result<(), SysctlError> {
         }
     }
     Ok(())
+}
+
+/// Milliseconds each part of a setup took, for the debug log: where a
+/// burst of ADDs spends its plumbing time.
+struct Laps {
+    last: Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Laps {
+    fn start() -> Self {
+        Self {
+            last: Instant::now(),
+            took: Vec::with_capacity(8),
+        }
+    }
+
+    /// Ends part `name`: the time since the previous lap is its.
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.took.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, took)) in self.took.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}_ms={:.1}", took.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
+    }
 }
 
 /// The kernel drops what a veth sends until the link watcher has marked it

@@ -15,12 +15,12 @@ use super::pod::PodState;
 use super::session::NodeKey;
 use crate::wg::config::PodEndpoints;
 use crate::wg::disco::{DiscoState, Reaction, Via};
+use crate::wg::host_addresses::HostAddresses;
 use crate::wg::path::{Path, PathState};
 use crate::wg::stun::StunProber;
-use crate::wg::udp;
 
-/// How often a pod re-reads the host's interface addresses for its
-/// local endpoint candidates.
+/// How often a pod takes the host's addresses (read for the whole node at
+/// most every `HOST_ADDRESSES_MAX_AGE`) for its local endpoint candidates.
 const LOCAL_ENDPOINTS_REFRESH: Duration = Duration::from_secs(20);
 
 /// What the pod knows for finding direct paths: disco keys, STUN state
@@ -44,8 +44,11 @@ impl Discovery {
     pub(super) fn new(
         disco_private: [u8; 32],
         udp_port: Option<u16>,
+        host: &HostAddresses,
     ) -> (Self, watch::Receiver<PodEndpoints>) {
-        let local_endpoints = udp_port.map(udp::local_endpoints).unwrap_or_default();
+        let local_endpoints = udp_port
+            .map(|port| host.endpoints(port))
+            .unwrap_or_default();
         let (endpoints, endpoints_rx) = watch::channel(PodEndpoints::default());
         // Sent rather than made the initial value, so the first report to
         // control sees it as a change.
@@ -84,12 +87,15 @@ impl Discovery {
     }
 
     /// Re-read the host's candidates when due; returns whether they changed.
-    fn refresh_local_endpoints(&mut self) -> bool {
+    fn refresh_local_endpoints(&mut self, host: &HostAddresses) -> bool {
         if self.local_endpoints_at.elapsed() < LOCAL_ENDPOINTS_REFRESH {
             return false;
         }
         self.local_endpoints_at = Instant::now();
-        let fresh = self.udp_port.map(udp::local_endpoints).unwrap_or_default();
+        let fresh = self
+            .udp_port
+            .map(|port| host.endpoints(port))
+            .unwrap_or_default();
         if fresh == self.local_endpoints {
             return false;
         }
@@ -253,7 +259,9 @@ impl PodState {
             }
         }
         let stun_changed = self.discovery.stun.take_changed();
-        let local_changed = self.discovery.refresh_local_endpoints();
+        let local_changed = self
+            .discovery
+            .refresh_local_endpoints(&self.engine.host_addresses);
         if stun_changed || local_changed {
             self.discovery.publish_endpoints(&self.identity.pod_id);
         }

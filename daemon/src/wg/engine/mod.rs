@@ -53,6 +53,7 @@ use tracing::info;
 
 use super::config::{DerpRegionConfig, EngineConfig, PeerConfig, PodDataConfig, PodEndpoints};
 use super::derp_client::HomeRelay;
+use super::host_addresses::HostAddresses;
 use super::packet_fd::PacketFd;
 use super::peer_table::PeerTable;
 use pod::{PodInputs, PodState};
@@ -96,6 +97,8 @@ struct EngineInner {
     handshake_budget: Arc<handshake::NodeBudget>,
     /// Timer passes every pod together has run: what idle pods cost.
     timer_wakeups: AtomicU64,
+    /// Every pod's local endpoint candidates.
+    host_addresses: HostAddresses,
 }
 
 impl Engine {
@@ -107,6 +110,7 @@ impl Engine {
                 next_index: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
                 handshake_budget: Arc::new(handshake::NodeBudget::default()),
                 timer_wakeups: AtomicU64::new(0),
+                host_addresses: HostAddresses::default(),
             }),
         }
     }

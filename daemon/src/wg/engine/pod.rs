@@ -93,7 +93,8 @@ impl PodState {
         reused: Reused,
     ) -> (Self, PodWatches, PodInbound) {
         let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size, reused.udp_port);
-        let (discovery, endpoints) = Discovery::new(disco_private, socket.port());
+        let (discovery, endpoints) =
+            Discovery::new(disco_private, socket.port(), &engine.host_addresses);
         let warm = reused
             .relay
             .and_then(|warm| warm.into_parts_for(&node_private));
