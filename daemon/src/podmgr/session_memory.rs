@@ -23,6 +23,7 @@
 //! the remembered one closes by itself [`REMEMBERED_FILTER_WINDOW`] after
 //! the restart if control has not answered by then.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,7 @@ use super::filters::FilterCache;
 use super::peer_routes::RoutePrefs;
 use super::state::{RememberedFilter, RememberedSessions, SessionPeersFile};
 use super::sync::SharedConversions;
+use crate::control::keys::NodePublic;
 use crate::control::tailcfg::FilterRule;
 use crate::control::NetMap;
 use crate::wg::engine::ResumePeer;
@@ -278,21 +280,20 @@ fn remember(
     saved: &RememberedSessions,
 ) -> RememberedSessions {
     let peers = live_sessions(&handle.stats_now(), &saved.peers);
-    let (known, derp_map) = match map {
+    let (peer_configs, derp_map) = match map {
         Some(map) => {
-            let shared = SharedConversions::global();
-            let known = shared.peers_of(map, prefs);
             let derp_map = map
                 .derp_map
                 .as_ref()
-                .map(|derp| shared.derp_map(derp).to_vec())
+                .map(|derp| SharedConversions::global().derp_map(derp).to_vec())
                 .unwrap_or_default();
-            (known, derp_map)
+            (records_in(map, prefs, &peers), derp_map)
         }
-        None => (
-            saved.peer_configs.iter().cloned().map(Arc::new).collect(),
-            saved.derp_map.clone(),
-        ),
+        None => {
+            let known: Vec<Arc<PeerConfig>> =
+                saved.peer_configs.iter().cloned().map(Arc::new).collect();
+            (records_of(&peers, &known), saved.derp_map.clone())
+        }
     };
     // Only worth keeping with sessions to resume.
     let filter = if peers.is_empty() {
@@ -305,7 +306,7 @@ fn remember(
     };
     RememberedSessions {
         udp_port: handle.endpoints().borrow().udp_port,
-        peer_configs: records_of(&peers, &known),
+        peer_configs,
         peers,
         derp_map,
         filter,
@@ -339,6 +340,24 @@ fn whole_seconds(time: SystemTime) -> SystemTime {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
     UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// `map`'s records of `peers`, as the pod installs them. Only those
+/// peers' records are looked at: every pod runs this every
+/// [`REMEMBER_EVERY`], and most pods talk to few of their peers.
+fn records_in(map: &NetMap, prefs: &RoutePrefs, peers: &[ResumePeer]) -> Vec<PeerConfig> {
+    if peers.is_empty() {
+        return Vec::new();
+    }
+    let wanted: HashSet<[u8; 32]> = peers.iter().map(|peer| peer.node_key).collect();
+    let shared = SharedConversions::global();
+    let known: Vec<Arc<PeerConfig>> = map
+        .peers
+        .values()
+        .filter(|node| NodePublic::parse(&node.key).is_ok_and(|key| wanted.contains(&key.0)))
+        .filter_map(|node| shared.peer(node, prefs.grant_for(node)))
+        .collect();
+    records_of(peers, &known)
 }
 
 /// The records of `peers` among `known`, in the order of `peers`.

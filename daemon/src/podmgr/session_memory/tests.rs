@@ -297,3 +297,30 @@ fn an_unchanged_filter_is_rewritten_once_per_refresh_and_a_changed_one_at_once()
     assert_eq!(changed.rules, vec![filter_rule(8081)]);
     assert_eq!(changed.received, whole_seconds(soon));
 }
+
+#[test]
+fn records_are_taken_from_the_netmap_only_for_live_peers() {
+    use crate::control::json::from_slice;
+    use crate::control::netmap::Interner;
+    use crate::control::tailcfg::MapResponse;
+    let peers: MapResponse = from_slice(
+        br#"{"Peers": [{"ID": 1, "Key": "nodekey:0101010101010101010101010101010101010101010101010101010101010101",
+                        "Addresses": ["100.64.0.1/32"], "Endpoints": ["10.0.0.1:41641"]},
+                       {"ID": 2, "Key": "nodekey:0202020202020202020202020202020202020202020202020202020202020202",
+                        "Addresses": ["100.64.0.2/32"]}]}"#,
+    )
+    .unwrap();
+    let mut map = NetMap::default();
+    map.apply(peers, &Interner::default());
+    let prefs = RoutePrefs::default();
+    let live = |key: u8| ResumePeer {
+        node_key: [key; 32],
+        direct: None,
+    };
+
+    let records = records_in(&map, &prefs, &[live(0x02), live(0x07)]);
+    assert_eq!(records.len(), 1, "only the live peer the netmap names");
+    assert_eq!(records[0].node_key, [0x02; 32]);
+    assert_eq!(records[0].allowed_ips.len(), 1);
+    assert!(records_in(&map, &prefs, &[]).is_empty());
+}
