@@ -247,21 +247,9 @@ async fn pods_upgrade_to_a_direct_path_after_disco_and_survive_the_relay() {
     drop(relay);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let ab = ipv4_udp(a.addr, b.addr, b"direct only a to b");
-    a.device.send(&ab).await.unwrap();
-    assert_eq!(
-        recv_timeout(&b.device, Duration::from_secs(2))
-            .await
-            .as_deref(),
-        Some(&ab[..])
-    );
+    send_and_expect(&a, &b, &ab).await;
     let ba = ipv4_udp(b.addr, a.addr, b"direct only b to a");
-    b.device.send(&ba).await.unwrap();
-    assert_eq!(
-        recv_timeout(&a.device, Duration::from_secs(2))
-            .await
-            .as_deref(),
-        Some(&ba[..])
-    );
+    send_and_expect(&b, &a, &ba).await;
     // Heartbeats keep the path trusted past its 6.5 s lifetime.
     for _ in 0..8 {
         a.device.send(&ab).await.unwrap();
@@ -271,13 +259,7 @@ async fn pods_upgrade_to_a_direct_path_after_disco_and_survive_the_relay() {
     let stats = a.handle.stats().await.unwrap();
     assert_eq!(stats.peers[0].path, PathKind::Direct);
     assert_eq!(stats.peers[0].direct_endpoint, Some(b_ep));
-    a.device.send(&ab).await.unwrap();
-    assert_eq!(
-        recv_timeout(&b.device, Duration::from_secs(2))
-            .await
-            .as_deref(),
-        Some(&ab[..])
-    );
+    send_and_expect(&a, &b, &ab).await;
 }
 
 /// When the direct endpoint goes silent the peer is reached through the

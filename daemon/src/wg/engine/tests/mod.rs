@@ -121,6 +121,18 @@ async fn recv_timeout(dev: &PacketFd, wait: Duration) -> Option<Vec<u8>> {
     }
 }
 
+/// Sends `packet` once from `from` and expects exactly it at `to` within
+/// 2 s: for a path already up, where nothing needs a retry.
+async fn send_and_expect(from: &TestPod, to: &TestPod, packet: &[u8]) {
+    from.device.send(packet).await.unwrap();
+    assert_eq!(
+        recv_timeout(&to.device, Duration::from_secs(2))
+            .await
+            .as_deref(),
+        Some(packet)
+    );
+}
+
 /// A relay on an ephemeral loopback port.
 async fn local_relay() -> LocalRelay {
     LocalRelay::start("127.0.0.1:0".parse().unwrap())

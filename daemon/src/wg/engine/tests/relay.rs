@@ -26,23 +26,11 @@ async fn two_pods_over_relay(separate_engines: bool) {
     // Drain duplicates from retries, then check the reverse direction.
     drain(&b.device, Duration::from_millis(50)).await;
     let ba = ipv4_udp(b.addr, a.addr, b"hello from b");
-    b.device.send(&ba).await.unwrap();
-    assert_eq!(
-        recv_timeout(&a.device, Duration::from_secs(2))
-            .await
-            .as_deref(),
-        Some(&ba[..])
-    );
+    send_and_expect(&b, &a, &ba).await;
 
     // Larger packets survive too.
     let big = ipv4_udp(a.addr, b.addr, &[0x5c; 1200]);
-    a.device.send(&big).await.unwrap();
-    assert_eq!(
-        recv_timeout(&b.device, Duration::from_secs(2))
-            .await
-            .as_deref(),
-        Some(&big[..])
-    );
+    send_and_expect(&a, &b, &big).await;
 
     let stats = a.handle.stats().await.unwrap();
     assert_eq!(stats.peers.len(), 1);

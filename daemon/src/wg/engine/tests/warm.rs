@@ -56,13 +56,7 @@ async fn a_pod_takes_over_its_identitys_warm_relay() {
     assert_eq!(deliver_eventually(&b, &a, &ba).await, ba);
     drain(&a.device, Duration::from_millis(50)).await;
     let ab = ipv4_udp(a.addr, b.addr, b"and back");
-    a.device.send(&ab).await.unwrap();
-    assert_eq!(
-        recv_timeout(&b.device, Duration::from_secs(2))
-            .await
-            .as_deref(),
-        Some(&ab[..])
-    );
+    send_and_expect(&a, &b, &ab).await;
     // One connection each, each greeted once: a's warm link was kept.
     assert_eq!(relay.connected(), 2);
     assert_eq!(relay.pongs(), 2);
