@@ -23,6 +23,14 @@ use crate::wg::stun::StunProber;
 /// most every `HOST_ADDRESSES_MAX_AGE`) for its local endpoint candidates.
 const LOCAL_ENDPOINTS_REFRESH: Duration = Duration::from_secs(20);
 
+/// The socket on `udp_port` at each of the host's addresses; none without
+/// a socket.
+fn local_candidates(udp_port: Option<u16>, host: &HostAddresses) -> Vec<SocketAddr> {
+    udp_port
+        .map(|port| host.endpoints(port))
+        .unwrap_or_default()
+}
+
 /// What the pod knows for finding direct paths: disco keys, STUN state
 /// and its own endpoints.
 pub(super) struct Discovery {
@@ -46,9 +54,7 @@ impl Discovery {
         udp_port: Option<u16>,
         host: &HostAddresses,
     ) -> (Self, watch::Receiver<PodEndpoints>) {
-        let local_endpoints = udp_port
-            .map(|port| host.endpoints(port))
-            .unwrap_or_default();
+        let local_endpoints = local_candidates(udp_port, host);
         let (endpoints, endpoints_rx) = watch::channel(PodEndpoints::default());
         // Sent rather than made the initial value, so the first report to
         // control sees it as a change.
@@ -92,10 +98,7 @@ impl Discovery {
             return false;
         }
         self.local_endpoints_at = Instant::now();
-        let fresh = self
-            .udp_port
-            .map(|port| host.endpoints(port))
-            .unwrap_or_default();
+        let fresh = local_candidates(self.udp_port, host);
         if fresh == self.local_endpoints {
             return false;
         }

@@ -6,11 +6,25 @@ use std::time::Duration;
 
 use super::*;
 use crate::wg::derp_client::HomeRelay;
-use crate::wg::EngineConfig;
+use crate::wg::{EngineConfig, WarmRelay};
 
 /// Too short for a new relay connection to come up, long enough to read a
 /// state that is already there.
 const AT_ONCE: Duration = Duration::from_millis(20);
+
+/// Pod `a` (100.64.0.1) with node key `private`, given `warm`.
+fn attach_warm(engine: &Engine, private: [u8; 32], warm: WarmRelay) -> TestPod {
+    let reused = Reused {
+        udp_port: None,
+        relay: Some(warm),
+    };
+    attach_reusing(
+        engine,
+        ("a", private, [0; 32]),
+        Ipv4Addr::new(100, 64, 0, 1),
+        reused,
+    )
+}
 
 #[tokio::test]
 async fn a_pod_takes_over_its_identitys_warm_relay() {
@@ -27,16 +41,7 @@ async fn a_pod_takes_over_its_identitys_warm_relay() {
     );
     assert!(eventually(Duration::from_secs(1), || relay.pongs() == 1).await);
 
-    let reused = Reused {
-        udp_port: None,
-        relay: Some(warm),
-    };
-    let a = attach_reusing(
-        &engine,
-        ("a", [0xa1; 32], [0; 32]),
-        Ipv4Addr::new(100, 64, 0, 1),
-        reused,
-    );
+    let a = attach_warm(&engine, [0xa1; 32], warm);
     // Reachable from the start: nothing to wait for.
     assert_eq!(
         a.handle.wait_home_relay(AT_ONCE).await,
@@ -72,16 +77,7 @@ async fn a_warm_relay_of_another_node_key_is_closed_not_used() {
     assert!(eventually(Duration::from_secs(5), || relay.connected() == 1).await);
 
     // The identity's key rotated while it waited: the links are the old key's.
-    let reused = Reused {
-        udp_port: None,
-        relay: Some(warm),
-    };
-    let a = attach_reusing(
-        &engine,
-        ("a", [0xc4; 32], [0; 32]),
-        Ipv4Addr::new(100, 64, 0, 1),
-        reused,
-    );
+    let a = attach_warm(&engine, [0xc4; 32], warm);
     assert_eq!(a.handle.wait_home_relay(AT_ONCE).await, HomeRelay::Unknown);
     assert!(
         eventually(Duration::from_secs(5), || relay.connected() == 0).await,
