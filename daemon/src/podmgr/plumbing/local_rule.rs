@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::family::Family;
 use super::{netlink_err, PlumbError, Plumber};
-use crate::podmgr::nl::{self, is_exists, RuleView};
+use crate::podmgr::nl::{self, is_exists, is_not_found, RuleView};
 
 /// The kernel's `local` table (`RT_TABLE_LOCAL`).
 pub(super) const LOCAL_TABLE: u32 = 255;
@@ -69,13 +69,17 @@ impl Plumber {
             );
         }
         for rule in ahead {
-            nl::delete_rule(&self.host, rule.message.clone())
-                .await
-                .map_err(netlink_err(format!(
-                    "deleting {} rule {}: lookup local",
-                    family.name,
-                    rule.priority.unwrap_or(0)
-                )))?;
+            // A concurrent setup, answered by the same dump, may have
+            // deleted it first.
+            match nl::delete_rule(&self.host, rule.message.clone()).await {
+                Err(error) if is_not_found(&error) => Ok(()),
+                other => other,
+            }
+            .map_err(netlink_err(format!(
+                "deleting {} rule {}: lookup local",
+                family.name,
+                rule.priority.unwrap_or(0)
+            )))?;
         }
         Ok(())
     }

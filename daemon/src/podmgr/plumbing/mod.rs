@@ -20,6 +20,7 @@
 
 mod check;
 mod family;
+mod host_dumps;
 mod ipv6;
 mod local_rule;
 mod pod_routes;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use rtnetlink::{Handle, IpVersion};
 use serde::{Deserialize, Serialize};
 
+use self::host_dumps::HostDumps;
 use super::naming::{validate_container_id, validate_if_name};
 use super::netns::Netns;
 use super::nl::{self, LinkInfoView};
@@ -182,9 +184,9 @@ impl Default for PlumbOptions {
 #[derive(Debug, Clone)]
 pub struct Plumber {
     host: Handle,
-    /// The kernel runs one dump per netlink socket at a time (a second gets
-    /// EBUSY); concurrent pods take turns for dumps only, never for changes.
-    host_dumps: Arc<tokio::sync::Mutex<()>>,
+    /// Concurrent pods take turns for dumps only, never for changes, and
+    /// share a dump when several wait for one.
+    host_dumps: Arc<HostDumps>,
     options: PlumbOptions,
 }
 
@@ -207,23 +209,30 @@ impl Plumber {
         })
     }
 
-    async fn host_rules(&self, version: IpVersion) -> Result<Vec<nl::RuleView>, PlumbError> {
-        let _turn = self.host_dumps.lock().await;
-        nl::rules(&self.host, version)
+    async fn host_rules(&self, version: IpVersion) -> Result<Arc<Vec<nl::RuleView>>, PlumbError> {
+        let dumps = &self.host_dumps;
+        dumps
+            .take(dumps.rules(&version), || {
+                nl::rules(&self.host, version.clone())
+            })
             .await
             .map_err(netlink_err("listing rules"))
     }
 
-    async fn host_routes(&self, version: IpVersion) -> Result<Vec<nl::RouteView>, PlumbError> {
-        let _turn = self.host_dumps.lock().await;
-        nl::routes(&self.host, version)
+    async fn host_routes(&self, version: IpVersion) -> Result<Arc<Vec<nl::RouteView>>, PlumbError> {
+        let dumps = &self.host_dumps;
+        dumps
+            .take(dumps.routes(&version), || {
+                nl::routes(&self.host, version.clone())
+            })
             .await
             .map_err(netlink_err("listing routes"))
     }
 
-    async fn host_links(&self) -> Result<Vec<LinkInfoView>, PlumbError> {
-        let _turn = self.host_dumps.lock().await;
-        nl::all_links(&self.host)
+    async fn host_links(&self) -> Result<Arc<Vec<LinkInfoView>>, PlumbError> {
+        let dumps = &self.host_dumps;
+        dumps
+            .take(dumps.links(), || nl::all_links(&self.host))
             .await
             .map_err(netlink_err("listing links"))
     }

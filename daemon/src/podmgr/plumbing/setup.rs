@@ -132,7 +132,7 @@ impl Plumber {
         }
         let names: HashSet<&str> = pod_net.host_links().into_iter().collect();
         for family in family::on_node() {
-            for rule in self.host_rules(family.version.clone()).await? {
+            for rule in self.host_rules(family.version.clone()).await?.iter() {
                 if rule.iif.as_deref().is_some_and(|iif| names.contains(iif))
                     || is_pod_table(rule.table, pod_net)
                 {

@@ -15,8 +15,8 @@ impl Plumber {
         let mut names: Vec<String> = self
             .host_links()
             .await?
-            .into_iter()
-            .map(|link| link.name)
+            .iter()
+            .map(|link| link.name.clone())
             .filter(|name| is_owned_link_name(name))
             .collect();
         names.sort();
@@ -36,7 +36,7 @@ impl Plumber {
                     continue;
                 }
             };
-            for rule in rules {
+            for rule in rules.iter() {
                 let Some(iif) = rule.iif.clone() else {
                     continue;
                 };
@@ -52,12 +52,12 @@ impl Plumber {
         }
         match self.host_links().await {
             Ok(links) => {
-                for link in links {
+                for link in links.iter() {
                     if !is_owned_link_name(&link.name) || keep.contains(&link.name) {
                         continue;
                     }
-                    match self.delete_host_link(&link).await {
-                        Ok(()) => cleanup.removed_links.push(link.name),
+                    match self.delete_host_link(link).await {
+                        Ok(()) => cleanup.removed_links.push(link.name.clone()),
                         Err(e) => cleanup.errors.push(e),
                     }
                 }

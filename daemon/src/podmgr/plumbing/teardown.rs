@@ -77,7 +77,7 @@ impl Plumber {
                     continue;
                 }
             };
-            for rule in rules {
+            for rule in rules.iter() {
                 let ours = is_pod_table(rule.table, pod_net)
                     || rule.iif.as_deref().is_some_and(|iif| names.contains(iif));
                 if ours {
@@ -122,11 +122,8 @@ impl Plumber {
                     continue;
                 }
             };
-            for route in routes
-                .into_iter()
-                .filter(|r| is_pod_table(r.table, pod_net))
-            {
-                if let Err(e) = nl::delete_route(&self.host, route.message).await {
+            for route in routes.iter().filter(|r| is_pod_table(r.table, pod_net)) {
+                if let Err(e) = nl::delete_route(&self.host, route.message.clone()).await {
                     errors.push(netlink_err(format!(
                         "deleting a {} route in table {}",
                         family.name, pod_net.table
@@ -149,9 +146,9 @@ impl Plumber {
         }
     }
 
-    pub(super) async fn delete_host_rule(&self, rule: nl::RuleView) -> Result<(), PlumbError> {
+    pub(super) async fn delete_host_rule(&self, rule: &nl::RuleView) -> Result<(), PlumbError> {
         let description = format!("deleting rule iif {:?} lookup {}", rule.iif, rule.table);
-        nl::delete_rule(&self.host, rule.message)
+        nl::delete_rule(&self.host, rule.message.clone())
             .await
             .map_err(netlink_err(description))
     }
