@@ -5,8 +5,8 @@
 //!
 //! [`DatagramBatch`] is plain memory (fixed-size slots with a length and an
 //! address each) and is tested without sockets; [`recv_batch`] and
-//! [`send_batch`] are the thin I/O edge. Batches are big (tens of KiB), so
-//! the engine only holds one while a pod is busy.
+//! [`send_batch`] are the thin I/O edge. Batches are big (tens of KiB to
+//! 1 MiB), so pods borrow them from the engine's pool while they use them.
 //!
 //! The two system calls stay raw `libc`: nix's `sendmmsg` gives every
 //! message the same control messages (a GSO run needs its own segment
@@ -39,6 +39,16 @@ pub const GRO_SLOTS: usize = 16;
 /// A coalesced burst never exceeds one IP packet's payload.
 pub const GRO_SLOT_LEN: usize = 1 << 16;
 
+/// The slots and slot length of a receive batch: few big slots when the
+/// socket coalesces bursts (`gro`), else [`BATCH_SLOTS`] of `slot_len`.
+pub fn receive_shape(gro: bool, slot_len: usize) -> (usize, usize) {
+    if gro {
+        (GRO_SLOTS, GRO_SLOT_LEN.max(slot_len))
+    } else {
+        (BATCH_SLOTS, slot_len)
+    }
+}
+
 /// A fixed number of equal-size datagram slots, filled front to back.
 pub struct DatagramBatch {
     buf: Box<[u8]>,
@@ -64,14 +74,10 @@ impl DatagramBatch {
         }
     }
 
-    /// A batch to receive into: few big slots when the socket coalesces
-    /// bursts (`gro`), else [`BATCH_SLOTS`] slots of `slot_len`.
+    /// A batch to receive into, of [`receive_shape`].
     pub fn for_receive(gro: bool, slot_len: usize) -> Self {
-        if gro {
-            Self::new(GRO_SLOTS, GRO_SLOT_LEN.max(slot_len))
-        } else {
-            Self::new(BATCH_SLOTS, slot_len)
-        }
+        let (slots, slot_len) = receive_shape(gro, slot_len);
+        Self::new(slots, slot_len)
     }
 
     pub fn capacity(&self) -> usize {

@@ -18,7 +18,8 @@
 //! - `handshake`: the gate handshakes pass before any X25519 work (mac1,
 //!   cookies under load, relayed peers' allowances, the node's handshake
 //!   budget); `sender_budget` counts the allowances per sender.
-//! - `socket`: the pod's UDP socket and its batch buffers.
+//! - `socket`: the pod's UDP socket and the send batch being filled.
+//! - `batch_pool`: batch buffers every pod borrows while it handles a wake-up.
 //! - `relay`: DERP links and the home relay.
 //! - `discovery`: disco and STUN I/O, the pod's endpoints.
 //! - `filter`: the tailnet packet filter as a pod applies it.
@@ -26,6 +27,7 @@
 //! - `stats`: counters and their snapshots.
 //! - `timers`: the pod's one timer, set to its next deadline.
 
+mod batch_pool;
 mod discovery;
 mod dns;
 mod filter;
@@ -56,6 +58,7 @@ use super::derp_client::HomeRelay;
 use super::host_addresses::HostAddresses;
 use super::packet_fd::PacketFd;
 use super::peer_table::PeerTable;
+use batch_pool::BatchPool;
 use pod::{PodInputs, PodState};
 
 pub use dns::{
@@ -99,6 +102,8 @@ struct EngineInner {
     timer_wakeups: AtomicU64,
     /// Every pod's local endpoint candidates.
     host_addresses: HostAddresses,
+    /// Batch buffers pods borrow while they handle a wake-up.
+    batches: BatchPool,
 }
 
 impl Engine {
@@ -111,6 +116,7 @@ impl Engine {
                 handshake_budget: Arc::new(handshake::NodeBudget::default()),
                 timer_wakeups: AtomicU64::new(0),
                 host_addresses: HostAddresses::default(),
+                batches: BatchPool::default(),
             }),
         }
     }

@@ -187,7 +187,6 @@ impl PodState {
         self.poll_stun(now.into_std());
         self.publish_stats_if_due();
         self.filter.sweep_if_due();
-        self.socket.release_idle_batches();
         self.relay.close_idle(self.engine.config.derp_idle_timeout);
     }
 }

@@ -44,7 +44,7 @@ impl PodState {
     /// Receive and handle what waits on the UDP socket, a batch per system
     /// call, bounded so other events still get served.
     pub(super) async fn drain_udp(&mut self, device: &PacketFd, sock: &UdpSocket) {
-        let mut batch = self.socket.take_rx_batch();
+        let mut batch = self.socket.take_rx_batch(&self.engine.batches);
         let rounds = if self.socket.pacing.is_deferring() {
             FLOODED_UDP_ROUNDS
         } else {
@@ -79,7 +79,7 @@ impl PodState {
                 break;
             }
         }
-        self.socket.put_rx_batch(batch);
+        self.engine.batches.give_receive(batch);
         self.socket
             .pacing
             .after_drain(received, refused, tokio::time::Instant::now());

@@ -1,5 +1,5 @@
-//! The pod's UDP socket (direct paths, disco, STUN), the batch buffers
-//! it uses while the pod is busy, and how eagerly it is read.
+//! The pod's UDP socket (direct paths, disco, STUN), the send batch it
+//! fills while the device is drained, and how eagerly it is read.
 
 use std::io;
 use std::sync::Arc;
@@ -9,14 +9,11 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::batch_pool::BatchPool;
 use super::pod::{MIN_WG_BUFFER, WG_OVERHEAD};
 use super::session::NodeKey;
-use crate::wg::batch::{DatagramBatch, BATCH_SLOTS};
+use crate::wg::batch::DatagramBatch;
 use crate::wg::udp;
-
-/// Timer ticks without traffic after which a pod frees its batch buffers,
-/// so idle pods do not pay for them.
-const BATCH_IDLE_TICKS: u8 = 4;
 
 /// Encrypted datagrams waiting for one `sendmmsg`, with the peer each is
 /// for (a datagram the kernel refuses falls back to that peer's relay).
@@ -25,20 +22,18 @@ pub(super) struct OutBatch {
     pub(super) peers: Vec<NodeKey>,
 }
 
-/// The pod's UDP socket, if it has one, and its batch buffers.
+/// The pod's UDP socket, if it has one, and the send batch being filled.
 pub(super) struct PodSocket {
     /// `None` when binding failed: the pod then only uses relays.
     udp: Option<Arc<UdpSocket>>,
     port: Option<u16>,
     /// One slot holds the largest datagram.
     slot_len: usize,
+    /// Whether the socket coalesces bursts (UDP GRO), as bound.
+    gro: bool,
     /// Encrypted datagrams for direct paths, sent together after the
-    /// device is drained; allocated while the pod is busy.
+    /// device is drained; borrowed from the engine's pool until then.
     tx_batch: Option<Box<OutBatch>>,
-    /// Datagrams from the UDP socket; allocated while the pod is busy.
-    rx_batch: Option<Box<DatagramBatch>>,
-    /// Timer ticks since a batch was last used.
-    batch_idle_ticks: u8,
     /// Whether sends still try UDP GSO (off after the first refusal).
     pub(super) gso: bool,
     /// When the socket may next be read.
@@ -68,15 +63,15 @@ impl PodSocket {
             .as_ref()
             .and_then(|s| s.local_addr().ok())
             .map(|a| a.port());
+        let gro = udp.as_deref().is_some_and(udp::gro_enabled);
         Self {
             udp,
             port,
+            gro,
             // A full packet plus WireGuard's header and tag (and room for
             // handshakes).
             slot_len: (max_packet_size + WG_OVERHEAD + 64).max(MIN_WG_BUFFER),
             tx_batch: None,
-            rx_batch: None,
-            batch_idle_ticks: 0,
             gso: true,
             pacing: ReadPacing::default(),
         }
@@ -95,17 +90,12 @@ impl PodSocket {
         self.port
     }
 
-    /// The send batch, allocated if the pod was idle; give it back with
-    /// [`Self::put_tx_batch`].
-    pub(super) fn take_tx_batch(&mut self) -> Box<OutBatch> {
-        self.batch_idle_ticks = 0;
-        let slot_len = self.slot_len;
-        self.tx_batch.take().unwrap_or_else(|| {
-            Box::new(OutBatch {
-                datagrams: DatagramBatch::new(BATCH_SLOTS, slot_len),
-                peers: Vec::with_capacity(BATCH_SLOTS),
-            })
-        })
+    /// The send batch being filled, borrowed from `pool` if none is; give
+    /// it back with [`Self::put_tx_batch`] to fill it further.
+    pub(super) fn take_tx_batch(&mut self, pool: &BatchPool) -> Box<OutBatch> {
+        self.tx_batch
+            .take()
+            .unwrap_or_else(|| pool.take_send(self.slot_len))
     }
 
     pub(super) fn put_tx_batch(&mut self, batch: Box<OutBatch>) {
@@ -117,40 +107,9 @@ impl PodSocket {
         self.tx_batch.take()
     }
 
-    /// The receive batch, allocated if the pod was idle; give it back with
-    /// [`Self::put_rx_batch`].
-    pub(super) fn take_rx_batch(&mut self) -> Box<DatagramBatch> {
-        self.batch_idle_ticks = 0;
-        let slot_len = self.slot_len;
-        let udp = self.udp.as_deref();
-        // Asked only when allocating: a system call per wake-up would be
-        // paid for every datagram of a flood read one at a time.
-        self.rx_batch.take().unwrap_or_else(|| {
-            let gro = udp.is_some_and(udp::gro_enabled);
-            Box::new(DatagramBatch::for_receive(gro, slot_len))
-        })
-    }
-
-    pub(super) fn put_rx_batch(&mut self, batch: Box<DatagramBatch>) {
-        self.rx_batch = Some(batch);
-    }
-
-    /// Whether batch buffers are held, which the timer frees once the pod
-    /// goes quiet.
-    pub(super) fn holds_batches(&self) -> bool {
-        self.tx_batch.is_some() || self.rx_batch.is_some()
-    }
-
-    /// Timer: free the batch buffers of a pod that has gone quiet.
-    pub(super) fn release_idle_batches(&mut self) {
-        if self.tx_batch.is_none() && self.rx_batch.is_none() {
-            return;
-        }
-        self.batch_idle_ticks = self.batch_idle_ticks.saturating_add(1);
-        if self.batch_idle_ticks >= BATCH_IDLE_TICKS {
-            self.tx_batch = None;
-            self.rx_batch = None;
-        }
+    /// A receive batch borrowed from `pool`, shaped for this socket.
+    pub(super) fn take_rx_batch(&self, pool: &BatchPool) -> Box<DatagramBatch> {
+        pool.take_receive(self.gro, self.slot_len)
     }
 }
 

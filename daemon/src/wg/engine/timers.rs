@@ -93,9 +93,8 @@ impl PodState {
     pub(super) fn next_wake(&self) -> Option<Instant> {
         let interval = self.engine.config.timer_interval;
         let periodic = self.timers.periodic(interval);
-        let busy = self.peers.has_live_session() || self.socket.holds_batches();
         let mut next = NextWake::default();
-        next.at(busy.then_some(periodic))
+        next.at(self.peers.has_live_session().then_some(periodic))
             .at(self.timers.limiter_deadline())
             .at(self.peers.pending_initiations_deadline())
             .at(self.discovery.next_deadline())

@@ -85,7 +85,7 @@ impl PodState {
     /// Encrypt `packet` straight into the next slot of the send batch,
     /// flushing the batch when it fills.
     fn encapsulate_direct(&mut self, peer_key: NodeKey, addr: SocketAddr, packet: &[u8]) {
-        let mut batch = self.socket.take_tx_batch();
+        let mut batch = self.socket.take_tx_batch(&self.engine.batches);
         if batch.datagrams.is_full() {
             self.send_out_batch(&mut batch);
         }
@@ -123,7 +123,7 @@ impl PodState {
     pub(super) fn flush_tx(&mut self) {
         if let Some(mut batch) = self.socket.take_pending_tx_batch() {
             self.send_out_batch(&mut batch);
-            self.socket.put_tx_batch(batch);
+            self.engine.batches.give_send(batch);
         }
     }
 
