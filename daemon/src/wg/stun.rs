@@ -6,6 +6,13 @@
 //! every [`RETRY_INTERVAL`]; after that every [`REFRESH_INTERVAL`], so NAT
 //! mappings stay open and changes are noticed. A mapping not confirmed for
 //! [`MAPPING_TTL`] is forgotten.
+//!
+//! A quiet pod (no live WireGuard session) stops refreshing a mapping it
+//! knows and keeps reporting it, as the official client stops re-STUN when
+//! idle: hundreds of idle pods would otherwise wake each other's node
+//! every second for nothing, and a forgotten mapping would change the
+//! pod's endpoints, which control sends to every peer. When the pod gets
+//! busy again the mapping counts as just seen and a round goes out at once.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +72,8 @@ pub struct StunProber {
     mapped: HashMap<SocketAddr, (SocketAddr, Instant)>,
     next_round: Option<Instant>,
     changed: bool,
+    /// Whether the pod is quiet: no refresh rounds, no expiry.
+    quiet: bool,
 }
 
 impl StunProber {
@@ -80,6 +89,23 @@ impl StunProber {
         self.next_round = None;
     }
 
+    /// Whether the pod has live sessions. Leaving quiet renews the
+    /// mappings and makes a round due.
+    pub fn set_busy(&mut self, busy: bool, now: Instant) {
+        if busy && self.quiet {
+            for (_, seen) in self.mapped.values_mut() {
+                *seen = now;
+            }
+            self.next_round = None;
+        }
+        self.quiet = !busy;
+    }
+
+    /// Whether a known mapping is kept as it is, without rounds.
+    fn resting(&self) -> bool {
+        self.quiet && !self.mapped.is_empty()
+    }
+
     /// Requests to send now: (server, datagram).
     pub fn poll(
         &mut self,
@@ -88,6 +114,9 @@ impl StunProber {
     ) -> Vec<(SocketAddr, [u8; BINDING_REQUEST_LEN])> {
         self.pending
             .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < REQUEST_TIMEOUT);
+        if self.resting() {
+            return Vec::new();
+        }
         let before = self.mapped.len();
         self.mapped
             .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < MAPPING_TTL);
@@ -115,11 +144,14 @@ impl StunProber {
     /// time out or a mapping to expire. `None` with no servers and nothing
     /// outstanding.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let round = (!self.servers.is_empty()).then(|| self.next_round.unwrap_or(now));
         let timeouts = self
             .pending
             .values()
             .map(|(_, sent)| *sent + REQUEST_TIMEOUT);
+        if self.resting() {
+            return timeouts.min();
+        }
+        let round = (!self.servers.is_empty()).then(|| self.next_round.unwrap_or(now));
         let expiries = self.mapped.values().map(|(_, seen)| *seen + MAPPING_TTL);
         round.into_iter().chain(timeouts).chain(expiries).min()
     }
@@ -279,6 +311,63 @@ mod tests {
         let _ = p.poll(t0 + RETRY_INTERVAL + MAPPING_TTL, &mut next);
         assert!(p.take_changed());
         assert!(p.endpoints().is_empty());
+    }
+
+    /// A prober with one server whose first round was answered at `t0`.
+    fn mapped_at(t0: Instant, server: SocketAddr, mapped: SocketAddr) -> StunProber {
+        let mut p = StunProber::default();
+        p.set_servers(vec![server]);
+        let round = p.poll(t0, ids());
+        let response = stun::binding_response(tx_of(&round[0].1), mapped);
+        assert_eq!(p.on_response(&response, server, t0), Ok(mapped));
+        assert!(p.take_changed());
+        p
+    }
+
+    #[test]
+    fn a_quiet_pod_keeps_its_mapping_without_rounds() {
+        let t0 = Instant::now();
+        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let mapped: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let mut p = mapped_at(t0, server, mapped);
+        p.set_busy(false, t0);
+        assert_eq!(p.next_deadline(t0), None, "nothing to wake for");
+        let later = t0 + MAPPING_TTL * 10;
+        assert!(p.poll(later, ids()).is_empty(), "no refresh rounds");
+        assert!(!p.take_changed());
+        assert_eq!(p.endpoints(), vec![mapped], "the mapping is still reported");
+    }
+
+    #[test]
+    fn a_pod_that_gets_busy_refreshes_at_once_and_expires_from_then() {
+        let t0 = Instant::now();
+        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let mapped: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let mut p = mapped_at(t0, server, mapped);
+        p.set_busy(false, t0);
+        let woke = t0 + MAPPING_TTL * 10;
+        p.set_busy(true, woke);
+        assert_eq!(p.next_deadline(woke), Some(woke), "a round is due");
+        let round = p.poll(woke, ids());
+        assert_eq!(round.len(), 1);
+        assert!(!p.take_changed(), "the mapping counts as just seen");
+        // Unanswered, the mapping goes MAPPING_TTL after waking, not before.
+        let _ = p.poll(woke + MAPPING_TTL - Duration::from_secs(1), ids());
+        assert_eq!(p.endpoints(), vec![mapped]);
+        let _ = p.poll(woke + MAPPING_TTL, ids());
+        assert!(p.take_changed());
+        assert!(p.endpoints().is_empty());
+    }
+
+    #[test]
+    fn a_quiet_pod_without_a_mapping_keeps_asking() {
+        let t0 = Instant::now();
+        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
+        let mut p = StunProber::default();
+        p.set_servers(vec![server]);
+        p.set_busy(false, t0);
+        assert_eq!(p.poll(t0, ids()).len(), 1);
+        assert_eq!(p.poll(t0 + RETRY_INTERVAL, ids()).len(), 1);
     }
 
     #[test]

@@ -18,7 +18,10 @@ const KEPT: usize = 8;
 /// Free batches, by kind. They stay boxed: pods hold them boxed, and a
 /// batch lent and given back must not cost an allocation.
 #[derive(Default)]
-#[expect(clippy::vec_box, reason = "batches move between pods and the pool as boxes")]
+#[expect(
+    clippy::vec_box,
+    reason = "batches move between pods and the pool as boxes"
+)]
 pub(super) struct BatchPool {
     receive: Mutex<Vec<Box<DatagramBatch>>>,
     send: Mutex<Vec<Box<OutBatch>>>,

@@ -256,6 +256,8 @@ impl PodState {
         let Some(sock) = self.socket.udp() else {
             return;
         };
+        let busy = self.peers.has_live_session();
+        self.discovery.stun.set_busy(busy, now);
         for (server, request) in self.discovery.stun.poll(now, rand::random) {
             if let Err(e) = sock.try_send_to(&request, server) {
                 trace!(pod = %self.identity.pod_id, %server, error = %e, "STUN request not sent");
