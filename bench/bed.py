@@ -952,6 +952,20 @@ def idle_samples(pids, windows, seconds):
     }
 
 
+def wait_until_quiet(pid, limit_s, window_s=5.0, below=0.05):
+    """Waits until process `pid` uses less than `below` of a core over a
+    window. Returns the seconds waited, or None if it was still busy after
+    `limit_s`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        before = cpu_seconds(pid)
+        w0 = time.monotonic()
+        time.sleep(window_s)
+        if (cpu_seconds(pid) - before) / (time.monotonic() - w0) < below:
+            return time.monotonic() - t0
+    return None
+
+
 def part_footprint(args, bed, work):
     """Daemon RSS and idle CPU with 0, 50 and 250 pods, next to official
     tailscaled nodes that hold the same netmap."""
@@ -962,6 +976,7 @@ def part_footprint(args, bed, work):
         nodes.append(Tailscaled(bed, work, "kernel", "kernel", tun="tsbkern"))
         nodes.append(Tailscaled(bed, work, "userspace", "userspace"))
         pids = {"daemon": daemon.pid, "tailscaled_kernel": nodes[0].pid, "tailscaled_userspace": nodes[1].pid}
+        control_pid = bed.rscale_pid()
         pods = Pods(daemon, args.shim, work, "bfoot")
         have = []
         for target in [0] + args.stages:
@@ -973,6 +988,10 @@ def part_footprint(args, bed, work):
             failed = sum(1 for p in have if "error" in p)
             status = daemon.status()
             ready = sum(1 for p in status["pods"] if not p.get("error"))
+            # Every join is news to every other pod: the control server sends
+            # it to each of them, and a slow server sends it for minutes.
+            # Pods are idle once it has caught up.
+            quiet_s = wait_until_quiet(control_pid, args.quiet_limit) if target else 0.0
             time.sleep(args.settle)
             stage = {
                 "pods": target,
@@ -980,7 +999,8 @@ def part_footprint(args, bed, work):
                 "pods_without_error": ready,
                 "add_failed": failed,
                 "add_wall_s": added_s,
-                **idle_samples(pids, args.windows, args.window_seconds),
+                "control_quiet_after_s": quiet_s,
+                **idle_samples({**pids, "control": control_pid}, args.windows, args.window_seconds),
             }
             out["stages"].append(stage)
             log(
@@ -1045,6 +1065,12 @@ def main():
     ap.add_argument("--stages", type=int, nargs="+", default=[50, 250], help="footprint: pod counts")
     ap.add_argument("--parallel", type=int, default=10, help="footprint: ADDs at once")
     ap.add_argument("--settle", type=float, default=15.0, help="footprint: seconds before sampling")
+    ap.add_argument(
+        "--quiet-limit",
+        type=float,
+        default=900.0,
+        help="footprint: seconds to wait for the control server to go quiet after the ADDs",
+    )
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--window-seconds", type=float, default=4.0)
     args = ap.parse_args()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::super::client::ControlConn;
 use super::super::netmap::NetMap;
@@ -55,6 +55,15 @@ impl Session {
                     if message.is_keep_alive_only() {
                         continue;
                     }
+                    debug!(
+                        peers = message.peers.as_ref().map(Vec::len),
+                        changed = message.peerschanged.as_ref().map(Vec::len),
+                        removed = message.peersremoved.as_ref().map(Vec::len),
+                        patched = message.peerschangedpatch.as_ref().map(Vec::len),
+                        online = message.onlinechange.as_ref().map(|o| o.len()),
+                        node = message.node.is_some(),
+                        "map message"
+                    );
                     let lock_news = message.tkainfo.is_some();
                     if let Some(info) = &message.tkainfo {
                         locked = info.enabled();
