@@ -229,11 +229,12 @@ class Bed:
 class Daemon:
     """The real tailnet-cnid (release build) with a private socket and state."""
 
-    def __init__(self, bed, bin_dir, work, pool=None, netns=None, wrap=()):
+    def __init__(self, bed, bin_dir, work, pool=None, netns=None, wrap=(), log_also=None):
         """`pool`: the warm identity pool's size per tag set, filled from
         the start for pods' default tags; None keeps the daemon's default.
         `netns`: a namespace of its own (a second node; see `Namespace`),
-        else this one. `wrap`: a command the daemon runs under (a profiler)."""
+        else this one. `wrap`: a command the daemon runs under (a profiler).
+        `log_also`: a log directive added to TAILNET_CNID_LOG."""
         self.work = work
         self.socket = work / "d.sock"
         self.bin = bin_dir / "tailnet-cnid"
@@ -256,8 +257,13 @@ class Daemon:
             [*wrap, str(self.bin), "--config", str(config), "run"],
             work / "daemon.log",
             netns=netns,
-            extra_env={"TAILNET_CNID_LOG": os.environ.get("TAILNET_CNID_LOG", "warn")},
+            extra_env={
+                "TAILNET_CNID_LOG": ",".join(
+                    filter(None, [os.environ.get("TAILNET_CNID_LOG", "warn"), log_also])
+                )
+            },
         )
+        self.log = work / "daemon.log"
         wait_until(120 if wrap else 30, "the daemon socket", lambda: self.socket.exists() or not self.proc.alive())
         if not self.proc.alive():
             raise RuntimeError(f"the daemon exited; see {work / 'daemon.log'}")
@@ -952,24 +958,31 @@ def idle_samples(pids, windows, seconds):
     }
 
 
-def wait_until_quiet(pid, limit_s, window_s=5.0, below=0.05):
-    """Waits until process `pid` uses less than `below` of a core over a
-    window. Returns the seconds waited, or None if it was still busy after
-    `limit_s`."""
+# The daemon's debug line for each map message a pod session receives.
+MAP_MESSAGE_TARGET = "tailnet_cnid::control::session::map_poll=debug"
+
+
+def wait_for_map_silence(log, quiet_s, limit_s):
+    """Waits until the daemon has logged no map message for `quiet_s`.
+    Returns the seconds until its last one, or None if messages still came
+    after `limit_s`."""
     t0 = time.monotonic()
+    seen, last_news = -1, t0
     while time.monotonic() - t0 < limit_s:
-        before = cpu_seconds(pid)
-        w0 = time.monotonic()
-        time.sleep(window_s)
-        if (cpu_seconds(pid) - before) / (time.monotonic() - w0) < below:
-            return time.monotonic() - t0
+        count = log.read_bytes().count(b"map message")
+        now = time.monotonic()
+        if count != seen:
+            seen, last_news = count, now
+        elif now - last_news >= quiet_s:
+            return last_news - t0
+        time.sleep(2)
     return None
 
 
 def part_footprint(args, bed, work):
     """Daemon RSS and idle CPU with 0, 50 and 250 pods, next to official
     tailscaled nodes that hold the same netmap."""
-    daemon = Daemon(bed, args.bin, work)
+    daemon = Daemon(bed, args.bin, work, log_also=MAP_MESSAGE_TARGET)
     nodes = []
     out = {"machine": machine(), "stages": []}
     try:
@@ -990,8 +1003,8 @@ def part_footprint(args, bed, work):
             ready = sum(1 for p in status["pods"] if not p.get("error"))
             # Every join is news to every other pod: the control server sends
             # it to each of them, and a slow server sends it for minutes.
-            # Pods are idle once it has caught up.
-            quiet_s = wait_until_quiet(control_pid, args.quiet_limit) if target else 0.0
+            # Pods are idle once it has sent it all.
+            quiet_s = wait_for_map_silence(daemon.log, 30, args.quiet_limit) if target else 0.0
             time.sleep(args.settle)
             stage = {
                 "pods": target,
@@ -1069,7 +1082,7 @@ def main():
         "--quiet-limit",
         type=float,
         default=900.0,
-        help="footprint: seconds to wait for the control server to go quiet after the ADDs",
+        help="footprint: seconds to wait for the control server to stop sending map messages after the ADDs",
     )
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--window-seconds", type=float, default=4.0)

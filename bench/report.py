@@ -475,8 +475,9 @@ def render_footprint(data, meta):
         "settling pause; CPU in % of one core. Next to it, one official tailscaled node of each "
         "mode holding the same netmap: what one client per pod would cost per pod. Each join is "
         "news to every other pod, so sampling starts once the control server has sent it all "
-        "(its CPU under 5 % of a core over 5 s; the wait is the column after the RSS) and a "
-        "settling pause has passed; the control server's own CPU in the windows is the last column.\n\n"
+        "(no map message reached the daemon for 30 s; the time from the ADDs to the last one is "
+        "the column after the RSS) and a settling pause has passed; the control server's own "
+        "CPU in the windows is the last column.\n\n"
     )
     out += table(
         [
@@ -496,11 +497,11 @@ def render_footprint(data, meta):
 
 
 def quiet_after(stage):
-    """How long the control server took to go quiet after a stage's ADDs."""
+    """How long the control server kept sending map messages after a stage's ADDs."""
     if "control_quiet_after_s" not in stage:
         return "-"
     waited = stage["control_quiet_after_s"]
-    return "still busy" if waited is None else f"{waited:.0f} s"
+    return "still sending" if waited is None else f"{waited:.0f} s"
 
 
 def render_control(data, meta):
