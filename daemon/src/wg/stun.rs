@@ -324,13 +324,20 @@ mod tests {
         p
     }
 
-    #[test]
-    fn a_quiet_pod_keeps_its_mapping_without_rounds() {
-        let t0 = Instant::now();
+    /// A prober whose pod went quiet at `t0`, right after its first
+    /// mapping, and that mapping.
+    fn quiet_with_mapping(t0: Instant) -> (StunProber, SocketAddr) {
         let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
         let mapped: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         let mut p = mapped_at(t0, server, mapped);
         p.set_busy(false, t0);
+        (p, mapped)
+    }
+
+    #[test]
+    fn a_quiet_pod_keeps_its_mapping_without_rounds() {
+        let t0 = Instant::now();
+        let (mut p, mapped) = quiet_with_mapping(t0);
         assert_eq!(p.next_deadline(t0), None, "nothing to wake for");
         let later = t0 + MAPPING_TTL * 10;
         assert!(p.poll(later, ids()).is_empty(), "no refresh rounds");
@@ -341,10 +348,7 @@ mod tests {
     #[test]
     fn a_pod_that_gets_busy_refreshes_at_once_and_expires_from_then() {
         let t0 = Instant::now();
-        let server: SocketAddr = "127.0.0.1:3478".parse().unwrap();
-        let mapped: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        let mut p = mapped_at(t0, server, mapped);
-        p.set_busy(false, t0);
+        let (mut p, mapped) = quiet_with_mapping(t0);
         let woke = t0 + MAPPING_TTL * 10;
         p.set_busy(true, woke);
         assert_eq!(p.next_deadline(woke), Some(woke), "a round is due");
