@@ -201,14 +201,17 @@ impl MapStream {
     }
 }
 
-/// Bytes of buffer a map stream keeps between messages.
+/// Bytes of buffer a map stream keeps while part of a message waits.
 const KEPT_BUFFER: usize = 16 << 10;
 
-/// Gives back what a large message (the first netmap, with every peer) made
-/// the buffer grow by once it is consumed: a pod's map stream lives as long
-/// as the pod, and kept 128 KiB per pod at 250 pods.
+/// Gives back the buffer once a message is consumed: a pod's map stream
+/// lives as long as the pod and is idle between messages, and the first
+/// netmap (every peer) made it grow to 128 KiB per pod at 250 pods. With
+/// the start of the next message already in it, it keeps room for that.
 fn release_spare(buffer: &mut Vec<u8>) {
-    if buffer.capacity() > KEPT_BUFFER && buffer.len() <= KEPT_BUFFER {
+    if buffer.is_empty() {
+        *buffer = Vec::new();
+    } else if buffer.capacity() > KEPT_BUFFER && buffer.len() <= KEPT_BUFFER {
         buffer.shrink_to(KEPT_BUFFER);
     }
 }
@@ -249,28 +252,60 @@ thread_local! {
 }
 
 fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, ClientError> {
+    match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(size)) if size > limit as u64 => Err(ClientError::InflatesTooLarge { limit }),
+        Ok(Some(size)) => match inflate_whole(body, size as usize) {
+            Ok(out) => Ok(out),
+            // More than one frame, or a size that lies: the stream
+            // decoder reads them all and enforces the limit itself.
+            Err(_) => inflate_streaming(body, limit),
+        },
+        Ok(None) | Err(_) => inflate_streaming(body, limit),
+    }
+}
+
+/// Decompresses a frame that states its size straight into its output,
+/// with the thread's reused context. Unlike stream decoding, this keeps no
+/// window buffer in the context: stream decoding left each thread's context
+/// holding the largest netmap's window (2.5 MiB) for the daemon's life.
+fn inflate_whole(body: &[u8], size: usize) -> Result<Vec<u8>, ClientError> {
     DECOMPRESSOR.with_borrow_mut(|slot| {
-        let context =
-            match slot {
-                Some(context) => context,
-                None => slot.insert(DCtx::try_create().ok_or_else(|| {
-                    ClientError::Zstd(io::Error::from(io::ErrorKind::OutOfMemory))
-                })?),
-            };
-        // Resets whatever an earlier message left in the context.
-        let decoder = zstd::stream::read::Decoder::with_context(body, context);
-        let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-        // Room for a typical ratio up front, rather than growing from a probe.
-        let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
-        decoder
-            .take(cap)
-            .read_to_end(&mut out)
-            .map_err(ClientError::Zstd)?;
-        if out.len() > limit {
-            return Err(ClientError::InflatesTooLarge { limit });
+        let context = match slot {
+            Some(context) => context,
+            None => slot.insert(DCtx::try_create().ok_or_else(out_of_memory)?),
+        };
+        let mut out = Vec::with_capacity(size);
+        let written = context.decompress(&mut out, body).map_err(|code| {
+            ClientError::Zstd(io::Error::other(zstd::zstd_safe::get_error_name(code)))
+        })?;
+        if written != size {
+            return Err(ClientError::Zstd(io::Error::from(
+                io::ErrorKind::InvalidData,
+            )));
         }
         Ok(out)
     })
+}
+
+/// Decompresses whatever frames `body` holds, stopping past `limit` bytes,
+/// with a context of its own that is freed afterwards.
+fn inflate_streaming(body: &[u8], limit: usize) -> Result<Vec<u8>, ClientError> {
+    let decoder = zstd::stream::read::Decoder::new(body).map_err(ClientError::Zstd)?;
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    // Room for a typical ratio up front, rather than growing from a probe.
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    decoder
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(ClientError::Zstd)?;
+    if out.len() > limit {
+        return Err(ClientError::InflatesTooLarge { limit });
+    }
+    Ok(out)
+}
+
+fn out_of_memory() -> ClientError {
+    ClientError::Zstd(io::Error::from(io::ErrorKind::OutOfMemory))
 }
 
 /// Splits one length-prefixed message off `buffer`, if complete.
@@ -354,11 +389,66 @@ mod tests {
         assert!(buffer.capacity() <= KEPT_BUFFER, "{}", buffer.capacity());
         assert_eq!(buffer, b"next message's start");
         // A buffer still holding more than that is left alone.
+        // A consumed buffer is freed whole: idle streams hold nothing.
+        let mut consumed = Vec::with_capacity(4 << 10);
+        consumed.extend_from_slice(b"x");
+        consumed.clear();
+        release_spare(&mut consumed);
+        assert_eq!(consumed.capacity(), 0);
         let mut held = vec![7u8; KEPT_BUFFER + 1];
         held.reserve(64 << 10);
         let capacity = held.capacity();
         release_spare(&mut held);
         assert_eq!(held.capacity(), capacity);
+    }
+
+    /// Bytes that compress, but not to nothing: a netmap's worth of text.
+    fn netmap_like(len: usize) -> Vec<u8> {
+        const RECORD: &[u8] = br#"{"Key":"nodekey:","Addresses":[100.64.0.1/32]}"#;
+        (0..len)
+            .map(|i| RECORD[i % RECORD.len()] ^ ((i / 4096) as u8 & 7))
+            .collect()
+    }
+
+    #[test]
+    fn a_sized_message_decodes_without_keeping_a_window() {
+        let plain = netmap_like(4 << 20);
+        let packed = zstd::bulk::compress(&plain, 3).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&packed).unwrap(),
+            Some(plain.len() as u64)
+        );
+        assert_eq!(inflate(&packed, 8 << 20).unwrap(), plain);
+        let kept = DECOMPRESSOR.with_borrow(|slot| slot.as_ref().map(|context| context.sizeof()));
+        // A stream decoder's context would hold the frame's window (MiBs).
+        assert!(kept.is_some_and(|bytes| bytes < 512 << 10), "{kept:?}");
+        assert!(matches!(
+            inflate(&packed, 1 << 20),
+            Err(ClientError::InflatesTooLarge { limit }) if limit == 1 << 20
+        ));
+    }
+
+    #[test]
+    fn sizeless_and_multi_frame_messages_decode() {
+        let plain = netmap_like(300 << 10);
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        for chunk in plain.chunks(1000) {
+            std::io::Write::write_all(&mut encoder, chunk).unwrap();
+        }
+        let sizeless = encoder.finish().unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&sizeless).unwrap(),
+            None
+        );
+        assert_eq!(inflate(&sizeless, 1 << 20).unwrap(), plain);
+
+        let mut two = zstd::bulk::compress(&plain[..1000], 3).unwrap();
+        two.extend(zstd::bulk::compress(&plain[1000..], 3).unwrap());
+        assert_eq!(inflate(&two, 1 << 20).unwrap(), plain);
+        assert!(matches!(
+            inflate(&two, 200 << 10),
+            Err(ClientError::InflatesTooLarge { .. })
+        ));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the `/ts2021` upgrade, and the Noise channel as an async byte stream.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -333,8 +334,12 @@ pub struct NoiseStream {
     /// Sealed bytes not yet written.
     outbound: Vec<u8>,
     outbound_pos: usize,
-    read_buf: Box<[u8; 8192]>,
 }
+
+/// How much one read from the connection takes. The buffer lives on the
+/// stack of the read, not in the stream: an idle pod's session holds no
+/// read buffer between messages.
+const READ_CHUNK: usize = 8192;
 
 impl NoiseStream {
     fn new(io: Box<dyn Io>, transport: Transport) -> Self {
@@ -345,7 +350,6 @@ impl NoiseStream {
             plaintext_pos: 0,
             outbound: Vec::new(),
             outbound_pos: 0,
-            read_buf: Box::new([0; 8192]),
         }
     }
 
@@ -386,7 +390,9 @@ impl NoiseStream {
             }
             self.outbound_pos += n;
         }
-        self.outbound.clear();
+        // Writes are rare on an idle session: its memory goes back rather
+        // than waiting for the next one.
+        self.outbound = Vec::new();
         self.outbound_pos = 0;
         Poll::Ready(Ok(()))
     }
@@ -410,6 +416,10 @@ impl AsyncRead for NoiseStream {
                     .min(this.plaintext.len() - this.plaintext_pos);
                 buf.put_slice(&this.plaintext[this.plaintext_pos..this.plaintext_pos + n]);
                 this.plaintext_pos += n;
+                if this.plaintext_pos == this.plaintext.len() {
+                    this.plaintext = Vec::new();
+                    this.plaintext_pos = 0;
+                }
                 return Poll::Ready(Ok(()));
             }
             if let Some(record) = this.transport.next_plaintext().map_err(invalid)? {
@@ -417,7 +427,8 @@ impl AsyncRead for NoiseStream {
                 this.plaintext_pos = 0;
                 continue;
             }
-            let mut raw = ReadBuf::new(&mut this.read_buf[..]);
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut raw = ReadBuf::uninit(&mut chunk);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut raw))?;
             if raw.filled().is_empty() {
                 return Poll::Ready(Ok(()));
@@ -461,6 +472,33 @@ impl AsyncWrite for NoiseStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_idle_stream_holds_no_buffers() {
+        let (near, mut far) = tokio::io::duplex(64 << 10);
+        let (client, mut server) = super::super::noise::transport_pair();
+        let mut stream = NoiseStream::new(Box::new(near), client);
+
+        stream.write_all(&[1u8; 5000]).await.unwrap();
+        stream.flush().await.unwrap();
+        assert_eq!(stream.outbound.capacity(), 0);
+        let mut wire = vec![0u8; 64 << 10];
+        let n = far.read(&mut wire).await.unwrap();
+        server.push(&wire[..n]);
+        let mut got = Vec::new();
+        while let Some(record) = server.next_plaintext().unwrap() {
+            got.extend_from_slice(&record);
+        }
+        assert_eq!(got, [1u8; 5000]);
+
+        let mut sealed = Vec::new();
+        server.seal(&[2u8; 6000], &mut sealed).unwrap();
+        far.write_all(&sealed).await.unwrap();
+        let mut back = vec![0u8; 6000];
+        stream.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, [2u8; 6000]);
+        assert_eq!(stream.plaintext.capacity(), 0);
+    }
 
     #[test]
     fn chunked_bodies_are_joined() {

@@ -191,6 +191,10 @@ impl Transport {
         }
         self.inbound.advance(HEADER_LEN);
         let mut body = self.inbound.split_to(len).to_vec();
+        if self.inbound.is_empty() {
+            // Between messages an idle session holds no receive buffer.
+            self.inbound = BytesMut::new();
+        }
         match kind {
             MSG_RECORD => {
                 let nonce = self.recv.next_nonce()?;
@@ -207,6 +211,9 @@ impl Transport {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) use tests::pair as transport_pair;
 
 #[cfg(test)]
 mod tests {
@@ -249,7 +256,8 @@ mod tests {
         )
     }
 
-    fn pair() -> (Transport, Transport) {
+    /// A client transport and the server's side of it.
+    pub(crate) fn pair() -> (Transport, Transport) {
         let machine = PrivateKey::generate();
         let server = PrivateKey::generate();
         let (initiator, init) =
@@ -280,6 +288,22 @@ mod tests {
         server.seal(b"world", &mut back).unwrap();
         client.push(&back);
         assert_eq!(client.next_plaintext().unwrap().unwrap(), b"world");
+    }
+
+    #[test]
+    fn a_drained_transport_holds_no_receive_buffer() {
+        let (mut client, mut server) = pair();
+        let mut wire = Vec::new();
+        client.seal(b"first", &mut wire).unwrap();
+        client.seal(b"second", &mut wire).unwrap();
+        let (head, last) = wire.split_at(wire.len() - 1);
+        server.push(head);
+        assert_eq!(server.next_plaintext().unwrap().unwrap(), b"first");
+        assert!(server.next_plaintext().unwrap().is_none());
+        assert!(server.inbound.capacity() > 0, "a partial record is kept");
+        server.push(last);
+        assert_eq!(server.next_plaintext().unwrap().unwrap(), b"second");
+        assert_eq!(server.inbound.capacity(), 0);
     }
 
     #[test]
