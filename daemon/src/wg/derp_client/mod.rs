@@ -20,7 +20,6 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use super::config::DerpNodeConfig;
-use tls::tls_config;
 
 pub use frames::FrameReader;
 pub use link::{DerpInbound, DerpLink, DerpOutbound, HomeRelay, LinkSettings};
@@ -123,7 +122,7 @@ async fn dial(
                 let name = rustls::pki_types::ServerName::try_from(node.host_name.clone())
                     .map_err(|_| DerpClientError::ServerName(node.host_name.clone()))?;
                 let connector =
-                    tokio_rustls::TlsConnector::from(tls_config(node.insecure_for_tests, trust)?);
+                    tokio_rustls::TlsConnector::from(trust.config(node.insecure_for_tests)?);
                 let tls = connector.connect(name, tcp).await.map_err(|source| {
                     DerpClientError::Connect {
                         node: node.name.clone(),
