@@ -97,6 +97,18 @@ impl PacketFd {
             .await
     }
 
+    /// Waits until [`Self::try_recv`] has a packet to give, reading
+    /// nothing: a pod waits without holding a buffer. Cancel-safe.
+    pub async fn readable(&self) -> io::Result<()> {
+        if self.splitter().has_pending() {
+            return Ok(());
+        }
+        let mut ready = self.fd.readable().await?;
+        // The read that follows clears readiness once it would block.
+        ready.retain_ready();
+        Ok(())
+    }
+
     /// Read one packet if one is waiting, without waiting.
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.fd

@@ -4,7 +4,8 @@
 //! about 50 KiB, but a pod needs one only while it handles what woke it. So
 //! pods borrow them and give them back: a pod that wakes for one STUN answer
 //! neither allocates nor clears a megabyte, and the node holds about as many
-//! batches as pods run at once, not one per pod.
+//! batches as pods run at once, not one per pod. The same holds for the
+//! single-packet buffer a pod seals or opens one packet into (9 KiB).
 
 use std::sync::{Mutex, PoisonError};
 
@@ -25,6 +26,7 @@ const KEPT: usize = 8;
 pub(super) struct BatchPool {
     receive: Mutex<Vec<Box<DatagramBatch>>>,
     send: Mutex<Vec<Box<OutBatch>>>,
+    packets: Mutex<Vec<Vec<u8>>>,
 }
 
 impl BatchPool {
@@ -60,6 +62,16 @@ impl BatchPool {
         keep(&self.send, batch);
     }
 
+    /// A buffer of `len` bytes for one packet (its contents are whatever
+    /// the last borrower left).
+    pub(super) fn take_packet(&self, len: usize) -> Vec<u8> {
+        take_matching(&self.packets, |buffer| buffer.len() == len).unwrap_or_else(|| vec![0; len])
+    }
+
+    pub(super) fn give_packet(&self, buffer: Vec<u8>) {
+        keep(&self.packets, buffer);
+    }
+
     #[cfg(test)]
     fn free(&self) -> (usize, usize) {
         (free_count(&self.receive), free_count(&self.send))
@@ -71,13 +83,13 @@ fn free_count<T>(pool: &Mutex<Vec<T>>) -> usize {
     pool.lock().map_or(0, |free| free.len())
 }
 
-fn take_matching<T>(pool: &Mutex<Vec<Box<T>>>, fits: impl Fn(&T) -> bool) -> Option<Box<T>> {
+fn take_matching<T>(pool: &Mutex<Vec<T>>, fits: impl Fn(&T) -> bool) -> Option<T> {
     let mut free = pool.lock().unwrap_or_else(PoisonError::into_inner);
-    let at = free.iter().rposition(|batch| fits(batch))?;
+    let at = free.iter().rposition(fits)?;
     Some(free.swap_remove(at))
 }
 
-fn keep<T>(pool: &Mutex<Vec<Box<T>>>, batch: Box<T>) {
+fn keep<T>(pool: &Mutex<Vec<T>>, batch: T) {
     let mut free = pool.lock().unwrap_or_else(PoisonError::into_inner);
     if free.len() < KEPT {
         free.push(batch);
@@ -134,6 +146,20 @@ mod tests {
         let again = pool.take_send(SLOT);
         assert!(again.datagrams.is_empty());
         assert!(again.peers.is_empty());
+    }
+
+    #[test]
+    fn packet_buffers_are_lent_again_by_length() {
+        let pool = BatchPool::default();
+        let mut buffer = pool.take_packet(SLOT);
+        assert_eq!(buffer.len(), SLOT);
+        buffer[0] = 7;
+        let first = buffer.as_ptr();
+        pool.give_packet(buffer);
+        assert_eq!(pool.take_packet(SLOT + 1).len(), SLOT + 1);
+        let again = pool.take_packet(SLOT);
+        assert_eq!(again.as_ptr(), first);
+        assert_eq!(free_count(&pool.packets), 0);
     }
 
     #[test]

@@ -188,13 +188,16 @@ impl Engine {
         );
         let engine = self.clone();
         let id = pod_id.clone();
+        let inputs = PodInputs {
+            device,
+            commands: command_rx,
+            relayed: inbound.relayed,
+            dns_replies: inbound.dns_replies,
+        };
+        // Boxed: the task's future would otherwise hold the state three
+        // times over (captured, passed, bound), 1.6 KiB each.
+        let state = Box::new(state);
         tokio::spawn(async move {
-            let inputs = PodInputs {
-                device,
-                commands: command_rx,
-                relayed: inbound.relayed,
-                dns_replies: inbound.dns_replies,
-            };
             pod::run(state, inputs).await;
             engine.forget(&id);
         });

@@ -2,6 +2,7 @@
 //! commands, relay packets, packet device, UDP socket and one timer, set to
 //! the next deadline the pod has (see `timers`).
 
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,8 +57,6 @@ pub(super) struct PodState {
     /// When the timer pass last ran and what it must do next.
     pub(super) timers: TimerState,
     pub(super) engine: Arc<EngineInner>,
-    /// Reused for every encapsulation/decapsulation.
-    pub(super) out_buf: Vec<u8>,
 }
 
 /// The receiving ends a [`super::PodHandle`] holds.
@@ -124,7 +123,6 @@ impl PodState {
             dns,
             counters,
             timers: TimerState::new(Instant::now()),
-            out_buf: vec![0u8; (engine.config.max_packet_size + WG_OVERHEAD).max(MIN_WG_BUFFER)],
             engine,
         };
         let watches = PodWatches {
@@ -137,6 +135,46 @@ impl PodState {
             dns_replies,
         };
         (state, watches, inbound)
+    }
+
+    /// Reads and sends what the pod's device holds, up to a bound so that
+    /// events still get served, into a buffer borrowed for the read. An
+    /// error on the first read is the device's failure.
+    fn drain_device(&mut self, device: &PacketFd) -> io::Result<()> {
+        let mut buffer = self.take_packet_buffer();
+        let mtu = self.engine.config.max_packet_size;
+        let mut read = 0;
+        let mut failed = None;
+        while read < TUN_BATCH {
+            match device.try_recv(&mut buffer[..mtu]) {
+                Ok(n) => {
+                    self.handle_outbound_packet(&buffer[..n]);
+                    read += 1;
+                }
+                Err(e) if read == 0 && e.kind() != io::ErrorKind::WouldBlock => {
+                    failed = Some(e);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.give_packet_buffer(buffer);
+        if read > 0 {
+            self.flush_tx();
+            self.counters.mark_changed();
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// A buffer to seal or open one packet into, borrowed from the engine:
+    /// a pod holds none between packets.
+    pub(super) fn take_packet_buffer(&self) -> Vec<u8> {
+        let len = (self.engine.config.max_packet_size + WG_OVERHEAD).max(MIN_WG_BUFFER);
+        self.engine.batches.take_packet(len)
+    }
+
+    pub(super) fn give_packet_buffer(&self, buffer: Vec<u8>) {
+        self.engine.batches.give_packet(buffer);
     }
 
     fn handle_command(&mut self, cmd: Command) {
@@ -192,15 +230,13 @@ impl PodState {
 }
 
 /// Serve the pod until it is detached, its handles are gone or its device fails.
-pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
+pub(super) async fn run(mut state: Box<PodState>, inputs: PodInputs) {
     let PodInputs {
         device,
         mut commands,
         mut relayed,
         mut dns_replies,
     } = inputs;
-    // Sized to the device MTU, not 64 KiB: per-pod memory matters.
-    let mut tun_buf = vec![0u8; state.engine.config.max_packet_size];
     let udp = state.socket.shared_udp();
     let mut armed = state.next_wake();
     let timer = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
@@ -232,24 +268,10 @@ pub(super) async fn run(mut state: PodState, inputs: PodInputs) {
                     }
                 }
             }
-            read = device.recv(&mut tun_buf) => {
-                match read {
-                    Ok(n) => {
-                        state.handle_outbound_packet(&tun_buf[..n]);
-                        // Drain what else is waiting, bounded so events still get served.
-                        for _ in 1..TUN_BATCH {
-                            match device.try_recv(&mut tun_buf) {
-                                Ok(n) => state.handle_outbound_packet(&tun_buf[..n]),
-                                Err(_) => break,
-                            }
-                        }
-                        state.flush_tx();
-                        state.counters.mark_changed();
-                    }
-                    Err(e) => {
-                        warn!(pod = %state.identity.pod_id, error = %e, "packet device failed; detaching");
-                        break;
-                    }
+            ready = device.readable() => {
+                if let Err(e) = ready.and_then(|()| state.drain_device(&device)) {
+                    warn!(pod = %state.identity.pod_id, error = %e, "packet device failed; detaching");
+                    break;
                 }
             }
             ready = socket::readable(udp.as_deref(), state.socket.pacing.not_before()) => match (ready, udp.as_deref()) {

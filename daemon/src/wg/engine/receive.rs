@@ -202,7 +202,7 @@ impl PodState {
         src_addr: Option<IpAddr>,
         datagram: &[u8],
     ) {
-        let mut out = std::mem::take(&mut self.out_buf);
+        let mut out = self.take_packet_buffer();
         // Handshake traffic only: boringtun writes it into `out`, which the
         // next call reuses, so it is copied out.
         let mut to_network = Vec::new();
@@ -235,7 +235,7 @@ impl PodState {
                 self.deliver(device, peer_key, &out[..len], src).await;
             }
         }
-        self.out_buf = out;
+        self.give_packet_buffer(out);
     }
 
     /// Write a decrypted packet into the pod, if it passes the checks.

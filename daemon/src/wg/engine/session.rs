@@ -341,7 +341,7 @@ impl PodState {
     /// the peer answers the first to arrive and drops the other as a
     /// replay, then moves its traffic to the new session.
     fn initiate_handshake(&mut self, peer: &ResumePeer) {
-        let mut out = std::mem::take(&mut self.out_buf);
+        let mut out = self.take_packet_buffer();
         let wire = match self.tunn_for(&peer.node_key) {
             Some(tunn) => match tunn.format_handshake_initiation(&mut out, false) {
                 TunnResult::WriteToNetwork(wire) => Some(wire.to_vec()),
@@ -355,7 +355,7 @@ impl PodState {
             },
             None => None,
         };
-        self.out_buf = out;
+        self.give_packet_buffer(out);
         let Some(wire) = wire else {
             return;
         };
@@ -382,9 +382,9 @@ impl PodState {
 
     /// Timer: WireGuard timers of every session, their output sent.
     pub(super) fn update_session_timers(&mut self) {
-        let mut out = std::mem::take(&mut self.out_buf);
+        let mut out = self.take_packet_buffer();
         let to_send = self.peers.update_timers(&mut out, &self.identity.pod_id);
-        self.out_buf = out;
+        self.give_packet_buffer(out);
         for (key, wire) in to_send {
             self.send_to_peer(&key, &wire);
         }

@@ -51,7 +51,7 @@ impl PodState {
             self.encapsulate_direct(peer_key, addr, packet);
             return;
         }
-        let mut out = std::mem::take(&mut self.out_buf);
+        let mut out = self.take_packet_buffer();
         if let Some(tunn) = self.tunn_for(&peer_key) {
             match tunn.encapsulate(packet, &mut out) {
                 TunnResult::WriteToNetwork(wire) => {
@@ -66,7 +66,7 @@ impl PodState {
                 _ => {}
             }
         }
-        self.out_buf = out;
+        self.give_packet_buffer(out);
     }
 
     /// The peer's validated direct endpoint, if the pod has a socket to
