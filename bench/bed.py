@@ -22,6 +22,7 @@ import json
 import os
 import select
 import shutil
+import shlex
 import signal
 import socket
 import struct
@@ -981,14 +982,19 @@ def wait_for_map_silence(log, quiet_s, limit_s):
 
 def part_footprint(args, bed, work):
     """Daemon RSS and idle CPU with 0, 50 and 250 pods, next to official
-    tailscaled nodes that hold the same netmap."""
-    daemon = Daemon(bed, args.bin, work, log_also=MAP_MESSAGE_TARGET)
+    tailscaled nodes that hold the same netmap; then the daemon's RSS once
+    every pod has a live WireGuard session with an official peer."""
+    ns = start_peer(bed, work)
+    daemon = Daemon(bed, args.bin, work, wrap=shlex.split(args.wrap), log_also=MAP_MESSAGE_TARGET)
     nodes = []
+    pinger = None
     out = {"machine": machine(), "stages": []}
     try:
+        nodes.append(Tailscaled(bed, work, "peer", "kernel", tun="tsbpeer", netns="bpeer"))
+        pinger = Pinger("bpeer", interval=0.5)
         nodes.append(Tailscaled(bed, work, "kernel", "kernel", tun="tsbkern"))
         nodes.append(Tailscaled(bed, work, "userspace", "userspace"))
-        pids = {"daemon": daemon.pid, "tailscaled_kernel": nodes[0].pid, "tailscaled_userspace": nodes[1].pid}
+        pids = {"daemon": daemon.pid, "tailscaled_kernel": nodes[1].pid, "tailscaled_userspace": nodes[2].pid}
         control_pid = bed.rscale_pid()
         pods = Pods(daemon, args.shim, work, "bfoot")
         have = []
@@ -1026,11 +1032,41 @@ def part_footprint(args, bed, work):
             d = stage["daemon"]
             stage["daemon_rss_per_pod"] = (d["rss"]["median"] - base["rss"]["median"]) / n
             stage["daemon_cpu_per_pod"] = (d["cpu_per_s"]["median"] - base["cpu_per_s"]["median"]) / n
+        out["live"] = live_sessions(args, have, pinger, pids, base)
     finally:
+        if pinger:
+            pinger.close()
         for n in nodes:
             n.stop()
         daemon.stop()
+        ns.stop()
     return out
+
+
+def live_sessions(args, have, pinger, pids, base):
+    """Pings every pod from the official peer, so that each holds a
+    WireGuard session, then samples as for idle pods. Sessions stay
+    established for minutes after the last packet: the windows see them."""
+    targets = [p["ipv4"] for p in have if "error" not in p]
+    t0 = time.monotonic()
+    for ip in targets:
+        pinger.watch(ip)
+    reached = 0
+    for ip in targets:
+        if pinger.wait(ip, max(0.1, args.live_timeout - (time.monotonic() - t0))) is not None:
+            reached += 1
+    live = {
+        "pods": len(targets),
+        "reached": reached,
+        "reach_wall_s": time.monotonic() - t0,
+        **idle_samples(pids, args.windows, args.window_seconds),
+    }
+    live["daemon_rss_per_pod"] = (live["daemon"]["rss"]["median"] - base["rss"]["median"]) / max(1, len(targets))
+    log(
+        f"{reached} of {len(targets)} pods with a live session: daemon RSS "
+        f"{live['daemon']['rss']['median'] / 2**20:.1f} MiB"
+    )
+    return live
 
 
 def add_common_arguments(ap):
@@ -1083,6 +1119,15 @@ def main():
         type=float,
         default=900.0,
         help="footprint: seconds to wait for the control server to stop sending map messages after the ADDs",
+    )
+    ap.add_argument(
+        "--live-timeout",
+        type=float,
+        default=180.0,
+        help="footprint: seconds for every pod to answer the peer's ping",
+    )
+    ap.add_argument(
+        "--wrap", default="", help="footprint: a command the daemon runs under, e.g. 'heaptrack -o /tmp/heap'"
     )
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--window-seconds", type=float, default=4.0)

@@ -479,6 +479,27 @@ def render_footprint(data, meta):
         "the column after the RSS) and a settling pause has passed; the control server's own "
         "CPU in the windows is the last column.\n\n"
     )
+    live = data.get("live")
+    if live:
+        rows.append(
+            [
+                f"{live['pods']}, live sessions ({live['reached']} reached)",
+                spread(live["daemon"]["rss"], 1 / MIB, 1, " MiB"),
+                f"{live['daemon_rss_per_pod'] / 1024:,.0f} KiB",
+                spread(live["daemon"]["cpu_per_s"], 100, 2, " %"),
+                "-",
+                spread(live["tailscaled_userspace"]["rss"], 1 / MIB, 1, " MiB"),
+                spread(live["tailscaled_kernel"]["rss"], 1 / MIB, 1, " MiB"),
+                "-",
+                spread(live["control"]["cpu_per_s"], 100, 1, " %") if "control" in live else "-",
+            ]
+        )
+        out += (
+            "The last row: once the idle figures are taken, an official kernel-TUN peer in a "
+            "namespace of its own pings every pod, so that each holds a WireGuard session with it, "
+            "and the same windows are sampled (sessions stay established for minutes after the "
+            "last packet).\n\n"
+        )
     out += table(
         [
             "pods",
@@ -633,6 +654,12 @@ def render_summary(parts):
             busy = "control_quiet_after_s" in last and last["control_quiet_after_s"] is None
             figure = f"{cpu * 100:.1f} % of a core" + (" (control server still sending)" if busy else "")
             rows.append([f"daemon CPU with {last['pods']} idle pods", "< 1 % of a core", figure, met(cpu < 0.01 and not busy)])
+            live = fp[0].get("live")
+            if live:
+                v = live["daemon_rss_per_pod"]
+                all_live = live["reached"] == live["pods"]
+                figure = f"{v / 1024:,.0f} KiB" + ("" if all_live else f" ({live['reached']} of {live['pods']} reached)")
+                rows.append([f"daemon memory per pod with a live session, {live['pods']} pods", "(a figure)", figure, met(all_live)])
             ts = last["tailscaled_userspace"]["rss"]["median"]
             rows.append([f"one official tailscaled (userspace) at {last['pods']} pods", "(what a client per pod costs)", f"{ts / 1e6:.1f} MB", ""])
     if not rows:
@@ -650,6 +677,7 @@ SUMMARY_PART_OF = (
     ("ADD-to-reachable", "pods"),
     ("reachable again", "restart"),
     ("daemon memory per idle pod", "footprint"),
+    ("daemon memory per pod with a live session", "footprint"),
     ("daemon CPU with", "footprint"),
     ("one official tailscaled", "footprint"),
     ("peer table per peer", "engine"),
