@@ -251,39 +251,50 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
 }
 
+/// Output room tried first for a frame that does not state its size, as a
+/// multiple of the compressed size; it grows fourfold until `limit`.
+const GUESSED_RATIO: usize = 8;
+const MIN_GUESS: usize = 16 << 10;
+
+/// Decompresses straight into the output with the thread's reused context,
+/// which then keeps no window buffer: stream decoding left each thread's
+/// context holding the largest netmap's window (2.5 MiB) for the daemon's
+/// life. A frame that states its size gets exactly that room; otherwise
+/// (as some servers send) the room is guessed and grown. What does not
+/// decode within `limit` is handed to the stream decoder, which tells a
+/// message too large from a broken one.
 fn inflate(body: &[u8], limit: usize) -> Result<Vec<u8>, ClientError> {
-    match zstd::zstd_safe::get_frame_content_size(body) {
-        Ok(Some(size)) if size > limit as u64 => Err(ClientError::InflatesTooLarge { limit }),
-        Ok(Some(size)) => match inflate_whole(body, size as usize) {
-            Ok(out) => Ok(out),
-            // More than one frame, or a size that lies: the stream
-            // decoder reads them all and enforces the limit itself.
-            Err(_) => inflate_streaming(body, limit),
-        },
-        Ok(None) | Err(_) => inflate_streaming(body, limit),
+    let mut room = match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(size)) if size > limit as u64 => {
+            return Err(ClientError::InflatesTooLarge { limit })
+        }
+        Ok(Some(size)) => size as usize,
+        Ok(None) | Err(_) => body
+            .len()
+            .saturating_mul(GUESSED_RATIO)
+            .clamp(MIN_GUESS.min(limit), limit),
+    };
+    loop {
+        if let Some(out) = inflate_into(body, room)? {
+            return Ok(out);
+        }
+        if room >= limit {
+            return inflate_streaming(body, limit);
+        }
+        // More frames than the first one's size, or a guess too small.
+        room = room.saturating_mul(4).max(MIN_GUESS).min(limit);
     }
 }
 
-/// Decompresses a frame that states its size straight into its output,
-/// with the thread's reused context. Unlike stream decoding, this keeps no
-/// window buffer in the context: stream decoding left each thread's context
-/// holding the largest netmap's window (2.5 MiB) for the daemon's life.
-fn inflate_whole(body: &[u8], size: usize) -> Result<Vec<u8>, ClientError> {
+/// The whole of `body` if it decodes within `room` bytes.
+fn inflate_into(body: &[u8], room: usize) -> Result<Option<Vec<u8>>, ClientError> {
     DECOMPRESSOR.with_borrow_mut(|slot| {
         let context = match slot {
             Some(context) => context,
             None => slot.insert(DCtx::try_create().ok_or_else(out_of_memory)?),
         };
-        let mut out = Vec::with_capacity(size);
-        let written = context.decompress(&mut out, body).map_err(|code| {
-            ClientError::Zstd(io::Error::other(zstd::zstd_safe::get_error_name(code)))
-        })?;
-        if written != size {
-            return Err(ClientError::Zstd(io::Error::from(
-                io::ErrorKind::InvalidData,
-            )));
-        }
-        Ok(out)
+        let mut out = Vec::with_capacity(room);
+        Ok(context.decompress(&mut out, body).ok().map(|_| out))
     })
 }
 
@@ -410,6 +421,11 @@ mod tests {
             .collect()
     }
 
+    /// What the thread's decompression context holds now.
+    fn kept_by_context() -> Option<usize> {
+        DECOMPRESSOR.with_borrow(|slot| slot.as_ref().map(|context| context.sizeof()))
+    }
+
     #[test]
     fn a_sized_message_decodes_without_keeping_a_window() {
         let plain = netmap_like(4 << 20);
@@ -419,8 +435,8 @@ mod tests {
             Some(plain.len() as u64)
         );
         assert_eq!(inflate(&packed, 8 << 20).unwrap(), plain);
-        let kept = DECOMPRESSOR.with_borrow(|slot| slot.as_ref().map(|context| context.sizeof()));
         // A stream decoder's context would hold the frame's window (MiBs).
+        let kept = kept_by_context();
         assert!(kept.is_some_and(|bytes| bytes < 512 << 10), "{kept:?}");
         assert!(matches!(
             inflate(&packed, 1 << 20),
@@ -429,8 +445,10 @@ mod tests {
     }
 
     #[test]
-    fn sizeless_and_multi_frame_messages_decode() {
-        let plain = netmap_like(300 << 10);
+    fn sizeless_and_multi_frame_messages_decode_without_keeping_a_window() {
+        // As a server that stream-encodes sends them: no size in the frame,
+        // and a ratio past the first guess.
+        let plain = netmap_like(4 << 20);
         let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
         for chunk in plain.chunks(1000) {
             std::io::Write::write_all(&mut encoder, chunk).unwrap();
@@ -440,7 +458,12 @@ mod tests {
             zstd::zstd_safe::get_frame_content_size(&sizeless).unwrap(),
             None
         );
-        assert_eq!(inflate(&sizeless, 1 << 20).unwrap(), plain);
+        assert!(sizeless.len() * GUESSED_RATIO < plain.len());
+        assert_eq!(inflate(&sizeless, 8 << 20).unwrap(), plain);
+        let kept = kept_by_context();
+        assert!(kept.is_some_and(|bytes| bytes < 512 << 10), "{kept:?}");
+
+        let plain = netmap_like(300 << 10);
 
         let mut two = zstd::bulk::compress(&plain[..1000], 3).unwrap();
         two.extend(zstd::bulk::compress(&plain[1000..], 3).unwrap());
