@@ -122,6 +122,9 @@ build_profile_bin() {
 bench_bed() { # parts...
   [[ $EUID -eq 0 ]] || { echo "bench: $* need root (network namespaces, the test bed)" >&2; exit 1; }
   ensure_tools iperf3 socat
+  # The test bed's tools (cached): rscale, tailscaled, and protoc, which the
+  # CRI test client needs to build.
+  scripts/testbed.sh install
   build_release
   if [[ " $* " == *" profile "* ]]; then
     ensure_tools linux-perf valgrind
