@@ -425,6 +425,11 @@ class Pinger:
             self.replied.pop(ip, None)
             self.pending[ip] = 0.0
 
+    def forget(self, ip):
+        """Stops probing `ip`."""
+        with self.lock:
+            self.pending.pop(ip, None)
+
     def wait(self, ip, timeout):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -1044,9 +1049,10 @@ def part_footprint(args, bed, work):
 
 
 def live_sessions(args, have, pinger, pids, base):
-    """Pings every pod from the official peer, so that each holds a
-    WireGuard session, then samples as for idle pods. Sessions stay
-    established for minutes after the last packet: the windows see them."""
+    """Pings every pod from the official peer until it answers, so that
+    each holds a WireGuard session, then stops pinging and samples as for
+    idle pods. Sessions stay established for minutes after the last packet:
+    the windows see them, and not the pings."""
     targets = [p["ipv4"] for p in have if "error" not in p]
     t0 = time.monotonic()
     for ip in targets:
@@ -1055,10 +1061,13 @@ def live_sessions(args, have, pinger, pids, base):
     for ip in targets:
         if pinger.wait(ip, max(0.1, args.live_timeout - (time.monotonic() - t0))) is not None:
             reached += 1
+    for ip in targets:
+        pinger.forget(ip)
     live = {
         "pods": len(targets),
         "reached": reached,
         "reach_wall_s": time.monotonic() - t0,
+        "pings_stopped": True,
         **idle_samples(pids, args.windows, args.window_seconds),
     }
     live["daemon_rss_per_pod"] = (live["daemon"]["rss"]["median"] - base["rss"]["median"]) / max(1, len(targets))

@@ -494,11 +494,16 @@ def render_footprint(data, meta):
                 spread(live["control"]["cpu_per_s"], 100, 1, " %") if "control" in live else "-",
             ]
         )
+        sampled = (
+            "then stops, and the same windows are sampled (sessions stay established for minutes "
+            "after the last packet)"
+            if live.get("pings_stopped")
+            else "and goes on pinging each every 0.5 s while the same windows are sampled"
+        )
         out += (
             "The last row: once the idle figures are taken, an official kernel-TUN peer in a "
-            "namespace of its own pings every pod, so that each holds a WireGuard session with it, "
-            "and the same windows are sampled (sessions stay established for minutes after the "
-            "last packet).\n\n"
+            "namespace of its own pings every pod until it answers, so that each holds a WireGuard "
+            f"session with it, {sampled}.\n\n"
         )
     out += table(
         [
