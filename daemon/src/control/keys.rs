@@ -30,8 +30,14 @@ fn parse_hex32(text: &str, prefix: &str) -> Result<[u8; 32], KeyError> {
     let hex_part = text
         .strip_prefix(prefix)
         .ok_or_else(|| err("wrong prefix"))?;
-    let bytes = hex::decode(hex_part).map_err(|_| err("not hex"))?;
-    bytes.try_into().map_err(|_| err("not 32 bytes"))
+    // Decoded in place: netmaps carry a key per peer, and an allocation
+    // per key was most of what parsing one cost.
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut key).map_err(|e| match e {
+        hex::FromHexError::InvalidStringLength => err("not 32 bytes"),
+        _ => err("not hex"),
+    })?;
+    Ok(key)
 }
 
 /// A private X25519 key.
@@ -146,6 +152,32 @@ mod tests {
         let json = serde_json::to_string(&key).unwrap();
         let back: PrivateKey = serde_json::from_str(&json).unwrap();
         assert_eq!(back.to_bytes(), key.to_bytes());
+    }
+
+    #[test]
+    fn keys_of_any_hex_case_parse_and_malformed_ones_do_not() {
+        let node = NodePublic(PrivateKey::from_bytes([0x5c; 32]).public());
+        let text = node.to_string();
+        let not_hex_text = format!("nodekey:g{}", &text["nodekey:".len() + 1..]);
+        let upper = format!("nodekey:{}", text["nodekey:".len()..].to_uppercase());
+        assert_eq!(NodePublic::parse(&upper), Ok(node));
+        for bad in [
+            &text[..text.len() - 2], // 31 bytes
+            &text[..text.len() - 1], // odd length
+            &format!("{text}00"),    // 33 bytes
+            &not_hex_text,           // not hex, right length
+            "nodekey:",
+        ] {
+            let err = NodePublic::parse(bad).expect_err(bad);
+            assert!(
+                err.reason == "not 32 bytes" || err.reason == "not hex",
+                "{bad}: {err:?}"
+            );
+        }
+        let wrong_length = NodePublic::parse(&text[..text.len() - 2]).unwrap_err();
+        assert_eq!(wrong_length.reason, "not 32 bytes");
+        let not_hex = NodePublic::parse(&not_hex_text);
+        assert_eq!(not_hex.unwrap_err().reason, "not hex");
     }
 
     #[test]
