@@ -437,8 +437,7 @@ class Pinger:
                 if ip in self.replied:
                     return self.replied[ip]
             time.sleep(0.005)
-        with self.lock:
-            self.pending.pop(ip, None)
+        self.forget(ip)
         return None
 
     def _send(self, ip):
