@@ -71,6 +71,8 @@ pub struct PodDataPlane {
     current: watch::Receiver<Attached>,
     /// The session's current keys, to tell a stale attachment.
     keys: watch::Receiver<IdentityKeys>,
+    /// Whether a netmap has been handed to the data plane.
+    netmap_applied: watch::Receiver<bool>,
 }
 
 impl PodDataPlane {
@@ -109,6 +111,19 @@ impl PodDataPlane {
     /// The counters without waiting for the pod's task.
     pub fn stats_now(&self) -> PodStats {
         self.current().stats_now()
+    }
+
+    /// Waits (at most `timeout`) until the pod's task has taken its first
+    /// netmap: until then it knows no peer, and drops what they send.
+    /// Whether it has.
+    pub async fn wait_netmap_applied(&self, timeout: Duration) -> bool {
+        let mut applied = self.netmap_applied.clone();
+        let taken = async {
+            // The pod's task takes commands in order: its answer to this
+            // one comes after it took the netmap's.
+            applied.wait_for(|done| *done).await.is_ok() && self.stats().await.is_ok()
+        };
+        matches!(tokio::time::timeout(timeout, taken).await, Ok(true))
     }
 }
 
@@ -201,18 +216,20 @@ pub fn supervise(
             target.routing.prefs.clone(),
         )
     });
+    let (netmap_applied, netmap_applied_rx) = watch::channel(false);
     let data = PodDataPlane {
         current,
         keys: keys.clone(),
+        netmap_applied: netmap_applied_rx,
     };
     let follow = follow(
         slot,
-        attached_key,
         target,
         keys,
         netmap,
         reporter,
         remembered,
+        netmap_applied,
     );
     // Boxed: `select!` would otherwise hold a second copy of both futures
     // (7 KiB a pod) beside the ones the task captured.
@@ -232,13 +249,14 @@ pub fn supervise(
 
 async fn follow(
     slot: watch::Sender<Attached>,
-    mut attached_key: NodePublic,
     target: AttachTarget,
     mut keys: watch::Receiver<IdentityKeys>,
     netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
     mut remembered: Option<RememberedSessions>,
+    netmap_applied: watch::Sender<bool>,
 ) {
+    let mut attached_key = slot.borrow().key;
     loop {
         let wanted = keys.borrow_and_update().clone();
         if wanted.node_public() != attached_key {
@@ -277,7 +295,14 @@ async fn follow(
             }
         }
         let routing = target.routing.clone();
-        let sync = super::sync::run_from(netmap.clone(), reporter.clone(), handle, routing, filter);
+        let sync = super::sync::run_from(
+            netmap.clone(),
+            reporter.clone(),
+            handle,
+            routing,
+            filter,
+            &netmap_applied,
+        );
         tokio::pin!(sync);
         loop {
             tokio::select! {

@@ -404,16 +404,27 @@ pub async fn run(
     data: PodHandle,
     routing: PodRouting,
 ) {
-    run_from(netmap, reporter, data, routing, FilterBeforeNetmap::Closed).await
+    let (applied, _) = watch::channel(false);
+    run_from(
+        netmap,
+        reporter,
+        data,
+        routing,
+        FilterBeforeNetmap::Closed,
+        &applied,
+    )
+    .await
 }
 
-/// [`run`] for a pod that enforces `filter` until its first netmap.
+/// [`run`] for a pod that enforces `filter` until its first netmap; sets
+/// `applied` once a netmap has been handed to the data plane.
 pub async fn run_from(
     mut netmap: watch::Receiver<Option<Arc<NetMap>>>,
     reporter: EndpointReporter,
     data: PodHandle,
     routing: PodRouting,
     filter: FilterBeforeNetmap,
+    applied: &watch::Sender<bool>,
 ) {
     let mut endpoints = data.endpoints();
     let Ok(mut sync) = PodSync::starting_with(data, routing, filter).await else {
@@ -425,6 +436,7 @@ pub async fn run_from(
             if sync.apply(&map).await.is_err() {
                 return;
             }
+            applied.send_if_modified(|done| !std::mem::replace(done, true));
         }
         let reported = endpoints.borrow_and_update().clone();
         reporter.report(reported.endpoints, reported.preferred_derp);

@@ -418,17 +418,17 @@ async fn the_data_plane_follows_a_rotated_key() {
         None,
     );
     let task = tokio::spawn(task);
-    // The sync gives the first attachment its peers.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while data
-        .stats()
-        .await
-        .map(|s| s.peers.is_empty())
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "the data plane got no peers");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The sync gives the first attachment its peers; once the wait says so,
+    // the pod's task has them.
+    assert!(
+        data.wait_netmap_applied(Duration::from_secs(20)).await,
+        "the data plane took no netmap"
+    );
+    let peers = data.stats().await.expect("stats").peers;
+    assert!(
+        !peers.is_empty(),
+        "the netmap was applied but the data plane has no peers"
+    );
 
     let socks = &bed.peer_socks5;
     assert_eq!(

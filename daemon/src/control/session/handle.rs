@@ -26,6 +26,32 @@ pub(super) struct Reported {
     pub preferred_derp: Option<u16>,
     /// Replaces the hostname the session was started with.
     pub hostname: Option<String>,
+    /// A new hostname waits for the next endpoint report to go with it.
+    pub hostname_unsent: bool,
+}
+
+impl Reported {
+    /// Records a new hostname, to go with the next endpoint report.
+    fn rename(&mut self, hostname: &str) {
+        if self.hostname.as_deref() != Some(hostname) {
+            self.hostname = Some(hostname.to_string());
+            self.hostname_unsent = true;
+        }
+    }
+
+    /// Records the data plane's endpoints; whether the server must hear of
+    /// them (they changed, or a rename waits for them).
+    fn report(&mut self, endpoints: Vec<SocketAddr>, preferred_derp: Option<u16>) -> bool {
+        let unchanged = self.endpoints == endpoints && self.preferred_derp == preferred_derp;
+        if unchanged && !self.hostname_unsent {
+            return false;
+        }
+        self.endpoints = endpoints;
+        self.preferred_derp = preferred_derp;
+        // The caller wakes the session, whose next request reads it.
+        self.hostname_unsent = false;
+        true
+    }
 }
 
 /// What the handle asks of its session.
@@ -180,22 +206,15 @@ impl IdentityHandle {
     }
 
     /// Renames the identity: its Hostinfo carries `hostname` from the next
-    /// map request on, which is sent at once when the session is connected.
-    /// For an identity registered ahead of demand and then bound to a pod.
+    /// map request on. For an identity registered ahead of demand and then
+    /// bound to a pod: the rename waits for the endpoint report the pod's
+    /// attach makes, so that the server (which tells every peer of each
+    /// change) hears of both in one request.
     pub fn set_hostname(&self, hostname: &str) {
-        {
-            let mut current = self
-                .endpoints
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if current.hostname.as_deref() == Some(hostname) {
-                return;
-            }
-            current.hostname = Some(hostname.to_string());
-        }
-        // As for endpoints: a full queue already holds a wake-up, a closed
-        // one means the session has ended.
-        self.commands.try_send(Command::ReportChanged).ok();
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rename(hostname);
     }
 
     /// A cloneable way to report endpoints, for the task that watches the
@@ -236,19 +255,52 @@ pub struct EndpointReporter {
 
 impl EndpointReporter {
     pub fn report(&self, endpoints: Vec<SocketAddr>, preferred_derp: Option<u16>) {
-        {
-            let mut current = self
-                .endpoints
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if current.endpoints == endpoints && current.preferred_derp == preferred_derp {
-                return;
-            }
-            current.endpoints = endpoints;
-            current.preferred_derp = preferred_derp;
+        let changed = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .report(endpoints, preferred_derp);
+        if !changed {
+            return;
         }
         // A full queue already holds a wake-up, after which the session reads
         // the current endpoints; a closed one means the session has ended.
         self.commands.try_send(Command::ReportChanged).ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn only_a_change_of_endpoints_or_relay_is_reported() {
+        let mut reported = Reported::default();
+        assert!(reported.report(vec![endpoint(1)], Some(900)));
+        assert!(!reported.report(vec![endpoint(1)], Some(900)));
+        assert!(reported.report(vec![endpoint(1)], Some(901)));
+        assert!(reported.report(vec![endpoint(2)], Some(901)));
+    }
+
+    #[test]
+    fn a_rename_goes_with_the_next_endpoint_report_even_an_unchanged_one() {
+        let mut reported = Reported::default();
+        assert!(reported.report(Vec::new(), Some(900)));
+        reported.rename("web-0");
+        assert_eq!(reported.hostname.as_deref(), Some("web-0"));
+        assert!(
+            reported.report(Vec::new(), Some(900)),
+            "the pending rename is sent"
+        );
+        assert!(!reported.report(Vec::new(), Some(900)), "and only once");
+        reported.rename("web-0");
+        assert!(
+            !reported.report(Vec::new(), Some(900)),
+            "the same name again is no rename"
+        );
     }
 }

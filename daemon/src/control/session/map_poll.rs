@@ -82,7 +82,14 @@ impl Session {
                         // The new set is recorded already and would not be
                         // reported again: reconnect, and the next poll
                         // carries it.
-                        conn.update(&self.map_request(false))
+                        let update = self.map_request(false);
+                        debug!(
+                            hostname = %update.hostinfo.hostname,
+                            endpoints = update.endpoints.len(),
+                            preferred_derp = update.hostinfo.net_info.as_ref().map(|n| n.preferred_derp),
+                            "reporting to control"
+                        );
+                        conn.update(&update)
                             .await
                             .map_err(SessionError::EndpointUpdate)?;
                     }

@@ -39,6 +39,9 @@ use crate::wg::{HomeRelay, WarmRelay};
 /// retries only after 5 s. A relay slower than this is not fatal: the ADD
 /// succeeds and the pod becomes reachable when the link comes up.
 const HOME_RELAY_WAIT: Duration = Duration::from_secs(3);
+/// How long an ADD waits for the data plane to take the pod's first netmap
+/// (which the session already has: registration waited for it).
+const NETMAP_APPLIED_WAIT: Duration = Duration::from_secs(2);
 
 /// Routes the pod gets for the tailnet ranges, as reported to the runtime.
 const TAILNET_ROUTES: [&str; 2] = ["100.64.0.0/10", "fd7a:115c:a1e0::/48"];
@@ -235,12 +238,22 @@ impl<B: Backends> PodManager<B> {
         );
         let relay = data.wait_home_relay(HOME_RELAY_WAIT).await;
         clock.lap(Step::HomeRelay);
+        // Until the pod's task has its peers it drops their packets, and a
+        // peer whose first handshake is lost waits five seconds to retry.
+        let netmap_applied = data.wait_netmap_applied(NETMAP_APPLIED_WAIT).await;
+        clock.lap(Step::Netmap);
         clock.report(&record.hostname);
         if !matches!(relay, HomeRelay::Connected | HomeRelay::Absent) {
             warn!(
                 hostname = %record.hostname,
                 state = ?relay,
                 "home relay not connected yet; peers' first packets may be lost until it is"
+            );
+        }
+        if !netmap_applied {
+            warn!(
+                hostname = %record.hostname,
+                "the data plane has no netmap yet; peers' first packets are dropped until it has"
             );
         }
         info!(

@@ -137,7 +137,12 @@ impl DataPlane for LiveEngine {
     ) -> Option<WarmRelay> {
         let netmap = session.netmap().borrow().clone()?;
         let derp = SharedConversions::global().derp_map(netmap.derp_map.as_ref()?);
-        Some(self.0.warm_relay(label, keys.node_private_bytes(), derp))
+        let relay = self.0.warm_relay(label, keys.node_private_bytes(), derp);
+        // Peers learn where to find the identity while it waits, so the pod
+        // it is bound to is reachable through the relay once attached, with
+        // no word from control in between.
+        session.set_endpoints(Vec::new(), relay.home_region());
+        Some(relay)
     }
 
     fn attach(
@@ -186,6 +191,10 @@ pub struct LiveAttachment {
 impl PodAttachment for LiveAttachment {
     async fn wait_home_relay(&self, timeout: Duration) -> HomeRelay {
         self.data.current().wait_home_relay(timeout).await
+    }
+
+    async fn wait_netmap_applied(&self, timeout: Duration) -> bool {
+        self.data.wait_netmap_applied(timeout).await
     }
 
     async fn stats(&self) -> Result<PodStats, EngineError> {

@@ -75,7 +75,7 @@ pub trait PodSession: Send + Sync + 'static {
     /// The node control registered, once it has sent a netmap naming it.
     fn self_node(&self) -> Option<SelfNode>;
     /// Tells control the identity's new hostname (a pooled identity bound
-    /// to a pod), with the next map request.
+    /// to a pod), with the endpoint report the pod's attach makes.
     fn set_hostname(&self, hostname: &str);
     /// Expires the node key at the server and ends the session.
     async fn logout(self) -> Result<(), ControlError>;
@@ -105,7 +105,8 @@ pub trait DataPlane: Send + Sync + 'static {
     type Attachment: PodAttachment;
     /// Connects the home relay of a registered identity that serves no pod
     /// yet (a pooled one), from its session's DERP map; `None` before the
-    /// session has one. `label` names the identity in the log.
+    /// session has one, and tells control that relay is the identity's
+    /// home. `label` names the identity in the log.
     fn warm_relay(
         &self,
         label: &str,
@@ -128,6 +129,9 @@ pub trait DataPlane: Send + Sync + 'static {
 pub trait PodAttachment: Send + Sync + 'static {
     /// Waits (at most `timeout`) for the pod's home relay connection.
     async fn wait_home_relay(&self, timeout: Duration) -> HomeRelay;
+    /// Waits (at most `timeout`) until the data plane has the pod's first
+    /// netmap, and with it its peers; whether it has.
+    async fn wait_netmap_applied(&self, timeout: Duration) -> bool;
     /// Counters and peers, from the pod's task.
     async fn stats(&self) -> Result<PodStats, EngineError>;
     /// Counters without waiting for the pod's task.

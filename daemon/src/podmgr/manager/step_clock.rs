@@ -21,9 +21,11 @@ pub(super) enum Step {
     Attach,
     /// Waiting for the home relay connection.
     HomeRelay,
+    /// Waiting for the data plane to take the first netmap.
+    Netmap,
 }
 
-const STEPS: usize = 6;
+const STEPS: usize = 7;
 
 /// Durations of the steps of one ADD.
 pub(super) struct StepClock {
@@ -66,6 +68,7 @@ impl StepClock {
             plumb_ms = ms(Step::Plumb),
             attach_ms = ms(Step::Attach),
             home_relay_ms = ms(Step::HomeRelay),
+            netmap_ms = ms(Step::Netmap),
             "ADD steps"
         );
     }

@@ -92,13 +92,15 @@ impl PodState {
         reused: Reused,
     ) -> (Self, PodWatches, PodInbound) {
         let socket = PodSocket::bind(&pod_id, engine.config.max_packet_size, reused.udp_port);
-        let (discovery, endpoints) =
+        let (mut discovery, endpoints) =
             Discovery::new(disco_private, socket.port(), &engine.host_addresses);
         let warm = reused
             .relay
             .and_then(|warm| warm.into_parts_for(&node_private));
-        if warm.is_some() {
+        if let Some((links, _, _)) = &warm {
             debug!(pod = %pod_id, "takes over its identity's warm relay links");
+            // Its home region goes with the pod's first endpoint report.
+            discovery.set_preferred_relay(links.home_region());
         }
         let (relay, home_relay, relayed) =
             warm.unwrap_or_else(|| RelayLinks::new(node_private, &engine.config));

@@ -75,6 +75,11 @@ impl WarmRelay {
         *self.home_relay.borrow()
     }
 
+    /// The region the identity's peers are to find it in.
+    pub fn home_region(&self) -> Option<u16> {
+        self.links.home_region()
+    }
+
     /// The links, if they were opened for `node_private` (a pooled
     /// identity's key may have rotated since).
     pub(super) fn into_parts_for(

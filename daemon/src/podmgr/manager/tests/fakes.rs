@@ -440,6 +440,10 @@ impl PodAttachment for FakeAttachment {
         HomeRelay::Connected
     }
 
+    async fn wait_netmap_applied(&self, _timeout: Duration) -> bool {
+        true
+    }
+
     async fn stats(&self) -> Result<PodStats, EngineError> {
         Ok(PodStats::default())
     }
