@@ -720,51 +720,15 @@ def part_pods(args, bed, work):
         for r in range(args.rounds):
             if pool:
                 daemon.wait_pool_full(bed, pool)
-            batch = [pods.new_netns() for _ in range(args.burst)]
-            start = threading.Event()
-
-            def one(pod):
-                start.wait()
-                return pods.try_add(pod, on_added=lambda p: pinger.watch(p["ipv4"]))
-
-            with ThreadPoolExecutor(max_workers=args.burst) as executor:
-                futures = [executor.submit(one, p) for p in batch]
-                t0 = time.monotonic()
-                start.set()
-                for f in futures:
-                    f.result()
-            failed = [p for p in batch if "error" in p]
-            batch = [p for p in batch if "error" not in p]
-            reach = []
-            last = t0
-            for pod in batch:
-                got = pinger.wait(pod["ipv4"], max(0.1, args.reach_timeout - (time.monotonic() - t0)))
-                pod["reach_ms"] = (got - pod["add_start"]) * 1000 if got else None
-                reach.append(pod["reach_ms"])
-                if got:
-                    last = max(last, got)
-            with ThreadPoolExecutor(max_workers=args.burst) as executor:
-                list(executor.map(pods.delete, batch))
-            ok = [v for v in reach if v is not None]
-            stats = {
-                "bridge_ms": [p["bridge_ms"] for p in batch],
-                "add_ms": [p["add_ms"] for p in batch],
-                "reach_ms": ok,
-                "del_ms": [p["del_ms"] for p in batch],
-            }
-            summary = {
-                k: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "max": max(v)}
-                for k, v in stats.items()
-                if v
-            }
-            summary["unreachable"] = len(reach) - len(ok)
-            summary["add_failed"] = len(failed)
-            summary["errors"] = [p["error"] for p in failed][:3]
-            summary["all_reachable_s"] = (last - t0) if len(ok) == len(reach) and not failed else None
-            for p in failed:
-                run(["ip", "netns", "del", p["netns"]], check=False)
+            summary = burst_round(args, pods, pinger)
+            summary.pop("monotonic_span")
             rounds.append(summary)
             log(f"{args.burst} at once, round {r + 1}: " + json.dumps(summary))
+        if args.profile_burst:
+            if pool:
+                daemon.wait_pool_full(bed, pool)
+            out["burst_profile"] = profiled_burst(args, bed, pods, pinger, daemon, peer, work)
+            log("profiled burst: " + json.dumps(out["burst_profile"]["by_role"]))
         out["burst"] = {
             "pods": args.burst,
             "rounds": rounds,
@@ -783,6 +747,174 @@ def part_pods(args, bed, work):
         daemon.stop()
         ns.stop()
     return out
+
+
+
+def burst_round(args, pods, pinger):
+    """`args.burst` pods added at once, each pinged from the moment its ADD
+    returns; every pod deleted again. Returns the round's percentiles."""
+    batch = [pods.new_netns() for _ in range(args.burst)]
+    start = threading.Event()
+
+    def one(pod):
+        start.wait()
+        return pods.try_add(pod, on_added=lambda p: pinger.watch(p["ipv4"]))
+
+    with ThreadPoolExecutor(max_workers=args.burst) as executor:
+        futures = [executor.submit(one, p) for p in batch]
+        t0 = time.monotonic()
+        start.set()
+        for f in futures:
+            f.result()
+    failed = [p for p in batch if "error" in p]
+    batch = [p for p in batch if "error" not in p]
+    reach = []
+    last = t0
+    for pod in batch:
+        got = pinger.wait(pod["ipv4"], max(0.1, args.reach_timeout - (time.monotonic() - t0)))
+        pod["reach_ms"] = (got - pod["add_start"]) * 1000 if got else None
+        reach.append(pod["reach_ms"])
+        if got:
+            last = max(last, got)
+    ended = time.monotonic()
+    with ThreadPoolExecutor(max_workers=args.burst) as executor:
+        list(executor.map(pods.delete, batch))
+    ok = [v for v in reach if v is not None]
+    stats = {
+        "bridge_ms": [p["bridge_ms"] for p in batch],
+        "add_ms": [p["add_ms"] for p in batch],
+        "reach_ms": ok,
+        "del_ms": [p["del_ms"] for p in batch],
+    }
+    summary = {k: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99), "max": max(v)} for k, v in stats.items() if v}
+    summary["unreachable"] = len(reach) - len(ok)
+    summary["add_failed"] = len(failed)
+    summary["errors"] = [p["error"] for p in failed][:3]
+    summary["all_reachable_s"] = (last - t0) if len(ok) == len(reach) and not failed else None
+    summary["window_s"] = ended - t0
+    # The slowest pods, to find them in the daemon's and the peer's logs.
+    summary["slowest"] = [
+        {"pod": p["name"], "ipv4": p["ipv4"], "add_ms": p["add_ms"], "reach_ms": p["reach_ms"]}
+        for p in sorted(batch, key=lambda p: -(p["reach_ms"] or float("inf")))[:3]
+    ]
+    summary["monotonic_span"] = [t0, ended]
+    for p in failed:
+        run(["ip", "netns", "del", p["netns"]], check=False)
+    return summary
+
+
+def perf_samples(data):
+    """(pid, comm, time, symbol) of every sample in a `perf record` file."""
+    r = run(["perf", "script", "-i", str(data), "-F", "comm,pid,time,ip,sym"], timeout=600)
+    samples = []
+    for line in r.stdout.splitlines():
+        # "<comm> <pid> <secs>: <address> <symbol>"; a comm may hold spaces.
+        parts = line.split()
+        at = next((i for i, word in enumerate(parts) if i and word.endswith(":")), None)
+        if at is None or at < 2 or not parts[at - 1].isdigit():
+            continue
+        try:
+            secs = float(parts[at][:-1])
+        except ValueError:
+            continue
+        symbol = " ".join(parts[at + 2 :]) or "[unknown]"
+        samples.append((int(parts[at - 1]), " ".join(parts[: at - 1]), secs, symbol))
+    return samples
+
+
+def burst_role(pid, comm, pids):
+    """Which part of the burst a sample belongs to."""
+    if pid == 0:
+        return "idle"
+    for role, owner in pids.items():
+        if pid == owner:
+            return role
+    if comm in ("bridge", "host-local", "loopback"):
+        return "bridge plugin (primary CNI)"
+    if comm == "tailnet-cni":
+        return "our shim"
+    if comm.startswith("postgres"):
+        return "rscale's database"
+    if comm.startswith(("kworker", "ksoftirqd", "rcu", "migration", "kthreadd", "cpuhp")):
+        return "kernel threads"
+    return "other"
+
+
+def profiled_burst(args, bed, pods, pinger, daemon, peer, work):
+    """One more burst, not counted with the rounds, under a system-wide
+    `perf record` (cpu-clock): every process's share of the two cores from
+    the ADDs' start until every pod answered, and the kernel functions the
+    busiest time went to."""
+    if not shutil.which("perf"):
+        raise RuntimeError("the profiled burst needs perf (linux-perf; --no-profile-burst to skip it)")
+    data = work / "burst.perf.data"
+    rec = subprocess.Popen(
+        ["perf", "record", "-a", "-e", "cpu-clock", "-F", "999", "-k", "CLOCK_MONOTONIC", "-o", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.0)  # perf is recording once its buffers are mapped
+    if rec.poll() is not None:
+        raise RuntimeError(f"perf record: {rec.stderr.read().decode()[-300:]}")
+    summary = burst_round_profiled(args, pods, pinger, rec)
+    # Only the burst: from the ADDs' start until the last pod answered (the
+    # clocks agree: perf stamps samples with CLOCK_MONOTONIC).
+    start, end = summary.pop("monotonic_span")
+    samples = [sample for sample in perf_samples(data) if start <= sample[2] <= end]
+    pids = {
+        "our daemon": daemon.pid,
+        "official tailscaled peer": peer.pid,
+        "rscale (control server)": bed.rscale_pid(),
+        "benchmark harness (python)": os.getpid(),
+    }
+    by_role, busy_syms, daemon_syms = {}, {}, {}
+    for pid, comm, _, symbol in samples:
+        role = burst_role(pid, comm, pids)
+        by_role[role] = by_role.get(role, 0) + 1
+        if role == "our daemon":
+            daemon_syms[symbol] = daemon_syms.get(symbol, 0) + 1
+        if role != "idle":
+            busy_syms[symbol] = busy_syms.get(symbol, 0) + 1
+    # cpu-clock samples each core 999 times a second while it runs; an idle
+    # core in a tickless kernel is sampled less, so idle is what is left.
+    span = end - start
+    per_core_second = 999 * span or 1.0
+    cores = {role: c / per_core_second for role, c in by_role.items() if role != "idle"}
+    cores["idle"] = max(0.0, (os.cpu_count() or 1) - sum(cores.values()))
+    busy = sum(c for role, c in by_role.items() if role != "idle") or 1
+    top = lambda counts, n: [
+        {"symbol": sym, "share_of_busy": c / busy} for sym, c in sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    ]
+    return {
+        "round": summary,
+        "seconds": span,
+        "cores": os.cpu_count(),
+        "by_role": {role: round(c, 3) for role, c in sorted(cores.items(), key=lambda kv: -kv[1])},
+        "busiest_symbols": top(busy_syms, 15),
+        "daemon_symbols": top(daemon_syms, 10),
+        "command": "perf record -a -e cpu-clock -F 999 -k CLOCK_MONOTONIC; perf script, samples from the "
+        "burst's start until every pod answered",
+    }
+
+
+def burst_round_profiled(args, pods, pinger, rec):
+    """burst_round, stopping `rec` once every pod answered (before the DELs)."""
+    stop_at_delete = pods.delete
+
+    def delete(pod):
+        if rec.poll() is None:
+            rec.send_signal(signal.SIGINT)
+            rec.wait(timeout=60)
+        return stop_at_delete(pod)
+
+    pods.delete = delete
+    try:
+        return burst_round(args, pods, pinger)
+    finally:
+        pods.delete = stop_at_delete
+        if rec.poll() is None:
+            rec.send_signal(signal.SIGINT)
+            rec.wait(timeout=60)
 
 
 def iperf(target, port, seconds, streams, reverse, netns=None):
@@ -1136,6 +1268,12 @@ def main():
     )
     ap.add_argument(
         "--wrap", default="", help="footprint: a command the daemon runs under, e.g. 'heaptrack -o /tmp/heap'"
+    )
+    ap.add_argument(
+        "--profile-burst",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pods: one more burst, not counted, under a system-wide perf record",
     )
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--window-seconds", type=float, default=4.0)

@@ -378,6 +378,21 @@ def render_pods(data, meta):
         f"\nAll {b['pods']} reachable after {spread(allr, digits=2, unit=' s')}; pods never reachable: "
         f"{s.get('unreachable', 0)} single, {b.get('unreachable', 0)} in bursts.\n"
     )
+    prof = data.get("burst_profile")
+    if prof:
+        r = prof["round"]
+        pct = lambda k, q: f"{r[k][q]:,.0f} ms" if k in r else "n/a"
+        out += (
+            f"\nWhere the machine's {prof['cores']} cores went during one more burst of {b['pods']}, "
+            "not counted above, from the ADDs' start until the last pod answered "
+            f"({prof['seconds']:.2f} s; bridge ADD p99 {pct('bridge_ms', 'p99')}, our ADD p99 "
+            f"{pct('add_ms', 'p99')}, ADD-to-reachable p99 {pct('reach_ms', 'p99')}), "
+            f"from `{prof['command']}`. Kernel time is counted to the process it ran for.\n\n"
+        )
+        out += table(
+            ["process", "cores busy", "share of the machine"],
+            [[role, f"{c:.2f}", f"{c / prof['cores'] * 100:.0f}%"] for role, c in prof["by_role"].items()],
+        )
     return out
 
 

@@ -126,6 +126,8 @@ bench_bed() { # parts...
   # CRI test client needs to build.
   scripts/testbed.sh install
   build_release
+  # perf: the profile part, and the pods part's profiled burst.
+  if [[ " $* " == *" pods "* ]]; then ensure_tools linux-perf; fi
   if [[ " $* " == *" profile "* ]]; then
     ensure_tools linux-perf valgrind
     build_profile_bin
