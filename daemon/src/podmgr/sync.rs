@@ -26,7 +26,9 @@ use crate::control::keys::{DiscoPublic, NodePublic};
 use crate::control::tailcfg::{DerpMap, Node};
 use crate::control::{EndpointReporter, NetMap};
 use crate::wg::peer_table::PeerTable;
-use crate::wg::{DerpNodeConfig, DerpRegionConfig, DnsTable, EngineError, PeerConfig, PodHandle};
+use crate::wg::{
+    DerpNodeConfig, DerpRegionConfig, DnsTable, EngineError, PeerConfig, PodEndpoints, PodHandle,
+};
 
 #[path = "sync_delta.rs"]
 mod delta;
@@ -430,6 +432,9 @@ pub async fn run_from(
     let Ok(mut sync) = PodSync::starting_with(data, routing, filter).await else {
         return;
     };
+    // A first report that can wait for the endpoints to settle.
+    let mut settling = first_report_settles(&reporter, &endpoints.borrow())
+        .then(|| tokio::time::Instant::now() + ENDPOINT_DEBOUNCE);
     loop {
         let current = netmap.borrow_and_update().clone();
         if let Some(map) = current {
@@ -438,8 +443,18 @@ pub async fn run_from(
             }
             applied.send_if_modified(|done| !std::mem::replace(done, true));
         }
-        let reported = endpoints.borrow_and_update().clone();
-        reporter.report(reported.endpoints, reported.preferred_derp);
+        let now = tokio::time::Instant::now();
+        if settling.is_none_or(|until| until <= now) {
+            settling = None;
+            let reported = endpoints.borrow_and_update().clone();
+            reporter.report(reported.endpoints, reported.preferred_derp);
+        }
+        let settled = async {
+            match settling {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = netmap.changed() => if changed.is_err() {
                 warn!("control session ended; data plane keeps its last netmap");
@@ -453,8 +468,18 @@ pub async fn run_from(
                 // interface changes): report the settled set once.
                 tokio::time::sleep(ENDPOINT_DEBOUNCE).await;
             }
+            () = settled => {}
         }
     }
+}
+
+/// Whether a pod's first endpoint report may wait for its endpoints to
+/// settle: when control already has the relay the pod is reached through
+/// (a pooled identity reported it while it waited), peers can reach the
+/// pod now, and STUN's answer, moments away, would otherwise cost every
+/// peer a second update.
+fn first_report_settles(reporter: &EndpointReporter, endpoints: &PodEndpoints) -> bool {
+    endpoints.preferred_derp.is_some() && reporter.reported_relay() == endpoints.preferred_derp
 }
 
 #[cfg(test)]

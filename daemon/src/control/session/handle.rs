@@ -254,6 +254,14 @@ pub struct EndpointReporter {
 }
 
 impl EndpointReporter {
+    /// The home relay last reported to control.
+    pub fn reported_relay(&self) -> Option<u16> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .preferred_derp
+    }
+
     pub fn report(&self, endpoints: Vec<SocketAddr>, preferred_derp: Option<u16>) {
         let changed = self
             .endpoints
