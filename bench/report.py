@@ -143,6 +143,31 @@ def render_throughput(data, meta):
         ["streams", "direction", "ours: tailnet-cnid / peer", "userspace: tailscaled / peer", "kernel TUN: tailscaled / peer", "rscale during ours"],
         rows,
     )
+    busy = {}
+    for sample in data.get("samples", []):
+        if "cpu_s" not in sample or "error" in sample:
+            continue
+        key = (sample["client"], sample["streams"], sample["direction"])
+        cores = busy.setdefault(key, ([], []))
+        cores[0].append(sample["cpu_s"]["client"] / data["seconds"])
+        cores[1].append(sample["cpu_s"]["peer"] / data["seconds"])
+    if busy:
+        rows = []
+        for key in keys:
+            def cores(c):
+                b = busy.get((c, *key))
+                return f"{spread(spread_of(b[0]), digits=2)} / {spread(spread_of(b[1]), digits=2)}" if b else "n/a"
+
+            rows.append([f"{key[0]}", key[1], cores("ours"), cores("userspace"), cores("kernel")])
+        out += (
+            "\nCores busy during each run, median (min-max): the far side's process / the peer "
+            "tailscaled. A process near 1.0 is held by one core; the two cores are shared by "
+            "both, iperf3 at both ends and the kernel's TCP:\n\n"
+        )
+        out += table(
+            ["streams", "direction", "ours: tailnet-cnid / peer", "userspace: tailscaled / peer", "kernel TUN: tailscaled / peer"],
+            rows,
+        )
     p = data.get("paths", {})
     ours = p.get("ours_daemon") or [{}]
     out += (
