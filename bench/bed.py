@@ -720,8 +720,7 @@ def part_pods(args, bed, work):
         for r in range(args.rounds):
             if pool:
                 daemon.wait_pool_full(bed, pool)
-            summary = burst_round(args, pods, pinger)
-            summary.pop("monotonic_span")
+            summary, _ = burst_round(args, pods, pinger)
             rounds.append(summary)
             log(f"{args.burst} at once, round {r + 1}: " + json.dumps(summary))
         if args.profile_burst:
@@ -749,10 +748,11 @@ def part_pods(args, bed, work):
     return out
 
 
-
-def burst_round(args, pods, pinger):
+def burst_round(args, pods, pinger, answered=None):
     """`args.burst` pods added at once, each pinged from the moment its ADD
-    returns; every pod deleted again. Returns the round's percentiles."""
+    returns; every pod deleted again, after `answered()` if given. Returns
+    the round's percentiles and its window in time.monotonic(): from the
+    ADDs' start until the last pod answered (or gave up)."""
     batch = [pods.new_netns() for _ in range(args.burst)]
     start = threading.Event()
 
@@ -777,6 +777,8 @@ def burst_round(args, pods, pinger):
         if got:
             last = max(last, got)
     ended = time.monotonic()
+    if answered:
+        answered()
     with ThreadPoolExecutor(max_workers=args.burst) as executor:
         list(executor.map(pods.delete, batch))
     ok = [v for v in reach if v is not None]
@@ -797,10 +799,9 @@ def burst_round(args, pods, pinger):
         {"pod": p["name"], "ipv4": p["ipv4"], "add_ms": p["add_ms"], "reach_ms": p["reach_ms"]}
         for p in sorted(batch, key=lambda p: -(p["reach_ms"] or float("inf")))[:3]
     ]
-    summary["monotonic_span"] = [t0, ended]
     for p in failed:
         run(["ip", "netns", "del", p["netns"]], check=False)
-    return summary
+    return summary, (t0, ended)
 
 
 def perf_samples(data):
@@ -856,10 +857,18 @@ def profiled_burst(args, bed, pods, pinger, daemon, peer, work):
     time.sleep(1.0)  # perf is recording once its buffers are mapped
     if rec.poll() is not None:
         raise RuntimeError(f"perf record: {rec.stderr.read().decode()[-300:]}")
-    summary = burst_round_profiled(args, pods, pinger, rec)
+
+    def stop_recording():
+        if rec.poll() is None:
+            rec.send_signal(signal.SIGINT)
+            rec.wait(timeout=60)
+
+    try:
+        summary, (start, end) = burst_round(args, pods, pinger, answered=stop_recording)
+    finally:
+        stop_recording()
     # Only the burst: from the ADDs' start until the last pod answered (the
     # clocks agree: perf stamps samples with CLOCK_MONOTONIC).
-    start, end = summary.pop("monotonic_span")
     samples = [sample for sample in perf_samples(data) if start <= sample[2] <= end]
     pids = {
         "our daemon": daemon.pid,
@@ -895,26 +904,6 @@ def profiled_burst(args, bed, pods, pinger, daemon, peer, work):
         "command": "perf record -a -e cpu-clock -F 999 -k CLOCK_MONOTONIC; perf script, samples from the "
         "burst's start until every pod answered",
     }
-
-
-def burst_round_profiled(args, pods, pinger, rec):
-    """burst_round, stopping `rec` once every pod answered (before the DELs)."""
-    stop_at_delete = pods.delete
-
-    def delete(pod):
-        if rec.poll() is None:
-            rec.send_signal(signal.SIGINT)
-            rec.wait(timeout=60)
-        return stop_at_delete(pod)
-
-    pods.delete = delete
-    try:
-        return burst_round(args, pods, pinger)
-    finally:
-        pods.delete = stop_at_delete
-        if rec.poll() is None:
-            rec.send_signal(signal.SIGINT)
-            rec.wait(timeout=60)
 
 
 def iperf(target, port, seconds, streams, reverse, netns=None):
